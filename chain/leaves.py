@@ -1,0 +1,355 @@
+"""The ledger's Merkle leaves and epoch header: fixed ABI layouts shared with the contract.
+
+These layouts are agreed with the contract author; changing one changes every root.
+
+ENTRY leaf, one per journal entry posted in the epoch::
+
+    abi.encode(uint8 kind = 1, bytes32 ledgerId, uint64 epoch, uint64 seq, uint64 operationId,
+               uint64 accountId, bytes32 assetCode, int256 amount, int256 balanceAfter)
+
+BALANCE leaf, one per (account, asset) balance at the end of the epoch::
+
+    abi.encode(uint8 kind = 2, bytes32 ledgerId, uint64 epoch, uint64 seq, uint64 accountId,
+               bytes32 assetCode, int256 balance)
+
+    where seq is the seq of the account's last entry at or before the end of the epoch
+    (0 if it has none).
+
+A leaf's hash is OpenZeppelin's standard leaf hash, ``keccak256(keccak256(encoding))``; the
+trees are :class:`chain.merkle.StandardMerkleTree` (sorted leaves, sorted-pair node hashing).
+The leading ``kind`` word keeps the two layouts apart: an entry can never pass for a balance.
+
+``assetCode`` is the ASCII asset code ("USD", "MILES": uppercase letters, digits and ``_``, 1 to
+32 characters) right-padded with zero bytes to 32 bytes. Amounts and balances are integers in
+minor units and may be negative (two's complement int256).
+
+Epoch header, hashed once (a single keccak, it is not a leaf)::
+
+    keccak256(abi.encode(bytes32 ledgerId, uint64 epoch, bytes32 prevHeader, bytes32 entriesRoot,
+                         bytes32 balancesRoot, uint64 firstSeq, uint64 lastSeq, uint64 leafCount))
+
+The root of an empty tree (an epoch without entries) is defined as 32 zero bytes,
+:data:`chain.merkle.EMPTY_ROOT`.
+
+Every static ABI field is one 32-byte big-endian word, so these fixed tuples are encoded here
+by hand with :mod:`struct` (the tests check the bytes against ``eth_abi.encode``), which is
+several times faster than ``eth_abi`` when hashing a million leaves.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from chain.merkle import EMPTY_ROOT, StandardMerkleTree, keccak256, keccak_256
+
+__all__ = [
+    "BALANCE_KIND",
+    "BALANCE_TYPES",
+    "EMPTY_ROOT",
+    "ENTRY_KIND",
+    "ENTRY_TYPES",
+    "HEADER_TYPES",
+    "BalanceLeaf",
+    "EntryLeaf",
+    "asset_code_from_bytes32",
+    "asset_code_to_bytes32",
+    "balance_tree",
+    "entry_tree",
+    "hash_balance_leaves",
+    "hash_entry_leaves",
+    "header_hash",
+]
+
+ENTRY_KIND = 1
+BALANCE_KIND = 2
+ENTRY_TYPES: tuple[str, ...] = (
+    "uint8",
+    "bytes32",
+    "uint64",
+    "uint64",
+    "uint64",
+    "uint64",
+    "bytes32",
+    "int256",
+    "int256",
+)
+BALANCE_TYPES: tuple[str, ...] = (
+    "uint8",
+    "bytes32",
+    "uint64",
+    "uint64",
+    "uint64",
+    "bytes32",
+    "int256",
+)
+HEADER_TYPES: tuple[str, ...] = (
+    "bytes32",
+    "uint64",
+    "bytes32",
+    "bytes32",
+    "bytes32",
+    "uint64",
+    "uint64",
+    "uint64",
+)
+
+UINT64_MAX = 2**64 - 1
+INT256_MIN = -(2**255)
+INT256_MAX = 2**255 - 1
+
+_ASSET_CODE_RE = re.compile(r"[A-Z0-9_]{1,32}")
+
+# One 32-byte word per field: "31xB" is a uint8, "24xQ" a uint64, "32s" a bytes32.
+_ENTRY_HEAD = struct.Struct(">31xB32s24xQ24xQ24xQ24xQ32s")
+_BALANCE_HEAD = struct.Struct(">31xB32s24xQ24xQ24xQ32s")
+_HEADER = struct.Struct(">32s24xQ32s32s32s24xQ24xQ24xQ")
+# Bulk fast path: an int256 that fits 64 bits is its sign word ("q" of 0 or -1) three times,
+# then itself as "q"; struct raises struct.error for anything wider and we fall back.
+_ENTRY_FAST = struct.Struct(">31xB32s24xQ24xQ24xQ24xQ32s8q")
+_BALANCE_FAST = struct.Struct(">31xB32s24xQ24xQ24xQ32s4q")
+
+
+def asset_code_to_bytes32(code: str) -> bytes:
+    """``"USD"`` -> ``b"USD"`` right-padded with zero bytes to 32 bytes."""
+    if not isinstance(code, str) or not _ASSET_CODE_RE.fullmatch(code):
+        raise ValueError(f"invalid asset code {code!r}: 1-32 of A-Z, 0-9 and _")
+    return code.encode("ascii").ljust(32, b"\0")
+
+
+def asset_code_from_bytes32(word: bytes) -> str:
+    """The inverse of :func:`asset_code_to_bytes32`; ``ValueError`` for any other 32 bytes."""
+    if not isinstance(word, bytes | bytearray) or len(word) != 32:
+        raise ValueError("an asset code word is exactly 32 bytes")
+    text = bytes(word).rstrip(b"\0")
+    code = text.decode("ascii", errors="replace")
+    if asset_code_to_bytes32(code) != word:
+        raise ValueError(f"invalid asset code word {bytes(word).hex()}")
+    return code
+
+
+def _uint64(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT64_MAX:
+        raise ValueError(f"{name} must be an integer in the uint64 range, got {value!r}")
+    return value
+
+
+def _int256(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not INT256_MIN <= value <= INT256_MAX:
+        raise ValueError(f"{name} {value} does not fit in int256")
+    return value
+
+
+def _bytes32(value: bytes, name: str) -> bytes:
+    if not isinstance(value, bytes | bytearray) or len(value) != 32:
+        raise ValueError(f"{name} must be exactly 32 bytes")
+    return bytes(value)
+
+
+def _word(value: int) -> bytes:
+    """One signed int256 word (two's complement, big-endian)."""
+    return value.to_bytes(32, "big", signed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLeaf:
+    """The ENTRY leaf of one journal entry (kind 1); every field is range-checked."""
+
+    KIND: ClassVar[int] = ENTRY_KIND
+    TYPES: ClassVar[tuple[str, ...]] = ENTRY_TYPES
+
+    ledger_id: bytes
+    epoch: int
+    seq: int
+    operation_id: int
+    account_id: int
+    asset_code: str
+    amount: int
+    balance_after: int
+    asset_word: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ledger_id", _bytes32(self.ledger_id, "ledger_id"))
+        for name in ("epoch", "seq", "operation_id", "account_id"):
+            _uint64(getattr(self, name), name)
+        _int256(self.amount, "amount")
+        _int256(self.balance_after, "balance_after")
+        object.__setattr__(self, "asset_word", asset_code_to_bytes32(self.asset_code))
+
+    def values(self) -> tuple[int, bytes, int, int, int, int, bytes, int, int]:
+        """The ABI values, in :data:`ENTRY_TYPES` order."""
+        return (
+            ENTRY_KIND,
+            self.ledger_id,
+            self.epoch,
+            self.seq,
+            self.operation_id,
+            self.account_id,
+            self.asset_word,
+            self.amount,
+            self.balance_after,
+        )
+
+    def encode(self) -> bytes:
+        """``abi.encode(...)`` of :meth:`values`: 9 words, 288 bytes."""
+        head = _ENTRY_HEAD.pack(
+            ENTRY_KIND,
+            self.ledger_id,
+            self.epoch,
+            self.seq,
+            self.operation_id,
+            self.account_id,
+            self.asset_word,
+        )
+        return head + _word(self.amount) + _word(self.balance_after)
+
+    def hash(self) -> bytes:
+        """The leaf hash, ``keccak256(keccak256(encode()))``."""
+        return keccak256(keccak256(self.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceLeaf:
+    """The BALANCE leaf of one account's balance in one asset (kind 2); range-checked."""
+
+    KIND: ClassVar[int] = BALANCE_KIND
+    TYPES: ClassVar[tuple[str, ...]] = BALANCE_TYPES
+
+    ledger_id: bytes
+    epoch: int
+    seq: int
+    account_id: int
+    asset_code: str
+    balance: int
+    asset_word: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ledger_id", _bytes32(self.ledger_id, "ledger_id"))
+        for name in ("epoch", "seq", "account_id"):
+            _uint64(getattr(self, name), name)
+        _int256(self.balance, "balance")
+        object.__setattr__(self, "asset_word", asset_code_to_bytes32(self.asset_code))
+
+    def values(self) -> tuple[int, bytes, int, int, int, bytes, int]:
+        """The ABI values, in :data:`BALANCE_TYPES` order."""
+        return (
+            BALANCE_KIND,
+            self.ledger_id,
+            self.epoch,
+            self.seq,
+            self.account_id,
+            self.asset_word,
+            self.balance,
+        )
+
+    def encode(self) -> bytes:
+        """``abi.encode(...)`` of :meth:`values`: 7 words, 224 bytes."""
+        head = _BALANCE_HEAD.pack(
+            BALANCE_KIND, self.ledger_id, self.epoch, self.seq, self.account_id, self.asset_word
+        )
+        return head + _word(self.balance)
+
+    def hash(self) -> bytes:
+        """The leaf hash, ``keccak256(keccak256(encode()))``."""
+        return keccak256(keccak256(self.encode()))
+
+
+def hash_entry_leaves(leaves: Sequence[EntryLeaf]) -> list[bytes]:
+    """``[leaf.hash() for leaf in leaves]``, about twice as fast (the bulk path of the trees)."""
+    k = keccak_256
+    pack = _ENTRY_FAST.pack
+    try:
+        return [
+            k(
+                k(
+                    pack(
+                        ENTRY_KIND,
+                        x.ledger_id,
+                        x.epoch,
+                        x.seq,
+                        x.operation_id,
+                        x.account_id,
+                        x.asset_word,
+                        (a := x.amount >> 63),
+                        a,
+                        a,
+                        x.amount,
+                        (b := x.balance_after >> 63),
+                        b,
+                        b,
+                        x.balance_after,
+                    )
+                ).digest()
+            ).digest()
+            for x in leaves
+        ]
+    except struct.error:  # an amount wider than 64 bits somewhere: the general encoding
+        return [leaf.hash() for leaf in leaves]
+
+
+def hash_balance_leaves(leaves: Sequence[BalanceLeaf]) -> list[bytes]:
+    """``[leaf.hash() for leaf in leaves]``, faster (the bulk path of the trees)."""
+    k = keccak_256
+    pack = _BALANCE_FAST.pack
+    try:
+        return [
+            k(
+                k(
+                    pack(
+                        BALANCE_KIND,
+                        x.ledger_id,
+                        x.epoch,
+                        x.seq,
+                        x.account_id,
+                        x.asset_word,
+                        (s := x.balance >> 63),
+                        s,
+                        s,
+                        x.balance,
+                    )
+                ).digest()
+            ).digest()
+            for x in leaves
+        ]
+    except struct.error:
+        return [leaf.hash() for leaf in leaves]
+
+
+def entry_tree(leaves: Sequence[EntryLeaf], *, workers: int = 1) -> StandardMerkleTree:
+    """The entries tree of an epoch (``proof(i)`` is the proof of ``leaves[i]``)."""
+    return StandardMerkleTree.build(leaves, hash_entry_leaves, workers=workers)
+
+
+def balance_tree(leaves: Sequence[BalanceLeaf], *, workers: int = 1) -> StandardMerkleTree:
+    """The balances tree of an epoch (``proof(i)`` is the proof of ``leaves[i]``)."""
+    return StandardMerkleTree.build(leaves, hash_balance_leaves, workers=workers)
+
+
+def header_hash(
+    ledger_id: bytes,
+    epoch: int,
+    prev_header: bytes,
+    entries_root: bytes,
+    balances_root: bytes,
+    first_seq: int,
+    last_seq: int,
+    leaf_count: int,
+) -> bytes:
+    """The epoch header hash: ``keccak256(abi.encode(HEADER_TYPES...))``, a single keccak."""
+    return keccak256(
+        _HEADER.pack(
+            _bytes32(ledger_id, "ledger_id"),
+            _uint64(epoch, "epoch"),
+            _bytes32(prev_header, "prev_header"),
+            _bytes32(entries_root, "entries_root"),
+            _bytes32(balances_root, "balances_root"),
+            _uint64(first_seq, "first_seq"),
+            _uint64(last_seq, "last_seq"),
+            _uint64(leaf_count, "leaf_count"),
+        )
+    )

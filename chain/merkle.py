@@ -1,0 +1,623 @@
+"""A Merkle tree byte-for-byte compatible with OpenZeppelin's ``StandardMerkleTree``.
+
+This reproduces ``@openzeppelin/merkle-tree`` 1.0.x (``StandardMerkleTree.of`` with the default
+``sortLeaves: true``), so roots and proofs verify with OpenZeppelin's ``MerkleProof.sol``.
+
+Hashing
+    * leaf hash: ``keccak256(keccak256(abi.encode(types, values)))`` -- see :func:`leaf_hash`;
+      the ledger's own fixed leaf layouts are encoded by hand, faster, in :mod:`chain.leaves`.
+    * node hash: ``keccak256(min(a, b) ++ max(a, b))``: the two 32-byte children are sorted as
+      bytes (the same order as uint256) before hashing, so a proof needs no left/right flags.
+
+Layout ("complete binary tree in an array")
+    ``nodes`` has ``2n - 1`` entries for ``n`` leaves. ``nodes[0]`` is the root, the children
+    of ``nodes[i]`` are ``nodes[2i + 1]`` and ``nodes[2i + 2]``, and the leaves fill
+    ``nodes[n - 1:]``. The leaf hashes are sorted ascending first, and the ``k``-th smallest is
+    stored at ``nodes[2n - 2 - k]`` (so the leaf region reads in descending order). An odd node
+    is never duplicated: the tree is simply not perfect when ``n`` is not a power of two.
+
+Proofs
+    The proof of the leaf at array index ``i`` is the list of siblings from the leaf up to, not
+    including, the root. :func:`verify` folds it with the node hash and compares with the root.
+    ``proof(index)`` takes the index of the leaf in the *input* order, like OpenZeppelin's
+    ``getProof(i)``; :meth:`StandardMerkleTree.proof_for_hash` looks a leaf up by its hash.
+    Multiproofs (``getMultiProof``, ``MerkleProof.multiProofVerify``) are supported too.
+
+Empty tree
+    OpenZeppelin refuses to build a tree without leaves. Here an empty tree is allowed, has no
+    proofs, and its root is defined as 32 zero bytes (:data:`EMPTY_ROOT`).
+
+Serialised form (:meth:`StandardMerkleTree.to_bytes`), all integers big-endian::
+
+    0   4 bytes        magic b"VOMT"
+    4   1 byte         format version (1)
+    5   1 byte         flags: bit 0 set when the leaves were sorted (the OpenZeppelin default)
+    6   2 bytes        reserved, zero
+    8   8 bytes        n, the number of leaves
+    16  32 * (2n - 1)  the node array, in array order
+    ..  4 * n          uint32 array index of each leaf, in input order (the leaf -> position index)
+
+A reloaded tree serves proofs straight from that buffer, without rehashing anything;
+:meth:`StandardMerkleTree.validate` rehashes every node when the stored bytes are not trusted.
+
+Speed
+    keccak is called directly through ``sha3.keccak_256`` (safe-pysha3, the C backend behind
+    ``eth_hash.auto``), once per node on 64 bytes. The rows of the array are built deepest
+    first with list comprehensions over byte strings; no per-node Python objects besides the
+    hashes themselves. With ``workers > 1`` (POSIX only) the leaf hashing, the leaf sort and the
+    lower subtrees are split across ``fork``-ed worker processes, which read the input through
+    the inherited memory and send back raw 32-byte hashes over a pipe.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import itertools
+import os
+import signal
+import struct
+import sys
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, overload
+
+from eth_abi.abi import encode as abi_encode
+from sha3 import keccak_256 as _sha3_keccak_256
+
+__all__ = [
+    "EMPTY_ROOT",
+    "MultiProof",
+    "StandardMerkleTree",
+    "hash_pair",
+    "keccak256",
+    "keccak_256",
+    "leaf_hash",
+    "process_multiproof",
+    "process_proof",
+    "verify",
+    "verify_multiproof",
+]
+
+T = TypeVar("T")
+
+#: The root of a tree without leaves (OpenZeppelin has no such tree; this is our convention).
+EMPTY_ROOT = bytes(32)
+
+_MAGIC = b"VOMT"
+_VERSION = 1
+_FLAG_SORTED = 1
+_HEADER = struct.Struct(">4sBBHQ")
+#: Below this many leaves, worker processes cost more than they save.
+_PARALLEL_MIN_LEAVES = 1 << 15
+_MAX_WORKERS = 64
+
+
+class KeccakHash(Protocol):
+    """What we use of a ``sha3.keccak_256`` object."""
+
+    def digest(self) -> bytes: ...
+
+
+#: The raw C keccak256 constructor (``sha3.keccak_256``, untyped upstream): for hot loops,
+#: ``keccak_256(data).digest()`` skips every wrapper between Python and the C code.
+keccak_256: Callable[[bytes], KeccakHash] = _sha3_keccak_256
+_keccak = keccak_256
+
+
+def keccak256(data: bytes) -> bytes:
+    """Ethereum's keccak256 (the original Keccak padding, not NIST SHA3-256)."""
+    return _keccak(data).digest()
+
+
+def hash_pair(a: bytes, b: bytes) -> bytes:
+    """The OpenZeppelin node hash: keccak256 of the two children, smaller first."""
+    return _keccak(a + b if a < b else b + a).digest()
+
+
+def leaf_hash(values: Sequence[object], types: Sequence[str]) -> bytes:
+    """The OpenZeppelin standard leaf hash of ``values`` ABI-encoded as ``types`` (generic path)."""
+    return _keccak(_keccak(abi_encode(list(types), list(values))).digest()).digest()
+
+
+def process_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:
+    """Fold ``proof`` into ``leaf`` with the node hash; the result is the implied root."""
+    node = leaf
+    for sibling in proof:
+        node = _keccak(node + sibling if node < sibling else sibling + node).digest()
+    return node
+
+
+def verify(root: bytes, leaf: bytes, proof: Sequence[bytes]) -> bool:
+    """Whether ``proof`` proves the leaf hash ``leaf`` under ``root``.
+
+    Standalone: needs no tree, only the 32-byte root, the 32-byte leaf hash (for the ledger,
+    ``EntryLeaf.hash()`` or ``BalanceLeaf.hash()``) and the sibling hashes. Malformed input
+    (any value not exactly 32 bytes long) is rejected, never raised on.
+    """
+    if len(root) != 32 or len(leaf) != 32 or any(len(s) != 32 for s in proof):
+        return False
+    return process_proof(bytes(leaf), (bytes(s) for s in proof)) == bytes(root)
+
+
+@dataclass(frozen=True)
+class MultiProof:
+    """A proof of several leaves at once (OpenZeppelin's ``getMultiProof``).
+
+    ``leaves`` are the proven leaf hashes in the order the proof consumes them (by descending
+    array index), ``proof`` the extra sibling hashes, ``flags`` OpenZeppelin's ``proofFlags``.
+    """
+
+    leaves: list[bytes]
+    proof: list[bytes]
+    flags: list[bool]
+
+
+def process_multiproof(
+    leaves: Sequence[bytes], proof: Sequence[bytes], flags: Sequence[bool]
+) -> bytes:
+    """The root implied by a multiproof; ``ValueError`` when its parts do not fit together."""
+    if len(proof) < sum(1 for f in flags if not f):
+        raise ValueError("invalid multiproof format")
+    if len(leaves) + len(proof) != len(flags) + 1:
+        raise ValueError("the leaves and the multiproof are not compatible")
+    stack = deque(leaves)
+    extra = deque(proof)
+    for flag in flags:
+        a = stack.popleft()
+        b = stack.popleft() if flag else extra.popleft()
+        stack.append(hash_pair(a, b))
+    if len(stack) + len(extra) != 1:
+        raise ValueError("invalid multiproof")
+    return stack.pop() if stack else extra.popleft()
+
+
+def verify_multiproof(root: bytes, multiproof: MultiProof) -> bool:
+    """Whether ``multiproof`` proves all its leaf hashes under ``root``; never raises."""
+    parts = (root, *multiproof.leaves, *multiproof.proof)
+    if any(len(x) != 32 for x in parts):
+        return False
+    try:
+        implied = process_multiproof(multiproof.leaves, multiproof.proof, multiproof.flags)
+    except (ValueError, IndexError):
+        return False
+    return implied == bytes(root)
+
+
+class _Packed(Sequence[bytes]):
+    """A read-only sequence of the 32-byte hashes packed back to back in ``buf[start:end]``."""
+
+    __slots__ = ("_buf", "_len", "_start")
+
+    def __init__(self, buf: bytes, start: int = 0, end: int | None = None) -> None:
+        end = len(buf) if end is None else end
+        if (end - start) % 32 or not 0 <= start <= end <= len(buf):
+            raise ValueError("packed hashes must be a multiple of 32 bytes")
+        self._buf = buf
+        self._start = start
+        self._len = (end - start) // 32
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError("index out of range")
+        offset = self._start + 32 * index
+        return self._buf[offset : offset + 32]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.tolist())
+
+    def tobytes(self) -> bytes:
+        """The packed hashes as one byte string."""
+        return self._buf[self._start : self._start + 32 * self._len]
+
+    def tolist(self) -> list[bytes]:
+        """The hashes as a list of 32-byte strings."""
+        buf, start = self._buf, self._start
+        return [buf[i : i + 32] for i in range(start, start + 32 * self._len, 32)]
+
+
+def _rows(n_leaves: int, root: int) -> Iterator[tuple[int, int]]:
+    """The internal-node rows ``[lo, hi)`` of the subtree under array index ``root``.
+
+    Deepest row first; each row's children are the contiguous run ``[2lo + 1, 2hi + 1)``.
+    """
+    internal = n_leaves - 1  # array indices below this are internal nodes
+    rows = []
+    width = 1
+    lo = root
+    while lo < internal:
+        rows.append((lo, min(lo + width, internal)))
+        lo = 2 * lo + 1
+        width *= 2
+    return reversed(rows)
+
+
+def _hash_rows(nodes: list[bytes], n_leaves: int, root: int) -> None:
+    """Fill in, in place, the internal nodes of the subtree under ``root``."""
+    k = _keccak
+    for lo, hi in _rows(n_leaves, root):
+        lefts = nodes[2 * lo + 1 : 2 * hi + 1 : 2]
+        rights = nodes[2 * lo + 2 : 2 * hi + 2 : 2]
+        nodes[lo:hi] = [
+            k(a + b if a < b else b + a).digest() for a, b in zip(lefts, rights, strict=True)
+        ]
+
+
+class _Forked:
+    """A computation run in a ``fork``-ed child, its ``bytes`` result sent back over a pipe."""
+
+    def __init__(self, job: Callable[[], bytes]) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            status = 1
+            try:
+                os.close(read_fd)
+                with os.fdopen(write_fd, "wb") as out:
+                    out.write(job())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        self._pid = pid
+        self._fd = read_fd
+        self._reaped = False
+
+    def result(self) -> bytes | None:
+        """The child's bytes, or None if it failed (the caller then does the work itself)."""
+        with os.fdopen(self._fd, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(self._pid, 0)
+        self._reaped = True
+        return data if os.waitstatus_to_exitcode(status) == 0 else None
+
+    def kill(self) -> None:
+        """Stop and reap the child if still there (used when the parent itself fails)."""
+        if self._reaped:
+            return
+        self._reaped = True
+        os.kill(self._pid, signal.SIGKILL)
+        os.close(self._fd)
+        os.waitpid(self._pid, 0)
+
+
+def _spans(n: int, parts: int) -> list[tuple[int, int]]:
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def _hash_in_parallel(
+    items: Sequence[T],
+    hash_leaves: Callable[[Sequence[T]], list[bytes]],
+    sort: bool,
+    workers: int,
+) -> tuple[list[bytes], bytes]:
+    """Hash ``items`` in ``workers`` processes: (leaves in tree order, hashes in input order)."""
+
+    def job(lo: int, hi: int) -> bytes:
+        hashes = hash_leaves(items[lo:hi])
+        if len(hashes) != hi - lo:
+            raise ValueError("hash_leaves must return one hash per item")
+        return b"".join(hashes) + (b"".join(sorted(hashes)) if sort else b"")
+
+    spans = _spans(len(items), workers)
+    children = [_Forked(functools.partial(job, lo, hi)) for lo, hi in spans[1:]]
+    try:
+        mine = hash_leaves(items[spans[0][0] : spans[0][1]])
+        blobs = [b"".join(mine)]
+        runs = [sorted(mine)] if sort else []
+        for child, (lo, hi) in zip(children, spans[1:], strict=True):
+            blob = child.result()
+            if blob is None:  # a failed child: redo its share here (re-raising its error)
+                blob = job(lo, hi)
+            size = 32 * (hi - lo)
+            if len(blob) != size * (2 if sort else 1):
+                raise RuntimeError("merkle worker returned a truncated result")
+            blobs.append(blob[:size])
+            if sort:
+                runs.append(_Packed(blob, size).tolist())
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    by_input = b"".join(blobs)
+    if sort:  # merging the sorted runs: timsort sees them and only merges
+        leaves = [h for run in runs for h in run]
+        leaves.sort()
+    else:
+        leaves = _Packed(by_input).tolist()
+    return leaves, by_input
+
+
+def _subtrees_in_parallel(nodes: list[bytes], n_leaves: int, workers: int) -> None:
+    """Fill the internal nodes, the subtrees below depth ``d`` split across processes."""
+    depth = max(1, (workers - 1).bit_length())
+    roots = list(range(2**depth - 1, 2 ** (depth + 1) - 1))
+    shares = [roots[i::workers] for i in range(workers)]
+
+    def job(share: list[int]) -> bytes:
+        for root in share:
+            _hash_rows(nodes, n_leaves, root)
+        return b"".join(
+            b"".join(nodes[lo:hi]) for root in share for lo, hi in _rows(n_leaves, root)
+        )
+
+    children = [_Forked(functools.partial(job, share)) for share in shares[1:]]
+    try:
+        for root in shares[0]:
+            _hash_rows(nodes, n_leaves, root)
+        for child, share in zip(children, shares[1:], strict=True):
+            blob = child.result()
+            if blob is None:
+                for root in share:
+                    _hash_rows(nodes, n_leaves, root)
+                continue
+            offset = 0
+            for root in share:
+                for lo, hi in _rows(n_leaves, root):
+                    end = offset + 32 * (hi - lo)
+                    nodes[lo:hi] = _Packed(blob, offset, end).tolist()
+                    offset = end
+            if offset != len(blob):
+                raise RuntimeError("merkle worker returned a malformed result")
+    except BaseException:
+        for child in children:
+            child.kill()
+        raise
+    # the few nodes above the subtrees
+    for lo, hi in _rows(2**depth, 0):
+        nodes[lo:hi] = [hash_pair(nodes[2 * i + 1], nodes[2 * i + 2]) for i in range(lo, hi)]
+
+
+class StandardMerkleTree:
+    """An OpenZeppelin ``StandardMerkleTree``: build it, take its root, serve proofs."""
+
+    __slots__ = ("_by_input", "_n", "_nodes", "_positions", "_sorted")
+
+    def __init__(
+        self,
+        nodes: Sequence[bytes],
+        *,
+        sorted_leaves: bool,
+        by_input: Sequence[bytes] | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> None:
+        """Wrap a ready node array; use the ``build``/``of``/``from_*`` constructors instead."""
+        if len(nodes) % 2 == 0 and len(nodes) != 0:
+            raise ValueError("a node array has an odd length, 2n - 1")
+        self._nodes = nodes
+        self._n = (len(nodes) + 1) // 2
+        self._sorted = sorted_leaves
+        self._by_input = by_input
+        self._positions = positions
+
+    # ----------------------------------------------------------------- building
+
+    @classmethod
+    def from_leaf_hashes(
+        cls, hashes: Iterable[bytes], *, sort_leaves: bool = True
+    ) -> StandardMerkleTree:
+        """Build from already-hashed leaves (32 bytes each), given in input order."""
+        by_input = [bytes(h) for h in hashes]
+        if any(len(h) != 32 for h in by_input):
+            raise ValueError("Merkle tree leaves must be 32-byte hashes")
+        return cls._from_hashes(by_input, sort_leaves)
+
+    @classmethod
+    def of(
+        cls,
+        values: Sequence[Sequence[object]],
+        types: Sequence[str],
+        *,
+        sort_leaves: bool = True,
+        workers: int = 1,
+    ) -> StandardMerkleTree:
+        """``StandardMerkleTree.of(values, types)``: any ABI leaf layout, via ``eth_abi``."""
+        types = list(types)
+
+        def hash_leaves(chunk: Sequence[Sequence[object]]) -> list[bytes]:
+            return [leaf_hash(v, types) for v in chunk]
+
+        return cls.build(values, hash_leaves, sort_leaves=sort_leaves, workers=workers)
+
+    @classmethod
+    def build(
+        cls,
+        items: Sequence[T],
+        hash_leaves: Callable[[Sequence[T]], list[bytes]],
+        *,
+        sort_leaves: bool = True,
+        workers: int = 1,
+    ) -> StandardMerkleTree:
+        """Build from ``items``, hashed in bulk by ``hash_leaves`` (one 32-byte hash per item).
+
+        ``workers > 1`` forks that many processes in all (POSIX only) for large inputs; the
+        result is identical. ``hash_leaves`` is called on slices of ``items`` and must be a pure
+        function of them.
+        """
+        if not 1 <= workers <= _MAX_WORKERS:
+            raise ValueError(f"workers must be between 1 and {_MAX_WORKERS}")
+        n = len(items)
+        if workers == 1 or n < _PARALLEL_MIN_LEAVES or not hasattr(os, "fork"):
+            by_input = hash_leaves(items)
+            if len(by_input) != n:
+                raise ValueError("hash_leaves must return one hash per item")
+            return cls._from_hashes(by_input, sort_leaves)
+        leaves, packed = _hash_in_parallel(items, hash_leaves, sort_leaves, workers)
+        leaves.reverse()
+        nodes = [b""] * (n - 1) + leaves
+        _subtrees_in_parallel(nodes, n, workers)
+        return cls(nodes, sorted_leaves=sort_leaves, by_input=_Packed(packed))
+
+    @classmethod
+    def _from_hashes(cls, by_input: list[bytes], sort: bool) -> StandardMerkleTree:
+        if not by_input:
+            return cls([], sorted_leaves=sort, by_input=[])
+        leaves = sorted(by_input, reverse=True) if sort else by_input[::-1]
+        nodes = [b""] * (len(leaves) - 1) + leaves
+        _hash_rows(nodes, len(leaves), 0)
+        return cls(nodes, sorted_leaves=sort, by_input=by_input)
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def root(self) -> bytes:
+        """The 32-byte root (:data:`EMPTY_ROOT` for a tree without leaves)."""
+        return self._nodes[0] if self._n else EMPTY_ROOT
+
+    def __len__(self) -> int:
+        """The number of leaves."""
+        return self._n
+
+    @property
+    def nodes(self) -> Sequence[bytes]:
+        """The node array (OpenZeppelin's ``dump().tree``, as bytes)."""
+        return self._nodes
+
+    def position(self, index: int) -> int:
+        """The array index of the ``index``-th leaf in input order."""
+        if not 0 <= index < self._n:
+            raise IndexError("leaf index out of range")
+        return self._index()[index]
+
+    def leaf_hash(self, index: int) -> bytes:
+        """The hash of the ``index``-th leaf in input order."""
+        return self._nodes[self.position(index)]
+
+    def proof(self, index: int) -> list[bytes]:
+        """The proof of the ``index``-th leaf in input order (OpenZeppelin's ``getProof(i)``)."""
+        return self._proof_at(self.position(index))
+
+    def proof_for_hash(self, leaf: bytes) -> list[bytes]:
+        """The proof of the leaf whose hash is ``leaf``; ``KeyError`` if it is not in the tree."""
+        return self._proof_at(self.find(leaf))
+
+    def find(self, leaf: bytes) -> int:
+        """The array index of the leaf hash ``leaf`` (binary search when the leaves are sorted)."""
+        nodes, n = self._nodes, self._n
+        if self._sorted:
+            # leaves ascend from nodes[2n - 2] down to nodes[n - 1]
+            rank = bisect.bisect_left(range(n), leaf, key=lambda k: nodes[2 * n - 2 - k])
+            if rank < n and nodes[2 * n - 2 - rank] == leaf:
+                return 2 * n - 2 - rank
+        else:
+            for pos in range(n - 1, 2 * n - 1):
+                if nodes[pos] == leaf:
+                    return pos
+        raise KeyError("leaf is not in the tree")
+
+    def multiproof(self, indices: Sequence[int]) -> MultiProof:
+        """One proof for the leaves at these input indices (OpenZeppelin's ``getMultiProof``)."""
+        positions = sorted((self.position(i) for i in indices), reverse=True)
+        if len(set(positions)) != len(positions):
+            raise ValueError("cannot prove a duplicated index")
+        nodes = self._nodes
+        stack = deque(positions)
+        proof: list[bytes] = []
+        flags: list[bool] = []
+        while stack and stack[0] > 0:
+            j = stack.popleft()
+            sibling = j + 1 if j % 2 else j - 1
+            if stack and stack[0] == sibling:
+                flags.append(True)
+                stack.popleft()
+            else:
+                flags.append(False)
+                proof.append(nodes[sibling])
+            stack.append((j - 1) // 2)
+        if not positions:
+            proof.append(self.root)
+        result = MultiProof([nodes[p] for p in positions], proof, flags)
+        if not verify_multiproof(self.root, result):
+            raise ValueError("stored Merkle tree is inconsistent: the multiproof does not verify")
+        return result
+
+    def _proof_at(self, pos: int) -> list[bytes]:
+        nodes = self._nodes
+        leaf = nodes[pos]
+        proof = []
+        while pos > 0:
+            proof.append(nodes[pos + 1 if pos % 2 else pos - 1])
+            pos = (pos - 1) // 2
+        # like OpenZeppelin, check before handing it out: catches a corrupted stored tree
+        if process_proof(leaf, proof) != self.root:
+            raise ValueError("stored Merkle tree is inconsistent: the proof does not verify")
+        return proof
+
+    def _index(self) -> Sequence[int]:
+        """Input index -> array index, computed on first use from the input-order hashes."""
+        if self._positions is None:
+            if self._by_input is None:  # pragma: no cover - every constructor sets one
+                raise ValueError("this tree has no leaf index")
+            n = self._n
+            by_input = self._by_input
+            if isinstance(by_input, _Packed):
+                by_input = by_input.tolist()
+            # a stable sort, as in JavaScript: equal leaves keep their input order
+            order = sorted(range(n), key=by_input.__getitem__) if self._sorted else range(n)
+            positions = array("I", bytes(4 * n))
+            for rank, i in enumerate(order):
+                positions[i] = 2 * n - 2 - rank
+            self._positions = positions
+        return self._positions
+
+    def validate(self) -> None:
+        """Rehash every internal node (and check the index); ``ValueError`` if anything is off."""
+        n, nodes = self._n, self._nodes
+        if n == 0:
+            return
+        rebuilt = nodes.tolist() if isinstance(nodes, _Packed) else list(nodes)
+        leaves = rebuilt[n - 1 :]
+        if self._sorted and any(a < b for a, b in itertools.pairwise(leaves)):
+            raise ValueError("Merkle tree leaves are not sorted")
+        _hash_rows(rebuilt, n, 0)
+        if rebuilt[: n - 1] != list(nodes[: n - 1]):
+            raise ValueError("Merkle tree is invalid: an internal node does not match")
+        index = self._index()
+        if sorted(index) != list(range(n - 1, 2 * n - 1)):
+            raise ValueError("Merkle tree leaf index is not a permutation of the leaves")
+
+    # ----------------------------------------------------------------- storage
+
+    def to_bytes(self) -> bytes:
+        """The compact serialised form (see the module docstring)."""
+        header = _HEADER.pack(_MAGIC, _VERSION, _FLAG_SORTED if self._sorted else 0, 0, self._n)
+        index = array("I", self._index())
+        if sys.byteorder == "little":
+            index.byteswap()
+        nodes = self._nodes
+        body = nodes.tobytes() if isinstance(nodes, _Packed) else b"".join(nodes)
+        return b"".join((header, body, index.tobytes()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StandardMerkleTree:
+        """Reload :meth:`to_bytes` output. Nothing is rehashed; see :meth:`validate`."""
+        if len(data) < _HEADER.size:
+            raise ValueError("not a serialised Merkle tree: too short")
+        magic, version, flags, _reserved, n = _HEADER.unpack_from(data)
+        if magic != _MAGIC or version != _VERSION:
+            raise ValueError("not a serialised Merkle tree (bad magic or version)")
+        nodes_end = _HEADER.size + 32 * max(2 * n - 1, 0)
+        if len(data) != nodes_end + 4 * n:
+            raise ValueError("serialised Merkle tree has the wrong length")
+        data = bytes(data)
+        index = array("I")
+        index.frombytes(data[nodes_end:])
+        if sys.byteorder == "little":
+            index.byteswap()
+        if n and (min(index) < n - 1 or max(index) > 2 * n - 2):
+            raise ValueError("serialised Merkle tree has a leaf index out of range")
+        nodes = _Packed(data, _HEADER.size, nodes_end)
+        return cls(nodes, sorted_leaves=bool(flags & _FLAG_SORTED), positions=index)

@@ -1,0 +1,87 @@
+"""Database wiring: URL resolution (server or embedded), engine, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from core.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_embedded: dict[Path, Any] = {}
+
+
+def asyncpg_url(url: str) -> str:
+    """Normalise ``postgres://``/``postgresql://`` URLs to SQLAlchemy's asyncpg dialect."""
+    parts = urlsplit(url)
+    if parts.scheme in {"postgres", "postgresql"}:
+        url = "postgresql+asyncpg" + url[len(parts.scheme) :]
+    elif parts.scheme != "postgresql+asyncpg":
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got scheme {parts.scheme!r}")
+    return url
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) an embedded PostgreSQL in ``data_dir``; return its URL.
+
+    pgserver ships PostgreSQL binaries in its wheel; the server listens on a Unix
+    socket inside the data directory and stops when this process exits.
+    """
+    data_dir = data_dir.resolve()
+    if data_dir not in _embedded:
+        import pgserver  # noqa: PLC0415 - only needed without DATABASE_URL
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _embedded[data_dir] = pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir, cleanup_mode="stop"
+        )
+        log.info("embedded PostgreSQL running in %s", data_dir)
+    return str(_embedded[data_dir].get_uri())
+
+
+def resolve_url(settings: DatabaseSettings) -> str:
+    return asyncpg_url(settings.url or start_embedded(settings.data_dir))
+
+
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # alembic's ini parser treats % as interpolation; escape it in passwords.
+    cfg.set_main_option("sqlalchemy.url", asyncpg_url(url).replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (blocking; alembic owns the schema)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+async def migrate_async(url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(migrate, url, revision)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://x/y")).get_current_head()
+    if head is None:  # pragma: no cover
+        raise RuntimeError("no migrations found")
+    return head
+
+
+def database_name(url: str) -> str:
+    return str(make_url(url).database)

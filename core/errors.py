@@ -1,0 +1,150 @@
+"""The core's error tree. Every error carries a stable machine ``code``.
+
+Nothing above ``core`` ever sees a driver exception: the repository translates
+SQL failures into these (see ``core.repository.translate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Base of every domain error. ``code`` is stable and safe to show a client."""
+
+    code = "LEDGER_ERROR"
+    #: HTTP status the API maps this error to (kept here so the mapping is one table).
+    status = 400
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-safe form stored for idempotent replays of a failed request."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class ValidationError(LedgerError):
+    code = "VALIDATION_ERROR"
+    status = 422
+
+
+class UnbalancedOperation(ValidationError):
+    code = "UNBALANCED_OPERATION"
+
+
+class InvalidAmount(ValidationError):
+    code = "INVALID_AMOUNT"
+
+
+class AmountOverflow(ValidationError):
+    code = "AMOUNT_OVERFLOW"
+
+
+class AssetMismatch(ValidationError):
+    code = "ASSET_MISMATCH"
+
+
+class ReasonRequired(ValidationError):
+    code = "REASON_REQUIRED"
+
+
+class NotFound(LedgerError):
+    code = "NOT_FOUND"
+    status = 404
+
+
+class UnknownAccount(NotFound):
+    code = "UNKNOWN_ACCOUNT"
+
+
+class UnknownAsset(NotFound):
+    code = "UNKNOWN_ASSET"
+
+
+class UnknownOperation(NotFound):
+    code = "UNKNOWN_OPERATION"
+
+
+class UnknownHold(NotFound):
+    code = "UNKNOWN_HOLD"
+
+
+class Conflict(LedgerError):
+    code = "CONFLICT"
+    status = 409
+
+
+class AlreadyExists(Conflict):
+    code = "ALREADY_EXISTS"
+
+
+class IdempotencyConflict(Conflict):
+    code = "IDEMPOTENCY_CONFLICT"
+
+
+class AccountFrozen(Conflict):
+    code = "ACCOUNT_FROZEN"
+
+
+class InsufficientFunds(Conflict):
+    code = "INSUFFICIENT_FUNDS"
+
+
+class AlreadyReversed(Conflict):
+    code = "ALREADY_REVERSED"
+
+
+class NotReversible(Conflict):
+    code = "NOT_REVERSIBLE"
+
+
+class HoldNotPending(Conflict):
+    code = "HOLD_NOT_PENDING"
+
+
+class HoldExceeded(Conflict):
+    code = "HOLD_AMOUNT_EXCEEDED"
+
+
+class LinkedOperationFailed(Conflict):
+    """An operation of an all-or-nothing group was not applied because another failed."""
+
+    code = "LINKED_OPERATION_FAILED"
+
+
+class StorageError(LedgerError):
+    """The database failed in a way that is not the caller's fault. Nothing was written."""
+
+    code = "STORAGE_ERROR"
+    status = 503
+
+
+ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
+
+
+def _register(cls: type[LedgerError]) -> None:
+    ERRORS_BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(LedgerError)
+
+
+def error_from_dict(data: dict[str, Any]) -> LedgerError:
+    """Rebuild a remembered failure (idempotent replay of a failed request)."""
+    cls = ERRORS_BY_CODE.get(str(data.get("code")), LedgerError)
+    return cls(str(data.get("message", "")), **dict(data.get("details") or {}))
+
+
+class AppendOnlyViolation(LedgerError):
+    """Somebody tried to UPDATE/DELETE an append-only table; the database refused."""
+
+    code = "APPEND_ONLY"
+    status = 409
+
+
+_register(AppendOnlyViolation)

@@ -1,0 +1,510 @@
+"""The one seam between the ledger and PostgreSQL for writes.
+
+``LedgerStore.execute`` runs a batch of commands in ONE database transaction:
+
+1. ``valueos_writer_epoch()``: take the epoch lock shared, read the open epoch;
+2. read stored idempotency outcomes; lock referenced holds (``FOR UPDATE``, id order);
+3. lock every balance row the batch touches, in account-id order (no deadlocks);
+4. plan in memory (``core.planner``): every command succeeds or fails on its own,
+   linked groups all-or-nothing;
+5. allocate ids, then write with one statement per table (binary COPY for inserts,
+   one ``UPDATE ... FROM unnest`` for balances) and commit.
+
+A deadlock, serialization failure or a unique-key race with another process rolls the
+whole batch back and runs it again (the retry sees the other process's commit). SQL
+errors are translated here; nothing above this module sees an asyncpg exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.errors import (
+    AlreadyExists,
+    AmountOverflow,
+    AppendOnlyViolation,
+    InsufficientFunds,
+    LedgerError,
+    NotFound,
+    StorageError,
+)
+from core.planner import (
+    HoldRow,
+    OriginalOperation,
+    Plan,
+    StoredOutcome,
+    outcome_to_json,
+    plan_batch,
+    referenced_holds,
+    referenced_operations,
+    touched_accounts,
+)
+from core.posting import AccountState, BalanceBook
+from core.sagas import TransactionStatus, TransactionType, derive_status
+from core.types import (
+    AccountStatus,
+    Command,
+    HoldStatus,
+    OperationStatus,
+    OperationType,
+    Result,
+    VoidHold,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+_RETRYABLE_UNIQUE = {"idempotency_keys_pkey", "operations_reverses_id_key"}
+
+
+class RetryBatch(Exception):
+    """The batch lost a race with another transaction; run it again."""
+
+
+def translate(exc: BaseException) -> LedgerError:
+    """Map a driver exception to the core's error tree (one place for the whole core)."""
+    if isinstance(exc, LedgerError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", "")
+        constraint = getattr(exc, "constraint_name", None)
+        if sqlstate == "VO001":
+            return AppendOnlyViolation(str(exc))
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            return AlreadyExists("already exists", constraint=constraint)
+        if isinstance(exc, asyncpg.ForeignKeyViolationError):
+            return NotFound("a referenced record does not exist", constraint=constraint)
+        if isinstance(exc, asyncpg.CheckViolationError) and constraint == "balances_floor":
+            return InsufficientFunds("the account's floor would be broken")
+        if isinstance(exc, asyncpg.NumericValueOutOfRangeError):
+            return AmountOverflow("a value does not fit in 64 bits")
+    log.error("storage failure: %s: %s", type(exc).__name__, exc)
+    return StorageError("the ledger database failed; nothing was written")
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(
+        exc,
+        asyncpg.DeadlockDetectedError | asyncpg.SerializationError | asyncpg.LockNotAvailableError,
+    ):
+        return True
+    return (
+        isinstance(exc, asyncpg.UniqueViolationError)
+        and getattr(exc, "constraint_name", None) in _RETRYABLE_UNIQUE
+    )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _group_spans(groups: Sequence[int | None]) -> list[tuple[int, int]]:
+    """Split item indices into the smallest independent units (a linked group is one)."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while start < len(groups):
+        end = start + 1
+        while groups[start] is not None and end < len(groups) and groups[end] == groups[start]:
+            end += 1
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+class LedgerStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def execute(
+        self, commands: Sequence[Command], groups: Sequence[int | None] | None = None
+    ) -> list[Result | LedgerError]:
+        """Apply a batch; every command gets its own result or error, in order."""
+        if not commands:
+            return []
+        groups = list(groups) if groups is not None else [None] * len(commands)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return await self._execute_once(commands, groups)
+            except (RetryBatch, asyncpg.PostgresError) as exc:
+                if isinstance(exc, RetryBatch) or _retryable(exc):
+                    log.debug("batch retry %d after %s", attempt, type(exc).__name__)
+                    continue
+                return await self._isolate(commands, groups, exc)
+            except (OSError, asyncpg.InterfaceError) as exc:
+                # the connection died mid-batch: the transaction never committed
+                return [translate(exc)] * len(commands)
+        return [StorageError("the batch kept conflicting; nothing was written")] * len(commands)
+
+    async def _isolate(
+        self, commands: Sequence[Command], groups: list[int | None], exc: BaseException
+    ) -> list[Result | LedgerError]:
+        """An unexpected SQL error: run each independent unit alone so one bad item
+        cannot fail its neighbours; a unit failing alone gets the translated error."""
+        spans = _group_spans(groups)
+        if len(spans) == 1:
+            return [translate(exc)] * len(commands)
+        results: list[Result | LedgerError] = []
+        for start, end in spans:
+            results.extend(await self.execute(commands[start:end], groups[start:end]))
+        return results
+
+    async def _execute_once(
+        self, commands: Sequence[Command], groups: list[int | None]
+    ) -> list[Result | LedgerError]:
+        async with self.engine.connect() as sa_conn:
+            raw = await sa_conn.get_raw_connection()
+            conn: asyncpg.Connection = raw.driver_connection
+            async with conn.transaction():
+                epoch = await conn.fetchval("SELECT valueos_writer_epoch()")
+                stored = await self._stored_outcomes(conn, commands)
+                holds = await self._lock_holds(conn, commands)
+                originals = await self._originals(conn, commands)
+                book = await self._lock_balances(conn, touched_accounts(commands, holds, originals))
+                # timestamps are taken after the locks so that, per account, created_at
+                # follows seq order
+                now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+                plan = plan_batch(
+                    commands,
+                    groups=groups,
+                    book=book,
+                    holds=holds,
+                    originals=originals,
+                    stored=stored,
+                    now=now,
+                )
+                return await self._write(conn, plan, book, epoch, now, commands)
+
+    # -- reads under lock ----------------------------------------------------------------
+    @staticmethod
+    async def _stored_outcomes(
+        conn: asyncpg.Connection, commands: Sequence[Command]
+    ) -> dict[str, StoredOutcome]:
+        keys = [c.idempotency_key for c in commands if c.idempotency_key is not None]
+        if not keys:
+            return {}
+        rows = await conn.fetch(
+            "SELECT key, request_hash, outcome::text AS outcome FROM idempotency_keys "
+            "WHERE key = ANY($1::text[])",
+            keys,
+        )
+        return {
+            r["key"]: StoredOutcome(bytes(r["request_hash"]), json.loads(r["outcome"]))
+            for r in rows
+        }
+
+    @staticmethod
+    async def _lock_holds(
+        conn: asyncpg.Connection, commands: Sequence[Command]
+    ) -> dict[int, HoldRow]:
+        ids = referenced_holds(commands)
+        if not ids:
+            return {}
+        rows = await conn.fetch(
+            "SELECT id, source_id, destination_id, asset, amount, remaining, status, expires_at "
+            "FROM holds WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+            sorted(ids),
+        )
+        return {
+            r["id"]: HoldRow(
+                r["id"],
+                r["source_id"],
+                r["destination_id"],
+                r["asset"],
+                r["amount"],
+                r["remaining"],
+                HoldStatus(r["status"]),
+                r["expires_at"],
+            )
+            for r in rows
+        }
+
+    @staticmethod
+    async def _originals(
+        conn: asyncpg.Connection, commands: Sequence[Command]
+    ) -> dict[int, OriginalOperation]:
+        ids = referenced_operations(commands)
+        if not ids:
+            return {}
+        rows = await conn.fetch(
+            "SELECT o.id, o.type, r.id AS reversed_by, "
+            "       array_agg(e.account_id ORDER BY e.seq) AS accounts, "
+            "       array_agg(e.asset ORDER BY e.seq) AS assets, "
+            "       array_agg(e.amount ORDER BY e.seq) AS amounts "
+            "FROM operations o JOIN ledger_entries e ON e.operation_id = o.id "
+            "LEFT JOIN operations r ON r.reverses_id = o.id "
+            "WHERE o.id = ANY($1::bigint[]) AND o.status = 'COMPLETED' "
+            "GROUP BY o.id, o.type, r.id",
+            sorted(ids),
+        )
+        return {
+            r["id"]: OriginalOperation(
+                r["id"],
+                OperationType(r["type"]),
+                tuple(zip(r["accounts"], r["assets"], r["amounts"], strict=True)),
+                r["reversed_by"],
+            )
+            for r in rows
+        }
+
+    @staticmethod
+    async def _lock_balances(conn: asyncpg.Connection, account_ids: set[int]) -> BalanceBook:
+        if not account_ids:
+            return BalanceBook([])
+        rows = await conn.fetch(
+            "SELECT b.account_id, a.asset, b.floor, a.status, b.posted, b.pending "
+            "FROM balances b JOIN accounts a ON a.id = b.account_id "
+            "WHERE b.account_id = ANY($1::bigint[]) ORDER BY b.account_id FOR UPDATE OF b",
+            sorted(account_ids),
+        )
+        return BalanceBook(
+            AccountState(
+                r["account_id"],
+                r["asset"],
+                r["floor"],
+                AccountStatus(r["status"]),
+                r["posted"],
+                r["pending"],
+            )
+            for r in rows
+        )
+
+    # -- writes --------------------------------------------------------------------------
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        plan: Plan,
+        book: BalanceBook,
+        epoch: int,
+        now: datetime,
+        commands: Sequence[Command],
+    ) -> list[Result | LedgerError]:
+        n_ops = len(plan.operations) + len(plan.failed_saga_operations)
+        op_ids, seqs, hold_ids = await conn.fetchrow(
+            "SELECT "
+            " (SELECT coalesce(array_agg(nextval('operations_id_seq')), '{}') "
+            "    FROM generate_series(1, $1::int)), "
+            " (SELECT coalesce(array_agg(s ORDER BY s), '{}') FROM "
+            "    (SELECT nextval('ledger_seq') AS s FROM generate_series(1, $2::int)) x), "
+            " (SELECT coalesce(array_agg(nextval('holds_id_seq')), '{}') "
+            "    FROM generate_series(1, $3::int))",
+            n_ops,
+            plan.entry_count,
+            len(plan.new_holds),
+        )
+        plan.assign(op_ids[: len(plan.operations)], seqs, hold_ids)
+        results = plan.results(epoch, now)
+        audit: list[tuple[Any, ...]] = []
+
+        op_rows: list[tuple[Any, ...]] = []
+        entry_rows: list[tuple[Any, ...]] = []
+        for op in plan.operations:
+            op_rows.append(
+                (op.id, op.type.value, "COMPLETED", epoch, op.idempotency_key, op.actor.id,
+                 op.actor.role.value, op.transaction_id, op.reverses, op.hold_id, op.reason,
+                 None, _json(op.metadata), now)
+            )  # fmt: skip
+            after: dict[str, int] = {}
+            before = op.before.items()
+            for seq, (account, asset, amount, balance_after) in zip(
+                op.seqs, op.entries, strict=True
+            ):
+                entry_rows.append((seq, op.id, account, asset, amount, balance_after, epoch, now))
+                after[str(account)] = balance_after
+            audit.append(
+                (now, op.actor.id, op.actor.role.value, op.actor.ip, "operation.posted",
+                 "operation", str(op.id),
+                 _json({"type": op.type.value, "balances": {str(k): v for k, v in before}}),
+                 _json({"type": op.type.value, "balances": after}), op.reason)
+            )  # fmt: skip
+        for failed, op_id in zip(
+            plan.failed_saga_operations, op_ids[len(plan.operations) :], strict=True
+        ):
+            c = failed.command
+            op_rows.append(
+                (op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
+                 c.actor.role.value, c.transaction_id, None, None, c.reason,
+                 _json(failed.error.to_dict()), _json(c.metadata), now)
+            )  # fmt: skip
+        if op_rows:
+            await conn.copy_records_to_table(
+                "operations",
+                records=op_rows,
+                columns=[
+                    "id", "type", "status", "epoch", "idempotency_key", "actor_id", "actor_role",
+                    "transaction_id", "reverses_id", "hold_id", "reason", "error", "metadata",
+                    "created_at",
+                ],
+            )  # fmt: skip
+        if entry_rows:
+            await conn.copy_records_to_table(
+                "ledger_entries",
+                records=entry_rows,
+                columns=[
+                    "seq", "operation_id", "account_id", "asset", "amount", "balance_after",
+                    "epoch", "created_at",
+                ],
+            )  # fmt: skip
+        await self._write_holds(conn, plan, now, audit, commands)
+        await self._write_balances(conn, plan, book, now)
+        await self._write_idempotency(conn, plan, results, commands, now)
+        await self._update_sagas(conn, plan, now)
+        if audit:
+            await conn.copy_records_to_table(
+                "audit_log",
+                records=audit,
+                columns=[
+                    "at", "actor_id", "actor_role", "ip", "action", "entity_type", "entity_id",
+                    "before", "after", "reason",
+                ],
+            )  # fmt: skip
+        return results
+
+    @staticmethod
+    async def _write_holds(
+        conn: asyncpg.Connection,
+        plan: Plan,
+        now: datetime,
+        audit: list[tuple[Any, ...]],
+        commands: Sequence[Command],
+    ) -> None:
+        if plan.new_holds:
+            rows = []
+            for h in plan.new_holds:
+                c = h.command
+                rows.append(
+                    (h.id, c.source, c.destination, c.asset, c.amount, c.amount, 0, "PENDING",
+                     c.expires_at, c.idempotency_key, c.actor.id, _json(c.metadata), now, now)
+                )  # fmt: skip
+                audit.append(
+                    (now, c.actor.id, c.actor.role.value, c.actor.ip, "hold.created", "hold",
+                     str(h.id), None, _json({"status": "PENDING", "amount": c.amount}), None)
+                )  # fmt: skip
+            await conn.copy_records_to_table(
+                "holds",
+                records=rows,
+                columns=[
+                    "id", "source_id", "destination_id", "asset", "amount", "remaining",
+                    "captured", "status", "expires_at", "idempotency_key", "actor_id",
+                    "metadata", "created_at", "updated_at",
+                ],
+            )  # fmt: skip
+        if plan.hold_changes:
+            await conn.execute(
+                "UPDATE holds h SET status = u.status, remaining = 0, captured = u.captured, "
+                "updated_at = $4 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) "
+                "AS u(id, status, captured) WHERE h.id = u.id",
+                [c.hold.id for c in plan.hold_changes],
+                [c.status.value for c in plan.hold_changes],
+                [c.captured for c in plan.hold_changes],
+                now,
+            )
+            for change in plan.hold_changes:
+                command = commands[change.item]
+                actor = command.actor
+                reason = command.reason if isinstance(command, VoidHold) else None
+                audit.append(
+                    (now, actor.id, actor.role.value, actor.ip,
+                     f"hold.{change.status.value.lower()}", "hold", str(change.hold.id),
+                     _json({"status": "PENDING", "remaining": change.hold.remaining}),
+                     _json({"status": change.status.value, "captured": change.captured}), reason)
+                )  # fmt: skip
+
+    @staticmethod
+    async def _write_balances(
+        conn: asyncpg.Connection, plan: Plan, book: BalanceBook, now: datetime
+    ) -> None:
+        last_seq: dict[int, int] = {}
+        for op in plan.operations:
+            for seq, (account, *_rest) in zip(op.seqs, op.entries, strict=True):
+                last_seq[account] = seq
+        ids = sorted(book.touched)
+        if not ids:
+            return
+        accounts = [book.accounts[i] for i in ids]
+        await conn.execute(
+            "UPDATE balances b SET posted = u.posted, pending = u.pending, "
+            "last_seq = greatest(b.last_seq, u.last_seq), updated_at = $5 "
+            "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) "
+            "AS u(id, posted, pending, last_seq) WHERE b.account_id = u.id",
+            ids,
+            [a.posted for a in accounts],
+            [a.pending for a in accounts],
+            [last_seq.get(i, 0) for i in ids],
+            now,
+        )
+
+    @staticmethod
+    async def _write_idempotency(
+        conn: asyncpg.Connection,
+        plan: Plan,
+        results: list[Result | LedgerError],
+        commands: Sequence[Command],
+        now: datetime,
+    ) -> None:
+        if not plan.keyed_items:
+            return
+        rows = [
+            (
+                commands[i].idempotency_key,
+                commands[i].request_hash(),
+                _json(outcome_to_json(results[i])),
+                now,
+            )
+            for i in plan.keyed_items
+        ]
+        await conn.copy_records_to_table(
+            "idempotency_keys",
+            records=rows,
+            columns=["key", "request_hash", "outcome", "created_at"],
+        )
+
+    @staticmethod
+    async def _update_sagas(conn: asyncpg.Connection, plan: Plan, now: datetime) -> None:
+        ids: set[UUID] = {op.transaction_id for op in plan.operations if op.transaction_id}
+        ids |= {f.command.transaction_id for f in plan.failed_saga_operations}  # type: ignore[misc]
+        if ids:
+            await recompute_sagas(conn, sorted(ids), now)
+
+
+async def recompute_sagas(conn: asyncpg.Connection, ids: Sequence[UUID], now: datetime) -> None:
+    """Re-derive the status of transactions from their operations (same DB transaction)."""
+    await conn.execute(
+        "SELECT 1 FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", list(ids)
+    )
+    rows = await conn.fetch(
+        "SELECT t.id, t.type, t.status, "
+        "       coalesce(array_agg(o.type) FILTER (WHERE o.id IS NOT NULL), '{}') AS types, "
+        "       coalesce(array_agg(o.status) FILTER (WHERE o.id IS NOT NULL), '{}') AS statuses "
+        "FROM transactions t LEFT JOIN operations o ON o.transaction_id = t.id "
+        "WHERE t.id = ANY($1::uuid[]) GROUP BY t.id",
+        list(ids),
+    )
+    changes = []
+    for r in rows:
+        if r["status"] == TransactionStatus.CANCELLED:
+            continue
+        status = derive_status(
+            TransactionType(r["type"]),
+            [
+                (OperationType(t), OperationStatus(s))
+                for t, s in zip(r["types"], r["statuses"], strict=True)
+            ],
+        )
+        if status != r["status"]:
+            changes.append((r["id"], status.value))
+    if changes:
+        await conn.execute(
+            "UPDATE transactions t SET status = u.status, updated_at = $3 "
+            "FROM unnest($1::uuid[], $2::text[]) AS u(id, status) WHERE t.id = u.id",
+            [c[0] for c in changes],
+            [c[1] for c in changes],
+            now,
+        )

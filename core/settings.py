@@ -1,0 +1,35 @@
+"""Settings of the core, read from the environment once (cached accessor)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    #: ``DATABASE_URL``; when unset an embedded PostgreSQL (pgserver) is started.
+    url: str | None
+    #: where the embedded PostgreSQL keeps its data (``VALUEOS_DATA_DIR``)
+    data_dir: Path
+    pool_size: int
+    #: group commit: how long the batcher waits for more postings, and the batch cap
+    batch_linger_ms: float
+    batch_max: int
+
+    @classmethod
+    def from_env(cls) -> DatabaseSettings:
+        return cls(
+            url=os.environ.get("DATABASE_URL") or None,
+            data_dir=Path(os.environ.get("VALUEOS_DATA_DIR", ".valueos/pgdata")),
+            pool_size=int(os.environ.get("VALUEOS_DB_POOL", "10")),
+            batch_linger_ms=float(os.environ.get("VALUEOS_BATCH_LINGER_MS", "1.5")),
+            batch_max=int(os.environ.get("VALUEOS_BATCH_MAX", "2000")),
+        )
+
+
+@lru_cache(maxsize=1)
+def database_settings() -> DatabaseSettings:
+    return DatabaseSettings.from_env()

@@ -1,0 +1,311 @@
+"""Core value types: what callers ask the ledger for and what it answers.
+
+Plain frozen dataclasses, no I/O. Amounts are ``int`` minor units everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class Side(StrEnum):
+    DEBIT = "DEBIT"  # decreases the account's balance
+    CREDIT = "CREDIT"  # increases it
+
+
+class AccountKind(StrEnum):
+    AVAILABLE = "AVAILABLE"
+    BLOCKED = "BLOCKED"
+    LOCKED = "LOCKED"
+    CREDIT = "CREDIT"
+    COLLATERAL = "COLLATERAL"
+    VAULT = "VAULT"
+    SYSTEM = "SYSTEM"
+
+
+#: The three wallet compartments every (owner, asset) pair gets.
+WALLET_KINDS = (AccountKind.AVAILABLE, AccountKind.BLOCKED, AccountKind.LOCKED)
+
+
+class SystemAccount(StrEnum):
+    ISSUANCE = "ISSUANCE"  # unbounded: the source of every mint
+    OMNIBUS = "OMNIBUS"  # unbounded: the counterpart of external deposits
+    FEES = "FEES"
+    IN_FLIGHT = "IN_FLIGHT"
+    BRIDGED_OUT = "BRIDGED_OUT"
+
+
+#: System accounts that may go negative without bound.
+UNBOUNDED_SYSTEM_ACCOUNTS = frozenset({SystemAccount.ISSUANCE, SystemAccount.OMNIBUS})
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    FROZEN = "FROZEN"
+
+
+class AssetKind(StrEnum):
+    POINTS = "POINTS"
+    MILES = "MILES"
+    FIAT_CREDIT = "FIAT_CREDIT"
+    COLLATERAL = "COLLATERAL"
+
+
+class OperationType(StrEnum):
+    DEPOSIT = "DEPOSIT"
+    MINT = "MINT"
+    BURN = "BURN"
+    TRANSFER = "TRANSFER"
+    RELEASE = "RELEASE"
+    LOCK = "LOCK"
+    UNLOCK = "UNLOCK"
+    HOLD_CAPTURE = "HOLD_CAPTURE"
+    ADJUSTMENT = "ADJUSTMENT"
+    REVERSAL = "REVERSAL"
+    FEE = "FEE"
+
+
+#: Operation types that need a written reason (audited as sensitive).
+REASON_REQUIRED = frozenset(
+    {OperationType.RELEASE, OperationType.ADJUSTMENT, OperationType.REVERSAL}
+)
+
+
+class OperationStatus(StrEnum):
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+class HoldStatus(StrEnum):
+    PENDING = "PENDING"
+    POSTED = "POSTED"
+    VOIDED = "VOIDED"
+    EXPIRED = "EXPIRED"
+
+
+class Role(StrEnum):
+    USER = "USER"
+    ADMIN = "ADMIN"
+    COMPLIANCE = "COMPLIANCE"
+    OPS = "OPS"
+    READ_ONLY = "READ_ONLY"
+    AUDITOR = "AUDITOR"
+    SYSTEM = "SYSTEM"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks. Recorded on every operation and audit record."""
+
+    id: str
+    role: Role = Role.SYSTEM
+    ip: str | None = None
+
+
+SYSTEM_ACTOR = Actor("system", Role.SYSTEM)
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySpec:
+    """One requested leg: ``amount`` (> 0) is debited from or credited to an account."""
+
+    account_id: int
+    asset: str
+    amount: int
+    side: Side
+
+    @property
+    def signed(self) -> int:
+        return self.amount if self.side is Side.CREDIT else -self.amount
+
+
+def transfer_legs(source: int, destination: int, asset: str, amount: int) -> tuple[EntrySpec, ...]:
+    """The two legs of moving ``amount`` from ``source`` to ``destination``."""
+    return (
+        EntrySpec(source, asset, amount, Side.DEBIT),
+        EntrySpec(destination, asset, amount, Side.CREDIT),
+    )
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def request_hash(kind: str, payload: Any) -> bytes:
+    """sha256 of a canonical encoding: equal requests hash equal, whoever sends them."""
+    return hashlib.sha256(kind.encode() + b"\x00" + _canonical(payload)).digest()
+
+
+# ---------------------------------------------------------------------------
+# Commands: the write path accepts exactly these.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PostOperation:
+    type: OperationType
+    entries: tuple[EntrySpec, ...]
+    actor: Actor = SYSTEM_ACTOR
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None
+    transaction_id: UUID | None = None
+
+    def request_hash(self) -> bytes:
+        return request_hash(
+            "post",
+            {
+                "type": self.type.value,
+                "entries": [[e.account_id, e.asset, e.amount, e.side.value] for e in self.entries],
+                "metadata": self.metadata,
+                "reason": self.reason,
+                "transaction_id": str(self.transaction_id) if self.transaction_id else None,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreateHold:
+    """Reserve ``amount`` on ``source`` for a later transfer to ``destination``."""
+
+    source: int
+    destination: int
+    asset: str
+    amount: int
+    expires_at: datetime
+    actor: Actor = SYSTEM_ACTOR
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def request_hash(self) -> bytes:
+        return request_hash(
+            "hold",
+            [
+                self.source,
+                self.destination,
+                self.asset,
+                self.amount,
+                self.expires_at.isoformat(),
+                self.metadata,
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    """Post a pending hold, fully (``amount=None``) or partially; the rest is released."""
+
+    hold_id: int
+    amount: int | None = None
+    actor: Actor = SYSTEM_ACTOR
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def request_hash(self) -> bytes:
+        return request_hash("capture", [self.hold_id, self.amount, self.metadata])
+
+
+@dataclass(frozen=True, slots=True)
+class VoidHold:
+    hold_id: int
+    actor: Actor = SYSTEM_ACTOR
+    reason: str | None = None
+    idempotency_key: str | None = None
+    #: set by the expiry job: the hold ends EXPIRED instead of VOIDED
+    expire: bool = False
+
+    def request_hash(self) -> bytes:
+        return request_hash("void", [self.hold_id, self.reason, self.expire])
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseOperation:
+    """Post the exact opposite of a completed operation. Allowed once per operation."""
+
+    operation_id: int
+    reason: str
+    actor: Actor = SYSTEM_ACTOR
+    idempotency_key: str | None = None
+
+    def request_hash(self) -> bytes:
+        return request_hash("reverse", [self.operation_id, self.reason])
+
+
+Command = PostOperation | CreateHold | CaptureHold | VoidHold | ReverseOperation
+
+
+# ---------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PostedEntry:
+    seq: int
+    account_id: int
+    asset: str
+    amount: int  # signed: credit > 0, debit < 0
+    balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class OperationResult:
+    operation_id: int
+    type: OperationType
+    epoch: int
+    entries: tuple[PostedEntry, ...]
+    created_at: datetime
+    reverses: int | None = None
+    hold_id: int | None = None
+    #: True when this is the stored answer to an earlier request with the same key
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    hold_id: int
+    status: HoldStatus
+    source: int
+    destination: int
+    asset: str
+    amount: int
+    remaining: int
+    expires_at: datetime
+    replayed: bool = False
+
+
+Result = OperationResult | HoldResult
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    account_id: int
+    asset: str
+    posted: int
+    pending: int
+    floor: int | None
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A reconciler finding: what the entries say (``expected``) versus what is stored.
+
+    ``subject`` is "account" (a cached balance field drifted) or "operation" (its entries
+    do not sum to zero for an asset; ``field`` is then ``sum:<ASSET>``).
+    """
+
+    subject: str
+    id: int
+    field: str
+    expected: int
+    found: int

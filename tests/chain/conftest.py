@@ -1,0 +1,144 @@
+"""Fixtures for tests against a real anvil node.
+
+One anvil per test session (started by chain.anvil on a free port, or the node at
+``$ANVIL_RPC_URL``), isolated per test with ``evm_snapshot`` / ``evm_revert``: every test starts
+from the state the session fixtures built (e.g. the deployed LedgerAnchor) and its own
+transactions are rolled back afterwards, without restarting the node.
+
+Fixtures meant for reuse (bridge tests too): ``anvil`` (RPC URL), ``w3``, ``accounts``,
+``deployer``, ``dev_keys``, ``deploy(artifact_name, *args, sender=...)``, ``ledger_id``,
+``ledger_anchor``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from eth_typing import ChecksumAddress
+from eth_utils import keccak
+from web3 import Web3
+from web3.contract import Contract
+from web3.types import RPCEndpoint
+
+from chain.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
+from chain.artifacts import load_artifact
+
+# anvil's well-known public test keys (mnemonic "test test ... junk"); used only when the node is
+# an external one ($ANVIL_RPC_URL) whose own --config-out output we cannot read. Not secrets.
+WELL_KNOWN_ANVIL_KEYS = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a8928f6b3cd8",
+)
+
+LEDGER_ID = keccak(text="valueos:test-ledger")
+
+Deploy = Callable[..., Contract]
+
+
+@pytest.fixture(scope="session")
+def anvil_node() -> Iterator[AnvilNode | None]:
+    """The anvil process this session started, or None when using $ANVIL_RPC_URL."""
+    if os.environ.get("ANVIL_RPC_URL"):
+        yield None
+        return
+    if find_anvil() is None:
+        pytest.skip("anvil not found: run `npm install` (@foundry-rs/anvil) or set ANVIL_RPC_URL")
+    node = start_anvil()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def anvil(anvil_node: AnvilNode | None) -> str:
+    """JSON-RPC URL of the session's anvil node."""
+    if anvil_node is not None:
+        return anvil_node.rpc_url
+    url = os.environ["ANVIL_RPC_URL"]
+    try:
+        wait_for_rpc(url, timeout=10.0)
+    except AnvilError as exc:
+        pytest.fail(f"ANVIL_RPC_URL={url} does not answer: {exc}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def w3(anvil: str) -> Web3:
+    web3 = Web3(Web3.HTTPProvider(anvil, request_kwargs={"timeout": 30}))
+    assert web3.is_connected(), f"no connection to {anvil}"
+    return web3
+
+
+@pytest.fixture(scope="session")
+def accounts(w3: Web3) -> list[ChecksumAddress]:
+    """anvil's unlocked dev accounts (the node signs eth_sendTransaction for them)."""
+    found = list(w3.eth.accounts)
+    assert len(found) >= 3, "the chain tests need at least 3 unlocked dev accounts"
+    return found
+
+
+@pytest.fixture(scope="session")
+def deployer(accounts: list[ChecksumAddress]) -> ChecksumAddress:
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def dev_keys(anvil_node: AnvilNode | None) -> list[str]:
+    """Private keys of the dev accounts, from anvil's own --config-out (for local signing)."""
+    if anvil_node is None:
+        return list(WELL_KNOWN_ANVIL_KEYS)
+    return [str(k) for k in anvil_node.config()["private_keys"]]
+
+
+def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
+    response = w3.provider.make_request(RPCEndpoint(method), params)
+    if "error" in response:
+        raise AssertionError(f"{method} failed: {response['error']}")
+    return response["result"]
+
+
+@pytest.fixture(autouse=True)
+def _isolation(w3: Web3) -> Iterator[None]:
+    """Snapshot the chain before each test and revert to it afterwards.
+
+    Session-scoped fixtures are set up before function-scoped ones, so whatever they deploy is
+    part of the snapshot and survives the revert.
+    """
+    snapshot = _rpc(w3, "evm_snapshot", [])
+    try:
+        yield
+    finally:
+        assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
+
+
+@pytest.fixture(scope="session")
+def deploy(w3: Web3, deployer: ChecksumAddress) -> Deploy:
+    """``deploy("LedgerAnchor", ledger_id, admin, sender=...)`` -> Contract, from the artifact."""
+
+    def _deploy(name: str, *args: Any, sender: ChecksumAddress | None = None) -> Contract:
+        artifact = load_artifact(name)
+        factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        tx_hash = factory.constructor(*args).transact({"from": sender or deployer})
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+        assert receipt["status"] == 1, f"deploying {name} reverted"
+        address = receipt["contractAddress"]
+        assert address is not None
+        return w3.eth.contract(address=address, abi=artifact.abi)
+
+    return _deploy
+
+
+@pytest.fixture(scope="session")
+def ledger_id() -> bytes:
+    return LEDGER_ID
+
+
+@pytest.fixture(scope="session")
+def ledger_anchor(deploy: Deploy, deployer: ChecksumAddress, ledger_id: bytes) -> Contract:
+    """LedgerAnchor deployed once per session; the deployer is admin and anchorer."""
+    return deploy("LedgerAnchor", ledger_id, deployer)

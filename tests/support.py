@@ -1,0 +1,63 @@
+"""Test support: a PostgreSQL server (DATABASE_URL or embedded) and throwaway databases."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from core.db import asyncpg_url, migrate_async, start_embedded
+
+_server_url: str | None = None
+
+
+def server_url() -> str:
+    """The server tests use: ``DATABASE_URL`` if set, else one embedded PostgreSQL."""
+    global _server_url  # noqa: PLW0603 - one server per test process
+    if _server_url is None:
+        url = os.environ.get("DATABASE_URL")
+        if not url:
+            # a short path: the Unix socket lives in the data directory (107-byte limit)
+            url = start_embedded(Path(tempfile.mkdtemp(prefix="vo-pg-")))
+        _server_url = asyncpg_url(url)
+    return _server_url
+
+
+def _plain(url: str, database: str) -> str:
+    return (
+        make_url(url)
+        .set(drivername="postgresql", database=database)
+        .render_as_string(hide_password=False)
+    )
+
+
+async def create_database(migrated: bool = True) -> str:
+    """Create a fresh database on the test server; return its SQLAlchemy URL."""
+    base = server_url()
+    name = f"vo_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_plain(base, "postgres"))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    if migrated:
+        await migrate_async(url)
+    return url
+
+
+async def drop_database(url: str) -> None:
+    name = make_url(url).database
+    conn = await asyncpg.connect(_plain(server_url(), "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def raw_connect(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(_plain(url, str(make_url(url).database)))
