@@ -5,7 +5,8 @@ package.json). :func:`start_anvil` launches it on a free port chosen by the kern
 anvil reports the bound address in its log, so there is no pick-then-bind race), waits until its
 JSON-RPC answers (polling with a bounded deadline, never a blind sleep) and returns an
 :class:`AnvilNode` whose :meth:`~AnvilNode.stop` terminates it (SIGTERM, then SIGKILL after a
-grace period). A node left running is stopped when the interpreter exits.
+grace period). A node left running is stopped when the interpreter exits normally; anvil stays
+in its parent's process group, so a Ctrl-C or a kill of the whole group reaches it too.
 
 This module never holds a key: anvil's dev accounts and their keys are whatever anvil itself
 reports in its ``--config-out`` file (:attr:`AnvilNode.config_path`).
@@ -63,8 +64,9 @@ def find_anvil(root: Path | None = None) -> Path | None:
 
     Order: ``$ANVIL_BIN``; the native binary of the npm package under ``node_modules`` (the
     platform package ``@foundry-rs/anvil-<os>-<arch>`` that ``node_modules/.bin/anvil`` would
-    spawn: started directly there is no node wrapper process in between); the
-    ``node_modules/.bin/anvil`` wrapper itself; ``anvil`` on PATH.
+    spawn: started directly, there is no node wrapper process in between, so the process we
+    signal is anvil itself); the ``node_modules/.bin/anvil`` wrapper (it forwards SIGTERM to the
+    binary); ``anvil`` on PATH.
     """
     env = os.environ.get("ANVIL_BIN")
     if env:
@@ -168,8 +170,7 @@ class AnvilNode:
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Terminate anvil (SIGTERM, SIGKILL after ``timeout``), reap it, remove its files.
 
-        Idempotent. The signal goes to the process group that :func:`start_anvil` created for
-        this node alone, so a wrapper and the binary it spawned are both ended.
+        Idempotent. Only this node's own process is signalled, by its pid.
         """
         if self._stopped:
             return
@@ -186,10 +187,10 @@ class AnvilNode:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _signal(self, sig: signal.Signals) -> None:
-        # Only while the leader is unreaped: its pid, hence the group id, cannot be reused yet.
+        # Only while the process is unreaped, so its pid cannot have been reused.
         if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
 
     def __enter__(self) -> AnvilNode:
         return self
@@ -251,7 +252,6 @@ def start_anvil(
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() signals exactly this node
             )
     except OSError as exc:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -299,6 +299,10 @@ def running_anvil(**kwargs: Any) -> Iterator[AnvilNode]:
         node.stop()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m chain.anvil", description="Run a local anvil node until Ctrl-C."
@@ -308,6 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chain-id", type=int, default=None)
     parser.add_argument("--hardfork", default=None)
     ns = parser.parse_args(argv)
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the node is stopped and its files removed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     with running_anvil(
         host=ns.host, port=ns.port, chain_id=ns.chain_id, hardfork=ns.hardfork
     ) as node:

@@ -550,11 +550,11 @@ def plan_batch(
         end = index + 1
         while group is not None and end < len(commands) and groups[end] == group:
             end += 1
-        mark = planner.mark()
+        mark = planner.mark() if group is not None else None
         for item in range(index, end):
             outcome = _run_one(planner, item, commands[item], stored, seen)
             plan.outcomes.append(outcome)
-            if isinstance(outcome, LedgerError) and group is not None:
+            if isinstance(outcome, LedgerError) and mark is not None:
                 _fail_group(
                     planner,
                     mark=mark,
@@ -627,11 +627,13 @@ def _run_one(
                     "this idempotency key was used with a different request", key=key
                 )
             return outcome_from_json(stored[key].outcome)
-    mark = planner.mark()
+    # a failing command appends nothing to the plan (every path appends last), so undoing
+    # its balance changes is enough
+    checkpoint = planner.book.checkpoint()
     try:
         outcome = planner.run(item, command)
     except LedgerError as err:
-        planner.undo(mark)
+        planner.book.rollback(checkpoint)
         if isinstance(command, PostOperation) and command.transaction_id is not None:
             planner.plan.failed_saga_operations.append(FailedSagaOperation(command, err))
         outcome = err

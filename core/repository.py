@@ -25,6 +25,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import (
@@ -103,7 +104,67 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    if not value:
+        return "{}"
+    return _ENCODER.encode(value).decode()
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
+class _Columns:
+    """Rows gathered column-wise, for ``unnest($1::t[], $2::t[], ...)`` inserts."""
+
+    def __init__(self, width: int) -> None:
+        self._columns: list[list[Any]] = [[] for _ in range(width)]
+        self.rows = 0
+
+    def add(self, *values: Any) -> None:
+        for column, value in zip(self._columns, values, strict=True):
+            column.append(value)
+        self.rows += 1
+
+    def columns(self) -> list[list[Any]]:
+        return self._columns
+
+
+_ALLOCATE = """
+SELECT
+  (SELECT coalesce(array_agg(nextval('operations_id_seq')), '{}') FROM generate_series(1, $1::int)),
+  (SELECT coalesce(array_agg(s ORDER BY s), '{}')
+     FROM (SELECT nextval('ledger_seq') AS s FROM generate_series(1, $2::int)) x),
+  (SELECT coalesce(array_agg(nextval('holds_id_seq')), '{}') FROM generate_series(1, $3::int))
+"""
+
+# Every row a batch writes, in one statement (one round trip). Data-modifying CTEs all
+# run; foreign keys are checked at the end of the statement, so entries may reference
+# operations inserted by the sibling CTE.
+_WRITE = """
+WITH ops AS (
+    INSERT INTO operations (id, type, status, epoch, idempotency_key, actor_id, actor_role,
+                            transaction_id, reverses_id, hold_id, reason, error, metadata,
+                            created_at)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                         $6::text[], $7::text[], $8::uuid[], $9::bigint[], $10::bigint[],
+                         $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[])
+), entries AS (
+    INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, balance_after,
+                                epoch, created_at)
+    SELECT u.*, $21::bigint, $22::timestamptz
+    FROM unnest($15::bigint[], $16::bigint[], $17::bigint[], $18::text[], $19::bigint[],
+                $20::bigint[]) AS u
+), balances_update AS (
+    UPDATE balances b SET posted = u.posted, pending = u.pending,
+           last_seq = greatest(b.last_seq, u.last_seq), updated_at = $22
+    FROM unnest($23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[])
+         AS u(id, posted, pending, last_seq)
+    WHERE b.account_id = u.id
+)
+INSERT INTO audit_log (at, actor_id, actor_role, ip, action, entity_type, entity_id, before,
+                       after, reason)
+SELECT * FROM unnest($27::timestamptz[], $28::text[], $29::text[], $30::text[], $31::text[],
+                     $32::text[], $33::text[], $34::jsonb[], $35::jsonb[], $36::text[])
+"""
 
 
 def _group_spans(groups: Sequence[int | None]) -> list[tuple[int, int]]:
@@ -163,13 +224,13 @@ class LedgerStore:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection
             async with conn.transaction():
-                epoch = await conn.fetchval("SELECT valueos_writer_epoch()")
                 stored = await self._stored_outcomes(conn, commands)
                 holds = await self._lock_holds(conn, commands)
                 originals = await self._originals(conn, commands)
-                book = await self._lock_balances(conn, touched_accounts(commands, holds, originals))
-                # timestamps are taken after the locks so that, per account, created_at
-                # follows seq order
+                epoch, book = await self._lock_balances(
+                    conn, touched_accounts(commands, holds, originals)
+                )
+                # the clock is read after the locks, so per account created_at follows seq
                 now: datetime = await conn.fetchval("SELECT clock_timestamp()")
                 plan = plan_batch(
                     commands,
@@ -255,16 +316,18 @@ class LedgerStore:
         }
 
     @staticmethod
-    async def _lock_balances(conn: asyncpg.Connection, account_ids: set[int]) -> BalanceBook:
+    async def _lock_balances(
+        conn: asyncpg.Connection, account_ids: set[int]
+    ) -> tuple[int, BalanceBook]:
+        """Take the epoch lock (shared) and lock the balance rows; return the open epoch."""
         if not account_ids:
-            return BalanceBook([])
+            return await conn.fetchval("SELECT valueos_writer_epoch()"), BalanceBook([])
         rows = await conn.fetch(
-            "SELECT b.account_id, a.asset, b.floor, a.status, b.posted, b.pending "
-            "FROM balances b JOIN accounts a ON a.id = b.account_id "
-            "WHERE b.account_id = ANY($1::bigint[]) ORDER BY b.account_id FOR UPDATE OF b",
-            sorted(account_ids),
+            "SELECT * FROM valueos_lock_balances($1::bigint[])", sorted(account_ids)
         )
-        return BalanceBook(
+        if not rows:
+            return await conn.fetchval("SELECT valueos_writer_epoch()"), BalanceBook([])
+        book = BalanceBook(
             AccountState(
                 r["account_id"],
                 r["asset"],
@@ -275,6 +338,7 @@ class LedgerStore:
             )
             for r in rows
         )
+        return rows[0]["epoch"], book
 
     # -- writes --------------------------------------------------------------------------
     async def _write(
@@ -287,84 +351,55 @@ class LedgerStore:
         commands: Sequence[Command],
     ) -> list[Result | LedgerError]:
         n_ops = len(plan.operations) + len(plan.failed_saga_operations)
-        op_ids, seqs, hold_ids = await conn.fetchrow(
-            "SELECT "
-            " (SELECT coalesce(array_agg(nextval('operations_id_seq')), '{}') "
-            "    FROM generate_series(1, $1::int)), "
-            " (SELECT coalesce(array_agg(s ORDER BY s), '{}') FROM "
-            "    (SELECT nextval('ledger_seq') AS s FROM generate_series(1, $2::int)) x), "
-            " (SELECT coalesce(array_agg(nextval('holds_id_seq')), '{}') "
-            "    FROM generate_series(1, $3::int))",
-            n_ops,
-            plan.entry_count,
-            len(plan.new_holds),
-        )
+        op_ids, seqs, hold_ids = await conn.fetchrow(_ALLOCATE, n_ops, plan.entry_count,
+                                                     len(plan.new_holds))  # fmt: skip
         plan.assign(op_ids[: len(plan.operations)], seqs, hold_ids)
         results = plan.results(epoch, now)
-        audit: list[tuple[Any, ...]] = []
-
-        op_rows: list[tuple[Any, ...]] = []
-        entry_rows: list[tuple[Any, ...]] = []
+        ops = _Columns(14)
+        entries = _Columns(6)
+        audit = _Columns(10)
         for op in plan.operations:
-            op_rows.append(
-                (op.id, op.type.value, "COMPLETED", epoch, op.idempotency_key, op.actor.id,
-                 op.actor.role.value, op.transaction_id, op.reverses, op.hold_id, op.reason,
-                 None, _json(op.metadata), now)
-            )  # fmt: skip
-            after: dict[str, int] = {}
-            before = op.before.items()
+            actor = op.actor
+            ops.add(op.id, op.type.value, "COMPLETED", epoch, op.idempotency_key, actor.id,
+                    actor.role.value, op.transaction_id, op.reverses, op.hold_id, op.reason,
+                    None, _json(op.metadata), now)  # fmt: skip
             for seq, (account, asset, amount, balance_after) in zip(
                 op.seqs, op.entries, strict=True
             ):
-                entry_rows.append((seq, op.id, account, asset, amount, balance_after, epoch, now))
-                after[str(account)] = balance_after
-            audit.append(
-                (now, op.actor.id, op.actor.role.value, op.actor.ip, "operation.posted",
-                 "operation", str(op.id),
-                 _json({"type": op.type.value, "balances": {str(k): v for k, v in before}}),
-                 _json({"type": op.type.value, "balances": after}), op.reason)
-            )  # fmt: skip
+                entries.add(seq, op.id, account, asset, amount, balance_after)
+            # before/after of a posting are its entries (balance_after, amount): the audit
+            # record points at them instead of copying them
+            audit.add(now, actor.id, actor.role.value, actor.ip, "operation.posted",
+                      "operation", str(op.id), None, None, op.reason)  # fmt: skip
         for failed, op_id in zip(
             plan.failed_saga_operations, op_ids[len(plan.operations) :], strict=True
         ):
             c = failed.command
-            op_rows.append(
-                (op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
-                 c.actor.role.value, c.transaction_id, None, None, c.reason,
-                 _json(failed.error.to_dict()), _json(c.metadata), now)
-            )  # fmt: skip
-        if op_rows:
-            await conn.copy_records_to_table(
-                "operations",
-                records=op_rows,
-                columns=[
-                    "id", "type", "status", "epoch", "idempotency_key", "actor_id", "actor_role",
-                    "transaction_id", "reverses_id", "hold_id", "reason", "error", "metadata",
-                    "created_at",
-                ],
-            )  # fmt: skip
-        if entry_rows:
-            await conn.copy_records_to_table(
-                "ledger_entries",
-                records=entry_rows,
-                columns=[
-                    "seq", "operation_id", "account_id", "asset", "amount", "balance_after",
-                    "epoch", "created_at",
-                ],
-            )  # fmt: skip
+            ops.add(op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
+                    c.actor.role.value, c.transaction_id, None, None, c.reason,
+                    _json(failed.error.to_dict()), _json(c.metadata), now)  # fmt: skip
         await self._write_holds(conn, plan, now, audit, commands)
-        await self._write_balances(conn, plan, book, now)
+        touched = sorted(book.touched)
+        last_seq: dict[int, int] = {}
+        for op in plan.operations:
+            for seq, entry in zip(op.seqs, op.entries, strict=True):
+                last_seq[entry[0]] = seq
+        balances = [book.accounts[i] for i in touched]
+        if touched or ops.rows or audit.rows:
+            await conn.execute(
+                _WRITE,
+                *ops.columns(),
+                *entries.columns(),
+                epoch,
+                now,
+                touched,
+                [a.posted for a in balances],
+                [a.pending for a in balances],
+                [last_seq.get(i, 0) for i in touched],
+                *audit.columns(),
+            )
         await self._write_idempotency(conn, plan, results, commands, now)
         await self._update_sagas(conn, plan, now)
-        if audit:
-            await conn.copy_records_to_table(
-                "audit_log",
-                records=audit,
-                columns=[
-                    "at", "actor_id", "actor_role", "ip", "action", "entity_type", "entity_id",
-                    "before", "after", "reason",
-                ],
-            )  # fmt: skip
         return results
 
     @staticmethod
@@ -372,7 +407,7 @@ class LedgerStore:
         conn: asyncpg.Connection,
         plan: Plan,
         now: datetime,
-        audit: list[tuple[Any, ...]],
+        audit: _Columns,
         commands: Sequence[Command],
     ) -> None:
         if plan.new_holds:
@@ -383,10 +418,9 @@ class LedgerStore:
                     (h.id, c.source, c.destination, c.asset, c.amount, c.amount, 0, "PENDING",
                      c.expires_at, c.idempotency_key, c.actor.id, _json(c.metadata), now, now)
                 )  # fmt: skip
-                audit.append(
-                    (now, c.actor.id, c.actor.role.value, c.actor.ip, "hold.created", "hold",
-                     str(h.id), None, _json({"status": "PENDING", "amount": c.amount}), None)
-                )  # fmt: skip
+                audit.add(now, c.actor.id, c.actor.role.value, c.actor.ip, "hold.created",
+                          "hold", str(h.id), None,
+                          _json({"status": "PENDING", "amount": c.amount}), None)  # fmt: skip
             await conn.copy_records_to_table(
                 "holds",
                 records=rows,
@@ -410,36 +444,11 @@ class LedgerStore:
                 command = commands[change.item]
                 actor = command.actor
                 reason = command.reason if isinstance(command, VoidHold) else None
-                audit.append(
-                    (now, actor.id, actor.role.value, actor.ip,
-                     f"hold.{change.status.value.lower()}", "hold", str(change.hold.id),
-                     _json({"status": "PENDING", "remaining": change.hold.remaining}),
-                     _json({"status": change.status.value, "captured": change.captured}), reason)
-                )  # fmt: skip
-
-    @staticmethod
-    async def _write_balances(
-        conn: asyncpg.Connection, plan: Plan, book: BalanceBook, now: datetime
-    ) -> None:
-        last_seq: dict[int, int] = {}
-        for op in plan.operations:
-            for seq, (account, *_rest) in zip(op.seqs, op.entries, strict=True):
-                last_seq[account] = seq
-        ids = sorted(book.touched)
-        if not ids:
-            return
-        accounts = [book.accounts[i] for i in ids]
-        await conn.execute(
-            "UPDATE balances b SET posted = u.posted, pending = u.pending, "
-            "last_seq = greatest(b.last_seq, u.last_seq), updated_at = $5 "
-            "FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) "
-            "AS u(id, posted, pending, last_seq) WHERE b.account_id = u.id",
-            ids,
-            [a.posted for a in accounts],
-            [a.pending for a in accounts],
-            [last_seq.get(i, 0) for i in ids],
-            now,
-        )
+                audit.add(now, actor.id, actor.role.value, actor.ip,
+                          f"hold.{change.status.value.lower()}", "hold", str(change.hold.id),
+                          _json({"status": "PENDING", "remaining": change.hold.remaining}),
+                          _json({"status": change.status.value, "captured": change.captured}),
+                          reason)  # fmt: skip
 
     @staticmethod
     async def _write_idempotency(

@@ -85,6 +85,20 @@ BEGIN
     RETURN e;
 END $$;
 
+-- The first statement of a posting batch: epoch lock (shared), then every balance row the
+-- batch touches locked in account-id order (the same order everywhere: no deadlocks).
+CREATE FUNCTION valueos_lock_balances(ids bigint[])
+RETURNS TABLE (epoch bigint, account_id bigint, asset text, floor bigint, status text,
+               posted bigint, pending bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE e bigint := valueos_writer_epoch();
+BEGIN
+    RETURN QUERY
+        SELECT e, b.account_id, a.asset, b.floor, a.status, b.posted, b.pending
+        FROM balances b JOIN accounts a ON a.id = b.account_id
+        WHERE b.account_id = ANY(ids) ORDER BY b.account_id FOR UPDATE OF b;
+END $$;
+
 CREATE TABLE transactions (
     id                  uuid PRIMARY KEY,
     owner_id            uuid REFERENCES users (id),
@@ -231,4 +245,7 @@ def downgrade() -> None:
         "transactions, epochs, balances, accounts, assets, users CASCADE"
     )
     op.execute("DROP SEQUENCE IF EXISTS holds_id_seq, ledger_seq, operations_id_seq")
-    op.execute("DROP FUNCTION IF EXISTS valueos_append_only(), valueos_writer_epoch()")
+    op.execute(
+        "DROP FUNCTION IF EXISTS valueos_append_only(), valueos_lock_balances(bigint[]), "
+        "valueos_writer_epoch()"
+    )

@@ -1,0 +1,184 @@
+"""Ledger throughput against the real PostgreSQL, next to a raw-SQL baseline.
+
+    python -m bench.ledger [--transfers N] [--accounts N] [--callers N]
+
+Uses DATABASE_URL when set, else an embedded PostgreSQL; always in a fresh database
+that is dropped afterwards. Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+from core.ledger import Ledger
+from core.types import (
+    AccountKind,
+    Actor,
+    AssetKind,
+    Command,
+    OperationType,
+    PostOperation,
+    Role,
+    SystemAccount,
+    transfer_legs,
+)
+from tests.conftest import settings_for
+from tests.support import create_database, drop_database, raw_connect
+
+ACTOR = Actor("bench", Role.SYSTEM)
+BATCH = 2000
+
+
+async def setup(ledger: Ledger, accounts: int) -> tuple[str, int, list[int]]:
+    await ledger.accounts.create_asset(
+        code="BENCH", name="bench", scale=2, kind=AssetKind.POINTS, actor=ACTOR
+    )
+    issuance = await ledger.accounts.system_account("BENCH", SystemAccount.ISSUANCE, actor=ACTOR)
+    ids = []
+    for _ in range(accounts):
+        owner = await ledger.accounts.create_user(email=None, actor=ACTOR)
+        ids.append(
+            (await ledger.accounts.ensure_wallet(owner, "BENCH", actor=ACTOR))[
+                AccountKind.AVAILABLE
+            ]
+        )
+    mints: list[Command] = [
+        PostOperation(OperationType.MINT, transfer_legs(issuance, a, "BENCH", 10**12), ACTOR)
+        for a in ids
+    ]
+    await ledger.post_many(mints)
+    return "BENCH", issuance, ids
+
+
+def random_transfers(ids: list[int], n: int, rng: random.Random) -> list[tuple[int, int]]:
+    out = []
+    for _ in range(n):
+        a, b = rng.sample(ids, 2)
+        out.append((a, b))
+    return out
+
+
+async def bench_batched(ledger: Ledger, ids: list[int], n: int, rng: random.Random) -> float:
+    pairs = random_transfers(ids, n, rng)
+    commands = [
+        PostOperation(OperationType.TRANSFER, transfer_legs(a, b, "BENCH", 1), ACTOR)
+        for a, b in pairs
+    ]
+    start = time.perf_counter()
+    for i in range(0, n, BATCH):
+        results = await ledger.post_many(commands[i : i + BATCH])
+        assert all(not isinstance(r, Exception) for r in results)
+    return n / (time.perf_counter() - start)
+
+
+async def bench_callers(ledger: Ledger, n: int, callers: int, pick: Any) -> float:
+    per_caller = n // callers
+
+    async def caller() -> None:
+        for _ in range(per_caller):
+            a, b = pick()
+            await ledger.transfer(source=a, destination=b, asset="BENCH", amount=1, actor=ACTOR)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return per_caller * callers / (time.perf_counter() - start)
+
+
+async def bench_baseline(url: str, ids: list[int], n: int, rng: random.Random) -> float:
+    """The minimal raw-SQL transfer: two entry inserts, two balance updates, in batches."""
+    conn = await raw_connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE base_entries (seq bigserial PRIMARY KEY, account_id bigint NOT NULL, "
+            "amount bigint NOT NULL);"
+            "CREATE TABLE base_balances (account_id bigint PRIMARY KEY, balance bigint NOT NULL);"
+        )
+        await conn.execute("INSERT INTO base_balances SELECT unnest($1::bigint[]), 0", ids)
+        pairs = random_transfers(ids, n, rng)
+        start = time.perf_counter()
+        for i in range(0, n, BATCH):
+            chunk = pairs[i : i + BATCH]
+            accounts: list[int] = []
+            amounts: list[int] = []
+            delta: dict[int, int] = {}
+            for a, b in chunk:
+                accounts += (a, b)
+                amounts += (-1, 1)
+                delta[a] = delta.get(a, 0) - 1
+                delta[b] = delta.get(b, 0) + 1
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO base_entries (account_id, amount) "
+                    "SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                    accounts,
+                    amounts,
+                )
+                keys = sorted(delta)
+                await conn.execute(
+                    "UPDATE base_balances b SET balance = b.balance + u.d FROM "
+                    "unnest($1::bigint[], $2::bigint[]) AS u(id, d) WHERE b.account_id = u.id",
+                    keys,
+                    [delta[k] for k in keys],
+                )
+        return n / (time.perf_counter() - start)
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transfers", type=int, default=100_000)
+    parser.add_argument("--accounts", type=int, default=1_000)
+    parser.add_argument("--callers", type=int, default=32)
+    args = parser.parse_args()
+    rng = random.Random(7)
+    url = await create_database()
+    ledger = Ledger.connect(settings_for(url, pool_size=4))
+    try:
+        _, issuance, ids = await setup(ledger, args.accounts)
+        baseline = await bench_baseline(url, ids, args.transfers, rng)
+        print(f"baseline raw SQL     : {baseline:10,.0f} transfers/s")
+        batched = await bench_batched(ledger, ids, args.transfers, rng)
+        print(
+            f"ledger batched       : {batched:10,.0f} transfers/s  ({batched / baseline:.2f}x baseline)"
+        )
+        n_single = max(args.transfers // 4, args.callers)
+        single = await bench_callers(
+            ledger, n_single, args.callers, lambda: tuple(rng.sample(ids, 2))
+        )
+        print(
+            f"ledger {args.callers} callers    : {single:10,.0f} transfers/s (group commit, "
+            f"{ledger.batcher.commands / max(ledger.batcher.batches, 1):.0f} per batch)"
+        )
+        hot = await bench_callers(
+            ledger, n_single, args.callers, lambda: (issuance, rng.choice(ids))
+        )
+        print(f"hot issuance account : {hot:10,.0f} transfers/s")
+        drifts = await ledger.reconcile()
+        print(f"reconciler drifts    : {len(drifts)}")
+        print(
+            json.dumps(
+                {
+                    "transfers": args.transfers,
+                    "transfers_per_s": round(batched),
+                    "single_per_s": round(single),
+                    "hot_account_per_s": round(hot),
+                    "baseline_per_s": round(baseline),
+                    "ratio_to_baseline": round(batched / baseline, 3),
+                    "callers": args.callers,
+                    "drifts": len(drifts),
+                }
+            )
+        )
+    finally:
+        await ledger.close()
+        await drop_database(url)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
