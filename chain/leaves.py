@@ -320,14 +320,14 @@ def hash_balance_leaves(leaves: Sequence[BalanceLeaf]) -> list[bytes]:
         return [leaf.hash() for leaf in leaves]
 
 
-def entry_tree(leaves: Sequence[EntryLeaf], *, workers: int = 1) -> StandardMerkleTree:
+def entry_tree(leaves: Sequence[EntryLeaf]) -> StandardMerkleTree:
     """The entries tree of an epoch (``proof(i)`` is the proof of ``leaves[i]``)."""
-    return StandardMerkleTree.build(leaves, hash_entry_leaves, workers=workers)
+    return StandardMerkleTree.build(leaves, hash_entry_leaves)
 
 
-def balance_tree(leaves: Sequence[BalanceLeaf], *, workers: int = 1) -> StandardMerkleTree:
+def balance_tree(leaves: Sequence[BalanceLeaf]) -> StandardMerkleTree:
     """The balances tree of an epoch (``proof(i)`` is the proof of ``leaves[i]``)."""
-    return StandardMerkleTree.build(leaves, hash_balance_leaves, workers=workers)
+    return StandardMerkleTree.build(leaves, hash_balance_leaves)
 
 
 def header_hash(

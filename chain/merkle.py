@@ -44,18 +44,15 @@ Speed
     keccak is called directly through ``sha3.keccak_256`` (safe-pysha3, the C backend behind
     ``eth_hash.auto``), once per node on 64 bytes. The rows of the array are built deepest
     first with list comprehensions over byte strings; no per-node Python objects besides the
-    hashes themselves. With ``workers > 1`` (POSIX only) the leaf hashing, the leaf sort and the
-    lower subtrees are split across ``fork``-ed worker processes, which read the input through
-    the inherited memory and send back raw 32-byte hashes over a pipe.
+    hashes themselves. The time goes to keccak itself: a 288-byte entry leaf costs four
+    Keccak-f permutations (three for the encoding, one for the outer hash) and each internal
+    node one more, so about five permutations per leaf.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
-import os
-import signal
 import struct
 import sys
 from array import array
@@ -90,9 +87,6 @@ _MAGIC = b"VOMT"
 _VERSION = 1
 _FLAG_SORTED = 1
 _HEADER = struct.Struct(">4sBBHQ")
-#: Below this many leaves, worker processes cost more than they save.
-_PARALLEL_MIN_LEAVES = 1 << 15
-_MAX_WORKERS = 64
 
 
 class KeccakHash(Protocol):
@@ -229,156 +223,21 @@ class _Packed(Sequence[bytes]):
         return [buf[i : i + 32] for i in range(start, start + 32 * self._len, 32)]
 
 
-def _rows(n_leaves: int, root: int) -> Iterator[tuple[int, int]]:
-    """The internal-node rows ``[lo, hi)`` of the subtree under array index ``root``.
+def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
+    """Fill in ``nodes[:n_leaves - 1]`` from the leaves in ``nodes[n_leaves - 1:]``, in place.
 
-    Deepest row first; each row's children are the contiguous run ``[2lo + 1, 2hi + 1)``.
+    Row ``j`` of the array is ``[2**j - 1, 2**(j + 1) - 1)`` and the children of a run
+    ``[lo, hi)`` are the contiguous run ``[2lo + 1, 2hi + 1)``, so each row is one list
+    comprehension over two strided slices of the row below, deepest row first.
     """
-    internal = n_leaves - 1  # array indices below this are internal nodes
-    rows = []
-    width = 1
-    lo = root
-    while lo < internal:
-        rows.append((lo, min(lo + width, internal)))
-        lo = 2 * lo + 1
-        width *= 2
-    return reversed(rows)
-
-
-def _hash_rows(nodes: list[bytes], n_leaves: int, root: int) -> None:
-    """Fill in, in place, the internal nodes of the subtree under ``root``."""
     k = _keccak
-    for lo, hi in _rows(n_leaves, root):
+    for depth in reversed(range((n_leaves - 1).bit_length())):
+        lo, hi = 2**depth - 1, min(2 ** (depth + 1) - 1, n_leaves - 1)
         lefts = nodes[2 * lo + 1 : 2 * hi + 1 : 2]
         rights = nodes[2 * lo + 2 : 2 * hi + 2 : 2]
         nodes[lo:hi] = [
             k(a + b if a < b else b + a).digest() for a, b in zip(lefts, rights, strict=True)
         ]
-
-
-class _Forked:
-    """A computation run in a ``fork``-ed child, its ``bytes`` result sent back over a pipe."""
-
-    def __init__(self, job: Callable[[], bytes]) -> None:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the caller's code
-            status = 1
-            try:
-                os.close(read_fd)
-                with os.fdopen(write_fd, "wb") as out:
-                    out.write(job())
-                status = 0
-            finally:
-                os._exit(status)
-        os.close(write_fd)
-        self._pid = pid
-        self._fd = read_fd
-        self._reaped = False
-
-    def result(self) -> bytes | None:
-        """The child's bytes, or None if it failed (the caller then does the work itself)."""
-        with os.fdopen(self._fd, "rb") as pipe:
-            data = pipe.read()
-        _, status = os.waitpid(self._pid, 0)
-        self._reaped = True
-        return data if os.waitstatus_to_exitcode(status) == 0 else None
-
-    def kill(self) -> None:
-        """Stop and reap the child if still there (used when the parent itself fails)."""
-        if self._reaped:
-            return
-        self._reaped = True
-        os.kill(self._pid, signal.SIGKILL)
-        os.close(self._fd)
-        os.waitpid(self._pid, 0)
-
-
-def _spans(n: int, parts: int) -> list[tuple[int, int]]:
-    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
-
-
-def _hash_in_parallel(
-    items: Sequence[T],
-    hash_leaves: Callable[[Sequence[T]], list[bytes]],
-    sort: bool,
-    workers: int,
-) -> tuple[list[bytes], bytes]:
-    """Hash ``items`` in ``workers`` processes: (leaves in tree order, hashes in input order)."""
-
-    def job(lo: int, hi: int) -> bytes:
-        hashes = hash_leaves(items[lo:hi])
-        if len(hashes) != hi - lo:
-            raise ValueError("hash_leaves must return one hash per item")
-        return b"".join(hashes) + (b"".join(sorted(hashes)) if sort else b"")
-
-    spans = _spans(len(items), workers)
-    children = [_Forked(functools.partial(job, lo, hi)) for lo, hi in spans[1:]]
-    try:
-        mine = hash_leaves(items[spans[0][0] : spans[0][1]])
-        blobs = [b"".join(mine)]
-        runs = [sorted(mine)] if sort else []
-        for child, (lo, hi) in zip(children, spans[1:], strict=True):
-            blob = child.result()
-            if blob is None:  # a failed child: redo its share here (re-raising its error)
-                blob = job(lo, hi)
-            size = 32 * (hi - lo)
-            if len(blob) != size * (2 if sort else 1):
-                raise RuntimeError("merkle worker returned a truncated result")
-            blobs.append(blob[:size])
-            if sort:
-                runs.append(_Packed(blob, size).tolist())
-    except BaseException:
-        for child in children:
-            child.kill()
-        raise
-    by_input = b"".join(blobs)
-    if sort:  # merging the sorted runs: timsort sees them and only merges
-        leaves = [h for run in runs for h in run]
-        leaves.sort()
-    else:
-        leaves = _Packed(by_input).tolist()
-    return leaves, by_input
-
-
-def _subtrees_in_parallel(nodes: list[bytes], n_leaves: int, workers: int) -> None:
-    """Fill the internal nodes, the subtrees below depth ``d`` split across processes."""
-    depth = max(1, (workers - 1).bit_length())
-    roots = list(range(2**depth - 1, 2 ** (depth + 1) - 1))
-    shares = [roots[i::workers] for i in range(workers)]
-
-    def job(share: list[int]) -> bytes:
-        for root in share:
-            _hash_rows(nodes, n_leaves, root)
-        return b"".join(
-            b"".join(nodes[lo:hi]) for root in share for lo, hi in _rows(n_leaves, root)
-        )
-
-    children = [_Forked(functools.partial(job, share)) for share in shares[1:]]
-    try:
-        for root in shares[0]:
-            _hash_rows(nodes, n_leaves, root)
-        for child, share in zip(children, shares[1:], strict=True):
-            blob = child.result()
-            if blob is None:
-                for root in share:
-                    _hash_rows(nodes, n_leaves, root)
-                continue
-            offset = 0
-            for root in share:
-                for lo, hi in _rows(n_leaves, root):
-                    end = offset + 32 * (hi - lo)
-                    nodes[lo:hi] = _Packed(blob, offset, end).tolist()
-                    offset = end
-            if offset != len(blob):
-                raise RuntimeError("merkle worker returned a malformed result")
-    except BaseException:
-        for child in children:
-            child.kill()
-        raise
-    # the few nodes above the subtrees
-    for lo, hi in _rows(2**depth, 0):
-        nodes[lo:hi] = [hash_pair(nodes[2 * i + 1], nodes[2 * i + 2]) for i in range(lo, hi)]
 
 
 class StandardMerkleTree:
@@ -391,7 +250,7 @@ class StandardMerkleTree:
         nodes: Sequence[bytes],
         *,
         sorted_leaves: bool,
-        by_input: Sequence[bytes] | None = None,
+        by_input: list[bytes] | None = None,
         positions: Sequence[int] | None = None,
     ) -> None:
         """Wrap a ready node array; use the ``build``/``of``/``from_*`` constructors instead."""
@@ -422,7 +281,6 @@ class StandardMerkleTree:
         types: Sequence[str],
         *,
         sort_leaves: bool = True,
-        workers: int = 1,
     ) -> StandardMerkleTree:
         """``StandardMerkleTree.of(values, types)``: any ABI leaf layout, via ``eth_abi``."""
         types = list(types)
@@ -430,7 +288,7 @@ class StandardMerkleTree:
         def hash_leaves(chunk: Sequence[Sequence[object]]) -> list[bytes]:
             return [leaf_hash(v, types) for v in chunk]
 
-        return cls.build(values, hash_leaves, sort_leaves=sort_leaves, workers=workers)
+        return cls.build(values, hash_leaves, sort_leaves=sort_leaves)
 
     @classmethod
     def build(
@@ -439,27 +297,12 @@ class StandardMerkleTree:
         hash_leaves: Callable[[Sequence[T]], list[bytes]],
         *,
         sort_leaves: bool = True,
-        workers: int = 1,
     ) -> StandardMerkleTree:
-        """Build from ``items``, hashed in bulk by ``hash_leaves`` (one 32-byte hash per item).
-
-        ``workers > 1`` forks that many processes in all (POSIX only) for large inputs; the
-        result is identical. ``hash_leaves`` is called on slices of ``items`` and must be a pure
-        function of them.
-        """
-        if not 1 <= workers <= _MAX_WORKERS:
-            raise ValueError(f"workers must be between 1 and {_MAX_WORKERS}")
-        n = len(items)
-        if workers == 1 or n < _PARALLEL_MIN_LEAVES or not hasattr(os, "fork"):
-            by_input = hash_leaves(items)
-            if len(by_input) != n:
-                raise ValueError("hash_leaves must return one hash per item")
-            return cls._from_hashes(by_input, sort_leaves)
-        leaves, packed = _hash_in_parallel(items, hash_leaves, sort_leaves, workers)
-        leaves.reverse()
-        nodes = [b""] * (n - 1) + leaves
-        _subtrees_in_parallel(nodes, n, workers)
-        return cls(nodes, sorted_leaves=sort_leaves, by_input=_Packed(packed))
+        """Build from ``items`` hashed in bulk by ``hash_leaves`` (one 32-byte hash per item)."""
+        by_input = hash_leaves(items)
+        if len(by_input) != len(items):
+            raise ValueError("hash_leaves must return one hash per item")
+        return cls._from_hashes(by_input, sort_leaves)
 
     @classmethod
     def _from_hashes(cls, by_input: list[bytes], sort: bool) -> StandardMerkleTree:
@@ -467,7 +310,7 @@ class StandardMerkleTree:
             return cls([], sorted_leaves=sort, by_input=[])
         leaves = sorted(by_input, reverse=True) if sort else by_input[::-1]
         nodes = [b""] * (len(leaves) - 1) + leaves
-        _hash_rows(nodes, len(leaves), 0)
+        _hash_internal_nodes(nodes, len(leaves))
         return cls(nodes, sorted_leaves=sort, by_input=by_input)
 
     # ----------------------------------------------------------------- reading
@@ -561,16 +404,14 @@ class StandardMerkleTree:
         if self._positions is None:
             if self._by_input is None:  # pragma: no cover - every constructor sets one
                 raise ValueError("this tree has no leaf index")
-            n = self._n
-            by_input = self._by_input
-            if isinstance(by_input, _Packed):
-                by_input = by_input.tolist()
+            n, by_input = self._n, self._by_input
             # a stable sort, as in JavaScript: equal leaves keep their input order
             order = sorted(range(n), key=by_input.__getitem__) if self._sorted else range(n)
             positions = array("I", bytes(4 * n))
             for rank, i in enumerate(order):
                 positions[i] = 2 * n - 2 - rank
             self._positions = positions
+            self._by_input = None  # no longer needed
         return self._positions
 
     def validate(self) -> None:
@@ -582,7 +423,7 @@ class StandardMerkleTree:
         leaves = rebuilt[n - 1 :]
         if self._sorted and any(a < b for a, b in itertools.pairwise(leaves)):
             raise ValueError("Merkle tree leaves are not sorted")
-        _hash_rows(rebuilt, n, 0)
+        _hash_internal_nodes(rebuilt, n)
         if rebuilt[: n - 1] != list(nodes[: n - 1]):
             raise ValueError("Merkle tree is invalid: an internal node does not match")
         index = self._index()

@@ -591,7 +591,11 @@ def _fail_group(
         if item == failed_at:
             plan.outcomes.append(cause)
             command = commands[item]
-            if isinstance(command, PostOperation) and command.transaction_id is not None:
+            if (
+                isinstance(command, PostOperation)
+                and command.transaction_id is not None
+                and not isinstance(cause, ValidationError)
+            ):
                 plan.failed_saga_operations.append(FailedSagaOperation(command, cause))
         else:
             plan.outcomes.append(
@@ -601,7 +605,8 @@ def _fail_group(
                     cause=cause.code,
                 )
             )
-        _remember_key(plan, seen, stored, commands[item], item)
+        if not isinstance(cause, ValidationError):
+            _remember_key(plan, seen, stored, commands[item], item)
 
 
 def _run_one(
@@ -634,6 +639,10 @@ def _run_one(
         outcome = planner.run(item, command)
     except LedgerError as err:
         planner.book.rollback(checkpoint)
+        if isinstance(err, ValidationError):
+            # a malformed request never started executing: like Stripe, neither its key
+            # nor its saga remembers it, so the corrected request can be sent again
+            return err
         if isinstance(command, PostOperation) and command.transaction_id is not None:
             planner.plan.failed_saga_operations.append(FailedSagaOperation(command, err))
         outcome = err

@@ -1,39 +1,47 @@
-// Test oracle: OpenZeppelin's own StandardMerkleTree (@openzeppelin/merkle-tree).
+// Test oracle: OpenZeppelin's own StandardMerkleTree (@openzeppelin/merkle-tree), run with
+// `node tests/oracle/oz_merkle.mjs < spec.json` from the project root.
 //
-// stdin:  {"types": ["uint8", ...], "values": [[...], ...], "mode": "full" | "time",
-//          "multiproofs": [[i, j, ...], ...]}          (mode and multiproofs are optional)
-//         integers as decimal strings, bytes32 as 0x-prefixed hex.
-// stdout: {"root": "0x..", "ms": <build milliseconds>, "leaves": <count>,
-//          "proofs": [[..] per value, in input order], "tree": [node array],
-//          "treeIndex": [array index of each value], "multiproofs": [{leaves, proof, proofFlags}]}
-//         mode "time" (for the benchmark) prints only root, ms and leaves.
+// stdin, one tree:  {"types": ["uint8", ...], "values": [[...], ...], "mode": "full" | "time",
+//                    "sortLeaves": true | false, "multiproofs": [[i, j, ...], ...]}
+//   integers as decimal strings, bytes32 as 0x-prefixed hex; mode (default "full"), sortLeaves
+//   (default true, OpenZeppelin's default) and multiproofs are optional.
+//   A JSON array of such objects builds several trees in one run.
+// stdout, one JSON line per input (an array for an array):
+//   {"root": "0x..", "ms": <StandardMerkleTree.of milliseconds, leaf hashing included>,
+//    "leaves": <count>, "proofs": [[..] for each value, in input order],
+//    "tree": [the node array], "treeIndex": [array index of each value],
+//    "multiproofs": [{"leaves": [leaf hashes], "proof": [..], "proofFlags": [..]}]}
+//   mode "time" (the benchmark) builds only and prints root, ms and leaves.
 import { StandardMerkleTree } from "@openzeppelin/merkle-tree";
+
+const isInteger = (type) => /^u?int[0-9]*$/.test(type);
+
+function run(spec) {
+  const { types } = spec;
+  const values = spec.values.map((row) =>
+    row.map((value, i) => (isInteger(types[i]) ? BigInt(value) : value)),
+  );
+
+  const started = process.hrtime.bigint();
+  const tree = StandardMerkleTree.of(values, types, { sortLeaves: spec.sortLeaves ?? true });
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+
+  const out = { root: tree.root, ms, leaves: values.length };
+  if ((spec.mode ?? "full") === "full") {
+    const dump = tree.dump();
+    out.proofs = values.map((_, i) => tree.getProof(i));
+    out.tree = dump.tree;
+    out.treeIndex = dump.values.map((v) => v.treeIndex);
+    out.multiproofs = (spec.multiproofs ?? []).map((indices) => {
+      const m = tree.getMultiProof(indices);
+      return { leaves: m.leaves.map((v) => tree.leafHash(v)), proof: m.proof, proofFlags: m.proofFlags };
+    });
+  }
+  return out;
+}
 
 const chunks = [];
 for await (const chunk of process.stdin) chunks.push(chunk);
 const input = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-const { types } = input;
-const mode = input.mode ?? "full";
-
-const isInteger = (type) => /^u?int[0-9]*$/.test(type);
-const values = input.values.map((row) =>
-  row.map((value, i) => (isInteger(types[i]) ? BigInt(value) : value)),
-);
-
-const started = process.hrtime.bigint();
-const tree = StandardMerkleTree.of(values, types);
-const ms = Number(process.hrtime.bigint() - started) / 1e6;
-
-const out = { root: tree.root, ms, leaves: values.length };
-if (mode === "full") {
-  const dump = tree.dump();
-  out.proofs = values.map((_, i) => tree.getProof(i));
-  out.tree = dump.tree;
-  out.treeIndex = dump.values.map((v) => v.treeIndex);
-  out.multiproofs = (input.multiproofs ?? []).map((indices) => {
-    const m = tree.getMultiProof(indices);
-    const hashes = m.leaves.map((leaf) => tree.leafHash(leaf));
-    return { leaves: hashes, proof: m.proof, proofFlags: m.proofFlags };
-  });
-}
-process.stdout.write(JSON.stringify(out) + "\n");
+const output = Array.isArray(input) ? input.map(run) : run(input);
+process.stdout.write(JSON.stringify(output) + "\n");
