@@ -66,8 +66,13 @@ MAX_ATTEMPTS = 8
 _RETRYABLE_UNIQUE = {"idempotency_keys_pkey", "operations_reverses_id_key"}
 
 
-class RetryBatch(Exception):
-    """The batch lost a race with another transaction; run it again."""
+#: failures after which the connection is unusable and a COMMIT's fate may be unknown
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
 
 
 def translate(exc: BaseException) -> LedgerError:
@@ -194,14 +199,15 @@ class LedgerStore:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return await self._execute_once(commands, groups)
-            except (RetryBatch, asyncpg.PostgresError) as exc:
-                if isinstance(exc, RetryBatch) or _retryable(exc):
+            except _CONNECTION_LOST as exc:
+                # The connection died. If it died during COMMIT the outcome is unknown, so
+                # never retry here: callers retry under their idempotency key.
+                return [translate(exc)] * len(commands)
+            except asyncpg.PostgresError as exc:
+                if _retryable(exc):
                     log.debug("batch retry %d after %s", attempt, type(exc).__name__)
                     continue
                 return await self._isolate(commands, groups, exc)
-            except (OSError, asyncpg.InterfaceError) as exc:
-                # the connection died mid-batch: the transaction never committed
-                return [translate(exc)] * len(commands)
         return [StorageError("the batch kept conflicting; nothing was written")] * len(commands)
 
     async def _isolate(
@@ -223,25 +229,34 @@ class LedgerStore:
         async with self.engine.connect() as sa_conn:
             raw = await sa_conn.get_raw_connection()
             conn: asyncpg.Connection = raw.driver_connection
-            async with conn.transaction():
-                stored = await self._stored_outcomes(conn, commands)
-                holds = await self._lock_holds(conn, commands)
-                originals = await self._originals(conn, commands)
-                epoch, book = await self._lock_balances(
-                    conn, touched_accounts(commands, holds, originals)
-                )
-                # the clock is read after the locks, so per account created_at follows seq
-                now: datetime = await conn.fetchval("SELECT clock_timestamp()")
-                plan = plan_batch(
-                    commands,
-                    groups=groups,
-                    book=book,
-                    holds=holds,
-                    originals=originals,
-                    stored=stored,
-                    now=now,
-                )
-                return await self._write(conn, plan, book, epoch, now, commands)
+            try:
+                return await self._transaction(conn, commands, groups)
+            except _CONNECTION_LOST:
+                await sa_conn.invalidate()  # never hand a dead connection back to the pool
+                raise
+
+    async def _transaction(
+        self, conn: asyncpg.Connection, commands: Sequence[Command], groups: list[int | None]
+    ) -> list[Result | LedgerError]:
+        async with conn.transaction():
+            stored = await self._stored_outcomes(conn, commands)
+            holds = await self._lock_holds(conn, commands)
+            originals = await self._originals(conn, commands)
+            epoch, book = await self._lock_balances(
+                conn, touched_accounts(commands, holds, originals)
+            )
+            # the clock is read after the locks, so per account created_at follows seq
+            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            plan = plan_batch(
+                commands,
+                groups=groups,
+                book=book,
+                holds=holds,
+                originals=originals,
+                stored=stored,
+                now=now,
+            )
+            return await self._write(conn, plan, book, epoch, now, commands)
 
     # -- reads under lock ----------------------------------------------------------------
     @staticmethod

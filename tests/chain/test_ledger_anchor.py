@@ -351,7 +351,7 @@ def test_constructor_rejects_zero_admin(
 
 
 def _bytecode() -> str:
-    from chain.artifacts import load_artifact  # noqa: PLC0415 - only this test needs it
+    from chain.artifacts import load_artifact
 
     return load_artifact("LedgerAnchor").bytecode
 

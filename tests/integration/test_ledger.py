@@ -241,7 +241,7 @@ async def test_balance_as_of_and_history_pagination(world: World) -> None:
 async def test_reference_flows_with_derived_status(world: World) -> None:
     led = world.ledger
     owner = await led.accounts.create_user(email=None, actor=ADMIN)
-    tx, deposit = await flows.record_deposit_blocked(
+    tx, _deposit = await flows.record_deposit_blocked(
         led,
         owner_id=owner,
         asset=world.asset,
