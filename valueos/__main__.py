@@ -1,0 +1,5 @@
+import sys
+
+from valueos.cli import main
+
+sys.exit(main())
