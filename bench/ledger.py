@@ -72,7 +72,9 @@ async def bench_batched(ledger: Ledger, ids: list[int], n: int, rng: random.Rand
     start = time.perf_counter()
     for i in range(0, n, BATCH):
         results = await ledger.post_many(commands[i : i + BATCH])
-        assert all(not isinstance(r, Exception) for r in results)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            raise RuntimeError(f"bench transfer failed: {failed[0]!r}")
     return n / (time.perf_counter() - start)
 
 
@@ -145,7 +147,8 @@ async def main() -> None:
         print(f"baseline raw SQL     : {baseline:10,.0f} transfers/s")
         batched = await bench_batched(ledger, ids, args.transfers, rng)
         print(
-            f"ledger batched       : {batched:10,.0f} transfers/s  ({batched / baseline:.2f}x baseline)"
+            f"ledger batched       : {batched:10,.0f} transfers/s "
+            f"({batched / baseline:.2f}x baseline)"
         )
         n_single = max(args.transfers // 4, args.callers)
         single = await bench_callers(

@@ -31,11 +31,12 @@ def asyncpg_url(url: str) -> str:
     return url
 
 
-def start_embedded(data_dir: Path) -> str:
+def start_embedded(data_dir: Path, cleanup: str = "stop") -> str:
     """Start (or reuse) an embedded PostgreSQL in ``data_dir``; return its URL.
 
     pgserver ships PostgreSQL binaries in its wheel; the server listens on a Unix
-    socket inside the data directory and stops when this process exits.
+    socket inside the data directory and stops when this process exits (``cleanup``
+    "delete" also removes the data directory: for throwaway test servers).
     """
     data_dir = data_dir.resolve()
     if data_dir not in _embedded:
@@ -43,7 +44,7 @@ def start_embedded(data_dir: Path) -> str:
 
         data_dir.mkdir(parents=True, exist_ok=True)
         _embedded[data_dir] = pgserver.get_server(  # type: ignore[attr-defined]
-            data_dir, cleanup_mode="stop"
+            data_dir, cleanup_mode=cleanup
         )
         log.info("embedded PostgreSQL running in %s", data_dir)
     return str(_embedded[data_dir].get_uri())

@@ -22,7 +22,7 @@ def server_url() -> str:
         url = os.environ.get("DATABASE_URL")
         if not url:
             # a short path: the Unix socket lives in the data directory (107-byte limit)
-            url = start_embedded(Path(tempfile.mkdtemp(prefix="vo-pg-")))
+            url = start_embedded(Path(tempfile.mkdtemp(prefix="vo-pg-")), cleanup="delete")
         _server_url = asyncpg_url(url)
     return _server_url
 
