@@ -60,6 +60,25 @@ def _driver_error(exc: DBAPIError) -> LedgerError:
     return translate(orig if isinstance(orig, asyncpg.PostgresError) else exc)
 
 
+_ACCOUNT_SELECT = (
+    "SELECT a.id, a.asset, a.kind, a.owner_id, a.code, a.status, a.created_at, b.floor "
+    "FROM accounts a JOIN balances b ON b.account_id = a.id "
+)
+
+
+def _account(row: Any) -> Account:
+    return Account(
+        row.id,
+        row.asset,
+        AccountKind(row.kind),
+        row.owner_id,
+        row.code,
+        AccountStatus(row.status),
+        row.floor,
+        row.created_at,
+    )
+
+
 class Accounts:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -288,51 +307,18 @@ class Accounts:
     async def get_account(self, account_id: int) -> Account:
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(
-                    text(
-                        "SELECT a.id, a.asset, a.kind, a.owner_id, a.code, a.status, "
-                        "a.created_at, b.floor FROM accounts a JOIN balances b "
-                        "ON b.account_id = a.id WHERE a.id = :id"
-                    ),
-                    {"id": account_id},
-                )
+                await conn.execute(text(_ACCOUNT_SELECT + "WHERE a.id = :id"), {"id": account_id})
             ).first()
         if row is None:
             raise UnknownAccount(f"account {account_id} does not exist", account_id=account_id)
-        return Account(
-            row.id,
-            row.asset,
-            AccountKind(row.kind),
-            row.owner_id,
-            row.code,
-            AccountStatus(row.status),
-            row.floor,
-            row.created_at,
-        )
+        return _account(row)
 
     async def list_accounts(self, owner_id: uuid.UUID) -> list[Account]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(
-                text(
-                    "SELECT a.id, a.asset, a.kind, a.owner_id, a.code, a.status, a.created_at, "
-                    "b.floor FROM accounts a JOIN balances b ON b.account_id = a.id "
-                    "WHERE a.owner_id = :o ORDER BY a.id"
-                ),
-                {"o": owner_id},
+                text(_ACCOUNT_SELECT + "WHERE a.owner_id = :o ORDER BY a.id"), {"o": owner_id}
             )
-            return [
-                Account(
-                    r.id,
-                    r.asset,
-                    AccountKind(r.kind),
-                    r.owner_id,
-                    r.code,
-                    AccountStatus(r.status),
-                    r.floor,
-                    r.created_at,
-                )
-                for r in rows
-            ]
+            return [_account(r) for r in rows]
 
     async def set_status(
         self, account_id: int, status: AccountStatus, *, actor: Actor, reason: str

@@ -82,11 +82,16 @@ class World:
         return int(value)
 
 
-@pytest.fixture
-async def world(ledger: Ledger) -> World:
+async def make_world(ledger: Ledger, *, scale: int = 2) -> World:
+    """A fresh asset (unique code) with its issuance account."""
     code = "T" + uuid.uuid4().hex[:10].upper()
     await ledger.accounts.create_asset(
-        code=code, name="test credit", scale=2, kind=AssetKind.POINTS, actor=ADMIN
+        code=code, name="test credit", scale=scale, kind=AssetKind.POINTS, actor=ADMIN
     )
     issuance = await ledger.accounts.system_account(code, SystemAccount.ISSUANCE, actor=ADMIN)
     return World(ledger, code, issuance)
+
+
+@pytest.fixture
+async def world(ledger: Ledger) -> World:
+    return await make_world(ledger)

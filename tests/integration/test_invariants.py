@@ -12,7 +12,7 @@ from sqlalchemy import text
 from core.errors import InsufficientFunds, LedgerError
 from core.ledger import Ledger
 from core.types import AccountKind, OperationResult, OperationType, PostOperation, transfer_legs
-from tests.conftest import World, settings_for
+from tests.conftest import ADMIN, World, make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
 pytestmark = pytest.mark.integration
@@ -195,7 +195,7 @@ async def test_reconciler_reports_every_drift() -> None:
     url = await create_database()
     ledger = Ledger.connect(settings_for(url))
     try:
-        world = await _world(ledger)
+        world = await make_world(ledger, scale=0)
         alice = await world.funded(100)
         bob = await world.funded(50)
         assert await ledger.reconcile() == []
@@ -214,17 +214,6 @@ async def test_reconciler_reports_every_drift() -> None:
         await drop_database(url)
 
 
-async def _world(ledger: Ledger) -> World:
-    from core.types import AssetKind, SystemAccount
-    from tests.conftest import ADMIN
-
-    await ledger.accounts.create_asset(
-        code="REC", name="r", scale=0, kind=AssetKind.MILES, actor=ADMIN
-    )
-    issuance = await ledger.accounts.system_account("REC", SystemAccount.ISSUANCE, actor=ADMIN)
-    return World(ledger, "REC", issuance)
-
-
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     st.lists(
@@ -239,7 +228,7 @@ async def _world(ledger: Ledger) -> World:
     )
 )
 async def test_random_operation_sequences_keep_invariants(ledger: Ledger, steps: list) -> None:
-    world = await _fresh_world(ledger)
+    world = await make_world(ledger, scale=0)
     accounts = [await world.funded(300) for _ in range(4)]
     holds: list[int] = []
     ops: list[int] = []
@@ -267,7 +256,7 @@ async def test_random_operation_sequences_keep_invariants(ledger: Ledger, steps:
             elif kind == "void" and holds:
                 await world.ledger.void(holds[b % len(holds)])
             elif kind == "reverse" and ops:
-                await world.ledger.reverse(ops[a % len(ops)], reason="test", actor=ADMIN_)
+                await world.ledger.reverse(ops[a % len(ops)], reason="test", actor=ADMIN)
         except LedgerError:
             pass
     assert await world.total() == 0
@@ -275,19 +264,3 @@ async def test_random_operation_sequences_keep_invariants(ledger: Ledger, steps:
         balance = await world.ledger.queries.balance(account)
         assert balance.available >= 0 and balance.pending >= 0
     assert await world.ledger.reconcile() == []
-
-
-from tests.conftest import ADMIN as ADMIN_  # noqa: E402
-
-
-async def _fresh_world(ledger: Ledger) -> World:
-    import uuid
-
-    from core.types import AssetKind, SystemAccount
-
-    code = "P" + uuid.uuid4().hex[:10].upper()
-    await ledger.accounts.create_asset(
-        code=code, name="p", scale=0, kind=AssetKind.POINTS, actor=ADMIN_
-    )
-    issuance = await ledger.accounts.system_account(code, SystemAccount.ISSUANCE, actor=ADMIN_)
-    return World(ledger, code, issuance)

@@ -296,6 +296,12 @@ async def test_reference_data_errors(world: World) -> None:
     owner = await led.accounts.create_user(email=None, actor=ADMIN)
     first = await led.accounts.ensure_wallet(owner, world.asset, actor=ADMIN)
     assert await led.accounts.ensure_wallet(owner, world.asset, actor=ADMIN) == first
+    listed = await led.accounts.list_accounts(owner)
+    assert {(a.id, a.kind, a.floor) for a in listed} == {(i, k, 0) for k, i in first.items()}
+    one = await led.accounts.get_account(first[AccountKind.AVAILABLE])
+    assert (one.owner_id, one.asset) == (owner, world.asset)
+    with pytest.raises(UnknownAccount):
+        await led.accounts.get_account(10**12)
 
 
 async def test_submit_returns_results_for_holds(world: World) -> None:
