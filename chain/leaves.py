@@ -158,7 +158,10 @@ def _word(value: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EntryLeaf:
-    """The ENTRY leaf of one journal entry (kind 1); every field is range-checked."""
+    """The ENTRY leaf of one journal entry (kind 1); every field is range-checked.
+
+    ``asset_word`` is derived: the bytes32 form of ``asset_code`` that goes into the encoding.
+    """
 
     KIND: ClassVar[int] = ENTRY_KIND
     TYPES: ClassVar[tuple[str, ...]] = ENTRY_TYPES
@@ -215,7 +218,10 @@ class EntryLeaf:
 
 @dataclass(frozen=True, slots=True)
 class BalanceLeaf:
-    """The BALANCE leaf of one account's balance in one asset (kind 2); range-checked."""
+    """The BALANCE leaf of one account's balance in one asset (kind 2); range-checked.
+
+    ``asset_word`` is derived: the bytes32 form of ``asset_code`` that goes into the encoding.
+    """
 
     KIND: ClassVar[int] = BALANCE_KIND
     TYPES: ClassVar[tuple[str, ...]] = BALANCE_TYPES

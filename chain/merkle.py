@@ -285,8 +285,8 @@ class StandardMerkleTree:
         """``StandardMerkleTree.of(values, types)``: any ABI leaf layout, via ``eth_abi``."""
         types = list(types)
 
-        def hash_leaves(chunk: Sequence[Sequence[object]]) -> list[bytes]:
-            return [leaf_hash(v, types) for v in chunk]
+        def hash_leaves(rows: Sequence[Sequence[object]]) -> list[bytes]:
+            return [leaf_hash(row, types) for row in rows]
 
         return cls.build(values, hash_leaves, sort_leaves=sort_leaves)
 
@@ -405,11 +405,15 @@ class StandardMerkleTree:
             if self._by_input is None:  # pragma: no cover - every constructor sets one
                 raise ValueError("this tree has no leaf index")
             n, by_input = self._n, self._by_input
-            # a stable sort, as in JavaScript: equal leaves keep their input order
-            order = sorted(range(n), key=by_input.__getitem__) if self._sorted else range(n)
-            positions = array("I", bytes(4 * n))
-            for rank, i in enumerate(order):
-                positions[i] = 2 * n - 2 - rank
+            where = dict(zip(self._nodes[n - 1 :], range(n - 1, 2 * n - 1), strict=True))
+            if not self._sorted:
+                positions = array("I", range(2 * n - 2, n - 2, -1))
+            elif len(where) == n:  # distinct leaves, the usual case
+                positions = array("I", map(where.__getitem__, by_input))
+            else:  # equal leaves keep their input order: JavaScript's sort is stable
+                positions = array("I", bytes(4 * n))
+                for rank, i in enumerate(sorted(range(n), key=by_input.__getitem__)):
+                    positions[i] = 2 * n - 2 - rank
             self._positions = positions
             self._by_input = None  # no longer needed
         return self._positions

@@ -330,6 +330,9 @@ def test_verify_rejects_malformed_input_without_raising() -> None:
     assert not verify(tree.root[:31], leaf, proof)
     assert not verify(tree.root, leaf, [*proof[:-1], proof[-1] + b"\0"])
     assert not verify(tree.root, leaf, [p[:16] for p in proof])
+    single = StandardMerkleTree.from_leaf_hashes([leaf])
+    assert verify(single.root, leaf, [])
+    assert not verify(single.root[:31], leaf[:31], [])  # the fold alone would accept it
 
 
 @pytest.mark.unit
