@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.settings import DatabaseSettings
@@ -73,16 +72,3 @@ def migrate(url: str, revision: str = "head") -> None:
 
 async def migrate_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(migrate, url, revision)
-
-
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory  # noqa: PLC0415
-
-    head = ScriptDirectory.from_config(alembic_config("postgresql://x/y")).get_current_head()
-    if head is None:  # pragma: no cover
-        raise RuntimeError("no migrations found")
-    return head
-
-
-def database_name(url: str) -> str:
-    return str(make_url(url).database)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import InvalidOperation
 
 from core.errors import AmountOverflow, InvalidAmount
 
@@ -51,7 +51,3 @@ def format_amount(units: int, scale: int) -> str:
         return f"{sign}{units}"
     whole, frac = divmod(units, 10**scale)
     return f"{sign}{whole}.{frac:0{scale}d}"
-
-
-def to_decimal(units: int, scale: int) -> Decimal:
-    return Decimal(units).scaleb(-scale)

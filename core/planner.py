@@ -93,7 +93,6 @@ class PlannedOperation:
     hold_id: int | None
     #: (account_id, asset, signed amount, balance_after)
     entries: list[tuple[int, str, int, int]]
-    before: dict[int, int]
     id: int = 0
     seqs: list[int] = field(default_factory=list)
 
@@ -350,7 +349,6 @@ class _Planner:
         reverses: int | None = None,
         hold_id: int | None = None,
     ) -> PlannedOperation:
-        before = {e.account_id: self.book.get(e.account_id).posted for e in entries}
         balances_after = self.book.apply(entries)
         op = PlannedOperation(
             item=item,
@@ -366,7 +364,6 @@ class _Planner:
                 (e.account_id, e.asset, e.signed, after)
                 for e, after in zip(entries, balances_after, strict=True)
             ],
-            before=before,
         )
         self.plan.operations.append(op)
         return op
