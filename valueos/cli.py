@@ -1,109 +1,50 @@
-"""The ``valueos`` command: thin wiring over the core.
+"""The ``valueos`` command: thin wiring over the packages.
 
-valueos migrate          apply the schema (alembic) to DATABASE_URL or the embedded DB
-valueos demo             migrate, then run a short ledger demo and reconcile
-valueos reconcile        prove every cached balance equals its entries (exit 1 on drift)
+Each command lives in the package that owns it and is imported only when run, so
+``valueos verify`` works without the API's or the worker's dependencies loaded. A
+command module exposes ``main(command: str, argv: list[str]) -> int`` and parses its
+own arguments (``valueos COMMAND --help``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import importlib
 import logging
 import sys
-import uuid
 
-from core.db import migrate, resolve_url
-from core.ledger import Ledger
-from core.money import format_amount
-from core.settings import database_settings
-from core.types import AccountKind, Actor, AssetKind, OperationType, Role, SystemAccount
-
-OPERATOR = Actor("valueos-cli", Role.ADMIN)
-
-
-def _migrate() -> str:
-    url = resolve_url(database_settings())
-    migrate(url)
-    return url
+#: command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "migrate": ("valueos.ledger_commands", "apply the schema to DATABASE_URL or the embedded DB"),
+    "demo": ("valueos.ledger_commands", "migrate, run a short ledger demo and reconcile"),
+    "reconcile": ("valueos.ledger_commands", "prove cached balances equal their entries"),
+    "serve": ("api.cli", "migrate and serve the HTTP API"),
+    "create-user": ("api.cli", "create a user with a role and print a credential"),
+    "create-api-key": ("api.cli", "create a scoped API key and print it once"),
+    "worker": ("jobs.cli", "run the scheduled jobs (seal and anchor, expire holds, ...)"),
+    "anchor": ("jobs.cli", "seal the open epoch and anchor it now"),
+    "verify": ("chain.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
+}
 
 
-async def _demo() -> int:
-    ledger = Ledger.connect()
-    try:
-        code = "DEMO" + uuid.uuid4().hex[:6].upper()
-        await ledger.accounts.create_asset(
-            code=code, name="demo miles", scale=2, kind=AssetKind.MILES, actor=OPERATOR
-        )
-        issuance = await ledger.accounts.system_account(
-            code, SystemAccount.ISSUANCE, actor=OPERATOR
-        )
-        alice = await ledger.accounts.create_user(email=None, actor=OPERATOR)
-        bob = await ledger.accounts.create_user(email=None, actor=OPERATOR)
-        wa = await ledger.accounts.ensure_wallet(alice, code, actor=OPERATOR)
-        wb = await ledger.accounts.ensure_wallet(bob, code, actor=OPERATOR)
-        a, b = wa[AccountKind.AVAILABLE], wb[AccountKind.AVAILABLE]
-        await ledger.transfer(
-            source=issuance,
-            destination=a,
-            asset=code,
-            amount=100_00,
-            type_=OperationType.MINT,
-            idempotency_key=f"{code}-mint",
-        )
-        await asyncio.gather(
-            *(
-                ledger.transfer(
-                    source=a,
-                    destination=b,
-                    asset=code,
-                    amount=1_25,
-                    idempotency_key=f"{code}-pay-{i}",
-                )
-                for i in range(40)
-            )
-        )
-        hold = await ledger.hold(source=a, destination=b, asset=code, amount=10_00)
-        await ledger.capture(hold.hold_id, 7_50)
-        for name, account in (("alice", a), ("bob", b), ("issuance", issuance)):
-            bal = await ledger.queries.balance(account)
-            print(f"{name:9} posted {format_amount(bal.posted, 2):>10} {code}")
-        drifts = await ledger.reconcile()
-        print(
-            f"batches committed: {ledger.batcher.batches} for {ledger.batcher.commands} "
-            f"commands; reconciler drifts: {len(drifts)}"
-        )
-        return 1 if drifts else 0
-    finally:
-        await ledger.close()
-
-
-async def _reconcile() -> int:
-    ledger = Ledger.connect()
-    try:
-        drifts = await ledger.reconcile()
-        for d in drifts:
-            print(f"DRIFT {d.subject} {d.id} {d.field}: entries say {d.expected}, found {d.found}")
-        print(f"{len(drifts)} drift(s)")
-        return 1 if drifts else 0
-    finally:
-        await ledger.close()
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "usage: valueos COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="valueos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", choices=["migrate", "demo", "reconcile"])
-    args = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help"}:
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"valueos: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    url = _migrate()
-    if args.command == "migrate":
-        print(f"schema at head on database {url.rsplit('/', 1)[-1].split('?')[0]}")
-        return 0
-    if args.command == "demo":
-        return asyncio.run(_demo())
-    return asyncio.run(_reconcile())
+    module = importlib.import_module(COMMANDS[command][0])
+    code: int = module.main(command, rest)
+    return code
 
 
 if __name__ == "__main__":

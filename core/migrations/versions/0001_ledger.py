@@ -7,6 +7,8 @@ Create Date: 2026-11-21
 
 from alembic import op
 
+from core.migrations.sql import statements
+
 revision = "0001_ledger"
 down_revision = None
 branch_labels = None
@@ -207,22 +209,6 @@ END $$;
 """
 
 APPEND_ONLY = ("ledger_entries", "operations", "audit_log")
-
-
-def statements(script: str) -> list[str]:
-    """Split a SQL script on top-level semicolons (not inside $$-quoted bodies): the
-    driver runs one statement per call."""
-    out, current, quoted = [], [], False
-    for line in script.splitlines():
-        quoted ^= line.count("$$") % 2 == 1
-        current.append(line)
-        if not quoted and line.rstrip().endswith(";"):
-            out.append("\n".join(current).strip())
-            current = []
-    tail = "\n".join(current).strip()
-    if tail and not all(x.strip().startswith("--") for x in tail.splitlines() if x.strip()):
-        out.append(tail)
-    return out
 
 
 def upgrade() -> None:
