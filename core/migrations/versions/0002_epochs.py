@@ -81,7 +81,9 @@ CREATE TABLE epoch_anchors (
     last_error        text,
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
-    CHECK (status = 'SEALED' OR (raw_tx IS NOT NULL AND tx_hash IS NOT NULL)),
+    -- an anchor found on chain after a crash (by its event) has a tx hash but no raw bytes
+    CHECK (status = 'SEALED' OR tx_hash IS NOT NULL),
+    CHECK (status <> 'SIGNED' OR raw_tx IS NOT NULL),
     CHECK (status NOT IN ('CONFIRMED', 'FINALIZED') OR block_hash IS NOT NULL)
 );
 CREATE INDEX epoch_anchors_pending ON epoch_anchors (epoch) WHERE status <> 'FINALIZED';
