@@ -21,6 +21,7 @@ from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 from web3.exceptions import TransactionNotFound, Web3Exception
+from web3.types import TxParams
 
 from chain.artifacts import load_artifact
 from chain.merkle import EMPTY_ROOT
@@ -157,15 +158,18 @@ class AnchorClient:
             )
             gas = await call.estimate_gas({"from": self._signer.address})
             tx = await call.build_transaction(
-                {
-                    "from": self._signer.address,
-                    "nonce": nonce,
-                    "gas": int(gas * GAS_HEADROOM),
-                    "maxPriorityFeePerGas": tip,
-                    "maxFeePerGas": 2 * base_fee + tip,
-                    "chainId": await self.chain_id(),
-                    "type": 2,
-                }
+                cast(
+                    TxParams,
+                    {
+                        "from": self._signer.address,
+                        "nonce": nonce,
+                        "gas": int(gas * GAS_HEADROOM),
+                        "maxPriorityFeePerGas": tip,
+                        "maxFeePerGas": 2 * base_fee + tip,
+                        "chainId": await self.chain_id(),
+                        "type": 2,
+                    },
+                )
             )
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"preparing anchor({epoch}) failed: {exc}") from exc

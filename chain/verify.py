@@ -84,7 +84,7 @@ def _leaf(bundle: dict[str, Any]) -> EntryLeaf | BalanceLeaf:
     raise VerificationError(f"unknown bundle kind {bundle.get('kind')!r}")
 
 
-def check_offline(bundle: dict[str, Any]) -> str:
+def check_offline(bundle: dict[str, Any]) -> str:  # noqa: PLR0912 - a checklist
     """Checks 1-3; returns a one-line summary, raises VerificationError with the reason."""
     if bundle.get("version") != 1:
         raise VerificationError(f"unsupported bundle version {bundle.get('version')!r}")
@@ -129,10 +129,12 @@ def check_offline(bundle: dict[str, Any]) -> str:
         root, which = balances_root, "balances"
     if not verify(root, leaf_hash, proof):
         raise VerificationError(f"the proof does not lead from this leaf to the {which} root")
-    return f"{bundle['kind']} leaf is in the {which} root of epoch {epoch} (header 0x{computed.hex()})"
+    return (
+        f"{bundle['kind']} leaf is in the {which} root of epoch {epoch} (header 0x{computed.hex()})"
+    )
 
 
-def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:
+def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:  # noqa: PLR0912 - a checklist
     """Checks 4-6 against the node at ``rpc_url``; call after :func:`check_offline`."""
     from web3 import Web3  # noqa: PLC0415 - only with --rpc
     from web3.exceptions import TransactionNotFound, Web3Exception  # noqa: PLC0415

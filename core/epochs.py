@@ -41,6 +41,7 @@ positions for the lookup, ``valueos_merkle_proof`` serving a proof in one call).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import sys
 from array import array
@@ -107,9 +108,7 @@ async def seal_open_epoch(engine: AsyncEngine, *, allow_empty: bool = True) -> i
     async with raw_connection(engine) as conn, conn.transaction():
         # waits for every writer of E to commit; later writers queue behind us and read E + 1
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EPOCH_LOCK_KEY)
-        epoch: int = await conn.fetchval(
-            "SELECT id FROM epochs WHERE status = 'OPEN' FOR UPDATE"
-        )
+        epoch: int = await conn.fetchval("SELECT id FROM epochs WHERE status = 'OPEN' FOR UPDATE")
         if not allow_empty and not await conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE epoch = $1)", epoch
         ):
@@ -211,9 +210,9 @@ def build_epoch(
 ) -> BuiltEpoch:
     """Both trees and the header of ``epoch`` (pure). ``entries`` ascend by seq, ``balances``
     by account id; every leaf must carry ``ledger_id`` and ``epoch``."""
-    if any(a.seq >= b.seq for a, b in zip(entries, entries[1:], strict=False)):
+    if any(a.seq >= b.seq for a, b in itertools.pairwise(entries)):
         raise ValueError("entry leaves must ascend by seq")
-    if any(a.account_id >= b.account_id for a, b in zip(balances, balances[1:], strict=False)):
+    if any(a.account_id >= b.account_id for a, b in itertools.pairwise(balances)):
         raise ValueError("balance leaves must ascend by account id")
     e_tree, b_tree = entry_tree(entries), balance_tree(balances)
     first_seq = entries[0].seq if entries else 0
@@ -358,9 +357,7 @@ async def _store(conn: asyncpg.Connection, built: BuiltEpoch) -> None:
             "INSERT INTO epoch_tree_levels (epoch, tree, depth, nodes) VALUES ($1, $2, $3, $4)",
             [(r.epoch, tree.kind, depth, nodes) for depth, nodes in enumerate(tree.rows)],
         )
-    await conn.execute(
-        "INSERT INTO epoch_anchors (epoch, status) VALUES ($1, 'SEALED')", r.epoch
-    )
+    await conn.execute("INSERT INTO epoch_anchors (epoch, status) VALUES ($1, 'SEALED')", r.epoch)
     await conn.execute(
         "INSERT INTO anchor_events (epoch, to_status, detail) VALUES ($1, 'SEALED', $2)",
         r.epoch,
@@ -475,7 +472,7 @@ async def transition(
     if to_status not in ANCHOR_STATUSES or not set(fields) <= _SETTABLE:
         raise ValueError(f"bad anchor transition to {to_status} with {sorted(fields)}")
     if to_status == "SEALED":
-        fields = {name: None for name in _CLEARED_ON_RESET} | fields
+        fields = dict.fromkeys(_CLEARED_ON_RESET) | fields
     names = sorted(fields)
     assignments = "".join(f", {name} = ${i + 4}" for i, name in enumerate(names))
     async with raw_connection(engine) as conn, conn.transaction():

@@ -154,7 +154,9 @@ def _check(
         raise LedgerIntegrityError(f"{what} no longer matches the sealed root")
 
 
-async def entry_proof_bundle(engine: AsyncEngine, seq: int, *, check: bool = True) -> dict[str, Any]:
+async def entry_proof_bundle(
+    engine: AsyncEngine, seq: int, *, check: bool = True
+) -> dict[str, Any]:
     """The proof bundle of the entry ``seq`` against its epoch's ``entriesRoot``.
 
     Raises UNKNOWN_ENTRY (404), EPOCH_NOT_SEALED (409) while its epoch is open or not hashed

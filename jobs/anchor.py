@@ -106,12 +106,12 @@ class AnchorJob:
         return result
 
     async def run_until_final(
-        self, *, timeout: float, poll: float = 1.0, seal: bool = True, force_seal: bool = False
+        self, *, deadline_s: float, poll: float = 1.0, seal: bool = True, force_seal: bool = False
     ) -> list[AnchorRecord]:
         """``valueos anchor --now``: one run, then poll until every anchor is FINALIZED or the
         deadline passes; returns the anchors still unfinished (empty: all final)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + deadline_s
         await self.run_once(seal=seal, force_seal=force_seal)
         while (pending := await unfinished_anchors(self.engine)) and loop.time() < deadline:
             await asyncio.sleep(poll)
@@ -182,11 +182,14 @@ class AnchorJob:
 
     async def _resend_or_resign(self, record: AnchorRecord, why: str) -> bool:
         """The transaction is neither mined nor known to the node (dropped, reorged out)."""
-        if record.raw_tx is not None and record.nonce is not None:
-            if await self.client.confirmed_nonce() <= record.nonce:
-                await self.client.broadcast(record.raw_tx)  # nonce still free: same bytes
-                log.info("epoch %d: %s, sent the same transaction again", record.epoch, why)
-                return False
+        if (
+            record.raw_tx is not None
+            and record.nonce is not None
+            and await self.client.confirmed_nonce() <= record.nonce
+        ):
+            await self.client.broadcast(record.raw_tx)  # nonce still free: the same bytes
+            log.info("epoch %d: %s, sent the same transaction again", record.epoch, why)
+            return False
         return await self._move(record, "SEALED", f"{why}; nonce used elsewhere, re-sign")
 
     async def _from_broadcast(self, record: AnchorRecord) -> bool:
@@ -213,7 +216,8 @@ class AnchorJob:
         return False  # retried on the next pass, not in a hot loop
 
     async def _from_confirmed(self, record: AnchorRecord) -> bool:
-        assert record.block_number is not None and record.tx_hash is not None  # noqa: S101
+        if record.block_number is None or record.tx_hash is None:  # pragma: no cover
+            raise ValueError(f"epoch {record.epoch}: CONFIRMED without a block")  # CHECK'd
         canonical = await self.client.block_hash(record.block_number)
         if canonical != record.block_hash:
             mined = await self.client.mined(record.tx_hash)

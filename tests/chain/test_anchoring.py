@@ -116,7 +116,9 @@ async def test_seal_anchor_confirm_finalize_and_verify_bundles(
     assert result.sealed == 1 and result.built == [1]
     record = await get_anchor(ledger.engine, 1)
     assert record is not None and record.status == "CONFIRMED"  # automine: 1 confirmation
-    assert record.gas_used is not None and record.gas_used <= 100_000  # contracts/README.md: ~95-98k, 87.3k floor
+    assert (
+        record.gas_used is not None and record.gas_used <= 100_000
+    )  # contracts/README.md: ~95-98k, 87.3k floor
     rpc(w3, "anvil_mine", 1)
     await job.anchor_pass()
     await assert_final(ledger, ledger_anchor, 1)
@@ -229,7 +231,10 @@ async def test_anchor_found_on_chain_is_adopted_not_sent_again(
 
 
 async def test_a_different_root_on_chain_is_a_conflict_never_overwritten(
-    ledger: Ledger, job: AnchorJob, ledger_anchor: Contract, deployer: str,
+    ledger: Ledger,
+    job: AnchorJob,
+    ledger_anchor: Contract,
+    deployer: str,
 ) -> None:
     await activity(ledger)
     await seal_open_epoch(ledger.engine)
@@ -248,7 +253,10 @@ async def test_a_different_root_on_chain_is_a_conflict_never_overwritten(
 
 
 async def test_reorg_after_confirmation_sends_the_anchor_again(
-    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract,
+    ledger: Ledger,
+    job: AnchorJob,
+    w3: Web3,
+    ledger_anchor: Contract,
 ) -> None:
     await activity(ledger)
     job.confirmations = 3
@@ -277,7 +285,11 @@ async def test_reorg_after_confirmation_sends_the_anchor_again(
 
 
 async def test_nonce_taken_by_another_transaction_is_re_signed(
-    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, signer: LocalAccount,
+    ledger: Ledger,
+    job: AnchorJob,
+    w3: Web3,
+    ledger_anchor: Contract,
+    signer: LocalAccount,
 ) -> None:
     await activity(ledger)
     await seal_open_epoch(ledger.engine)

@@ -6,6 +6,7 @@ Each test gets its own database: sealing is global to a ledger, so tests must no
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator
 
@@ -179,7 +180,9 @@ async def test_writers_during_repeated_sealing_every_entry_in_exactly_one_epoch(
     world = await make_world(fresh)
     accounts = [await world.funded(10_000) for _ in range(8)]
     stop = asyncio.Event()
+    enough = asyncio.Event()  # set by the writers once ``target`` entries are posted
     posted = 0
+    target = 0
 
     async def writer(seed: int) -> None:
         nonlocal posted
@@ -188,15 +191,17 @@ async def test_writers_during_repeated_sealing_every_entry_in_exactly_one_epoch(
             a, b = rng.sample(accounts, 2)
             await fresh.transfer(source=a, destination=b, asset=world.asset, amount=1)
             posted += 1
+            if posted >= target:
+                enough.set()
 
     async def sealer() -> list[int]:
+        nonlocal target
         sealed = []
-        deadline = asyncio.get_running_loop().time() + 60
-        while len(sealed) < 15 and asyncio.get_running_loop().time() < deadline:
-            # wait until some entries landed in the open epoch, then seal it
-            start = posted
-            while posted < start + 20:
-                await asyncio.sleep(0)
+        for _ in range(15):
+            # let some entries land in the open epoch, then seal it while writers keep going
+            target = posted + 20
+            enough.clear()
+            await asyncio.wait_for(enough.wait(), timeout=60)
             epoch = await seal_open_epoch(fresh.engine)
             assert epoch is not None
             sealed.append(epoch)
@@ -216,13 +221,11 @@ async def test_writers_during_repeated_sealing_every_entry_in_exactly_one_epoch(
 
     async with raw_connection(fresh.engine) as conn:
         total = await conn.fetchval("SELECT count(*) FROM ledger_entries")
-        late = await conn.fetchval(
-            "SELECT count(*) FROM ledger_entries WHERE epoch > $1", final
-        )
+        late = await conn.fetchval("SELECT count(*) FROM ledger_entries WHERE epoch > $1", final)
     assert late == 0
     assert sum(r.leaf_count for r in roots) == total
     nonempty = [r for r in roots if r.leaf_count]
-    for a, b in zip(nonempty, nonempty[1:], strict=False):
+    for a, b in itertools.pairwise(nonempty):
         assert a.last_seq < b.first_seq  # no late commit crossed a seal
     # each epoch's stored tree holds exactly its entries: rebuild from the rows and compare
     for r in roots:
