@@ -115,6 +115,27 @@ class LinkedOperationFailed(Conflict):
     code = "LINKED_OPERATION_FAILED"
 
 
+class UnknownEpoch(NotFound):
+    code = "UNKNOWN_EPOCH"
+
+
+class UnknownEntry(NotFound):
+    code = "UNKNOWN_ENTRY"
+
+
+class EpochNotSealed(Conflict):
+    """The epoch is still open, or sealed but its roots are not computed yet."""
+
+    code = "EPOCH_NOT_SEALED"
+
+
+class LedgerIntegrityError(LedgerError):
+    """Stored data no longer matches the sealed roots (a proof would not verify)."""
+
+    code = "LEDGER_INTEGRITY"
+    status = 500
+
+
 class StorageError(LedgerError):
     """The database failed in a way that is not the caller's fault. Nothing was written."""
 

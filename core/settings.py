@@ -33,3 +33,32 @@ class DatabaseSettings:
 @lru_cache(maxsize=1)
 def database_settings() -> DatabaseSettings:
     return DatabaseSettings.from_env()
+
+
+def _ledger_id(value: str) -> bytes:
+    """``VALUEOS_LEDGER_ID``: 0x + 64 hex digits taken as is, any other text keccak-hashed."""
+    from chain.merkle import keccak256  # noqa: PLC0415 - pure hashing, see core/epochs.py
+
+    if value.startswith("0x") and len(value) == 66:
+        return bytes.fromhex(value[2:])
+    return keccak256(value.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class EpochSettings:
+    #: the bytes32 ledger id in every leaf and header (``VALUEOS_LEDGER_ID``)
+    ledger_id: bytes
+    #: seal (and anchor) an epoch without entries on schedule (``VALUEOS_SEAL_EMPTY``)
+    seal_empty: bool
+
+    @classmethod
+    def from_env(cls) -> EpochSettings:
+        return cls(
+            ledger_id=_ledger_id(os.environ.get("VALUEOS_LEDGER_ID", "valueos:default")),
+            seal_empty=os.environ.get("VALUEOS_SEAL_EMPTY", "").lower() in {"1", "true", "yes"},
+        )
+
+
+@lru_cache(maxsize=1)
+def epoch_settings() -> EpochSettings:
+    return EpochSettings.from_env()

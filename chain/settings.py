@@ -1,0 +1,96 @@
+"""Ethereum anchoring settings and the signer, read from the environment.
+
+``ETH_RPC_URL``                   JSON-RPC endpoint; unset: the worker starts a local anvil
+``VALUEOS_ANCHOR_CONTRACT``       LedgerAnchor address (unset with a local anvil: deployed)
+``VALUEOS_ANCHOR_CONFIRMATIONS``  blocks on top of (and including) the anchor's block before
+                                  FINALIZED; default 12
+``VALUEOS_ANCHOR_INTERVAL_S``     seconds between seal+anchor runs of the worker; default 3600
+``VALUEOS_ANCHOR_KEY``            the signer's private key (0x hex), or
+``VALUEOS_ANCHOR_KEYSTORE``       an encrypted keystore JSON file, with its password in
+``VALUEOS_ANCHOR_KEYSTORE_PASSWORD`` or the file ``VALUEOS_ANCHOR_KEYSTORE_PASSWORD_FILE``
+
+The key is never logged: :class:`Signer` does not show it in ``repr`` and nothing here
+formats it into a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+__all__ = ["AnchorSettings", "SignerError", "anchor_settings", "load_signer"]
+
+
+class SignerError(RuntimeError):
+    """No usable signing key was configured (the message never contains key material)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorSettings:
+    rpc_url: str | None
+    contract_address: str | None
+    confirmations: int
+    interval_s: float
+    expire_holds_interval_s: float
+    #: how long ``valueos anchor --now`` waits for finality
+    wait_timeout_s: float
+    key: str | None = field(default=None, repr=False)
+    keystore: Path | None = None
+    keystore_password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> AnchorSettings:
+        env = os.environ
+        password = env.get("VALUEOS_ANCHOR_KEYSTORE_PASSWORD")
+        password_file = env.get("VALUEOS_ANCHOR_KEYSTORE_PASSWORD_FILE")
+        if password is None and password_file:
+            password = Path(password_file).read_text().strip()
+        keystore = env.get("VALUEOS_ANCHOR_KEYSTORE")
+        confirmations = int(env.get("VALUEOS_ANCHOR_CONFIRMATIONS", "12"))
+        if confirmations < 1:
+            raise ValueError("VALUEOS_ANCHOR_CONFIRMATIONS must be at least 1")
+        return cls(
+            rpc_url=env.get("ETH_RPC_URL") or None,
+            contract_address=env.get("VALUEOS_ANCHOR_CONTRACT") or None,
+            confirmations=confirmations,
+            interval_s=float(env.get("VALUEOS_ANCHOR_INTERVAL_S", "3600")),
+            expire_holds_interval_s=float(env.get("VALUEOS_EXPIRE_HOLDS_INTERVAL_S", "60")),
+            wait_timeout_s=float(env.get("VALUEOS_ANCHOR_WAIT_S", "600")),
+            key=env.get("VALUEOS_ANCHOR_KEY") or None,
+            keystore=Path(keystore) if keystore else None,
+            keystore_password=password,
+        )
+
+
+@lru_cache(maxsize=1)
+def anchor_settings() -> AnchorSettings:
+    return AnchorSettings.from_env()
+
+
+def load_signer(settings: AnchorSettings) -> LocalAccount:
+    """The anchoring account, from the raw key or the keystore file."""
+    if settings.key:
+        try:
+            account: LocalAccount = Account.from_key(settings.key)
+        except (ValueError, TypeError):
+            raise SignerError("VALUEOS_ANCHOR_KEY is not a valid private key") from None
+        return account
+    if settings.keystore is not None:
+        if settings.keystore_password is None:
+            raise SignerError("VALUEOS_ANCHOR_KEYSTORE needs VALUEOS_ANCHOR_KEYSTORE_PASSWORD")
+        try:
+            keyfile = json.loads(settings.keystore.read_text())
+            key = Account.decrypt(keyfile, settings.keystore_password)
+        except (OSError, ValueError) as exc:
+            raise SignerError(
+                f"cannot open keystore {settings.keystore}: {type(exc).__name__}"
+            ) from None
+        keystore_account: LocalAccount = Account.from_key(key)
+        return keystore_account
+    raise SignerError("no anchor signer: set VALUEOS_ANCHOR_KEY or VALUEOS_ANCHOR_KEYSTORE")

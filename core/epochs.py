@@ -1,0 +1,514 @@
+"""Epochs: sealing, the two Merkle trees of a sealed epoch, and its header chain.
+
+Sealing (:func:`seal_open_epoch`)
+    One short transaction: take the epoch advisory lock EXCLUSIVE. Every writer takes it SHARED
+    before it reads the open epoch and holds it until it commits (``valueos_writer_epoch()``),
+    so once the sealer holds it no transaction can still be adding to the open epoch E, and
+    every transaction that waited behind the sealer reads E + 1. Mark E SEALED, open E + 1,
+    commit. Nothing is hashed under the lock: E's entries are now frozen, and the trees are
+    built afterwards (:func:`compute_roots`), so writers are blocked only for the flip.
+    Consequence used below: every entry of E has a smaller seq than every entry of E + 1
+    (a writer allocates its seqs while holding the shared lock).
+
+Roots (:func:`compute_roots`, in epoch order, idempotent, resumable after a crash)
+    * ``entriesRoot``: the OpenZeppelin StandardMerkleTree over one ENTRY leaf per entry of E.
+    * ``balancesRoot``: one BALANCE leaf per account that has at least one entry with
+      ``seq <= cut`` (cut = the last seq of the ledger at the end of E): its ``balance_after``
+      at its last such entry, and that entry's seq. An account that never had an entry has
+      balance 0 and no leaf (its balance cannot be proven from this tree, only its absence
+      from the ledger).
+    * header: ``keccak(abi.encode(ledgerId, E, prevHeader, entriesRoot, balancesRoot,
+      firstSeq, lastSeq, leafCount))`` with ``prevHeader`` the header of E - 1 (32 zero bytes
+      for epoch 1) and ``leafCount`` the number of ENTRY leaves.
+
+Empty epoch
+    An epoch without entries anchors ``entriesRoot = 0x00..00`` (:data:`chain.merkle.EMPTY_ROOT`),
+    ``firstSeq = lastSeq = leafCount = 0``, and the balances tree at the unchanged cut (same
+    balances, new epoch number in every leaf). It still extends the header chain. The worker
+    does not seal an empty epoch on schedule unless ``VALUEOS_SEAL_EMPTY`` is set.
+
+Layering
+    core must not import web3 or anything that talks to a chain. It does import the two *pure*
+    hashing modules :mod:`chain.merkle` and :mod:`chain.leaves` (keccak + ABI layouts, no I/O):
+    the leaf layouts are shared byte for byte with the contract and the auditor's verifier, so
+    there is one implementation. ``tests/unit/test_verify_layering.py`` enforces that core
+    imports nothing else from chain/.
+
+Storage: see ``core/migrations/versions/0002_epochs.py`` (levels per tree row, keys and
+positions for the lookup, ``valueos_merkle_proof`` serving a proof in one call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+import sys
+from array import array
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chain.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
+from chain.merkle import EMPTY_ROOT, StandardMerkleTree
+from core.errors import EpochNotSealed, LedgerIntegrityError, UnknownEpoch
+
+__all__ = [
+    "BALANCE_TREE",
+    "ENTRY_TREE",
+    "EPOCH_LOCK_KEY",
+    "BuiltEpoch",
+    "EpochRoots",
+    "StoredTree",
+    "build_epoch",
+    "compute_pending_roots",
+    "compute_roots",
+    "get_roots",
+    "open_epoch",
+    "raw_connection",
+    "seal_open_epoch",
+    "tree_rows",
+]
+
+#: Key of the epoch advisory lock (same value as in migration 0001): writers shared, sealer
+#: exclusive.
+EPOCH_LOCK_KEY = 0x76616C75656F7331
+#: ``epoch_trees.tree``: the leaf kind of the tree's leaves.
+ENTRY_TREE = 1
+BALANCE_TREE = 2
+
+
+@asynccontextmanager
+async def raw_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled asyncpg connection (bytea in and out as bytes, no SQLAlchemy layer)."""
+    async with engine.connect() as sa_conn:
+        raw = await sa_conn.get_raw_connection()
+        conn: asyncpg.Connection = raw.driver_connection
+        yield conn
+
+
+# ------------------------------------------------------------------------------- sealing
+
+
+async def open_epoch(engine: AsyncEngine) -> int:
+    async with raw_connection(engine) as conn:
+        epoch: int = await conn.fetchval("SELECT id FROM epochs WHERE status = 'OPEN'")
+    return epoch
+
+
+async def seal_open_epoch(engine: AsyncEngine, *, allow_empty: bool = True) -> int | None:
+    """Seal the open epoch E and open E + 1 atomically; return E.
+
+    With ``allow_empty=False`` an epoch without entries is left open and None is returned.
+    """
+    async with raw_connection(engine) as conn, conn.transaction():
+        # waits for every writer of E to commit; later writers queue behind us and read E + 1
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", EPOCH_LOCK_KEY)
+        epoch: int = await conn.fetchval("SELECT id FROM epochs WHERE status = 'OPEN' FOR UPDATE")
+        if not allow_empty and not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE epoch = $1)", epoch
+        ):
+            return None
+        await conn.execute(
+            "UPDATE epochs SET status = 'SEALED', sealed_at = clock_timestamp() WHERE id = $1",
+            epoch,
+        )
+        await conn.execute("INSERT INTO epochs (id, status) VALUES ($1, 'OPEN')", epoch + 1)
+    return epoch
+
+
+# ------------------------------------------------------------------------------- pure part
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRoots:
+    """The header fields of a sealed epoch, its header hash and bookkeeping."""
+
+    epoch: int
+    ledger_id: bytes
+    prev_header: bytes
+    entries_root: bytes
+    balances_root: bytes
+    first_seq: int
+    last_seq: int
+    leaf_count: int
+    balance_count: int
+    cut_seq: int
+    header: bytes
+
+    def header_fields(self) -> dict[str, Any]:
+        """JSON-ready header fields (hex for bytes)."""
+        return {
+            "ledger_id": "0x" + self.ledger_id.hex(),
+            "epoch": self.epoch,
+            "prev_header": "0x" + self.prev_header.hex(),
+            "entries_root": "0x" + self.entries_root.hex(),
+            "balances_root": "0x" + self.balances_root.hex(),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "leaf_count": self.leaf_count,
+            "header_hash": "0x" + self.header.hex(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTree:
+    """One tree as stored: the rows of the node array, leaf keys and leaf positions."""
+
+    kind: int
+    root: bytes
+    leaf_count: int
+    rows: list[bytes]
+    keys: bytes
+    positions: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltEpoch:
+    roots: EpochRoots
+    entries: StoredTree
+    balances: StoredTree
+
+
+def tree_rows(nodes: Sequence[bytes]) -> list[bytes]:
+    """Split an OpenZeppelin node array into its rows: row d = positions [2^d - 1, 2^(d+1) - 1)."""
+    rows, start, width = [], 0, 1
+    while start < len(nodes):
+        rows.append(b"".join(nodes[start : start + width]))
+        start += width
+        width *= 2
+    return rows
+
+
+def _stored(kind: int, tree: StandardMerkleTree, keys: list[int]) -> StoredTree:
+    n = len(tree)
+    positions = array("I", (tree.position(i) for i in range(n)))
+    if sys.byteorder == "little":
+        positions.byteswap()
+    return StoredTree(
+        kind=kind,
+        root=tree.root,
+        leaf_count=n,
+        rows=tree_rows(tree.nodes),
+        keys=struct.pack(f">{n}q", *keys),
+        positions=positions.tobytes(),
+    )
+
+
+def build_epoch(
+    *,
+    ledger_id: bytes,
+    epoch: int,
+    prev_header: bytes,
+    prev_cut: int,
+    entries: Sequence[EntryLeaf],
+    balances: Sequence[BalanceLeaf],
+) -> BuiltEpoch:
+    """Both trees and the header of ``epoch`` (pure). ``entries`` ascend by seq, ``balances``
+    by account id; every leaf must carry ``ledger_id`` and ``epoch``."""
+    if any(a.seq >= b.seq for a, b in itertools.pairwise(entries)):
+        raise ValueError("entry leaves must ascend by seq")
+    if any(a.account_id >= b.account_id for a, b in itertools.pairwise(balances)):
+        raise ValueError("balance leaves must ascend by account id")
+    e_tree, b_tree = entry_tree(entries), balance_tree(balances)
+    first_seq = entries[0].seq if entries else 0
+    last_seq = entries[-1].seq if entries else 0
+    entries_root = e_tree.root if entries else EMPTY_ROOT
+    header = header_hash(
+        ledger_id, epoch, prev_header, entries_root, b_tree.root, first_seq, last_seq, len(entries)
+    )
+    roots = EpochRoots(
+        epoch=epoch,
+        ledger_id=ledger_id,
+        prev_header=prev_header,
+        entries_root=entries_root,
+        balances_root=b_tree.root,
+        first_seq=first_seq,
+        last_seq=last_seq,
+        leaf_count=len(entries),
+        balance_count=len(balances),
+        cut_seq=last_seq if entries else prev_cut,
+        header=header,
+    )
+    return BuiltEpoch(
+        roots,
+        _stored(ENTRY_TREE, e_tree, [x.seq for x in entries]),
+        _stored(BALANCE_TREE, b_tree, [x.account_id for x in balances]),
+    )
+
+
+# ------------------------------------------------------------------------------- roots
+
+
+def _roots(row: asyncpg.Record) -> EpochRoots:
+    return EpochRoots(
+        epoch=row["epoch"],
+        ledger_id=bytes(row["ledger_id"]),
+        prev_header=bytes(row["prev_header"]),
+        entries_root=bytes(row["entries_root"]),
+        balances_root=bytes(row["balances_root"]),
+        first_seq=row["first_seq"],
+        last_seq=row["last_seq"],
+        leaf_count=row["leaf_count"],
+        balance_count=row["balance_count"],
+        cut_seq=row["cut_seq"],
+        header=bytes(row["header"]),
+    )
+
+
+async def get_roots(engine: AsyncEngine, epoch: int) -> EpochRoots | None:
+    async with raw_connection(engine) as conn:
+        row = await conn.fetchrow("SELECT * FROM epoch_roots WHERE epoch = $1", epoch)
+    return _roots(row) if row else None
+
+
+_ENTRIES = """
+SELECT seq, operation_id, account_id, asset, amount, balance_after
+FROM ledger_entries WHERE epoch = $1 ORDER BY seq
+"""
+_BALANCES = """
+SELECT a.id, a.asset, le.seq, le.balance_after
+FROM accounts a
+CROSS JOIN LATERAL (
+    SELECT seq, balance_after FROM ledger_entries
+    WHERE account_id = a.id AND seq <= $1 ORDER BY seq DESC LIMIT 1
+) le
+ORDER BY a.id
+"""
+
+
+async def load_leaves(
+    conn: asyncpg.Connection, ledger_id: bytes, epoch: int, cut: int | None, prev_cut: int
+) -> tuple[list[EntryLeaf], list[BalanceLeaf]]:
+    """The leaves of ``epoch`` as the database holds them now (``cut`` None: derive it)."""
+    entries = [
+        EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5])
+        for r in await conn.fetch(_ENTRIES, epoch)
+    ]
+    if cut is None:
+        cut = entries[-1].seq if entries else prev_cut
+    balances = [
+        BalanceLeaf(ledger_id, epoch, r[2], r[0], r[1], r[3])
+        for r in await conn.fetch(_BALANCES, cut)
+    ]
+    return entries, balances
+
+
+async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> EpochRoots:
+    """Build and store the trees and header of sealed ``epoch`` (its predecessor's first).
+
+    Idempotent: returns the stored roots when they exist. Concurrent callers serialise on the
+    epoch row. The stored rows are append-only.
+    """
+    async with raw_connection(engine) as conn, conn.transaction():
+        status = await conn.fetchval("SELECT status FROM epochs WHERE id = $1 FOR UPDATE", epoch)
+        if status is None:
+            raise UnknownEpoch(f"epoch {epoch} does not exist", epoch=epoch)
+        if status != "SEALED":
+            raise EpochNotSealed(f"epoch {epoch} is still open", epoch=epoch)
+        row = await conn.fetchrow("SELECT * FROM epoch_roots WHERE epoch = $1", epoch)
+        if row is not None:
+            return _roots(row)
+        prev_header, prev_cut = EMPTY_ROOT, 0
+        if epoch > 1:
+            prev = await conn.fetchrow("SELECT * FROM epoch_roots WHERE epoch = $1", epoch - 1)
+            if prev is None:
+                raise EpochNotSealed(f"epoch {epoch - 1} has no roots yet", epoch=epoch - 1)
+            if bytes(prev["ledger_id"]) != ledger_id:
+                raise LedgerIntegrityError(
+                    "the configured ledger id differs from the one already anchored", epoch=epoch
+                )
+            prev_header, prev_cut = bytes(prev["header"]), prev["cut_seq"]
+        entries, balances = await load_leaves(conn, ledger_id, epoch, None, prev_cut)
+        built = await asyncio.to_thread(
+            lambda: build_epoch(
+                ledger_id=ledger_id,
+                epoch=epoch,
+                prev_header=prev_header,
+                prev_cut=prev_cut,
+                entries=entries,
+                balances=balances,
+            )
+        )
+        await _store(conn, built)
+        return built.roots
+
+
+async def _store(conn: asyncpg.Connection, built: BuiltEpoch) -> None:
+    r = built.roots
+    await conn.execute(
+        "INSERT INTO epoch_roots (epoch, ledger_id, prev_header, entries_root, balances_root, "
+        "first_seq, last_seq, leaf_count, balance_count, cut_seq, header) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        r.epoch, r.ledger_id, r.prev_header, r.entries_root, r.balances_root, r.first_seq,
+        r.last_seq, r.leaf_count, r.balance_count, r.cut_seq, r.header,
+    )  # fmt: skip
+    for tree in (built.entries, built.balances):
+        await conn.execute(
+            "INSERT INTO epoch_trees (epoch, tree, leaf_count, root, keys, positions) "
+            "VALUES ($1, $2, $3, $4, $5, $6)",
+            r.epoch, tree.kind, tree.leaf_count, tree.root, tree.keys, tree.positions,
+        )  # fmt: skip
+        await conn.executemany(
+            "INSERT INTO epoch_tree_levels (epoch, tree, depth, nodes) VALUES ($1, $2, $3, $4)",
+            [(r.epoch, tree.kind, depth, nodes) for depth, nodes in enumerate(tree.rows)],
+        )
+    await conn.execute("INSERT INTO epoch_anchors (epoch, status) VALUES ($1, 'SEALED')", r.epoch)
+    await conn.execute(
+        "INSERT INTO anchor_events (epoch, to_status, detail) VALUES ($1, 'SEALED', $2)",
+        r.epoch,
+        f"roots computed: {r.leaf_count} entries, {r.balance_count} balances",
+    )
+
+
+async def compute_pending_roots(engine: AsyncEngine, ledger_id: bytes) -> list[EpochRoots]:
+    """Roots for every sealed epoch that has none yet, oldest first (crash recovery too)."""
+    async with raw_connection(engine) as conn:
+        pending = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT e.id FROM epochs e LEFT JOIN epoch_roots r ON r.epoch = e.id "
+                "WHERE e.status = 'SEALED' AND r.epoch IS NULL ORDER BY e.id"
+            )
+        ]
+    return [await compute_roots(engine, epoch, ledger_id) for epoch in pending]
+
+
+# ------------------------------------------------------------------------------- anchors
+
+#: Anchor states, in order. SEALED: roots stored, nothing sent. SIGNED: the raw transaction and
+#: its hash are persisted (before any broadcast). BROADCAST: handed to the node. CONFIRMED: in
+#: a block (hash recorded). FINALIZED: ``confirmations`` deep and the block hash re-checked.
+ANCHOR_STATUSES = ("SEALED", "SIGNED", "BROADCAST", "CONFIRMED", "FINALIZED")
+#: Session advisory lock held by the one worker that signs and sends anchors (nonce safety).
+ANCHOR_LOCK_KEY = 0x76616C75656F7332
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    roots: EpochRoots
+    status: str
+    chain_id: int | None
+    contract_address: str | None
+    sender: str | None
+    nonce: int | None
+    raw_tx: bytes | None
+    tx_hash: bytes | None
+    block_number: int | None
+    block_hash: bytes | None
+    gas_used: int | None
+    attempts: int
+    last_error: str | None
+
+    @property
+    def epoch(self) -> int:
+        return self.roots.epoch
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _record(row: asyncpg.Record) -> AnchorRecord:
+    return AnchorRecord(
+        roots=_roots(row),
+        status=row["status"],
+        chain_id=row["chain_id"],
+        contract_address=row["contract_address"],
+        sender=row["sender"],
+        nonce=row["nonce"],
+        raw_tx=_opt_bytes(row["raw_tx"]),
+        tx_hash=_opt_bytes(row["tx_hash"]),
+        block_number=row["block_number"],
+        block_hash=_opt_bytes(row["block_hash"]),
+        gas_used=row["gas_used"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+    )
+
+
+_ANCHOR_SELECT = (
+    "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
+    "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
+    "FROM epoch_anchors a JOIN epoch_roots r ON r.epoch = a.epoch "
+)
+
+
+async def get_anchor(engine: AsyncEngine, epoch: int) -> AnchorRecord | None:
+    async with raw_connection(engine) as conn:
+        row = await conn.fetchrow(_ANCHOR_SELECT + "WHERE a.epoch = $1", epoch)
+    return _record(row) if row else None
+
+
+async def unfinished_anchors(engine: AsyncEngine) -> list[AnchorRecord]:
+    """Every anchor not FINALIZED yet, oldest epoch first."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(_ANCHOR_SELECT + "WHERE a.status <> 'FINALIZED' ORDER BY a.epoch")
+    return [_record(r) for r in rows]
+
+
+_CLEARED_ON_RESET = ("nonce", "raw_tx", "tx_hash", "block_number", "block_hash", "gas_used")
+_SETTABLE = frozenset(
+    {"chain_id", "contract_address", "sender", *_CLEARED_ON_RESET, "last_error", "attempts"}
+)
+
+
+async def transition(
+    engine: AsyncEngine,
+    epoch: int,
+    from_status: str,
+    to_status: str,
+    *,
+    detail: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Move an anchor ``from_status -> to_status`` and set ``fields``; False if it was not in
+    ``from_status`` any more (another worker moved it). Every transition is logged in
+    ``anchor_events``; a move back to SEALED clears the transaction fields."""
+    if to_status not in ANCHOR_STATUSES or not set(fields) <= _SETTABLE:
+        raise ValueError(f"bad anchor transition to {to_status} with {sorted(fields)}")
+    if to_status == "SEALED":
+        fields = dict.fromkeys(_CLEARED_ON_RESET) | fields
+    names = sorted(fields)
+    assignments = "".join(f", {name} = ${i + 4}" for i, name in enumerate(names))
+    async with raw_connection(engine) as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"UPDATE epoch_anchors SET status = $3, updated_at = clock_timestamp(){assignments} "
+            "WHERE epoch = $1 AND status = $2 RETURNING tx_hash",
+            epoch,
+            from_status,
+            to_status,
+            *(fields[name] for name in names),
+        )
+        if row is None:
+            return False
+        await conn.execute(
+            "INSERT INTO anchor_events (epoch, from_status, to_status, tx_hash, detail) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            epoch,
+            from_status,
+            to_status,
+            row["tx_hash"],
+            detail,
+        )
+    return True
+
+
+@asynccontextmanager
+async def anchor_lock(engine: AsyncEngine) -> AsyncIterator[bool]:
+    """Hold the anchoring lock for the block (True), or yield False when another worker has it.
+
+    Whoever holds it is the only process choosing nonces and signing, so a nonce is never
+    given to two anchors; the signed transaction is persisted before it is broadcast.
+    """
+    async with raw_connection(engine) as conn:
+        got: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", ANCHOR_LOCK_KEY)
+        try:
+            yield got
+        finally:
+            if got:
+                await conn.execute("SELECT pg_advisory_unlock($1)", ANCHOR_LOCK_KEY)

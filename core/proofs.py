@@ -1,0 +1,243 @@
+"""Proof bundles and the anchor list, as JSON-ready dicts (for the HTTP API and the CLI).
+
+A bundle is self-contained: the leaf fields, the leaf hash, the Merkle proof, the epoch header
+fields (enough to recompute the header hash and its link to the previous epoch), and where it
+is anchored (chain id, contract address, transaction hash, block, status). ``valueos verify``
+(:mod:`chain.verify`) checks one offline and, with ``--rpc``, against the contract.
+
+JSON conventions: bytes are ``0x``-prefixed lowercase hex; amounts and balances are decimal
+*strings* (int64 minor units do not fit a JavaScript number); other integers are numbers.
+
+Proofs are served from the stored tree levels (``valueos_merkle_proof``: a key lookup and one
+32-byte slice per level), never by rebuilding a tree. The leaf itself is re-read from the
+ledger, so a row changed after sealing yields a bundle that does not verify; with
+``check=True`` (the default) the server notices first and raises :class:`LedgerIntegrityError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chain.leaves import BalanceLeaf, EntryLeaf
+from chain.merkle import verify
+from core.epochs import (
+    BALANCE_TREE,
+    ENTRY_TREE,
+    AnchorRecord,
+    EpochRoots,
+    _record,
+    _roots,
+    raw_connection,
+)
+from core.errors import (
+    EpochNotSealed,
+    LedgerIntegrityError,
+    NotFound,
+    UnknownAccount,
+    UnknownEntry,
+    UnknownEpoch,
+    ValidationError,
+)
+
+__all__ = [
+    "BUNDLE_VERSION",
+    "anchor_view",
+    "balance_proof_bundle",
+    "entry_proof_bundle",
+    "list_anchors",
+]
+
+BUNDLE_VERSION = 1
+MAX_PAGE = 500
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else "0x" + value.hex()
+
+
+def anchor_view(record: AnchorRecord) -> dict[str, Any]:
+    """One anchor as listed: epoch, roots, header, chain coordinates and status."""
+    return {
+        **record.roots.header_fields(),
+        "balance_count": record.roots.balance_count,
+        "status": record.status,
+        "chain_id": record.chain_id,
+        "contract_address": record.contract_address,
+        "tx_hash": _hex(record.tx_hash),
+        "block_number": record.block_number,
+        "block_hash": _hex(record.block_hash),
+    }
+
+
+async def list_anchors(
+    engine: AsyncEngine, *, limit: int = 100, before_epoch: int | None = None
+) -> list[dict[str, Any]]:
+    """Sealed epochs with their anchors, newest first; page with ``before_epoch``."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError(f"limit must be between 1 and {MAX_PAGE}", limit=limit)
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
+            "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
+            "FROM epoch_anchors a JOIN epoch_roots r ON r.epoch = a.epoch "
+            "WHERE $1::bigint IS NULL OR a.epoch < $1 ORDER BY a.epoch DESC LIMIT $2",
+            before_epoch,
+            limit,
+        )
+    return [anchor_view(_record(r)) for r in rows]
+
+
+async def _sealed(conn: asyncpg.Connection, epoch: int) -> tuple[EpochRoots, dict[str, Any]]:
+    row = await conn.fetchrow(
+        "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
+        "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
+        "FROM epoch_roots r JOIN epoch_anchors a ON a.epoch = r.epoch WHERE r.epoch = $1",
+        epoch,
+    )
+    if row is None:
+        status = await conn.fetchval("SELECT status FROM epochs WHERE id = $1", epoch)
+        if status is None:
+            raise UnknownEpoch(f"epoch {epoch} does not exist", epoch=epoch)
+        raise EpochNotSealed(
+            f"epoch {epoch} is {'open' if status == 'OPEN' else 'sealed but not hashed yet'}",
+            epoch=epoch,
+        )
+    record = _record(row)
+    return _roots(row), {
+        "status": record.status,
+        "chain_id": record.chain_id,
+        "contract_address": record.contract_address,
+        "tx_hash": _hex(record.tx_hash),
+        "block_number": record.block_number,
+        "block_hash": _hex(record.block_hash),
+    }
+
+
+async def _proof(
+    conn: asyncpg.Connection, epoch: int, tree: int, key: int
+) -> tuple[bytes, list[bytes]] | None:
+    row = await conn.fetchrow(
+        "SELECT leaf, proof FROM valueos_merkle_proof($1, $2::smallint, $3)", epoch, tree, key
+    )
+    if row is None:
+        return None
+    proof = bytes(row["proof"])
+    return bytes(row["leaf"]), [proof[i : i + 32] for i in range(0, len(proof), 32)]
+
+
+def _bundle(
+    kind: str,
+    leaf: dict[str, Any],
+    leaf_hash: bytes,
+    proof: list[bytes],
+    roots: EpochRoots,
+    anchor: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "version": BUNDLE_VERSION,
+        "kind": kind,
+        "leaf": leaf,
+        "leaf_hash": _hex(leaf_hash),
+        "proof": [_hex(p) for p in proof],
+        "header": roots.header_fields(),
+        "anchor": anchor,
+    }
+
+
+def _check(
+    check: bool, root: bytes, leaf_hash: bytes, stored: bytes, proof: list[bytes], what: str
+) -> None:
+    if check and (stored != leaf_hash or not verify(root, leaf_hash, proof)):
+        raise LedgerIntegrityError(f"{what} no longer matches the sealed root")
+
+
+async def entry_proof_bundle(
+    engine: AsyncEngine, seq: int, *, check: bool = True
+) -> dict[str, Any]:
+    """The proof bundle of the entry ``seq`` against its epoch's ``entriesRoot``.
+
+    Raises UNKNOWN_ENTRY (404), EPOCH_NOT_SEALED (409) while its epoch is open or not hashed
+    yet, LEDGER_INTEGRITY (500, only with ``check``) if the entry changed since sealing.
+    """
+    async with raw_connection(engine) as conn:
+        row = await conn.fetchrow(
+            "SELECT seq, operation_id, account_id, asset, amount, balance_after, epoch "
+            "FROM ledger_entries WHERE seq = $1",
+            seq,
+        )
+        if row is None:
+            raise UnknownEntry(f"entry {seq} does not exist", seq=seq)
+        roots, anchor = await _sealed(conn, row["epoch"])
+        found = await _proof(conn, roots.epoch, ENTRY_TREE, seq)
+    if found is None:
+        raise LedgerIntegrityError(f"entry {seq} is missing from the sealed tree", seq=seq)
+    leaf = EntryLeaf(
+        roots.ledger_id, roots.epoch, seq, row["operation_id"], row["account_id"], row["asset"],
+        row["amount"], row["balance_after"],
+    )  # fmt: skip
+    leaf_hash = leaf.hash()
+    stored, proof = found
+    _check(check, roots.entries_root, leaf_hash, stored, proof, f"entry {seq}")
+    fields = {
+        "kind": leaf.KIND,
+        "ledger_id": _hex(leaf.ledger_id),
+        "epoch": leaf.epoch,
+        "seq": leaf.seq,
+        "operation_id": leaf.operation_id,
+        "account_id": leaf.account_id,
+        "asset_code": leaf.asset_code,
+        "amount": str(leaf.amount),
+        "balance_after": str(leaf.balance_after),
+    }
+    return _bundle("entry", fields, leaf_hash, proof, roots, anchor)
+
+
+async def balance_proof_bundle(
+    engine: AsyncEngine, account_id: int, epoch: int, *, check: bool = True
+) -> dict[str, Any]:
+    """The proof bundle of ``account_id``'s balance at the end of ``epoch`` (``balancesRoot``).
+
+    Raises UNKNOWN_ACCOUNT / UNKNOWN_EPOCH / NOT_FOUND (404: the account had no entry by the
+    end of the epoch, so it has no leaf), EPOCH_NOT_SEALED (409), LEDGER_INTEGRITY (500).
+    """
+    async with raw_connection(engine) as conn:
+        asset = await conn.fetchval("SELECT asset FROM accounts WHERE id = $1", account_id)
+        if asset is None:
+            raise UnknownAccount(f"account {account_id} does not exist", account_id=account_id)
+        roots, anchor = await _sealed(conn, epoch)
+        row = await conn.fetchrow(
+            "SELECT seq, balance_after FROM ledger_entries WHERE account_id = $1 AND seq <= $2 "
+            "ORDER BY seq DESC LIMIT 1",
+            account_id,
+            roots.cut_seq,
+        )
+        found = await _proof(conn, epoch, BALANCE_TREE, account_id)
+    if row is None:
+        raise NotFound(
+            f"account {account_id} had no entry by the end of epoch {epoch}: balance 0, no leaf",
+            account_id=account_id,
+            epoch=epoch,
+        )
+    if found is None:
+        raise LedgerIntegrityError(
+            f"the balance of account {account_id} is missing from the sealed tree",
+            account_id=account_id,
+            epoch=epoch,
+        )
+    leaf = BalanceLeaf(roots.ledger_id, epoch, row["seq"], account_id, asset, row["balance_after"])
+    leaf_hash = leaf.hash()
+    stored, proof = found
+    _check(check, roots.balances_root, leaf_hash, stored, proof, f"balance of {account_id}")
+    fields = {
+        "kind": leaf.KIND,
+        "ledger_id": _hex(leaf.ledger_id),
+        "epoch": leaf.epoch,
+        "seq": leaf.seq,
+        "account_id": leaf.account_id,
+        "asset_code": leaf.asset_code,
+        "balance": str(leaf.balance),
+    }
+    return _bundle("balance", fields, leaf_hash, proof, roots, anchor)

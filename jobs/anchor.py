@@ -1,0 +1,239 @@
+"""The seal -> build trees -> anchor -> confirm -> finalize job.
+
+Every step is one state transition persisted in ``epoch_anchors`` before the next one starts,
+so the job can stop anywhere (crash, deploy, kill -9) and the next run resumes from the
+database and the chain:
+
+=========  ==================================================================================
+state      what the next run does
+=========  ==================================================================================
+(none)     sealed epoch without roots: build and store its trees and header -> SEALED
+SEALED     read the contract first: our header already there -> adopt the tx of its
+           ``Anchored`` event (CONFIRMED); another header there -> AnchorConflict, stop;
+           else sign with the next nonce under the anchoring lock, persist -> SIGNED
+SIGNED     broadcast the persisted bytes (same tx hash on every retry) -> BROADCAST
+BROADCAST  receipt? success -> CONFIRMED (block number + hash); reverted -> re-read the
+           contract, else back to SEALED; unknown to the node -> re-send the same bytes, or
+           back to SEALED when the nonce was consumed by another transaction
+CONFIRMED  block hash at that height still ours? deep enough -> contract re-read -> FINALIZED;
+           block replaced (reorg) -> re-included elsewhere: new block; else BROADCAST and sent
+           again
+=========  ==================================================================================
+
+Exactly-once: one worker at a time signs (session advisory lock); a nonce is used by one
+signed transaction; the contract accepts each epoch once, only in order and only on the right
+previous header, so a duplicate send can never anchor twice or anchor a different root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chain.eth import AnchorClient, AnchorConflict, ChainError
+from core.epochs import (
+    AnchorRecord,
+    EpochRoots,
+    anchor_lock,
+    compute_pending_roots,
+    get_anchor,
+    seal_open_epoch,
+    transition,
+    unfinished_anchors,
+)
+
+log = logging.getLogger(__name__)
+
+#: safety bound on transitions per pass (a pass normally stops when it has to wait)
+MAX_STEPS = 10_000
+
+
+@dataclass
+class PassResult:
+    sealed: int | None = None
+    built: list[int] = field(default_factory=list)
+    steps: list[tuple[int, str]] = field(default_factory=list)
+    locked_out: bool = False
+
+
+@dataclass
+class AnchorJob:
+    engine: AsyncEngine
+    client: AnchorClient
+    ledger_id: bytes
+    confirmations: int = 12
+    seal_empty: bool = False
+
+    # -- the pipeline --------------------------------------------------------------------
+    async def seal(self, *, force: bool = False) -> int | None:
+        """Seal the open epoch (skipped when empty unless ``force`` or ``seal_empty``)."""
+        epoch = await seal_open_epoch(self.engine, allow_empty=force or self.seal_empty)
+        if epoch is not None:
+            log.info("sealed epoch %d", epoch)
+        return epoch
+
+    async def build(self) -> list[EpochRoots]:
+        return await compute_pending_roots(self.engine, self.ledger_id)
+
+    async def run_once(self, *, seal: bool = True, force_seal: bool = False) -> PassResult:
+        """Seal (optionally), build missing trees, then advance every anchor as far as it goes
+        without waiting."""
+        result = PassResult()
+        if seal:
+            result.sealed = await self.seal(force=force_seal)
+        result.built = [r.epoch for r in await self.build()]
+        await self.anchor_pass(result)
+        return result
+
+    async def anchor_pass(self, result: PassResult | None = None) -> PassResult:
+        result = result or PassResult()
+        async with anchor_lock(self.engine) as got:
+            if not got:
+                result.locked_out = True
+                return result
+            for _ in range(MAX_STEPS):
+                for record in await unfinished_anchors(self.engine):
+                    if await self.advance(record):
+                        after = await get_anchor(self.engine, record.epoch)
+                        result.steps.append((record.epoch, after.status if after else "?"))
+                        break
+                else:
+                    return result
+        return result
+
+    async def run_until_final(
+        self, *, deadline_s: float, poll: float = 1.0, seal: bool = True, force_seal: bool = False
+    ) -> list[AnchorRecord]:
+        """``valueos anchor --now``: one run, then poll until every anchor is FINALIZED or the
+        deadline passes; returns the anchors still unfinished (empty: all final)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        await self.run_once(seal=seal, force_seal=force_seal)
+        while (pending := await unfinished_anchors(self.engine)) and loop.time() < deadline:
+            await asyncio.sleep(poll)
+            await self.anchor_pass()
+        return pending
+
+    # -- one transition ------------------------------------------------------------------
+    async def advance(self, record: AnchorRecord) -> bool:
+        """Make at most one transition of ``record``; False when it has to wait."""
+        handler = {
+            "SEALED": self._from_sealed,
+            "SIGNED": self._from_signed,
+            "BROADCAST": self._from_broadcast,
+            "CONFIRMED": self._from_confirmed,
+        }[record.status]
+        return await handler(record)
+
+    async def _move(self, record: AnchorRecord, to: str, detail: str, **fields: Any) -> bool:
+        moved = await transition(
+            self.engine, record.epoch, record.status, to, detail=detail, **fields
+        )
+        if moved:
+            log.info("epoch %d anchor %s -> %s: %s", record.epoch, record.status, to, detail)
+        return moved
+
+    async def _from_sealed(self, record: AnchorRecord) -> bool:
+        r = record.roots
+        if r.epoch > 1:
+            prev = await get_anchor(self.engine, r.epoch - 1)
+            if prev is None or prev.status not in ("CONFIRMED", "FINALIZED"):
+                return False  # the contract takes epochs in order: wait for the previous one
+        onchain = await self.client.onchain_epoch(r.epoch)
+        if onchain.anchored:
+            if onchain.header != r.header:
+                await transition(
+                    self.engine, r.epoch, "SEALED", "SEALED",
+                    detail="conflict", last_error="another header is anchored for this epoch",
+                )  # fmt: skip
+                raise AnchorConflict(
+                    f"epoch {r.epoch}: the contract holds header 0x{onchain.header.hex()}, "
+                    f"ours is 0x{r.header.hex()}; refusing to continue"
+                )
+            mined = await self.client.find_anchored_event(r.epoch)
+            if mined is None:
+                return False  # anchored, but its event is not visible yet
+            return await self._move(
+                record, "CONFIRMED", "found on chain (adopted after a restart)",
+                chain_id=await self.client.chain_id(), contract_address=self.client.address,
+                tx_hash=mined.tx_hash, block_number=mined.block_number,
+                block_hash=mined.block_hash, gas_used=mined.gas_used,
+            )  # fmt: skip
+        signed = await self.client.sign_anchor(
+            epoch=r.epoch, prev_header=r.prev_header, entries_root=r.entries_root,
+            balances_root=r.balances_root, first_seq=r.first_seq, last_seq=r.last_seq,
+            leaf_count=r.leaf_count,
+        )  # fmt: skip
+        return await self._move(
+            record, "SIGNED", f"nonce {signed.nonce}",
+            chain_id=await self.client.chain_id(), contract_address=self.client.address,
+            sender=signed.sender, nonce=signed.nonce, raw_tx=signed.raw,
+            tx_hash=signed.tx_hash, attempts=record.attempts + 1, last_error=None,
+        )  # fmt: skip
+
+    async def _from_signed(self, record: AnchorRecord) -> bool:
+        assert record.raw_tx is not None  # noqa: S101 - CHECK constraint on SIGNED rows
+        await self.client.broadcast(record.raw_tx)
+        return await self._move(record, "BROADCAST", "sent")
+
+    async def _resend_or_resign(self, record: AnchorRecord, why: str) -> bool:
+        """The transaction is neither mined nor known to the node (dropped, reorged out)."""
+        if (
+            record.raw_tx is not None
+            and record.nonce is not None
+            and await self.client.confirmed_nonce() <= record.nonce
+        ):
+            await self.client.broadcast(record.raw_tx)  # nonce still free: the same bytes
+            log.info("epoch %d: %s, sent the same transaction again", record.epoch, why)
+            return False
+        return await self._move(record, "SEALED", f"{why}; nonce used elsewhere, re-sign")
+
+    async def _from_broadcast(self, record: AnchorRecord) -> bool:
+        assert record.tx_hash is not None  # noqa: S101 - CHECK constraint
+        mined = await self.client.mined(record.tx_hash)
+        if mined is None:
+            if await self.client.known(record.tx_hash):
+                return False  # pending in the mempool
+            return await self._resend_or_resign(record, "transaction unknown to the node")
+        if mined.success:
+            return await self._move(
+                record, "CONFIRMED", f"block {mined.block_number}",
+                block_number=mined.block_number, block_hash=mined.block_hash,
+                gas_used=mined.gas_used,
+            )  # fmt: skip
+        onchain = await self.client.onchain_epoch(record.epoch)
+        if onchain.header == record.roots.header:
+            return await self._move(
+                record, "SEALED", "reverted but anchored by another transaction; adopt it"
+            )
+        await self._move(
+            record, "SEALED", "reverted", last_error=f"anchor tx reverted in {mined.block_number}"
+        )
+        return False  # retried on the next pass, not in a hot loop
+
+    async def _from_confirmed(self, record: AnchorRecord) -> bool:
+        if record.block_number is None or record.tx_hash is None:  # pragma: no cover
+            raise ValueError(f"epoch {record.epoch}: CONFIRMED without a block")  # CHECK'd
+        canonical = await self.client.block_hash(record.block_number)
+        if canonical != record.block_hash:
+            mined = await self.client.mined(record.tx_hash)
+            if mined is not None and mined.success:
+                return await self._move(
+                    record, "CONFIRMED", f"reorg: now in block {mined.block_number}",
+                    block_number=mined.block_number, block_hash=mined.block_hash,
+                )  # fmt: skip
+            return await self._move(
+                record, "BROADCAST", f"reorg: block {record.block_number} replaced",
+                block_number=None, block_hash=None,
+            )  # fmt: skip
+        depth = await self.client.head() - record.block_number + 1
+        if depth < self.confirmations:
+            return False
+        onchain = await self.client.onchain_epoch(record.epoch)
+        if onchain.header != record.roots.header:  # pragma: no cover - defensive
+            raise ChainError(f"epoch {record.epoch}: confirmed, but the contract disagrees")
+        return await self._move(record, "FINALIZED", f"{depth} confirmations")

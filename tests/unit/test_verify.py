@@ -1,0 +1,128 @@
+"""``valueos verify`` offline on bundles built by the pure epoch builder; forged variants fail.
+Also the layering rule: core imports no web3 and, from chain/, only the pure hashing modules."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chain.leaves import BalanceLeaf, EntryLeaf
+from chain.merkle import EMPTY_ROOT, StandardMerkleTree
+from chain.verify import VerificationError, check_offline, main
+from core.epochs import BuiltEpoch, StoredTree, build_epoch
+
+pytestmark = pytest.mark.unit
+
+LEDGER = b"\x22" * 32
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _epoch() -> tuple[BuiltEpoch, list[EntryLeaf], list[BalanceLeaf]]:
+    entries = [
+        EntryLeaf(LEDGER, 1, s, s // 2, 1 + s % 3, "USD", (-1) ** s * s, s) for s in range(1, 8)
+    ]
+    balances = [BalanceLeaf(LEDGER, 1, 7, a, "USD", 100 * a) for a in (1, 2, 3)]
+    built = build_epoch(
+        ledger_id=LEDGER, epoch=1, prev_header=EMPTY_ROOT, prev_cut=0, entries=entries,
+        balances=balances,
+    )  # fmt: skip
+    return built, entries, balances
+
+
+def _proof(tree: StoredTree, index: int) -> list[str]:
+    nodes = b"".join(tree.rows)
+    t = StandardMerkleTree(
+        [nodes[i : i + 32] for i in range(0, len(nodes), 32)], sorted_leaves=True
+    )
+    pos = int.from_bytes(tree.positions[4 * index : 4 * index + 4], "big")
+    proof = []
+    while pos > 0:
+        proof.append(t.nodes[pos + 1 if pos % 2 else pos - 1])
+        pos = (pos - 1) // 2
+    return ["0x" + p.hex() for p in proof]
+
+
+def entry_bundle(i: int = 3) -> dict[str, Any]:
+    built, entries, _ = _epoch()
+    e = entries[i]
+    return {
+        "version": 1, "kind": "entry",
+        "leaf": {"kind": 1, "ledger_id": "0x" + LEDGER.hex(), "epoch": 1, "seq": e.seq,
+                 "operation_id": e.operation_id, "account_id": e.account_id, "asset_code": "USD",
+                 "amount": str(e.amount), "balance_after": str(e.balance_after)},
+        "leaf_hash": "0x" + e.hash().hex(),
+        "proof": _proof(built.entries, i),
+        "header": built.roots.header_fields(),
+        "anchor": {"status": "SEALED"},
+    }  # fmt: skip
+
+
+def test_stored_rows_keys_and_positions_serve_valid_proofs() -> None:
+    for i in range(7):
+        assert "entries root of epoch 1" in check_offline(entry_bundle(i))
+    built, _, _ = _epoch()
+    bundle = {
+        "version": 1, "kind": "balance",
+        "leaf": {"kind": 2, "ledger_id": "0x" + LEDGER.hex(), "epoch": 1, "seq": 7,
+                 "account_id": 2, "asset_code": "USD", "balance": "200"},
+        "proof": _proof(built.balances, 1), "header": built.roots.header_fields(),
+    }  # fmt: skip
+    assert "balances root" in check_offline(bundle)
+    assert built.entries.keys == b"".join(s.to_bytes(8, "big") for s in range(1, 8))
+
+
+FORGERIES = {
+    "amount": lambda b: b["leaf"].update(amount="999"),
+    "leaf hash": lambda b: b.update(leaf_hash="0x" + "00" * 32),
+    "sibling": lambda b: b["proof"].__setitem__(0, "0x" + "11" * 32),
+    "truncated": lambda b: b["proof"].pop(),
+    "extended": lambda b: b["proof"].append("0x" + "11" * 32),
+    "swapped kind": lambda b: b.update(kind="balance"),
+    "root": lambda b: b["header"].update(entries_root="0x" + "33" * 32),
+    "prev header": lambda b: b["header"].update(prev_header="0x" + "44" * 32),
+    "epoch": lambda b: b["leaf"].update(epoch=2),
+    "ledger": lambda b: b["leaf"].update(ledger_id="0x" + "55" * 32),
+    "seq range": lambda b: b["header"].update(last_seq=2),
+    "not hex": lambda b: b["proof"].__setitem__(0, "zz"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forged_bundles_are_rejected(name: str) -> None:
+    bundle = copy.deepcopy(entry_bundle())
+    FORGERIES[name](bundle)
+    with pytest.raises(VerificationError):
+        check_offline(bundle)
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(entry_bundle()))
+    forged = entry_bundle()
+    forged["leaf"]["amount"] = "1000000"
+    bad.write_text(json.dumps(forged))
+    assert main("verify", [str(good)]) == 0
+    assert main("verify", [str(bad)]) == 1
+    assert main("verify", [str(tmp_path / "missing.json")]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID: the leaf hash does not match the leaf fields" in err
+    assert "INVALID: cannot read" in err
+
+
+def test_core_imports_no_web3_and_only_pure_hashing_from_chain() -> None:
+    allowed = {"chain.merkle", "chain.leaves"}
+    for path in (ROOT / "core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            for name in names:
+                assert not name.startswith(("web3", "api", "jobs")), f"{path}: {name}"
+                if name.startswith("chain"):
+                    assert name in allowed, f"{path} imports {name}"
