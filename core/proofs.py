@@ -23,15 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.leaves import BalanceLeaf, EntryLeaf
 from chain.merkle import verify
-from core.epochs import (
-    BALANCE_TREE,
-    ENTRY_TREE,
-    AnchorRecord,
-    EpochRoots,
-    _record,
-    _roots,
-    raw_connection,
-)
+from core.anchors import AnchorRecord, anchor_from_row
+from core.epochs import BALANCE_TREE, ENTRY_TREE, EpochRoots, raw_connection, roots_from_row
 from core.errors import (
     EpochNotSealed,
     LedgerIntegrityError,
@@ -87,7 +80,7 @@ async def list_anchors(
             before_epoch,
             limit,
         )
-    return [anchor_view(_record(r)) for r in rows]
+    return [anchor_view(anchor_from_row(r)) for r in rows]
 
 
 async def _sealed(conn: asyncpg.Connection, epoch: int) -> tuple[EpochRoots, dict[str, Any]]:
@@ -105,8 +98,8 @@ async def _sealed(conn: asyncpg.Connection, epoch: int) -> tuple[EpochRoots, dic
             f"epoch {epoch} is {'open' if status == 'OPEN' else 'sealed but not hashed yet'}",
             epoch=epoch,
         )
-    record = _record(row)
-    return _roots(row), {
+    record = anchor_from_row(row)
+    return roots_from_row(row), {
         "status": record.status,
         "chain_id": record.chain_id,
         "contract_address": record.contract_address,

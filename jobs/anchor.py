@@ -35,16 +35,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.eth import AnchorClient, AnchorConflict, ChainError
-from core.epochs import (
-    AnchorRecord,
-    EpochRoots,
-    anchor_lock,
-    compute_pending_roots,
-    get_anchor,
-    seal_open_epoch,
-    transition,
-    unfinished_anchors,
-)
+from core.anchors import AnchorRecord, anchor_lock, get_anchor, transition, unfinished_anchors
+from core.epochs import EpochRoots, compute_pending_roots, seal_open_epoch
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from web3.types import RPCEndpoint
 
 from chain.eth import AnchorClient, AnchorConflict, connect
 from chain.verify import main as verify_main
-from core.epochs import get_anchor, get_roots, raw_connection, seal_open_epoch
+from core.anchors import get_anchor
+from core.epochs import get_roots, raw_connection, seal_open_epoch
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from jobs.anchor import AnchorJob

@@ -14,12 +14,12 @@ import pytest
 
 from chain.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
 from chain.merkle import EMPTY_ROOT, verify
+from core.anchors import get_anchor
 from core.epochs import (
     EPOCH_LOCK_KEY,
     build_epoch,
     compute_pending_roots,
     compute_roots,
-    get_anchor,
     open_epoch,
     raw_connection,
     seal_open_epoch,
