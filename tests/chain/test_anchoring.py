@@ -48,6 +48,17 @@ async def ledger() -> AsyncIterator[Ledger]:
         await drop_database(url)
 
 
+#: RPC clients the test built (every "restarted worker" opens its own HTTP session).
+_OPEN_CLIENTS: list[AnchorClient] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        await _OPEN_CLIENTS.pop().w3.provider.disconnect()
+
+
 @pytest.fixture
 def signer(dev_keys: list[str]) -> LocalAccount:
     account: LocalAccount = Account.from_key(dev_keys[0])
@@ -60,6 +71,7 @@ def new_job(
 ) -> AnchorJob:  # fmt: skip
     """A job as a freshly started worker builds it (new RPC connection, new client)."""
     client = AnchorClient(connect(anvil), contract.address, signer)
+    _OPEN_CLIENTS.append(client)
     return AnchorJob(ledger.engine, client, ledger_id, confirmations=confirmations)
 
 
