@@ -457,9 +457,10 @@ async def settle(ledger: Ledger, *, user: uuid.UUID, request_id: int, actor: Act
         raise Forbidden(
             f"only the payer of p2p request {request_id} may settle it", request_id=request_id
         )
-    # both wallets exist before the claim, so a claimed settlement only has to post
-    await ledger.accounts.ensure_wallet(found.payer_id, found.asset, actor=actor)
-    await ledger.accounts.ensure_wallet(found.requester_id, found.asset, actor=actor)
+    if found.status is P2PStatus.PENDING:
+        # both wallets exist before the claim, so a claimed settlement only has to post
+        await ledger.accounts.ensure_wallet(found.payer_id, found.asset, actor=actor)
+        await ledger.accounts.ensure_wallet(found.requester_id, found.asset, actor=actor)
     claimed = await _claim(ledger, request_id, user, actor)
     return await _finish(ledger, claimed, actor)
 
