@@ -200,6 +200,32 @@ class Accounts:
         )
         return account_id
 
+    async def open_account_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        asset: str,
+        kind: AccountKind,
+        owner_id: uuid.UUID | None,
+        actor: Actor,
+        floor: int | None = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        """Open one account inside the caller's transaction (e.g. a vault with its own
+        rows, all-or-nothing). Driver errors propagate to the caller."""
+        if floor is not None:
+            check_int64(floor, "floor")
+        return await self._insert(
+            conn,
+            asset=asset,
+            kind=AccountKind(kind),
+            owner_id=owner_id,
+            code=None,
+            floor=floor,
+            actor=actor,
+            metadata=metadata,
+        )
+
     async def open_account(
         self,
         *,

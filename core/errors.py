@@ -143,6 +143,43 @@ class StorageError(LedgerError):
     status = 503
 
 
+class Forbidden(LedgerError):
+    """The actor may see the resource but not do this to it (e.g. a vault viewer moving)."""
+
+    code = "FORBIDDEN"
+    status = 403
+
+
+class UnknownUser(NotFound):
+    code = "UNKNOWN_USER"
+
+
+class VaultNotFound(NotFound):
+    """No such vault, or the actor is not a member (both answer the same: no leak)."""
+
+    code = "VAULT_NOT_FOUND"
+
+
+class VaultMemberNotFound(NotFound):
+    code = "VAULT_MEMBER_NOT_FOUND"
+
+
+class P2PRequestNotFound(NotFound):
+    """No such request, or the actor is neither its requester nor its payer."""
+
+    code = "P2P_REQUEST_NOT_FOUND"
+
+
+class P2PRequestNotPending(Conflict):
+    """The request was already settled, declined, cancelled, or is being settled."""
+
+    code = "P2P_REQUEST_NOT_PENDING"
+
+
+class P2PRequestExpired(P2PRequestNotPending):
+    code = "P2P_REQUEST_EXPIRED"
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

@@ -69,6 +69,8 @@ class OperationType(StrEnum):
     ADJUSTMENT = "ADJUSTMENT"
     REVERSAL = "REVERSAL"
     FEE = "FEE"
+    INTERNAL_MOVE = "INTERNAL_MOVE"  # between one's own compartments and vaults
+    P2P_SETTLEMENT = "P2P_SETTLEMENT"  # a payer accepting a peer's request for funds
 
 
 #: Operation types that need a written reason (audited as sensitive).
