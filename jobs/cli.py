@@ -9,7 +9,10 @@ anvil's first dev key unless a key is configured: a development convenience, not
 The worker (APScheduler, asyncio) runs:
 * ``seal_and_anchor`` every ``VALUEOS_ANCHOR_INTERVAL_S`` (hourly by default), first at start;
 * ``confirm`` (advance broadcast/confirmed anchors to FINALIZED) every min(60 s, interval);
-* ``expire_holds`` (``Ledger.expire_holds``) every ``VALUEOS_EXPIRE_HOLDS_INTERVAL_S``.
+* ``expire_holds`` (``Ledger.expire_holds``) every ``VALUEOS_EXPIRE_HOLDS_INTERVAL_S``;
+* ``p2p_housekeeping`` on the same interval: expire due P2P requests
+  (:func:`core.p2p.expire_due`) and finish settlements a crash interrupted
+  (:func:`core.p2p.resume_settling`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from eth_account.signers.local import LocalAccount
 from chain.anvil import AnvilNode, start_anvil
 from chain.eth import AnchorClient, ChainError, connect, deploy_ledger_anchor
 from chain.settings import AnchorSettings, SignerError, anchor_settings, load_signer
+from core import p2p
 from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.proofs import list_anchors
@@ -154,6 +158,12 @@ async def _worker(ns: argparse.Namespace) -> int:
             if expired:
                 log.warning("expired %d holds", expired)
 
+        async def p2p_housekeeping() -> None:
+            expired = await p2p.expire_due(ledger)
+            resumed = await p2p.resume_settling(ledger)
+            if expired or resumed:
+                log.warning("p2p: expired %d requests, finished %d settlements", expired, resumed)
+
         scheduler.add_job(
             seal_and_anchor, "interval", seconds=interval, next_run_time=datetime.now(),
             max_instances=1, coalesce=True, id="seal_and_anchor",
@@ -165,6 +175,10 @@ async def _worker(ns: argparse.Namespace) -> int:
         scheduler.add_job(
             expire_holds, "interval", seconds=settings.expire_holds_interval_s,
             max_instances=1, coalesce=True, id="expire_holds",
+        )  # fmt: skip
+        scheduler.add_job(
+            p2p_housekeeping, "interval", seconds=settings.expire_holds_interval_s,
+            max_instances=1, coalesce=True, id="p2p_housekeeping",
         )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
