@@ -25,14 +25,14 @@ Reversals are never policy-checked (corrections must stay possible).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 
 from core.errors import InvalidPolicy, PolicyDenied, UnknownAccount
-from core.limits import WINDOW_HOURS, LimitBook, LimitKey, Window
+from core.limits import LimitBook, LimitKey, Window
 from core.money import INT64_MAX, check_int64
 from core.types import AccountKind, AccountStatus, EntrySpec, OperationType, Side
 
@@ -217,22 +217,25 @@ class Policy:
     version: int
     document: PolicyDocument
     fee_account: int | None = None
+    #: rules by kind, computed once (the write path asks per command)
+    _by_kind: dict[type, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
+    needs_users: bool = field(init=False, repr=False, compare=False)
+    claims: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    def rules_of(self, kind: type[_Rule]) -> list[Any]:
-        return [r for r in self.document.rules if isinstance(r, kind)]
+    def __post_init__(self) -> None:
+        by_kind: dict[type, list[Any]] = {}
+        for rule in self.document.rules:
+            by_kind.setdefault(type(rule), []).append(rule)
+        object.__setattr__(self, "_by_kind", {k: tuple(v) for k, v in by_kind.items()})
+        object.__setattr__(self, "needs_users", ClaimsRule in by_kind or FreezeRule in by_kind)
+        object.__setattr__(
+            self,
+            "claims",
+            frozenset(q.claim for r in by_kind.get(ClaimsRule, ()) for q in r.require),
+        )
 
-    @property
-    def needs_users(self) -> bool:
-        return any(isinstance(r, ClaimsRule | FreezeRule) for r in self.document.rules)
-
-    @property
-    def claims(self) -> set[str]:
-        return {q.claim for r in self.rules_of(ClaimsRule) for q in r.require}
-
-    @property
-    def longest_window(self) -> str | None:
-        windows = [r.window for r in self.rules_of(LimitRule)]
-        return max(windows, key=WINDOW_HOURS.__getitem__) if windows else None
+    def rules_of(self, kind: type[_Rule]) -> tuple[Any, ...]:
+        return self._by_kind.get(kind, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +271,7 @@ class Applied:
 
 
 PolicyMap = dict[tuple[str, OperationType], Policy]
+_DEBIT = Side.DEBIT
 
 
 def policies_for(
@@ -335,15 +339,22 @@ class _Check:
         status: Callable[[int], AccountStatus],
     ) -> None:
         self.ctx, self.policy, self.status = ctx, policy, status
-        legs = [e for e in entries if e.asset == policy.asset]
-        self.amount = sum(e.amount for e in legs if e.side is Side.DEBIT)
-        self.debits = list(dict.fromkeys(e.account_id for e in legs if e.side is Side.DEBIT))
-        self.credits = list(dict.fromkeys(e.account_id for e in legs if e.side is Side.CREDIT))
-        self.per_account: dict[tuple[int, Side], int] = {}
-        for e in legs:
-            self.per_account[(e.account_id, e.side)] = (
-                self.per_account.get((e.account_id, e.side), 0) + e.amount
-            )
+        asset = policy.asset
+        debits: dict[int, int] = {}
+        credits: dict[int, int] = {}
+        amount = 0
+        for e in entries:
+            if e.asset != asset:
+                continue
+            if e.side is _DEBIT:
+                amount += e.amount
+                debits[e.account_id] = debits.get(e.account_id, 0) + e.amount
+            else:
+                credits[e.account_id] = credits.get(e.account_id, 0) + e.amount
+        self.amount = amount
+        self.debits = list(debits)
+        self.credits = list(credits)
+        self.per_side = {"source": debits, "destination": credits}
 
     def info(self, account_id: int) -> AccountInfo:
         found = self.ctx.accounts.get(account_id)
@@ -378,18 +389,19 @@ class _Check:
     ) -> None:
         fee = 0
         for rule in self.policy.document.rules:
-            if isinstance(rule, ClaimsRule):
-                self.claims(rule)
-            elif isinstance(rule, AmountRule):
-                self.amount_bounds(rule)
-            elif isinstance(rule, LimitRule):
-                usage.extend(self.limit(rule))
-            elif isinstance(rule, CounterpartyRule):
-                self.counterparty(rule)
-            elif isinstance(rule, FeeRule):
-                fee += rule.fee(self.amount)
+            kind = type(rule)
+            if kind is ClaimsRule:
+                self.claims(rule)  # type: ignore[arg-type]
+            elif kind is AmountRule:
+                self.amount_bounds(rule)  # type: ignore[arg-type]
+            elif kind is LimitRule:
+                usage.extend(self.limit(rule))  # type: ignore[arg-type]
+            elif kind is CounterpartyRule:
+                self.counterparty(rule)  # type: ignore[arg-type]
+            elif kind is FeeRule:
+                fee += rule.fee(self.amount)  # type: ignore[union-attr]
             else:
-                receivers |= self.freeze(rule)
+                receivers |= self.freeze(rule)  # type: ignore[arg-type]
         if fee > 0 and self.debits:
             check_int64(fee, "fee")
             if self.policy.fee_account is None:  # pragma: no cover - activation sets it
@@ -417,14 +429,10 @@ class _Check:
             raise self.deny(rule, f"amount {self.amount} is above {rule.max}", amount=self.amount)
 
     def limit(self, rule: LimitRule) -> list[tuple[LimitKey, int]]:
-        side = Side.DEBIT if rule.party == "source" else Side.CREDIT
+        per_account = self.per_side[rule.party]
         out: list[tuple[LimitKey, int]] = []
         for user in self.users(rule.party):
-            amount = sum(
-                self.per_account.get((a, side), 0)
-                for a in self.party(rule.party)
-                if self.info(a).owner_id == user
-            )
+            amount = sum(v for a, v in per_account.items() if self.info(a).owner_id == user)
             key: LimitKey = (user, self.policy.asset, self.policy.operation_type.value)
             count, used = self.ctx.limits.used(key, rule.window)
             if rule.max_count is not None and count + 1 > rule.max_count:
