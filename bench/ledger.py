@@ -15,7 +15,9 @@ import random
 import time
 from typing import Any
 
+from core.compliance import issue_attestation
 from core.ledger import Ledger
+from core.policies import activate_policy, create_policy
 from core.types import (
     AccountKind,
     Actor,
@@ -55,6 +57,49 @@ async def setup(ledger: Ledger, accounts: int) -> tuple[str, int, list[int]]:
     return "BENCH", issuance, ids
 
 
+#: a typical policy: KYC claim, daily limits per user, fixed + bps fee
+TYPICAL_POLICY: dict[str, Any] = {
+    "rules": [
+        {
+            "id": "kyc",
+            "kind": "claims",
+            "require": [{"claim": "kyc.level", "op": ">=", "value": 2}],
+        },
+        {"id": "daily", "kind": "limit", "window": "day", "max_count": 10**9, "max_amount": 10**15},
+        {"id": "fee", "kind": "fee", "fixed": 1, "bps": 10},
+    ]
+}
+
+
+async def setup_policy(ledger: Ledger, accounts: int) -> list[int]:
+    """Asset BPOL under TYPICAL_POLICY for transfers; every owner holds kyc.level = 2."""
+    await ledger.accounts.create_asset(
+        code="BPOL", name="bench policy", scale=2, kind=AssetKind.POINTS, actor=ACTOR
+    )
+    issuance = await ledger.accounts.system_account("BPOL", SystemAccount.ISSUANCE, actor=ACTOR)
+    admin = Actor("bench-admin", Role.ADMIN)
+    ids = []
+    for _ in range(accounts):
+        owner = await ledger.accounts.create_user(email=None, actor=ACTOR)
+        wallet = await ledger.accounts.ensure_wallet(owner, "BPOL", actor=ACTOR)
+        ids.append(wallet[AccountKind.AVAILABLE])
+        await issue_attestation(
+            ledger.engine, actor=admin, subject_id=owner, claim="kyc.level", value=2,
+            evidence_hash="00" * 32, reason="bench",
+        )  # fmt: skip
+    mints: list[Command] = [
+        PostOperation(OperationType.MINT, transfer_legs(issuance, a, "BPOL", 10**12), ACTOR)
+        for a in ids
+    ]
+    await ledger.post_many(mints)
+    record = await create_policy(
+        ledger.engine, asset="BPOL", operation_type=OperationType.TRANSFER,
+        document=TYPICAL_POLICY, actor=admin, reason="bench",
+    )  # fmt: skip
+    await activate_policy(ledger.engine, record.id, actor=admin, reason="bench")
+    return ids
+
+
 def random_transfers(ids: list[int], n: int, rng: random.Random) -> list[tuple[int, int]]:
     out = []
     for _ in range(n):
@@ -63,10 +108,12 @@ def random_transfers(ids: list[int], n: int, rng: random.Random) -> list[tuple[i
     return out
 
 
-async def bench_batched(ledger: Ledger, ids: list[int], n: int, rng: random.Random) -> float:
+async def bench_batched(
+    ledger: Ledger, ids: list[int], n: int, rng: random.Random, asset: str = "BENCH"
+) -> float:
     pairs = random_transfers(ids, n, rng)
     commands = [
-        PostOperation(OperationType.TRANSFER, transfer_legs(a, b, "BENCH", 1), ACTOR)
+        PostOperation(OperationType.TRANSFER, transfer_legs(a, b, asset, 1), ACTOR)
         for a, b in pairs
     ]
     start = time.perf_counter()
@@ -143,12 +190,18 @@ async def main() -> None:
     ledger = Ledger.connect(settings_for(url, pool_size=4))
     try:
         _, issuance, ids = await setup(ledger, args.accounts)
+        policy_ids = await setup_policy(ledger, args.accounts)
         baseline = await bench_baseline(url, ids, args.transfers, rng)
         print(f"baseline raw SQL     : {baseline:10,.0f} transfers/s")
         batched = await bench_batched(ledger, ids, args.transfers, rng)
         print(
             f"ledger batched       : {batched:10,.0f} transfers/s "
             f"({batched / baseline:.2f}x baseline)"
+        )
+        with_policy = await bench_batched(ledger, policy_ids, args.transfers, rng, "BPOL")
+        print(
+            f"ledger batched+policy: {with_policy:10,.0f} transfers/s "
+            f"({with_policy / batched:.2f}x without policy; claims + daily limit + fee)"
         )
         n_single = max(args.transfers // 4, args.callers)
         single = await bench_callers(
@@ -169,6 +222,8 @@ async def main() -> None:
                 {
                     "transfers": args.transfers,
                     "transfers_per_s": round(batched),
+                    "policy_transfers_per_s": round(with_policy),
+                    "policy_ratio": round(with_policy / batched, 3),
                     "single_per_s": round(single),
                     "hot_account_per_s": round(hot),
                     "baseline_per_s": round(baseline),

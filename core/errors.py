@@ -136,6 +136,37 @@ class LedgerIntegrityError(LedgerError):
     status = 500
 
 
+# -- policy engine and compliance (issue 5) ---------------------------------------------
+
+
+class PolicyDenied(LedgerError):
+    """An active policy refused the operation. ``details`` name the policy (id, asset,
+    operation type, version) and the rule (id, kind). 403: the request is well formed,
+    the policy forbids it. Remembered under the idempotency key like other business
+    failures (a retry with the same key gets the same denial)."""
+
+    code = "POLICY_DENIED"
+    status = 403
+
+
+class InvalidPolicy(ValidationError):
+    """A policy document breaks the schema; ``details['path']`` points at the problem."""
+
+    code = "INVALID_POLICY"
+
+
+class UnknownPolicy(NotFound):
+    code = "UNKNOWN_POLICY"
+
+
+class UnknownAttestation(NotFound):
+    code = "UNKNOWN_ATTESTATION"
+
+
+class AlreadyRevoked(Conflict):
+    code = "ALREADY_REVOKED"
+
+
 class StorageError(LedgerError):
     """The database failed in a way that is not the caller's fault. Nothing was written."""
 
@@ -144,7 +175,8 @@ class StorageError(LedgerError):
 
 
 class Forbidden(LedgerError):
-    """The actor may see the resource but not do this to it (e.g. a vault viewer moving)."""
+    """The actor may not do this: their role (only COMPLIANCE/ADMIN issue attestations) or
+    their place on the resource (a vault viewer moving funds)."""
 
     code = "FORBIDDEN"
     status = 403

@@ -23,6 +23,7 @@ from core.errors import (
     LedgerError,
     LinkedOperationFailed,
     NotReversible,
+    PolicyDenied,
     ReasonRequired,
     UnknownHold,
     UnknownOperation,
@@ -30,9 +31,11 @@ from core.errors import (
     error_from_dict,
 )
 from core.money import check_int64
+from core.policy import Applied, PolicyContext
 from core.posting import BalanceBook, validate_entries
 from core.types import (
     REASON_REQUIRED,
+    AccountStatus,
     Actor,
     CaptureHold,
     Command,
@@ -95,6 +98,8 @@ class PlannedOperation:
     entries: list[tuple[int, str, int, int]]
     id: int = 0
     seqs: list[int] = field(default_factory=list)
+    #: the policy versions that allowed it, its fees and limit usage (issue 5)
+    policy: Applied | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +150,8 @@ class Plan:
     outcomes: list[Any] = field(default_factory=list)
     #: items whose outcome must be stored under their idempotency key
     keyed_items: list[int] = field(default_factory=list)
+    #: (item, denial) of every policy denial: audited even though nothing else is written
+    policy_denials: list[tuple[int, PolicyDenied]] = field(default_factory=list)
 
     @property
     def entry_count(self) -> int:
@@ -317,7 +324,7 @@ def touched_accounts(
 # ---------------------------------------------------------------------------
 
 
-_Mark = tuple[int, int, int, int, int, dict[int, HoldRow], set[int]]
+_Mark = tuple[int, int, int, int, int, dict[int, HoldRow], set[int], int]
 
 
 class _Planner:
@@ -327,7 +334,9 @@ class _Planner:
         holds: dict[int, HoldRow],
         originals: dict[int, OriginalOperation],
         now: datetime,
+        policy: PolicyContext | None = None,
     ) -> None:
+        self.policy = policy
         self.book = book
         self.holds = dict(holds)
         self.originals = originals
@@ -349,7 +358,13 @@ class _Planner:
         reverses: int | None = None,
         hold_id: int | None = None,
     ) -> PlannedOperation:
-        balances_after = self.book.apply(entries)
+        applied = self._check_policy(item, type_, entries)
+        if applied is not None and self.policy is not None:
+            entries = (*entries, *applied.fee_legs)
+            balances_after = self._apply_allowing(entries, applied.frozen_receivers)
+            self.policy.commit(applied)
+        else:
+            balances_after = self.book.apply(entries)
         op = PlannedOperation(
             item=item,
             type=type_,
@@ -364,9 +379,33 @@ class _Planner:
                 (e.account_id, e.asset, e.signed, after)
                 for e, after in zip(entries, balances_after, strict=True)
             ],
+            policy=applied,
         )
         self.plan.operations.append(op)
         return op
+
+    # -- policy hook (issue 5): evaluated before the book applies the entries ------------
+    def _check_policy(
+        self, item: int, type_: OperationType, entries: Sequence[EntrySpec]
+    ) -> Applied | None:
+        if self.policy is None:
+            return None
+        try:
+            return self.policy.evaluate(type_, entries, lambda a: self.book.get(a).status)
+        except PolicyDenied as denial:
+            self.plan.policy_denials.append((item, denial))
+            raise
+
+    def _apply_allowing(self, entries: Sequence[EntrySpec], frozen: frozenset[int]) -> list[int]:
+        """``book.apply``, letting the frozen accounts a policy allows to receive be credited."""
+        saved = [(self.book.get(a), self.book.get(a).status) for a in frozen]
+        for account, _ in saved:
+            account.status = AccountStatus.ACTIVE
+        try:
+            return self.book.apply(entries)
+        finally:
+            for account, status in saved:
+                account.status = status
 
     def run(self, item: int, command: Command) -> object:
         """Apply one command to the book and the plan, or raise its ``LedgerError``."""
@@ -510,11 +549,14 @@ class _Planner:
             len(p.failed_saga_operations),
             dict(self.holds),
             set(self.reversed_in_batch),
+            self.policy.limits.checkpoint() if self.policy is not None else 0,
         )
 
     def undo(self, mark: _Mark) -> None:
-        book_mark, ops, new_holds, changes, failed, holds, reversed_ = mark
+        book_mark, ops, new_holds, changes, failed, holds, reversed_, limits = mark
         self.book.rollback(book_mark)
+        if self.policy is not None:
+            self.policy.limits.rollback(limits)
         del self.plan.operations[ops:]
         del self.plan.new_holds[new_holds:]
         del self.plan.hold_changes[changes:]
@@ -531,14 +573,17 @@ def plan_batch(
     originals: dict[int, OriginalOperation],
     stored: dict[str, StoredOutcome],
     now: datetime,
+    policy: PolicyContext | None = None,
 ) -> Plan:
     """Decide every command of a batch. ``groups[i]`` links commands all-or-nothing.
 
     Commands of one group must be adjacent. Idempotency: a key seen before (stored, or
     earlier in this batch) with the same request hash replays that outcome; with a
     different hash it is an ``IdempotencyConflict``. Failures are stored under their key.
+    ``policy`` (issue 5): active policies with their locked context; a denial is a
+    ``PolicyDenied`` outcome, remembered under its key, and listed in ``policy_denials``.
     """
-    planner = _Planner(book, holds, originals, now)
+    planner = _Planner(book, holds, originals, now, policy)
     plan = planner.plan
     seen: dict[str, tuple[bytes, int]] = {}
     index = 0

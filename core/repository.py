@@ -48,6 +48,7 @@ from core.planner import (
     referenced_operations,
     touched_accounts,
 )
+from core.policy_store import PolicyCache, denial_audit, policy_versions, write_usage
 from core.posting import AccountState, BalanceBook
 from core.sagas import TransactionStatus, TransactionType, derive_status
 from core.types import (
@@ -148,10 +149,11 @@ _WRITE = """
 WITH ops AS (
     INSERT INTO operations (id, type, status, epoch, idempotency_key, actor_id, actor_role,
                             transaction_id, reverses_id, hold_id, reason, error, metadata,
-                            created_at)
+                            created_at, policy_versions)
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
                          $6::text[], $7::text[], $8::uuid[], $9::bigint[], $10::bigint[],
-                         $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[])
+                         $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
+                         $37::jsonb[])
 ), entries AS (
     INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, balance_after,
                                 epoch, created_at)
@@ -188,6 +190,8 @@ def _group_spans(groups: Sequence[int | None]) -> list[tuple[int, int]]:
 class LedgerStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        #: active policies of this process (issue 5)
+        self.policies = PolicyCache()
 
     async def execute(
         self, commands: Sequence[Command], groups: Sequence[int | None] | None = None
@@ -243,10 +247,18 @@ class LedgerStore:
             holds = await self._lock_holds(conn, commands)
             originals = await self._originals(conn, commands)
             epoch, book = await self._lock_balances(
-                conn, touched_accounts(commands, holds, originals)
+                conn,
+                touched_accounts(commands, holds, originals)
+                | self.policies.lock_ids(commands, holds),  # fee accounts (issue 5)
             )
             # the clock is read after the locks, so per account created_at follows seq
-            now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            now, policy_generation = await conn.fetchrow(
+                "SELECT clock_timestamp(), valueos_policy_generation()"
+            )
+            # policy hook (issue 5): None unless a command falls under an active policy
+            policy = await self.policies.prepare(
+                conn, commands, holds, book, policy_generation, now
+            )
             plan = plan_batch(
                 commands,
                 groups=groups,
@@ -255,6 +267,7 @@ class LedgerStore:
                 originals=originals,
                 stored=stored,
                 now=now,
+                policy=policy,
             )
             return await self._write(conn, plan, book, epoch, now, commands)
 
@@ -371,6 +384,7 @@ class LedgerStore:
         plan.assign(op_ids[: len(plan.operations)], seqs, hold_ids)
         results = plan.results(epoch, now)
         ops = _Columns(14)
+        versions: list[str | None] = []  # operations.policy_versions (issue 5)
         entries = _Columns(6)
         audit = _Columns(10)
         for op in plan.operations:
@@ -378,6 +392,7 @@ class LedgerStore:
             ops.add(op.id, op.type.value, "COMPLETED", epoch, op.idempotency_key, actor.id,
                     actor.role.value, op.transaction_id, op.reverses, op.hold_id, op.reason,
                     None, _json(op.metadata), now)  # fmt: skip
+            versions.append(policy_versions(op))
             for seq, (account, asset, amount, balance_after) in zip(
                 op.seqs, op.entries, strict=True
             ):
@@ -393,6 +408,10 @@ class LedgerStore:
             ops.add(op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
                     c.actor.role.value, c.transaction_id, None, None, c.reason,
                     _json(failed.error.to_dict()), _json(c.metadata), now)  # fmt: skip
+            versions.append(None)
+        for actor, policy_id, decision in denial_audit(plan, commands):
+            audit.add(now, actor.id, actor.role.value, actor.ip, "policy.denied", "policy",
+                      policy_id, None, decision, None)  # fmt: skip
         await self._write_holds(conn, plan, now, audit, commands)
         touched = sorted(book.touched)
         last_seq: dict[int, int] = {}
@@ -412,7 +431,9 @@ class LedgerStore:
                 [a.pending for a in balances],
                 [last_seq.get(i, 0) for i in touched],
                 *audit.columns(),
+                versions,
             )
+        await write_usage(conn, plan, now)
         await self._write_idempotency(conn, plan, results, commands, now)
         await self._update_sagas(conn, plan, now)
         return results
