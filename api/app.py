@@ -27,7 +27,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
-from litestar.types import Receive, Scope, Send
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from api.auth import API_KEY_HEADER, PUBLIC, Authenticator, Principal, access_of, jwt_auth
 from api.context import provide_ctx
@@ -49,8 +49,13 @@ class ValueOSApp(Litestar):
 
     edge: Edge
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.edge(scope, receive, send)
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        await self.edge(scope, receive, send)  # type: ignore[arg-type]
 
 
 class Metrics(PrometheusController):

@@ -97,7 +97,9 @@ def access_of(handler: BaseRouteHandler) -> Access | str | None:
         return "webhook"
     if handler.opt.get("public"):
         return "public"
-    if handler.http_methods == {"OPTIONS"}:  # Litestar's automatic preflight answer
+    if getattr(handler, "http_methods", None) == {
+        "OPTIONS"
+    }:  # Litestar's automatic preflight answer
         return "public"
     for guard in handler.resolve_guards():
         found = getattr(getattr(guard, "func", guard), "access", None)
@@ -221,7 +223,7 @@ def issue_token(
     return config.create_token(
         identifier=str(principal.user_id),
         token_expiration=ttl,
-        token_issuer="valueos",
+        token_issuer="valueos",  # noqa: S106 - the issuer name, not a secret
         token_extras={
             "role": principal.role.value,
             "scopes": sorted(principal.scopes),

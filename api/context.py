@@ -95,4 +95,6 @@ def provide_ctx(request: Request[Any, Any, Any]) -> Ctx:
     if not isinstance(principal, Principal):  # pragma: no cover - guards run first
         raise NotAuthorizedException()
     svc: Services = request.app.state.services
-    return Ctx(request, principal, svc, principal.actor(client_ip(request, svc.settings.trusted_proxy)))
+    return Ctx(
+        request, principal, svc, principal.actor(client_ip(request, svc.settings.trusted_proxy))
+    )

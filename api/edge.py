@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logs import trace_id_var
@@ -58,11 +59,11 @@ class Edge:
         self.extra = (*SECURITY_HEADERS, HSTS) if hsts else SECURITY_HEADERS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         trace = trace_id_from(list(scope["headers"]))
-        scope.setdefault("state", {})["trace_id"] = trace  # type: ignore[typeddict-unknown-key]
+        scope.setdefault("state", {})["trace_id"] = trace
         token = trace_id_var.set(trace)
         started = time.perf_counter()
         status = 500
@@ -85,7 +86,7 @@ class Edge:
             log.info(
                 "request",
                 extra={
-                    "method": scope["method"],
+                    "method": scope.get("method"),
                     "path": scope["path"],
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),

@@ -93,7 +93,9 @@ async def _claim(
             return "done", (row.status, row.response)
         if float(row.age) > STALE_AFTER_SECONDS:
             await conn.execute(
-                text("UPDATE api_idempotency SET created_at = now() WHERE client = :c AND key = :k"),
+                text(
+                    "UPDATE api_idempotency SET created_at = now() WHERE client = :c AND key = :k"
+                ),
                 {"c": client, "k": key},
             )
             return "retry", dict(row.pinned)
@@ -143,9 +145,13 @@ async def idempotent(
     secret shown only once)."""
     key = request.headers.get(HEADER)
     if key is None:
-        return Response(await run(Attempt(None, await pin() if pin else {})), status_code=status_code)
+        return Response(
+            await run(Attempt(None, await pin() if pin else {})), status_code=status_code
+        )
     if not _KEY.match(key):
-        raise ValidationError("Idempotency-Key must be 1-200 visible ASCII characters", field=HEADER)
+        raise ValidationError(
+            "Idempotency-Key must be 1-200 visible ASCII characters", field=HEADER
+        )
     digest = request_hash(request, body)
     pinned = await pin() if pin else {}
     deadline = asyncio.get_running_loop().time() + WAIT_SECONDS

@@ -4,8 +4,8 @@ one shape ``api.errors`` produces), and public routes need no credential."""
 from __future__ import annotations
 
 from litestar import Litestar
-from litestar.openapi.spec.enums import OpenAPIType
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Parameter, Reference, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 from api.errors import PROBLEM_JSON
 
@@ -66,6 +66,4 @@ def document_problems(app: Litestar) -> None:
             if method == "post" and not path.endswith(NOT_CREATING):
                 operation.parameters = [*(operation.parameters or []), IDEMPOTENCY_KEY]
             if path in PUBLIC_PATHS:
-                operation.security = (
-                    [{"WebhookSignature": []}] if "webhooks" in path else []
-                )
+                operation.security = [{"WebhookSignature": []}] if "webhooks" in path else []

@@ -16,7 +16,12 @@ from core.types import AccountKind, AccountStatus, AssetKind, HoldStatus, Operat
 
 AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$"
 Amount = Annotated[
-    str, Meta(pattern=AMOUNT_PATTERN, description="decimal string in the asset's scale", examples=["12.50"])
+    str,
+    Meta(
+        pattern=AMOUNT_PATTERN,
+        description="decimal string in the asset's scale",
+        examples=["12.50"],
+    ),
 ]
 SignedAmount = Annotated[str, Meta(pattern=r"^-?" + AMOUNT_PATTERN[1:])]
 AssetCode = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9_]{0,31}$", examples=["MILES"])]
@@ -305,4 +310,3 @@ class ReadyRead(Struct):
     database: str
     schema_revision: str | None
     expected_revision: str | None
-

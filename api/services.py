@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import uuid
 
+from api.settings import ApiSettings
 from core.accounts import Account, Asset
 from core.credentials import Credentials
+from core.errors import InvalidAmount
 from core.ledger import Ledger
 from core.money import format_amount, parse_amount
 from core.types import AccountKind, Actor, SystemAccount
-
-from api.settings import ApiSettings
 
 
 class Services:
@@ -61,7 +61,11 @@ class Services:
         return found
 
     async def parse(self, text: str, asset: str, field: str = "amount") -> int:
-        return parse_amount(text, (await self.asset(asset)).scale, field=field)
+        """A positive amount of ``asset`` from its decimal string (422 naming ``field``)."""
+        units = parse_amount(text, (await self.asset(asset)).scale, field=field)
+        if units <= 0:
+            raise InvalidAmount(f"{field} must be positive", field=field)
+        return units
 
     async def fmt(self, units: int, asset: str) -> str:
         return format_amount(units, (await self.asset(asset)).scale)

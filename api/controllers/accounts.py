@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from api.auth import EVERYONE, allow
 from api.context import Ctx
@@ -24,7 +25,7 @@ class AccountController(Controller):
 
     @get("/", guards=READ)
     async def get_account(
-        self, ctx: Ctx, account_id: Annotated[int, Parameter(ge=1, le=MAX_ID)]
+        self, ctx: NamedDependency[Ctx], account_id: Annotated[int, PathParameter(ge=1, le=MAX_ID)]
     ) -> AccountRead:
         account = await ctx.readable_account(account_id)
         b = await ctx.svc.ledger.queries.balance(account_id)
@@ -49,10 +50,10 @@ class AccountController(Controller):
     @get("/entries", guards=READ)
     async def history(
         self,
-        ctx: Ctx,
-        account_id: Annotated[int, Parameter(ge=1, le=MAX_ID)],
-        cursor: Annotated[int | None, Parameter(ge=1, le=MAX_ID)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        ctx: NamedDependency[Ctx],
+        account_id: Annotated[int, PathParameter(ge=1, le=MAX_ID)],
+        cursor: Annotated[int | None, QueryParameter(ge=1, le=MAX_ID)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> HistoryRead:
         account = await ctx.readable_account(account_id)
         page = await ctx.svc.ledger.queries.history(account_id, before_seq=cursor, limit=limit)
@@ -78,10 +79,10 @@ class AccountController(Controller):
     @get("/balance", guards=READ)
     async def balance_at(
         self,
-        ctx: Ctx,
-        account_id: Annotated[int, Parameter(ge=1, le=MAX_ID)],
-        seq: Annotated[int | None, Parameter(ge=0, le=MAX_ID)] = None,
-        at: datetime | None = None,
+        ctx: NamedDependency[Ctx],
+        account_id: Annotated[int, PathParameter(ge=1, le=MAX_ID)],
+        seq: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
+        at: FromQuery[datetime | None] = None,
     ) -> BalanceAtRead:
         """Posted balance as of a global sequence number or a time (exactly one)."""
         account = await ctx.readable_account(account_id)

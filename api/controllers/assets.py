@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from api.auth import ADMIN, EVERYONE, allow
 from api.context import Ctx
@@ -20,7 +22,9 @@ class AssetController(Controller):
     tags = ["assets"]
 
     @post("/", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
-    async def create_asset(self, ctx: Ctx, data: AssetCreate) -> Response[AssetRead]:
+    async def create_asset(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[AssetCreate]
+    ) -> Response[AssetRead]:
         async def run(_: Attempt) -> AssetRead:
             asset = await ctx.svc.ledger.accounts.create_asset(
                 code=data.code, name=data.name, scale=data.scale, kind=data.kind, actor=ctx.actor
@@ -30,11 +34,11 @@ class AssetController(Controller):
         return await ctx.once(data, run)
 
     @get("/", guards=[allow(EVERYONE, scope="read")])
-    async def list_assets(self, ctx: Ctx) -> list[AssetRead]:
+    async def list_assets(self, ctx: NamedDependency[Ctx]) -> list[AssetRead]:
         return [_read(a) for a in await ctx.svc.ledger.accounts.list_assets()]
 
     @get("/{code:str}", guards=[allow(EVERYONE, scope="read")])
-    async def get_asset(self, ctx: Ctx, code: str) -> AssetRead:
+    async def get_asset(self, ctx: NamedDependency[Ctx], code: FromPath[str]) -> AssetRead:
         return _read(await ctx.svc.asset(code))
 
 

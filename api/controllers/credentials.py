@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
 
 from api.auth import ADMIN, EVERYONE, SCOPES, allow, issue_token
 from api.context import Ctx
@@ -17,7 +18,7 @@ from api.schemas import ApiKeyCreate, ApiKeyRead, TokenRead
 from core.credentials import ApiKey
 from core.errors import ValidationError
 
-KeyId = Annotated[str, Parameter(pattern=r"^[a-f0-9]{16}$")]
+KeyId = Annotated[str, PathParameter(pattern=r"^[a-f0-9]{16}$")]
 
 
 def _read(key: ApiKey, secret: str | None = None) -> ApiKeyRead:
@@ -48,14 +49,16 @@ class CredentialController(Controller):
         status_code=200,
         opt={"rate_group": "auth"},
     )
-    async def token(self, ctx: Ctx) -> TokenRead:
+    async def token(self, ctx: NamedDependency[Ctx]) -> TokenRead:
         """A bearer token for the calling credential (same user, role and scopes)."""
         ttl = ctx.svc.settings.token_ttl_seconds
         jwt = ctx.request.app.state.jwt_auth
         return TokenRead(issue_token(jwt, ctx.principal, timedelta(seconds=ttl)), "bearer", ttl)
 
     @post("/api-keys", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
-    async def create_key(self, ctx: Ctx, data: ApiKeyCreate) -> Response[ApiKeyRead]:
+    async def create_key(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[ApiKeyCreate]
+    ) -> Response[ApiKeyRead]:
         """Create an API key; the ``key`` is returned once (a replay returns null)."""
         unknown = sorted(set(data.scopes) - SCOPES)
         if unknown:
@@ -80,7 +83,7 @@ class CredentialController(Controller):
         status_code=200,
         opt={"rate_group": "admin"},
     )
-    async def revoke_key(self, ctx: Ctx, key_id: KeyId) -> ApiKeyRead:
+    async def revoke_key(self, ctx: NamedDependency[Ctx], key_id: KeyId) -> ApiKeyRead:
         key = await ctx.svc.credentials.revoke_api_key(key_id, actor=ctx.actor)
         ctx.request.app.state.authenticator.keys.items.clear()
         return _read(key)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from api import render
 from api.auth import ADMIN, OPS, USER, allow
@@ -35,7 +37,9 @@ class CreditController(Controller):
     tags = ["credits"]
 
     @post("/mint", guards=[allow({ADMIN, OPS}, scope="issuance")], opt={"rate_group": "admin"})
-    async def mint(self, ctx: Ctx, data: MintCreate) -> Response[OperationRead]:
+    async def mint(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[MintCreate]
+    ) -> Response[OperationRead]:
         """Issue new credits into a user's AVAILABLE compartment."""
 
         async def run(a: Attempt) -> OperationRead:
@@ -44,16 +48,16 @@ class CreditController(Controller):
             issuance = await ctx.svc.system(data.asset, SystemAccount.ISSUANCE, ctx.actor)
             legs = transfer_legs(issuance, wallet[AccountKind.AVAILABLE], data.asset, amount)
             result = await ctx.svc.ledger.post(
-                PostOperation(
-                    OperationType.MINT, legs, ctx.actor, a.core_key, _memo(data.memo)
-                )
+                PostOperation(OperationType.MINT, legs, ctx.actor, a.core_key, _memo(data.memo))
             )
             return await render.operation(ctx.svc, result)
 
         return await ctx.once(data, run)
 
     @post("/transfer", guards=[allow({USER}, scope="payments")])
-    async def transfer(self, ctx: Ctx, data: TransferCreate) -> Response[OperationRead]:
+    async def transfer(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[TransferCreate]
+    ) -> Response[OperationRead]:
         """From one of the caller's AVAILABLE accounts to another user's AVAILABLE."""
 
         async def run(a: Attempt) -> OperationRead:
@@ -77,7 +81,9 @@ class CreditController(Controller):
         return await ctx.once(data, run)
 
     @post("/move", guards=[allow({USER, ADMIN, OPS}, scope="payments")])
-    async def move(self, ctx: Ctx, data: MoveCreate) -> Response[OperationRead]:
+    async def move(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[MoveCreate]
+    ) -> Response[OperationRead]:
         """Between compartments of one user (a USER: only their own, only to LOCKED)."""
 
         async def run(a: Attempt) -> OperationRead:
@@ -109,7 +115,9 @@ class CreditController(Controller):
         return await ctx.once(data, run)
 
     @post("/burn", guards=[allow({USER, ADMIN, OPS}, scope="payments")])
-    async def burn(self, ctx: Ctx, data: BurnCreate) -> Response[OperationRead]:
+    async def burn(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[BurnCreate]
+    ) -> Response[OperationRead]:
         """Retire credits from an AVAILABLE account (a user's own; staff: any, with a
         reason) back to issuance."""
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, JSONBody
 
 from api import render
 from api.auth import COMPLIANCE, EVERYONE, PUBLIC, allow
-from api.context import client_ip
-from api.context import Ctx
+from api.context import Ctx, client_ip
 from api.errors import ApiError
 from api.idempotency import Attempt, idempotent
 from api.schemas import DepositCreate, DepositRead, OperationRead, ReleaseCreate, TransactionRead
@@ -69,12 +70,14 @@ class DepositWebhook(Controller):
         security=[{"WebhookSignature": []}],
     )
     async def deposit(
-        self, request: Request[Any, Any, Any], data: DepositCreate
+        self, request: Request[Any, Any, Any], data: JSONBody[DepositCreate]
     ) -> Response[DepositRead]:
         """Record a provider's deposit into the user's BLOCKED compartment (idempotent
         on the provider's ``reference``)."""
         svc: Services = request.app.state.services
-        actor = Actor("provider:deposits", Role.SYSTEM, client_ip(request, svc.settings.trusted_proxy))
+        actor = Actor(
+            "provider:deposits", Role.SYSTEM, client_ip(request, svc.settings.trusted_proxy)
+        )
 
         async def run(_: Attempt) -> DepositRead:
             amount = await svc.parse(data.amount, data.asset)
@@ -98,7 +101,9 @@ class TransactionController(Controller):
     tags = ["transactions"]
 
     @get("/", guards=[allow(EVERYONE, scope="read")])
-    async def get_transaction(self, ctx: Ctx, transaction_id: uuid.UUID) -> TransactionRead:
+    async def get_transaction(
+        self, ctx: NamedDependency[Ctx], transaction_id: FromPath[uuid.UUID]
+    ) -> TransactionRead:
         """A saga with its operations and derived status (a USER: their own only)."""
         tx = await flows.get_transaction(ctx.svc.ledger, transaction_id)
         if ctx.is_user and tx.owner_id != ctx.principal.user_id:
@@ -111,7 +116,10 @@ class TransactionController(Controller):
         opt={"rate_group": "admin"},
     )
     async def release(
-        self, ctx: Ctx, transaction_id: uuid.UUID, data: ReleaseCreate
+        self,
+        ctx: NamedDependency[Ctx],
+        transaction_id: FromPath[uuid.UUID],
+        data: JSONBody[ReleaseCreate],
     ) -> Response[OperationRead]:
         """Compliance releases a deposit BLOCKED → AVAILABLE (reason required)."""
 

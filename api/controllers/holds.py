@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
 
 from api import render
 from api.auth import ADMIN, EVERYONE, OPS, USER, allow
@@ -21,11 +22,11 @@ from core.errors import UnknownHold, ValidationError
 from core.queries import HoldView
 from core.types import AccountKind, CaptureHold, CreateHold, HoldResult, OperationResult, VoidHold
 
-HoldId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+HoldId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 PARTIES = [allow({USER, ADMIN, OPS}, scope="payments")]
 
 
-async def _party_hold(ctx: Ctx, hold_id: int, *, staff: bool) -> HoldView:
+async def _party_hold(ctx: NamedDependency[Ctx], hold_id: int, *, staff: bool) -> HoldView:
     """The hold if the caller is its payer or payee (or staff allowed here)."""
     hold = await ctx.svc.ledger.queries.hold(hold_id)
     if ctx.is_user or not staff:
@@ -49,7 +50,9 @@ class HoldController(Controller):
     tags = ["holds"]
 
     @post("/", guards=[allow({USER}, scope="payments")])
-    async def create_hold(self, ctx: Ctx, data: HoldCreate) -> Response[HoldRead]:
+    async def create_hold(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[HoldCreate]
+    ) -> Response[HoldRead]:
         async def pin() -> dict[str, Any]:
             deadline = datetime.now(UTC) + timedelta(seconds=data.expires_in)
             return {"expires_at": deadline.isoformat()}
@@ -77,13 +80,13 @@ class HoldController(Controller):
         return await ctx.once(data, run, pin=pin)
 
     @get("/{hold_id:int}", guards=[allow(EVERYONE, scope="read")])
-    async def get_hold(self, ctx: Ctx, hold_id: HoldId) -> HoldRead:
+    async def get_hold(self, ctx: NamedDependency[Ctx], hold_id: HoldId) -> HoldRead:
         hold = await _party_hold(ctx, hold_id, staff=True)
         return await render.hold(ctx.svc, hold)
 
     @post("/{hold_id:int}/capture", guards=PARTIES)
     async def capture(
-        self, ctx: Ctx, hold_id: HoldId, data: CaptureCreate
+        self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[CaptureCreate]
     ) -> Response[OperationRead]:
         """Post the hold, fully or partly (the rest is released)."""
 
@@ -97,7 +100,9 @@ class HoldController(Controller):
         return await ctx.once(data, run)
 
     @post("/{hold_id:int}/void", guards=PARTIES)
-    async def void(self, ctx: Ctx, hold_id: HoldId, data: VoidCreate) -> Response[HoldRead]:
+    async def void(
+        self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[VoidCreate]
+    ) -> Response[HoldRead]:
         async def run(a: Attempt) -> HoldRead:
             await _party_hold(ctx, hold_id, staff=True)
             command = VoidHold(hold_id, ctx.actor, data.reason, a.core_key)
@@ -112,7 +117,7 @@ class HoldController(Controller):
         status_code=200,
         opt={"rate_group": "admin"},
     )
-    async def expire(self, ctx: Ctx) -> SweepRead:
+    async def expire(self, ctx: NamedDependency[Ctx]) -> SweepRead:
         """Mark every pending hold past its deadline EXPIRED (the worker does it too)."""
         return SweepRead(await ctx.svc.ledger.expire_holds(actor=ctx.actor))
 

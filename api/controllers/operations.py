@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
 
 from api import render
 from api.auth import ADMIN, EVERYONE, OPS, allow
@@ -16,7 +17,7 @@ from api.schemas import AdjustmentCreate, OperationRead, ReverseCreate
 from core.errors import UnknownOperation
 from core.types import EntrySpec
 
-OperationId = Annotated[int, Parameter(ge=1, le=2**63 - 1)]
+OperationId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 
 
 class OperationController(Controller):
@@ -24,7 +25,9 @@ class OperationController(Controller):
     tags = ["operations"]
 
     @get("/operations/{operation_id:int}", guards=[allow(EVERYONE, scope="read")])
-    async def get_operation(self, ctx: Ctx, operation_id: OperationId) -> OperationRead:
+    async def get_operation(
+        self, ctx: NamedDependency[Ctx], operation_id: OperationId
+    ) -> OperationRead:
         """A USER sees an operation only if it touched one of their accounts."""
         view = await ctx.svc.ledger.queries.operation(operation_id)
         if ctx.is_user:
@@ -41,7 +44,7 @@ class OperationController(Controller):
         opt={"rate_group": "admin"},
     )
     async def reverse(
-        self, ctx: Ctx, operation_id: OperationId, data: ReverseCreate
+        self, ctx: NamedDependency[Ctx], operation_id: OperationId, data: JSONBody[ReverseCreate]
     ) -> Response[OperationRead]:
         """Post the exact opposite of an operation, once, with a reason."""
 
@@ -54,7 +57,9 @@ class OperationController(Controller):
         return await ctx.once(data, run)
 
     @post("/adjustments", guards=[allow({OPS}, scope="admin")], opt={"rate_group": "admin"})
-    async def adjust(self, ctx: Ctx, data: AdjustmentCreate) -> Response[OperationRead]:
+    async def adjust(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[AdjustmentCreate]
+    ) -> Response[OperationRead]:
         """A balanced correction across accounts (each leg in its account's asset)."""
 
         async def run(a: Attempt) -> OperationRead:

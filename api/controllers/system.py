@@ -28,7 +28,7 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
     try:
         async with svc.ledger.engine.connect() as conn:
             current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+    except Exception as exc:
         raise ApiError(503, "NOT_READY", "database unreachable") from exc
     if current != expected:
         raise ApiError(

@@ -7,6 +7,8 @@ import uuid
 from collections import defaultdict
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from api.auth import ADMIN, EVERYONE, allow
 from api.context import Ctx
@@ -24,12 +26,14 @@ class UserController(Controller):
     tags = ["users"]
 
     @get("/me", guards=[allow(EVERYONE, scope=None)])
-    async def me(self, ctx: Ctx) -> MeRead:
+    async def me(self, ctx: NamedDependency[Ctx]) -> MeRead:
         p = ctx.principal
         return MeRead(p.user_id, p.role, sorted(p.scopes), p.client)
 
     @post("/users", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
-    async def create_user(self, ctx: Ctx, data: UserCreate) -> Response[UserRead]:
+    async def create_user(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[UserCreate]
+    ) -> Response[UserRead]:
         async def run(_: Attempt) -> UserRead:
             user = await ctx.svc.credentials.create_user(
                 email=data.email, role=data.role, actor=ctx.actor
@@ -39,12 +43,14 @@ class UserController(Controller):
         return await ctx.once(data, run)
 
     @get("/users/{user_id:uuid}", guards=[allow(EVERYONE, scope="read")])
-    async def get_user(self, ctx: Ctx, user_id: uuid.UUID) -> UserRead:
+    async def get_user(self, ctx: NamedDependency[Ctx], user_id: FromPath[uuid.UUID]) -> UserRead:
         ctx.check_user(user_id)
         return user_read(await ctx.svc.credentials.get_user(user_id))
 
     @get("/users/{user_id:uuid}/wallets", guards=[allow(EVERYONE, scope="read")])
-    async def wallets(self, ctx: Ctx, user_id: uuid.UUID) -> list[WalletRead]:
+    async def wallets(
+        self, ctx: NamedDependency[Ctx], user_id: FromPath[uuid.UUID]
+    ) -> list[WalletRead]:
         """Every compartment the user has, per asset (empty until first credited)."""
         ctx.check_user(user_id)
         await ctx.svc.credentials.get_user(user_id)
