@@ -59,7 +59,8 @@ _TITLES: dict[int, str] = {
     500: "Internal error",
     503: "Service unavailable",
 }
-_AT_PATH = re.compile(r"`\$\.([A-Za-z0-9_.\[\]]+)`")
+_AT_PATH = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
 class FieldError(msgspec.Struct):
@@ -97,8 +98,10 @@ def _field_errors(extra: Any) -> list[FieldError]:
         message = str(item.get("message", "invalid value"))
         key = str(item.get("key") or "")
         if key in {"", "data"}:
-            m = _AT_PATH.search(message)
-            key = m[1] if m else "body"
+            at = _AT_PATH.search(message)
+            missing = _MISSING.search(message)
+            parts = [at[1] if at else "", missing[1] if missing else ""]
+            key = ".".join(p for p in parts if p) or "body"
         out.append(FieldError(key, message))
     return out
 
