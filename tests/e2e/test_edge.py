@@ -70,3 +70,29 @@ async def test_rate_limit_429_per_client_and_group(database_url: str) -> None:
         assert (await http.post("/api/v1/auth/token", headers=alice.headers)).status_code == 200
         # public probes are not limited
         assert all([(await http.get("/health")).status_code == 200 for _ in range(5)])
+
+
+def test_logs_are_json_with_secrets_redacted() -> None:
+    import json
+    import logging
+
+    from api.logs import JsonFormatter, trace_id_var
+
+    token = trace_id_var.set("trace-1")
+    try:
+        record = logging.makeLogRecord(
+            {
+                "name": "valueos.test",
+                "levelname": "INFO",
+                "msg": "auth with Bearer eyJabc.def.ghi and key vo_0123456789abcdef_s3cr3t",
+                "authorization": "Bearer xyz",
+                "body": {"password": "p", "amount": "1.00"},
+            }
+        )
+        out = json.loads(JsonFormatter().format(record))
+    finally:
+        trace_id_var.reset(token)
+    assert out["trace_id"] == "trace-1"
+    assert "eyJabc" not in out["msg"] and "s3cr3t" not in out["msg"]
+    assert out["authorization"] == "[REDACTED]"
+    assert out["body"] == {"password": "[REDACTED]", "amount": "1.00"}
