@@ -1,4 +1,4 @@
-"""Every route × every role: allowed, or 401/403 as declared here.
+"""Every route x every role: allowed, or 401/403 as declared here.
 
 The table is the specification. The test FAILS when the application has a route the
 table does not list (a new route needs a decision) or the table lists a route that no
@@ -18,10 +18,10 @@ from tests.e2e.conftest import ROLES, Api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-U, A, O, C, R, AU = (
+U, A, OP, C, R, AU = (
     Role.USER, Role.ADMIN, Role.OPS, Role.COMPLIANCE, Role.READ_ONLY, Role.AUDITOR,
 )  # fmt: skip
-EVERYONE = {U, A, O, C, R, AU}
+EVERYONE = {U, A, OP, C, R, AU}
 PUBLIC = "public"
 WEBHOOK = "webhook"  # no bearer/API key: the provider's HMAC signature instead
 
@@ -40,18 +40,18 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/accounts/{account_id:int}"): EVERYONE,
     ("GET", "/api/v1/accounts/{account_id:int}/entries"): EVERYONE,
     ("GET", "/api/v1/accounts/{account_id:int}/balance"): EVERYONE,
-    ("POST", "/api/v1/credits/mint"): {A, O},
+    ("POST", "/api/v1/credits/mint"): {A, OP},
     ("POST", "/api/v1/credits/transfer"): {U},
-    ("POST", "/api/v1/credits/move"): {U, A, O},
-    ("POST", "/api/v1/credits/burn"): {U, A, O},
+    ("POST", "/api/v1/credits/move"): {U, A, OP},
+    ("POST", "/api/v1/credits/burn"): {U, A, OP},
     ("POST", "/api/v1/holds"): {U},
     ("GET", "/api/v1/holds/{hold_id:int}"): EVERYONE,
-    ("POST", "/api/v1/holds/{hold_id:int}/capture"): {U, A, O},
-    ("POST", "/api/v1/holds/{hold_id:int}/void"): {U, A, O},
-    ("POST", "/api/v1/holds/expire"): {A, O},
+    ("POST", "/api/v1/holds/{hold_id:int}/capture"): {U, A, OP},
+    ("POST", "/api/v1/holds/{hold_id:int}/void"): {U, A, OP},
+    ("POST", "/api/v1/holds/expire"): {A, OP},
     ("GET", "/api/v1/operations/{operation_id:int}"): EVERYONE,
     ("POST", "/api/v1/operations/{operation_id:int}/reverse"): {A},
-    ("POST", "/api/v1/adjustments"): {O},
+    ("POST", "/api/v1/adjustments"): {OP},
     ("POST", "/api/v1/webhooks/deposits"): WEBHOOK,
     ("GET", "/api/v1/transactions/{transaction_id:uuid}"): EVERYONE,
     ("POST", "/api/v1/transactions/{transaction_id:uuid}/release"): {C},

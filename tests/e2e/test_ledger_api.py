@@ -86,7 +86,7 @@ async def test_ownership_guessing_ids_reveals_and_moves_nothing(api: Api) -> Non
 async def test_idempotent_replay_and_conflict(api: Api) -> None:
     asset = await api.asset()
     alice, a = await api.funded_user(asset, "100.00")
-    bob, b = await api.funded_user(asset, "0")
+    bob, _ = await api.funded_user(asset, "0")
     body = {"from_account_id": a, "to_user_id": str(bob.user_id), "amount": "10.00"}
     key = {"Idempotency-Key": "pay-" + uuid.uuid4().hex, **alice.headers}
     first = await api.http.post("/api/v1/credits/transfer", json=body, headers=key)
@@ -263,7 +263,7 @@ async def test_deposit_webhook_release_and_saga(api: Api) -> None:
         await api.http.post("/api/v1/webhooks/deposits", content=raw2, headers=headers2)
     ).status_code == 201
     # forged or unsigned: refused, nothing written
-    raw3, headers3 = api.signed(body | {"reference": "forged"}, secret="wrong")
+    raw3, headers3 = api.signed(body | {"reference": "forged"}, secret="wrong")  # noqa: S106
     problem(
         await api.http.post("/api/v1/webhooks/deposits", content=raw3, headers=headers3),
         401,
