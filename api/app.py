@@ -72,7 +72,8 @@ def _client(request: Request[Any, Any, Any]) -> str:
 
 
 def _limiter(group: str, per_minute: int) -> RateLimitConfig:
-    def in_group(request: Request[Any, Any, Any]) -> bool:
+    async def in_group(request: Request[Any, Any, Any]) -> bool:
+        # async on purpose: Litestar runs a sync check in a worker thread
         return bool(request.route_handler.opt.get("rate_group", "api") == group)
 
     return RateLimitConfig(
