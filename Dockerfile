@@ -9,4 +9,5 @@ COPY api ./api
 COPY jobs ./jobs
 COPY valueos ./valueos
 RUN pip install --no-cache-dir --no-deps .
+EXPOSE 8000
 ENTRYPOINT ["valueos"]

@@ -5,9 +5,12 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 
-.PHONY: run test setup lint typecheck pytest bench clean
+.PHONY: run demo test setup lint typecheck pytest bench clean
 
-run: setup            ## set up, migrate the embedded (or DATABASE_URL) database and run the demo
+run: setup            ## set up, migrate the embedded (or DATABASE_URL) database and serve the API on :8000
+	$(BIN)/valueos serve
+
+demo: setup           ## migrate and run the short ledger demo (no server)
 	$(BIN)/valueos demo
 
 test: setup lint typecheck pytest   ## set up and run every check CI runs

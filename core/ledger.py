@@ -203,7 +203,7 @@ class Ledger:
             HoldResult,
         )
 
-    async def expire_holds(self, *, limit: int = 1000) -> int:
+    async def expire_holds(self, *, limit: int = 1000, actor: Actor = SYSTEM_ACTOR) -> int:
         """Void every pending hold past its deadline (status EXPIRED). Returns how many."""
         async with self.engine.connect() as conn:
             ids = (
@@ -216,7 +216,7 @@ class Ledger:
                 )
             ).scalars()
             commands: list[Command] = [
-                VoidHold(i, SYSTEM_ACTOR, "expired", None, expire=True) for i in ids
+                VoidHold(i, actor, "expired", None, expire=True) for i in ids
             ]
         results = await self.store.execute(commands)
         # a hold captured or voided meanwhile answers HOLD_NOT_PENDING: nothing to do

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.errors import UnknownAccount, UnknownOperation, ValidationError
-from core.types import Balance, OperationStatus, OperationType
+from core.errors import UnknownAccount, UnknownHold, UnknownOperation, ValidationError
+from core.types import Balance, HoldStatus, OperationStatus, OperationType
 
 MAX_PAGE = 500
 
@@ -48,6 +48,21 @@ class OperationView:
     created_at: datetime
     #: (seq, account_id, asset, amount, balance_after)
     entries: list[tuple[int, int, str, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    id: int
+    status: HoldStatus
+    source: int
+    destination: int
+    asset: str
+    amount: int
+    remaining: int
+    captured: int
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
 
 
 class Queries:
@@ -179,4 +194,31 @@ class Queries:
             metadata=dict(op.metadata or {}),
             created_at=op.created_at,
             entries=[(e.seq, e.account_id, e.asset, e.amount, e.balance_after) for e in entries],
+        )
+
+    async def hold(self, hold_id: int) -> HoldView:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT id, status, source_id, destination_id, asset, amount, remaining, "
+                        "captured, expires_at, created_at, updated_at FROM holds WHERE id = :id"
+                    ),
+                    {"id": hold_id},
+                )
+            ).first()
+        if row is None:
+            raise UnknownHold(f"hold {hold_id} does not exist", hold_id=hold_id)
+        return HoldView(
+            row.id,
+            HoldStatus(row.status),
+            row.source_id,
+            row.destination_id,
+            row.asset,
+            row.amount,
+            row.remaining,
+            row.captured,
+            row.expires_at,
+            row.created_at,
+            row.updated_at,
         )

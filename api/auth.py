@@ -1,0 +1,232 @@
+"""Authentication (JWT bearer via ``litestar.security.jwt``, or an ``X-API-Key``) and
+authorisation (one guard factory; every route states who may call it).
+
+Both credentials resolve to a ``Principal``: the user, the role, the scopes and the
+*client* (``u:<user id>`` for a person's token, ``k:<key id>`` for an API key or a token
+minted from one) — the client scopes idempotency keys and rate limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+
+from core.credentials import Credentials, UnknownUser, User
+from core.types import Actor, Role
+
+API_KEY_HEADER = "X-API-Key"
+
+#: scopes an API key may carry; a person's token carries "*"
+SCOPES = frozenset({"read", "payments", "issuance", "admin", "*"})
+
+USER, ADMIN, OPS, COMPLIANCE, READ_ONLY, AUDITOR = (
+    Role.USER, Role.ADMIN, Role.OPS, Role.COMPLIANCE, Role.READ_ONLY, Role.AUDITOR,
+)  # fmt: skip
+#: staff who may read every account
+STAFF_READERS = frozenset({ADMIN, OPS, COMPLIANCE, READ_ONLY, AUDITOR})
+EVERYONE = STAFF_READERS | {USER}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: uuid.UUID
+    role: Role
+    scopes: frozenset[str]
+    #: the idempotency / rate-limit namespace of this caller
+    client: str
+    key_id: str | None = None
+
+    def may(self, scope: str) -> bool:
+        return "*" in self.scopes or scope in self.scopes
+
+    @property
+    def is_staff_reader(self) -> bool:
+        return self.role in STAFF_READERS
+
+    def actor(self, ip: str | None) -> Actor:
+        who = f"user:{self.user_id}" + (f"/key:{self.key_id}" if self.key_id else "")
+        return Actor(who, self.role, ip)
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A route's guard decision: the roles allowed and the scope a key needs."""
+
+    roles: frozenset[Role]
+    #: None: any credential of an allowed role (e.g. exchanging a key for a token)
+    scope: str | None
+
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+
+def allow(roles: Iterable[Role], *, scope: str | None) -> Guard:
+    """The guard of a route: the caller's role must be in ``roles`` and hold ``scope``."""
+    access = Access(frozenset(roles), scope)
+    if scope is not None and scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope}")
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if not isinstance(principal, Principal):
+            raise NotAuthorizedException()
+        if principal.role not in access.roles:
+            raise PermissionDeniedException(f"role {principal.role.value} may not do this")
+        if access.scope is not None and not principal.may(access.scope):
+            raise PermissionDeniedException(f"this credential lacks the {scope!r} scope")
+
+    guard.access = access  # type: ignore[attr-defined]
+    return guard
+
+
+def access_of(handler: BaseRouteHandler) -> Access | str | None:
+    """The declared decision of a route: an ``Access``, "public", "webhook" (signed by
+    the provider), or None (a bug: ``create_app`` refuses to start)."""
+    if handler.opt.get("webhook"):
+        return "webhook"
+    if handler.opt.get("public"):
+        return "public"
+    if getattr(handler, "http_methods", None) == {
+        "OPTIONS"
+    }:  # Litestar's automatic preflight answer
+        return "public"
+    for guard in handler.resolve_guards():
+        found = getattr(getattr(guard, "func", guard), "access", None)
+        if isinstance(found, Access):
+            return found
+    return None
+
+
+#: route ``opt`` of a route anyone may call without credentials
+PUBLIC: dict[str, Any] = {"public": True, "exclude_from_auth": True}
+
+
+class _TtlCache:
+    """Tiny TTL cache: credentials are checked against the database at most every few
+    seconds per credential (a revoked key or suspended user stops within ``ttl``)."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self.items: dict[str, tuple[float, Any]] = {}
+
+    def get(self, key: str) -> Any:
+        hit = self.items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, value: Any) -> None:
+        if len(self.items) >= self.size:
+            self.items.clear()
+        self.items[key] = (time.monotonic() + self.ttl, value)
+
+
+class Authenticator:
+    """Resolves credentials to principals (shared by the middleware and the token route)."""
+
+    def __init__(self, credentials: Credentials, ttl: float = 5.0) -> None:
+        self.credentials = credentials
+        self.users = _TtlCache(ttl)
+        self.keys = _TtlCache(ttl)
+
+    async def user(self, user_id: uuid.UUID) -> User | None:
+        cached = self.users.get(str(user_id))
+        if cached is None:
+            try:
+                cached = await self.credentials.get_user(user_id)
+            except UnknownUser:
+                return None
+            self.users.put(str(user_id), cached)
+        return cached if isinstance(cached, User) and cached.active else None
+
+    async def from_api_key(self, presented: str) -> Principal | None:
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        cached = self.keys.get(digest)
+        if cached is None:
+            found = await self.credentials.verify_api_key(presented)
+            if found is None:
+                return None
+            key, user = found
+            cached = Principal(user.id, key.role, frozenset(key.scopes), f"k:{key.id}", key.id)
+            self.keys.put(digest, cached)
+        return cached if isinstance(cached, Principal) else None
+
+    async def from_token(self, token: Token) -> Principal | None:
+        try:
+            user_id = uuid.UUID(token.sub)
+            role = Role(token.extras.get("role", ""))
+        except ValueError:
+            return None
+        user = await self.user(user_id)
+        if user is None or role not in {user.role, Role.READ_ONLY}:
+            return None
+        scopes = token.extras.get("scopes") or ["*"]
+        key_id = token.extras.get("kid")
+        client = f"k:{key_id}" if key_id else f"u:{user_id}"
+        return Principal(user_id, role, frozenset(map(str, scopes)), client, key_id)
+
+
+class AuthMiddleware(JWTAuthenticationMiddleware):
+    """``X-API-Key`` first, else ``Authorization: Bearer <JWT>`` (Litestar's JWT checks)."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        presented = connection.headers.get(API_KEY_HEADER)
+        if presented:
+            auth: Authenticator = connection.app.state.authenticator
+            principal = await auth.from_api_key(presented)
+            if principal is None:
+                raise NotAuthorizedException("invalid API key")
+            return AuthenticationResult(user=principal, auth=None)
+        header = connection.headers.get(self.auth_header, "")
+        scheme, _, _ = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise NotAuthorizedException("bearer token or API key required")
+        return await super().authenticate_request(connection)
+
+
+async def _retrieve_principal(
+    token: Token, connection: ASGIConnection[Any, Any, Any, Any]
+) -> Principal | None:
+    auth: Authenticator = connection.app.state.authenticator
+    return await auth.from_token(token)
+
+
+def jwt_auth(secret: str, ttl_seconds: int) -> JWTAuth[Principal, Token]:
+    return JWTAuth[Principal, Token](
+        token_secret=secret,
+        retrieve_user_handler=_retrieve_principal,
+        authentication_middleware_class=AuthMiddleware,
+        default_token_expiration=timedelta(seconds=ttl_seconds),
+        exclude_opt_key="exclude_from_auth",
+        exclude=["^/schema", "^/metrics"],
+        openapi_security_scheme_name="BearerToken",
+        accepted_issuers=["valueos"],
+    )
+
+
+def issue_token(
+    config: JWTAuth[Principal, Token], principal: Principal, ttl: timedelta | None = None
+) -> str:
+    return config.create_token(
+        identifier=str(principal.user_id),
+        token_expiration=ttl,
+        token_issuer="valueos",  # noqa: S106 - the issuer name, not a secret
+        token_extras={
+            "role": principal.role.value,
+            "scopes": sorted(principal.scopes),
+            **({"kid": principal.key_id} if principal.key_id else {}),
+        },
+    )

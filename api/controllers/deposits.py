@@ -1,0 +1,146 @@
+"""Deposits and their sagas (reference: deposit → BLOCKED → compliance release).
+
+The provider notifies a deposit on a webhook signed with HMAC-SHA256 over
+``"<X-Webhook-Timestamp>.<raw body>"`` with ``VALUEOS_WEBHOOK_SECRET`` (header
+``X-Webhook-Signature: sha256=<hex>``; timestamps older than 5 minutes are refused).
+The deposit lands in the user's BLOCKED compartment inside a DEPOSIT saga; the
+compliance role releases it to AVAILABLE with a reason. Saga status is derived."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath, JSONBody
+
+from api import render
+from api.auth import COMPLIANCE, EVERYONE, PUBLIC, allow
+from api.context import Ctx, client_ip
+from api.errors import ApiError
+from api.idempotency import Attempt, idempotent
+from api.schemas import DepositCreate, DepositRead, OperationRead, ReleaseCreate, TransactionRead
+from api.services import Services
+from core import flows
+from core.errors import UnknownOperation
+from core.types import Actor, Role
+
+SIGNATURE_HEADER = "X-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+TOLERANCE_SECONDS = 300
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+async def webhook_signature(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard: the body must be signed by the provider (runs before the body is parsed)."""
+    svc: Services = connection.app.state.services
+    secret = svc.settings.webhook_secret
+    if not secret:
+        raise ApiError(503, "WEBHOOK_DISABLED", "VALUEOS_WEBHOOK_SECRET is not configured")
+    stamp = connection.headers.get(TIMESTAMP_HEADER, "")
+    given = connection.headers.get(SIGNATURE_HEADER, "")
+    if not stamp.isdigit() or abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
+        raise ApiError(401, "INVALID_SIGNATURE", "missing or stale webhook timestamp")
+    assert isinstance(connection, Request)  # noqa: S101 - HTTP routes get a Request
+    body = await connection.body()
+    if not hmac.compare_digest(given, sign(secret, stamp, body)):
+        raise ApiError(401, "INVALID_SIGNATURE", "webhook signature does not match")
+
+
+class DepositWebhook(Controller):
+    path = "/api/v1/webhooks"
+    tags = ["webhooks"]
+
+    @post(
+        "/deposits",
+        guards=[webhook_signature],
+        opt={**PUBLIC, "public": False, "webhook": True, "rate_group": "webhooks"},
+        security=[{"WebhookSignature": []}],
+    )
+    async def deposit(
+        self, request: Request[Any, Any, Any], data: JSONBody[DepositCreate]
+    ) -> Response[DepositRead]:
+        """Record a provider's deposit into the user's BLOCKED compartment (idempotent
+        on the provider's ``reference``)."""
+        svc: Services = request.app.state.services
+        actor = Actor(
+            "provider:deposits", Role.SYSTEM, client_ip(request, svc.settings.trusted_proxy)
+        )
+
+        async def run(_: Attempt) -> DepositRead:
+            amount = await svc.parse(data.amount, data.asset)
+            await svc.wallet(data.user_id, data.asset, actor)
+            tx_id, result = await flows.record_deposit_blocked(
+                svc.ledger,
+                owner_id=data.user_id,
+                asset=data.asset,
+                amount=amount,
+                external_reference=data.reference,
+                actor=actor,
+            )
+            tx = await flows.get_transaction(svc.ledger, tx_id)
+            return DepositRead(render.transaction(tx), await render.operation(svc, result))
+
+        return await idempotent(request, svc.ledger.engine, "webhook:deposits", data, run)
+
+
+class TransactionController(Controller):
+    path = "/api/v1/transactions/{transaction_id:uuid}"
+    tags = ["transactions"]
+
+    @get("/", guards=[allow(EVERYONE, scope="read")])
+    async def get_transaction(
+        self, ctx: NamedDependency[Ctx], transaction_id: FromPath[uuid.UUID]
+    ) -> TransactionRead:
+        """A saga with its operations and derived status (a USER: their own only)."""
+        tx = await flows.get_transaction(ctx.svc.ledger, transaction_id)
+        if ctx.is_user and tx.owner_id != ctx.principal.user_id:
+            raise UnknownOperation(f"transaction {transaction_id} does not exist")
+        return render.transaction(tx)
+
+    @post(
+        "/release",
+        guards=[allow({COMPLIANCE}, scope="admin")],
+        opt={"rate_group": "admin"},
+    )
+    async def release(
+        self,
+        ctx: NamedDependency[Ctx],
+        transaction_id: FromPath[uuid.UUID],
+        data: JSONBody[ReleaseCreate],
+    ) -> Response[OperationRead]:
+        """Compliance releases a deposit BLOCKED → AVAILABLE (reason required)."""
+
+        async def run(_: Attempt) -> OperationRead:
+            amount = None
+            if data.amount is not None:
+                tx = await flows.get_transaction(ctx.svc.ledger, transaction_id)
+                if not tx.operations:
+                    raise UnknownOperation(f"transaction {transaction_id} has no deposit")
+                view = await ctx.svc.ledger.queries.operation(tx.operations[0][0])
+                amount = await ctx.svc.parse(data.amount, view.entries[0][2])
+            result = await flows.release_compliance_funds(
+                ctx.svc.ledger,
+                transaction_id=transaction_id,
+                amount=amount,
+                reason=data.reason,
+                actor=ctx.actor,
+            )
+            return await render.operation(ctx.svc, result)
+
+        return await ctx.once(data, run)
+
+
+ROUTES = [DepositWebhook, TransactionController]

@@ -1,0 +1,125 @@
+"""Holds (two-phase transfers): reserve, capture (fully or partly), void; expiry.
+
+A hold is created by the payer from their own AVAILABLE account to a user (e.g. a
+merchant); either party may capture or void it; staff (admin/ops) may too. A capture
+after the deadline is refused; the sweep marks past-deadline holds EXPIRED."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter
+
+from api import render
+from api.auth import ADMIN, EVERYONE, OPS, USER, allow
+from api.context import Ctx
+from api.idempotency import Attempt
+from api.schemas import CaptureCreate, HoldCreate, HoldRead, OperationRead, SweepRead, VoidCreate
+from core.errors import UnknownHold, ValidationError
+from core.queries import HoldView
+from core.types import AccountKind, CaptureHold, CreateHold, HoldResult, OperationResult, VoidHold
+
+HoldId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+PARTIES = [allow({USER, ADMIN, OPS}, scope="payments")]
+
+
+async def _party_hold(ctx: NamedDependency[Ctx], hold_id: int, *, staff: bool) -> HoldView:
+    """The hold if the caller is its payer or payee (or staff allowed here)."""
+    hold = await ctx.svc.ledger.queries.hold(hold_id)
+    if ctx.is_user or not staff:
+        source = await ctx.svc.account(hold.source)
+        destination = await ctx.svc.account(hold.destination)
+        if not (ctx.owns(source) or ctx.owns(destination)):
+            raise UnknownHold(f"hold {hold_id} does not exist", hold_id=hold_id)
+    return hold
+
+
+def _expect(result: Any, kind: type[Any]) -> Any:
+    if isinstance(result, Exception):
+        raise result
+    if not isinstance(result, kind):  # pragma: no cover - the core answers in kind
+        raise TypeError(f"unexpected result {type(result).__name__}")
+    return result
+
+
+class HoldController(Controller):
+    path = "/api/v1/holds"
+    tags = ["holds"]
+
+    @post("/", guards=[allow({USER}, scope="payments")])
+    async def create_hold(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[HoldCreate]
+    ) -> Response[HoldRead]:
+        async def pin() -> dict[str, Any]:
+            deadline = datetime.now(UTC) + timedelta(seconds=data.expires_in)
+            return {"expires_at": deadline.isoformat()}
+
+        async def run(a: Attempt) -> HoldRead:
+            source = await ctx.source_account(data.from_account_id)
+            amount = await ctx.svc.parse(data.amount, source.asset)
+            wallet = await ctx.svc.wallet(data.to_user_id, source.asset, ctx.actor)
+            destination = wallet[AccountKind.AVAILABLE]
+            if destination == source.id:
+                raise ValidationError("cannot hold funds for the same account", field="to_user_id")
+            command = CreateHold(
+                source.id,
+                destination,
+                source.asset,
+                amount,
+                datetime.fromisoformat(a.pinned["expires_at"]),
+                ctx.actor,
+                a.core_key,
+                {"memo": data.memo} if data.memo else {},
+            )
+            result = _expect(await ctx.svc.ledger.submit(command), HoldResult)
+            return await render.hold(ctx.svc, result)
+
+        return await ctx.once(data, run, pin=pin)
+
+    @get("/{hold_id:int}", guards=[allow(EVERYONE, scope="read")])
+    async def get_hold(self, ctx: NamedDependency[Ctx], hold_id: HoldId) -> HoldRead:
+        hold = await _party_hold(ctx, hold_id, staff=True)
+        return await render.hold(ctx.svc, hold)
+
+    @post("/{hold_id:int}/capture", guards=PARTIES)
+    async def capture(
+        self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[CaptureCreate]
+    ) -> Response[OperationRead]:
+        """Post the hold, fully or partly (the rest is released)."""
+
+        async def run(a: Attempt) -> OperationRead:
+            hold = await _party_hold(ctx, hold_id, staff=True)
+            amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
+            command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
+            result = _expect(await ctx.svc.ledger.submit(command), OperationResult)
+            return await render.operation(ctx.svc, result)
+
+        return await ctx.once(data, run)
+
+    @post("/{hold_id:int}/void", guards=PARTIES)
+    async def void(
+        self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[VoidCreate]
+    ) -> Response[HoldRead]:
+        async def run(a: Attempt) -> HoldRead:
+            await _party_hold(ctx, hold_id, staff=True)
+            command = VoidHold(hold_id, ctx.actor, data.reason, a.core_key)
+            result = _expect(await ctx.svc.ledger.submit(command), HoldResult)
+            return await render.hold(ctx.svc, result)
+
+        return await ctx.once(data, run, status_code=200)
+
+    @post(
+        "/expire",
+        guards=[allow({ADMIN, OPS}, scope="admin")],
+        status_code=200,
+        opt={"rate_group": "admin"},
+    )
+    async def expire(self, ctx: NamedDependency[Ctx]) -> SweepRead:
+        """Mark every pending hold past its deadline EXPIRED (the worker does it too)."""
+        return SweepRead(await ctx.svc.ledger.expire_holds(actor=ctx.actor))
+
+
+ROUTES = [HoldController]

@@ -1,0 +1,40 @@
+"""Public probes: /health (the process answers) and /ready (database reachable, schema at
+the migrations' head)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, get
+from sqlalchemy import text
+
+from api.auth import PUBLIC
+from api.errors import ApiError
+from api.schemas import HealthRead, ReadyRead
+from api.services import Services
+
+OPT = {**PUBLIC, "rate_group": None}
+
+
+@get("/health", opt=OPT, tags=["system"], summary="Liveness")
+async def health() -> HealthRead:
+    return HealthRead("ok")
+
+
+@get("/ready", opt=OPT, tags=["system"], summary="Readiness: database and schema")
+async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
+    svc: Services = request.app.state.services
+    expected: str | None = request.app.state.schema_head
+    try:
+        async with svc.ledger.engine.connect() as conn:
+            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    except Exception as exc:
+        raise ApiError(503, "NOT_READY", "database unreachable") from exc
+    if current != expected:
+        raise ApiError(
+            503, "NOT_READY", f"schema at {current}, expected {expected}: run valueos migrate"
+        )
+    return ReadyRead("ready", "ok", current, expected)
+
+
+ROUTES = [health, ready]

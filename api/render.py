@@ -1,0 +1,81 @@
+"""Core results → response Structs (amounts formatted in their asset's scale)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+from api.schemas import EntryRead, HoldRead, OperationRead, SagaOperationRead, TransactionRead
+from api.services import Services
+from core.flows import Transaction
+from core.queries import HoldView, OperationView
+from core.types import HoldResult, OperationResult
+
+POSTINGS = Counter("valueos_api_postings", "Ledger operations posted through the API", ["type"])
+
+
+async def operation(svc: Services, result: OperationResult) -> OperationRead:
+    if not result.replayed:
+        POSTINGS.labels(result.type.value).inc()
+    entries = [
+        EntryRead(
+            e.seq,
+            e.account_id,
+            e.asset,
+            await svc.fmt(e.amount, e.asset),
+            await svc.fmt(e.balance_after, e.asset),
+        )
+        for e in result.entries
+    ]
+    return OperationRead(
+        id=result.operation_id,
+        type=result.type,
+        epoch=result.epoch,
+        created_at=result.created_at,
+        entries=entries,
+        reverses=result.reverses,
+        hold_id=result.hold_id,
+    )
+
+
+async def operation_view(svc: Services, view: OperationView) -> OperationRead:
+    entries = [
+        EntryRead(seq, account, asset, await svc.fmt(amount, asset), await svc.fmt(after, asset))
+        for seq, account, asset, amount, after in view.entries
+    ]
+    return OperationRead(
+        id=view.id,
+        type=view.type,
+        epoch=view.epoch,
+        created_at=view.created_at,
+        entries=entries,
+        reverses=view.reverses,
+        reversed_by=view.reversed_by,
+        reason=view.reason,
+        transaction_id=view.transaction_id,
+    )
+
+
+async def hold(svc: Services, h: HoldResult | HoldView) -> HoldRead:
+    hold_id = h.hold_id if isinstance(h, HoldResult) else h.id
+    return HoldRead(
+        id=hold_id,
+        status=h.status,
+        source_account_id=h.source,
+        destination_account_id=h.destination,
+        asset=h.asset,
+        amount=await svc.fmt(h.amount, h.asset),
+        remaining=await svc.fmt(h.remaining, h.asset),
+        expires_at=h.expires_at,
+    )
+
+
+def transaction(tx: Transaction) -> TransactionRead:
+    return TransactionRead(
+        id=tx.id,
+        owner_id=tx.owner_id,
+        type=tx.type.value,
+        status=tx.status.value,
+        external_reference=tx.external_reference,
+        created_at=tx.created_at,
+        operations=[SagaOperationRead(i, t, s) for i, t, s in tx.operations],
+    )

@@ -1,0 +1,91 @@
+"""Settings of the HTTP API, read from the environment (cached accessor)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from core.settings import DatabaseSettings, database_settings
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_jwt_secret(path: Path) -> str:
+    """The signing key from ``path``, created (mode 0600) with 64 random bytes if absent."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(64)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    return secret
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Requests per minute per client, by route group."""
+
+    api: int = 600
+    admin: int = 120
+    webhooks: int = 240
+    auth: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    #: HS256 signing key of the bearer tokens (``VALUEOS_JWT_SECRET`` or the key file)
+    jwt_secret: str
+    #: shared secret of the deposit provider's webhook signatures; None: webhook disabled
+    webhook_secret: str | None
+    database: DatabaseSettings = field(default_factory=database_settings)
+    token_ttl_seconds: int = 3600
+    #: ``REDIS_URL``: rate-limit counters shared by every API process; else in memory
+    redis_url: str | None = None
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    #: ``VALUEOS_HSTS``: send Strict-Transport-Security (only behind TLS)
+    hsts: bool = False
+    #: ``VALUEOS_TRUSTED_PROXY``: take the client address from X-Forwarded-For
+    trusted_proxy: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: sweep expired holds every N seconds inside the API process (0: leave it to the worker)
+    hold_sweep_seconds: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        secret = os.environ.get("VALUEOS_JWT_SECRET") or load_jwt_secret(
+            Path(os.environ.get("VALUEOS_JWT_KEY_FILE", ".valueos/jwt.key"))
+        )
+        return cls(
+            jwt_secret=secret,
+            webhook_secret=os.environ.get("VALUEOS_WEBHOOK_SECRET") or None,
+            database=database_settings(),
+            token_ttl_seconds=_int("VALUEOS_TOKEN_TTL", 3600),
+            redis_url=os.environ.get("REDIS_URL") or None,
+            rate_limits=RateLimits(
+                api=_int("VALUEOS_RATE_API", 600),
+                admin=_int("VALUEOS_RATE_ADMIN", 120),
+                webhooks=_int("VALUEOS_RATE_WEBHOOKS", 240),
+                auth=_int("VALUEOS_RATE_AUTH", 30),
+            ),
+            hsts=_flag("VALUEOS_HSTS"),
+            trusted_proxy=_flag("VALUEOS_TRUSTED_PROXY"),
+            host=os.environ.get("VALUEOS_HOST", "127.0.0.1"),
+            port=_int("VALUEOS_PORT", 8000),
+            hold_sweep_seconds=float(os.environ.get("VALUEOS_HOLD_SWEEP_SECONDS", "0")),
+        )
+
+
+@lru_cache(maxsize=1)
+def api_settings() -> ApiSettings:
+    return ApiSettings.from_env()

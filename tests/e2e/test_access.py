@@ -1,0 +1,162 @@
+"""Every route x every role: allowed, or 401/403 as declared here.
+
+The table is the specification. The test FAILS when the application has a route the
+table does not list (a new route needs a decision) or the table lists a route that no
+longer exists. "Allowed" means the guard let the call through: the answer may still be
+404 or 422 (an empty body, an id that does not exist), never 401 or 403.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from api.app import ValueOSApp
+from core.types import Role
+from tests.e2e.conftest import ROLES, Api
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+U, A, OP, C, R, AU = (
+    Role.USER, Role.ADMIN, Role.OPS, Role.COMPLIANCE, Role.READ_ONLY, Role.AUDITOR,
+)  # fmt: skip
+EVERYONE = {U, A, OP, C, R, AU}
+PUBLIC = "public"
+WEBHOOK = "webhook"  # no bearer/API key: the provider's HMAC signature instead
+
+TABLE: dict[tuple[str, str], set[Role] | str] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/ready"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/api/v1/me"): EVERYONE,
+    ("POST", "/api/v1/auth/token"): EVERYONE,
+    ("POST", "/api/v1/assets"): {A},
+    ("GET", "/api/v1/assets"): EVERYONE,
+    ("GET", "/api/v1/assets/{code:str}"): EVERYONE,
+    ("POST", "/api/v1/users"): {A},
+    ("GET", "/api/v1/users/{user_id:uuid}"): EVERYONE,
+    ("GET", "/api/v1/users/{user_id:uuid}/wallets"): EVERYONE,
+    ("GET", "/api/v1/accounts/{account_id:int}"): EVERYONE,
+    ("GET", "/api/v1/accounts/{account_id:int}/entries"): EVERYONE,
+    ("GET", "/api/v1/accounts/{account_id:int}/balance"): EVERYONE,
+    ("POST", "/api/v1/credits/mint"): {A, OP},
+    ("POST", "/api/v1/credits/transfer"): {U},
+    ("POST", "/api/v1/credits/move"): {U, A, OP},
+    ("POST", "/api/v1/credits/burn"): {U, A, OP},
+    ("POST", "/api/v1/holds"): {U},
+    ("GET", "/api/v1/holds/{hold_id:int}"): EVERYONE,
+    ("POST", "/api/v1/holds/{hold_id:int}/capture"): {U, A, OP},
+    ("POST", "/api/v1/holds/{hold_id:int}/void"): {U, A, OP},
+    ("POST", "/api/v1/holds/expire"): {A, OP},
+    ("GET", "/api/v1/operations/{operation_id:int}"): EVERYONE,
+    ("POST", "/api/v1/operations/{operation_id:int}/reverse"): {A},
+    ("POST", "/api/v1/adjustments"): {OP},
+    ("POST", "/api/v1/webhooks/deposits"): WEBHOOK,
+    ("GET", "/api/v1/transactions/{transaction_id:uuid}"): EVERYONE,
+    ("POST", "/api/v1/transactions/{transaction_id:uuid}/release"): {C},
+    ("POST", "/api/v1/api-keys"): {A},
+    ("POST", "/api/v1/api-keys/{key_id:str}/revoke"): {A},
+}
+
+SAMPLE = {
+    "{code:str}": "NOPE",
+    "{user_id:uuid}": str(uuid.uuid4()),
+    "{account_id:int}": "999999999",
+    "{hold_id:int}": "999999999",
+    "{operation_id:int}": "999999999",
+    "{transaction_id:uuid}": str(uuid.uuid4()),
+    "{key_id:str}": "0123456789abcdef",
+}
+
+
+def app_routes(app: ValueOSApp) -> set[tuple[str, str]]:
+    return {
+        (method, route.path)
+        for route in app.routes
+        if not route.path.startswith("/schema")
+        for handler in getattr(route, "route_handlers", [])
+        for method in getattr(handler, "http_methods", ())
+        if method != "OPTIONS"
+    }
+
+
+def concrete(path: str) -> str:
+    for placeholder, value in SAMPLE.items():
+        path = path.replace(placeholder, value)
+    return path
+
+
+def test_every_route_has_a_decision(api: Api) -> None:
+    routes = app_routes(api.app)
+    missing = sorted(routes - TABLE.keys())
+    stale = sorted(TABLE.keys() - routes)
+    assert not missing, f"routes without an entry in the access table: {missing}"
+    assert not stale, f"table entries for routes that do not exist: {stale}"
+
+
+@pytest.mark.parametrize("route", sorted(TABLE), ids=lambda r: f"{r[0]} {r[1]}")
+async def test_route_by_role(api: Api, route: tuple[str, str]) -> None:
+    method, path = route
+    url = concrete(path)
+    expected = TABLE[route]
+    body = {} if method == "POST" else None
+
+    anonymous = await api.http.request(method, url, json=body)
+    if expected == PUBLIC:
+        assert anonymous.status_code not in {401, 403}, anonymous.text
+        return
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["content-type"].startswith("application/problem+json")
+    if expected == WEBHOOK:
+        assert anonymous.json()["code"] == "INVALID_SIGNATURE"
+        return
+    assert anonymous.json()["code"] == "UNAUTHENTICATED"
+    assert isinstance(expected, set)
+    for role in ROLES:
+        caller = await api.caller(role)
+        r = await api.http.request(method, url, json=body, headers=caller.headers)
+        if role in expected:
+            assert r.status_code not in {401, 403}, f"{role} refused: {r.text}"
+        else:
+            assert r.status_code == 403, f"{role} allowed ({r.status_code}): {r.text}"
+            assert r.json()["code"] == "FORBIDDEN"
+
+
+async def test_key_scopes_narrow_a_role(api: Api) -> None:
+    """An API key with only the "read" scope cannot move funds even as a USER."""
+    user = await api.caller(Role.USER)
+    r = await api.http.post(
+        "/api/v1/api-keys",
+        json={"user_id": str(user.user_id), "name": "pos-1", "scopes": ["read"]},
+        headers=api.admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    key = {"X-API-Key": r.json()["key"]}
+    assert (await api.http.get("/api/v1/me", headers=key)).json()["role"] == "USER"
+    r = await api.http.post("/api/v1/credits/transfer", json={}, headers=key)
+    assert r.status_code == 403 and "scope" in r.json()["detail"]
+    # a token minted from the key keeps its scopes and its client namespace
+    t = await api.http.post("/api/v1/auth/token", headers=key)
+    assert t.status_code == 200, t.text
+    bearer = {"Authorization": f"Bearer {t.json()['access_token']}"}
+    me = (await api.http.get("/api/v1/me", headers=bearer)).json()
+    assert me["scopes"] == ["read"] and me["client"].startswith("k:")
+    # revoked: refused at once on this process
+    key_id = key["X-API-Key"].split("_")[1]
+    assert (
+        await api.http.post(f"/api/v1/api-keys/{key_id}/revoke", headers=api.admin.headers)
+    ).status_code == 200
+    assert (await api.http.get("/api/v1/me", headers=key)).status_code == 401
+
+
+async def test_bad_credentials_are_401(api: Api) -> None:
+    for headers in (
+        {"Authorization": "Bearer not-a-jwt"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"X-API-Key": "vo_0123456789abcdef_wrong"},
+        {"X-API-Key": "garbage"},
+    ):
+        r = await api.http.get("/api/v1/me", headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.json()["code"] == "UNAUTHENTICATED"
