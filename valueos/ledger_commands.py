@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import uuid
 
+from sqlalchemy.engine import make_url
+
 from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.money import format_amount
@@ -87,7 +89,7 @@ def main(command: str, argv: list[str]) -> int:
     argparse.ArgumentParser(prog=f"valueos {command}").parse_args(argv)
     url = _migrate()
     if command == "migrate":
-        print(f"schema at head on database {url.rsplit('/', 1)[-1].split('?')[0]}")
+        print(f"schema at head on database {make_url(url).database}")
         return 0
     if command == "demo":
         return asyncio.run(_demo())
