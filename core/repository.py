@@ -153,6 +153,43 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
      AS u(id, posted, pending, last_seq)
 WHERE b.account_id = u.id
 """
+#: below this many operation + entry rows a batch is written by one statement instead
+_COPY_FROM_ROWS = 300
+_WRITE_SMALL = """
+WITH ops AS (
+    INSERT INTO operations (id, type, status, epoch, idempotency_key, actor_id, actor_role,
+                            transaction_id, reverses_id, hold_id, reason, error, metadata,
+                            created_at, audit_id)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+                         $6::text[], $7::text[], $8::uuid[], $9::bigint[], $10::bigint[],
+                         $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
+                         $15::bigint[])
+), entries AS (
+    INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, balance_after,
+                                epoch, created_at)
+    SELECT * FROM unnest($16::bigint[], $17::bigint[], $18::bigint[], $19::text[],
+                         $20::bigint[], $21::bigint[], $22::bigint[], $23::timestamptz[])
+), audit AS (
+    INSERT INTO audit_log (id, at, actor_id, actor_role, ip, action, entity_type, entity_id,
+                           before, after, reason)
+    OVERRIDING SYSTEM VALUE
+    SELECT * FROM unnest($24::bigint[], $25::timestamptz[], $26::text[], $27::text[],
+                         $28::text[], $29::text[], $30::text[], $31::text[], $32::jsonb[],
+                         $33::jsonb[], $34::text[])
+)
+UPDATE balances b SET posted = u.posted, pending = u.pending,
+       last_seq = greatest(b.last_seq, u.last_seq), updated_at = $39
+FROM unnest($35::bigint[], $36::bigint[], $37::bigint[], $38::bigint[])
+     AS u(id, posted, pending, last_seq)
+WHERE b.account_id = u.id
+"""
+
+
+def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to columns, for ``unnest($1::t[], ...)``."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
 _LOCK_BALANCES = (
     # the clock is read after the function returned, i.e. after every lock is held
     "SELECT clock_timestamp() AS now, l.* FROM valueos_lock_balances($1::bigint[]) l"
@@ -429,31 +466,54 @@ class LedgerStore:
                  c.actor.role.value, c.transaction_id, None, None, c.reason,
                  _json(failed.error.to_dict()), _json(c.metadata), now, None)
             )  # fmt: skip
-        if op_rows:
-            await conn.copy_records_to_table(
-                "operations", records=op_rows, columns=_OPERATION_COLUMNS
-            )
-        if entry_rows:
-            await conn.copy_records_to_table(
-                "ledger_entries", records=entry_rows, columns=_ENTRY_COLUMNS
-            )
         await self._write_holds(conn, plan, now, audit, audit_iter, commands)
-        if book.touched:
-            touched = sorted(book.touched)
-            balances = [book.accounts[i] for i in touched]
-            await conn.execute(
-                _UPDATE_BALANCES,
-                touched,
-                [a.posted for a in balances],
-                [a.pending for a in balances],
-                [last_seq.get(i, 0) for i in touched],
-                now,
-            )
-        if audit:
-            await conn.copy_records_to_table("audit_log", records=audit, columns=_AUDIT_COLUMNS)
+        touched = sorted(book.touched)
+        balances = [book.accounts[i] for i in touched]
+        balance_columns = (
+            touched,
+            [a.posted for a in balances],
+            [a.pending for a in balances],
+            [last_seq.get(i, 0) for i in touched],
+        )
+        await self._write_rows(conn, op_rows, entry_rows, audit, balance_columns, now)
         await self._write_idempotency(conn, plan, results, commands, now)
         await self._update_sagas(conn, plan, now)
         return results
+
+    @staticmethod
+    async def _write_rows(
+        conn: asyncpg.Connection,
+        op_rows: list[tuple[Any, ...]],
+        entry_rows: list[tuple[Any, ...]],
+        audit: list[tuple[Any, ...]],
+        balance_columns: tuple[list[int], ...],
+        now: datetime,
+    ) -> None:
+        touched = balance_columns[0]
+        if len(entry_rows) + len(op_rows) < _COPY_FROM_ROWS:
+            # a small batch (group commit of a few callers): latency matters more than
+            # per-row cost, so everything goes in ONE statement (one round trip)
+            await conn.execute(
+                _WRITE_SMALL,
+                *_transpose(op_rows, len(_OPERATION_COLUMNS)),
+                *_transpose(entry_rows, len(_ENTRY_COLUMNS)),
+                *_transpose(audit, len(_AUDIT_COLUMNS)),
+                *balance_columns,
+                now,
+            )
+        else:
+            if op_rows:
+                await conn.copy_records_to_table(
+                    "operations", records=op_rows, columns=_OPERATION_COLUMNS
+                )
+            if entry_rows:
+                await conn.copy_records_to_table(
+                    "ledger_entries", records=entry_rows, columns=_ENTRY_COLUMNS
+                )
+            if touched:
+                await conn.execute(_UPDATE_BALANCES, *balance_columns, now)
+            if audit:
+                await conn.copy_records_to_table("audit_log", records=audit, columns=_AUDIT_COLUMNS)
 
     @staticmethod
     async def _write_holds(

@@ -156,7 +156,7 @@ async def test_killed_during_a_copy_leaves_nothing(world: World, database_url: s
     )
     batch: list = [
         PostOperation(OperationType.TRANSFER, transfer_legs(alice, bob, world.asset, 5))
-        for _ in range(50)
+        for _ in range(150)  # big enough for the COPY path (small batches: one statement)
     ]
     batch.append(ReverseOperation(original.operation_id, "test", ADMIN))
     task = asyncio.create_task(world.ledger.post_many(batch))
