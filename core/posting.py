@@ -21,6 +21,8 @@ from core.errors import (
 from core.money import INT64_MAX, INT64_MIN, check_int64
 from core.types import AccountStatus, EntrySpec
 
+_ACTIVE = AccountStatus.ACTIVE
+
 
 def validate_entries(entries: Sequence[EntrySpec]) -> None:
     """Shape rules that need no database: positive amounts, sum to zero per asset."""
@@ -134,6 +136,39 @@ class BalanceBook:
             account.posted += entry.signed
             balances_after.append(account.posted)
         return balances_after
+
+    def move(self, debit: int, credit: int, asset: str, amount: int) -> tuple[int, int] | None:
+        """Fast path of ``apply`` for a plain transfer of ``amount`` (> 0, int64) between
+        two distinct accounts: return (debit's, credit's) ``balance_after``, or ``None``
+        without touching anything when any rule of ``apply`` would refuse it (the caller
+        then takes the general path, which raises the precise error)."""
+        accounts = self.accounts
+        d = accounts.get(debit)
+        c = accounts.get(credit)
+        if (
+            d is None
+            or c is None
+            or d.asset != asset
+            or c.asset != asset
+            or d.status is not _ACTIVE
+            or c.status is not _ACTIVE
+        ):
+            return None
+        d_after = d.posted - amount
+        c_after = c.posted + amount
+        if (
+            d_after < INT64_MIN
+            or c_after > INT64_MAX
+            or (d.floor is not None and d_after - d.pending < d.floor)
+        ):
+            return None
+        self._undo.append((debit, d.posted, d.pending))
+        self._undo.append((credit, c.posted, c.pending))
+        self.touched.add(debit)
+        self.touched.add(credit)
+        d.posted = d_after
+        c.posted = c_after
+        return d_after, c_after
 
     def reserve(self, account_id: int, asset: str, amount: int) -> None:
         """Count ``amount`` against the account's available balance (a pending hold)."""

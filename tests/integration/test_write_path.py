@@ -1,0 +1,184 @@
+"""The lean write path (migration 0006): set-based reference checks, protected parents,
+one audit record per actor and reason of a batch, binary COPY killed mid-statement."""
+
+import asyncio
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+from core.errors import LedgerError
+from core.types import (
+    AccountKind,
+    Actor,
+    OperationResult,
+    OperationType,
+    PostOperation,
+    ReverseOperation,
+    Role,
+    transfer_legs,
+)
+from tests.conftest import ADMIN, World
+from tests.support import raw_connect
+
+pytestmark = pytest.mark.integration
+
+
+async def test_entries_and_operations_references_are_checked(
+    world: World, database_url: str
+) -> None:
+    alice = await world.funded(10)
+    conn = await raw_connect(database_url)
+    try:
+        op = await conn.fetchval("SELECT max(id) FROM operations")
+        entry = (
+            "INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, "
+            "balance_after, epoch, created_at) "
+            "VALUES (nextval('ledger_seq'), $1, $2, 'X', 1, 1, 1, now())"
+        )
+        with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_op:
+            await conn.execute(entry, op + 1_000_000, alice)
+        assert missing_op.value.constraint_name == "ledger_entries_operation_id_fkey"
+        with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_account:
+            await conn.execute(entry, op, alice + 1_000_000)
+        assert missing_account.value.constraint_name == "ledger_entries_account_id_fkey"
+        with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_epoch:
+            await conn.execute(
+                "INSERT INTO operations (id, type, status, epoch, actor_id, actor_role, "
+                "created_at) VALUES (nextval('operations_id_seq'), 'TRANSFER', 'COMPLETED', "
+                "999999, 'x', 'SYSTEM', now())"
+            )
+        assert missing_epoch.value.constraint_name == "operations_epoch_fkey"
+        # one statement may insert an operation and its entries together (as before);
+        # rolled back so the reconciler never sees the stray entry
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute(
+                "WITH o AS (INSERT INTO operations (id, type, status, epoch, actor_id, "
+                "actor_role, created_at) VALUES (nextval('operations_id_seq') + 1000000, "
+                "'TRANSFER', 'COMPLETED', 1, 'x', 'SYSTEM', now()) RETURNING id) "
+                "INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, "
+                "balance_after, epoch, created_at) "
+                "SELECT nextval('ledger_seq'), o.id, $1, 'X', 1, 1, 1, now() FROM o",
+                alice,
+            )
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_referenced_parents_cannot_disappear(world: World, database_url: str) -> None:
+    alice = await world.funded(10)
+    conn = await raw_connect(database_url)
+    try:
+        for statement in (
+            "DELETE FROM accounts WHERE id = $1",
+            "UPDATE accounts SET id = DEFAULT WHERE id = $1",
+            "DELETE FROM epochs WHERE id = $1::bigint - $1 + 1",
+        ):
+            with pytest.raises(asyncpg.PostgresError, match="referenced by the ledger"):
+                await conn.execute(statement, alice)
+        for table in ("accounts", "epochs"):
+            with pytest.raises(asyncpg.PostgresError, match="referenced by the ledger"):
+                await conn.execute(f"TRUNCATE {table} CASCADE")
+        # other updates stay allowed (freezing an account, sealing an epoch)
+        async with conn.transaction():
+            await conn.execute("UPDATE accounts SET status = 'FROZEN' WHERE id = $1", alice)
+            await conn.execute("UPDATE accounts SET status = 'ACTIVE' WHERE id = $1", alice)
+    finally:
+        await conn.close()
+
+
+async def test_one_audit_record_per_actor_and_reason_of_a_batch(world: World) -> None:
+    alice = await world.funded(100)
+    bob = (await world.user_wallet())[AccountKind.AVAILABLE]
+    carol = Actor("carol", Role.USER, ip="10.0.0.7")
+
+    def move(actor: Actor, reason: str | None = None) -> PostOperation:
+        return PostOperation(
+            OperationType.TRANSFER,
+            transfer_legs(alice, bob, world.asset, 1),
+            actor=actor,
+            reason=reason,
+        )
+
+    results = await world.ledger.post_many(
+        [move(ADMIN), move(carol), move(ADMIN), move(ADMIN, "refund"), move(carol)]
+    )
+    ops = [r.operation_id for r in results if isinstance(r, OperationResult)]
+    assert len(ops) == 5
+    async with world.ledger.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT o.id, a.actor_id, a.actor_role, a.ip, a.action, a.entity_type, "
+                    "a.entity_id, a.reason, a.after FROM operations o "
+                    "JOIN audit_log a ON a.id = o.audit_id WHERE o.id = ANY(:ids) ORDER BY o.id"
+                ),
+                {"ids": ops},
+            )
+        ).all()
+    assert [r.id for r in rows] == ops  # every operation points at its audit record
+    by_op = {r.id: r for r in rows}
+    admin_plain = by_op[ops[0]]
+    assert tuple(by_op[ops[2]])[1:] == tuple(admin_plain)[1:]  # the same record
+    assert admin_plain.after == {"operations": [ops[0], ops[2]]}
+    assert (admin_plain.actor_id, admin_plain.reason) == (ADMIN.id, None)
+    assert admin_plain.entity_type == "operation" and admin_plain.entity_id == str(ops[0])
+    refund = by_op[ops[3]]
+    assert refund.reason == "refund" and refund.after == {"operations": [ops[3]]}
+    assert refund.entity_id == str(ops[3])
+    by_carol = by_op[ops[1]]
+    assert (by_carol.actor_id, by_carol.actor_role, by_carol.ip) == ("carol", "USER", "10.0.0.7")
+    assert by_carol.after == {"operations": [ops[1], ops[4]]}
+    assert by_carol.action == admin_plain.action == "operation.posted"
+
+
+async def test_killed_during_a_copy_leaves_nothing(world: World, database_url: str) -> None:
+    """Block a batch inside its binary COPY of operations (the reversal's unique index
+    waits on an uncommitted reversal of the same operation), kill its backend there, and
+    check nothing of the batch persisted."""
+    alice = await world.funded(1_000)
+    bob = (await world.user_wallet())[AccountKind.AVAILABLE]
+    original = await world.ledger.transfer(
+        source=alice, destination=bob, asset=world.asset, amount=1
+    )
+    blocker = await raw_connect(database_url)
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute(
+        "INSERT INTO operations (id, type, status, epoch, actor_id, actor_role, reverses_id, "
+        "created_at) VALUES (nextval('operations_id_seq'), 'REVERSAL', 'COMPLETED', 1, 'x', "
+        "'SYSTEM', $1, now())",
+        original.operation_id,
+    )
+    batch: list = [
+        PostOperation(OperationType.TRANSFER, transfer_legs(alice, bob, world.asset, 5))
+        for _ in range(150)  # big enough for the COPY path (small batches: one statement)
+    ]
+    batch.append(ReverseOperation(original.operation_id, "test", ADMIN))
+    task = asyncio.create_task(world.ledger.post_many(batch))
+    watcher = await raw_connect(database_url)
+    try:
+        pid = None
+        for _ in range(500):  # bounded poll for the writer to be blocked inside the COPY
+            pid = await watcher.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'COPY%operations%' AND pid <> pg_backend_pid()"
+            )
+            if pid is not None or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert pid is not None, "the batch never blocked"
+        await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+        results = await task
+    finally:
+        await tx.rollback()
+        await blocker.close()
+        await watcher.close()
+    assert all(isinstance(r, LedgerError) and r.code == "STORAGE_ERROR" for r in results)
+    assert (await world.ledger.queries.balance(alice)).posted == 999
+    assert (await world.ledger.queries.balance(bob)).posted == 1
+    assert await world.ledger.reconcile() == []
