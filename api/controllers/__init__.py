@@ -23,6 +23,9 @@ MODULES: tuple[str, ...] = (
     "operations",
     "deposits",
     "credentials",
+    "vaults",
+    "p2p",
+    "forensics",
 )
 
 

@@ -57,6 +57,23 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/api/v1/transactions/{transaction_id:uuid}/release"): {C},
     ("POST", "/api/v1/api-keys"): {A},
     ("POST", "/api/v1/api-keys/{key_id:str}/revoke"): {A},
+    ("POST", "/api/v1/vaults"): {U},
+    ("GET", "/api/v1/vaults"): EVERYONE,
+    ("GET", "/api/v1/vaults/{vault_id:int}"): EVERYONE,
+    ("GET", "/api/v1/vaults/{vault_id:int}/entries"): EVERYONE,
+    ("GET", "/api/v1/vaults/{vault_id:int}/members"): EVERYONE,
+    ("PUT", "/api/v1/vaults/{vault_id:int}/members/{member_id:uuid}"): {U},
+    ("DELETE", "/api/v1/vaults/{vault_id:int}/members/{member_id:uuid}"): {U},
+    ("POST", "/api/v1/vaults/moves"): {U},
+    ("POST", "/api/v1/p2p/requests"): {U},
+    ("GET", "/api/v1/p2p/requests"): EVERYONE,
+    ("GET", "/api/v1/p2p/requests/{request_id:int}"): EVERYONE,
+    ("POST", "/api/v1/p2p/requests/{request_id:int}/settle"): {U},
+    ("POST", "/api/v1/p2p/requests/{request_id:int}/decline"): {U},
+    ("POST", "/api/v1/p2p/requests/{request_id:int}/cancel"): {U},
+    ("POST", "/api/v1/p2p/expire"): {A, OP},
+    ("GET", "/api/v1/me/ledger"): EVERYONE,
+    ("GET", "/api/v1/users/{user_id:uuid}/ledger"): EVERYONE,
 }
 
 SAMPLE = {
@@ -67,6 +84,9 @@ SAMPLE = {
     "{operation_id:int}": "999999999",
     "{transaction_id:uuid}": str(uuid.uuid4()),
     "{key_id:str}": "0123456789abcdef",
+    "{vault_id:int}": "999999999",
+    "{member_id:uuid}": str(uuid.uuid4()),
+    "{request_id:int}": "999999999",
 }
 
 
