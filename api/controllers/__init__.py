@@ -23,6 +23,10 @@ MODULES: tuple[str, ...] = (
     "operations",
     "deposits",
     "credentials",
+    "compliance",
+    "policies",
+    "anchors",
+    "audit",
 )
 
 
