@@ -59,6 +59,14 @@ _TITLES: dict[int, str] = {
     500: "Internal error",
     503: "Service unavailable",
 }
+#: the error details a client may see, per code (other details stay server-side: they
+#: may name accounts or users the caller should not learn about)
+PUBLIC_DETAILS: dict[str, tuple[str, ...]] = {
+    "POLICY_DENIED": (
+        "policy_id", "asset", "operation_type", "version", "rule", "rule_kind", "claim",
+    ),
+    "INVALID_POLICY": ("path", "problem"),
+}  # fmt: skip
 _AT_PATH = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -79,6 +87,9 @@ class Problem(msgspec.Struct, omit_defaults=True):
     trace_id: str
     instance: str | None = None
     errors: list[FieldError] = msgspec.field(default_factory=list)
+    #: machine-readable specifics of some codes (``PUBLIC_DETAILS``), e.g. the policy
+    #: version and rule of a POLICY_DENIED
+    details: dict[str, Any] | None = None
 
 
 class ApiError(LedgerError):
@@ -114,6 +125,7 @@ def problem(
     *,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Response[Problem]:
     ERRORS.labels(code, str(status)).inc()
     body = Problem(
@@ -125,6 +137,7 @@ def problem(
         trace_id=current_trace_id(request.scope),
         instance=request.scope.get("path"),
         errors=errors or [],
+        details=details or None,
     )
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
@@ -133,7 +146,9 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     if isinstance(exc, LedgerError):
         field = exc.details.get("field")
         errors = [FieldError(str(field), exc.message)] if field and exc.status == 422 else None
-        return problem(request, exc.status, exc.code, exc.message, errors=errors)
+        shown = PUBLIC_DETAILS.get(exc.code, ())
+        details = {k: exc.details[k] for k in shown if k in exc.details}
+        return problem(request, exc.status, exc.code, exc.message, errors=errors, details=details)
     if isinstance(exc, ValidationException):
         errors = _field_errors(exc.extra)
         if not errors:  # e.g. a body that is not JSON at all

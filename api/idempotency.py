@@ -124,7 +124,10 @@ async def _finish(
 def _replay(status: int, response: Any) -> Response[Any]:
     if status >= 400:
         err = response or {}
-        raise ApiError(status, str(err.get("code")), str(err.get("message")), replayed=True)
+        error = ApiError(status, str(err.get("code")), str(err.get("message")), replayed=True)
+        # the first answer's details too (a POLICY_DENIED's rule and policy version)
+        error.details = {**dict(err.get("details") or {}), "replayed": True}
+        raise error
     return Response(response, status_code=status, headers={REPLAYED_HEADER: "true"})
 
 

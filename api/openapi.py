@@ -29,11 +29,16 @@ PROBLEM_SCHEMA = Schema(
                 properties={"field": _STR, "message": _STR},
             ),
         ),
+        "details": Schema(
+            type=OpenAPIType.OBJECT,
+            description="specifics of some codes, e.g. POLICY_DENIED: policy_id, version, "
+            "rule, rule_kind; INVALID_POLICY: path, problem",
+        ),
     },
     description="RFC 9457 problem details",
 )
 #: POST routes that create something and therefore honour an Idempotency-Key
-NOT_CREATING = ("/api/v1/auth/token", "/api/v1/holds/expire", "/revoke")
+NOT_CREATING = ("/api/v1/auth/token", "/api/v1/holds/expire", "/revoke", "/dry-run")
 IDEMPOTENCY_KEY = Parameter(
     name="Idempotency-Key",
     param_in="header",

@@ -39,6 +39,7 @@ __all__ = [
     "BUNDLE_VERSION",
     "anchor_view",
     "balance_proof_bundle",
+    "entry_account",
     "entry_proof_bundle",
     "list_anchors",
 ]
@@ -81,6 +82,16 @@ async def list_anchors(
             limit,
         )
     return [anchor_view(anchor_from_row(r)) for r in rows]
+
+
+async def entry_account(engine: AsyncEngine, seq: int) -> int | None:
+    """The account of the entry ``seq`` (None: no such entry) -- the API's ownership check
+    runs before the bundle is built, so a stranger learns nothing about the entry's epoch."""
+    async with raw_connection(engine) as conn:
+        found: int | None = await conn.fetchval(
+            "SELECT account_id FROM ledger_entries WHERE seq = $1", seq
+        )
+    return found
 
 
 async def _sealed(conn: asyncpg.Connection, epoch: int) -> tuple[EpochRoots, dict[str, Any]]:

@@ -26,6 +26,10 @@ MODULES: tuple[str, ...] = (
     "vaults",
     "p2p",
     "forensics",
+    "compliance",
+    "policies",
+    "anchors",
+    "audit",
 )
 
 

@@ -74,6 +74,21 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/api/v1/p2p/expire"): {A, OP},
     ("GET", "/api/v1/me/ledger"): EVERYONE,
     ("GET", "/api/v1/users/{user_id:uuid}/ledger"): EVERYONE,
+    ("POST", "/api/v1/attestations"): {A, C},
+    ("POST", "/api/v1/attestations/{attestation_id:int}/revoke"): {A, C},
+    ("GET", "/api/v1/users/{user_id:uuid}/attestations"): {A, C, AU},
+    ("GET", "/api/v1/users/{user_id:uuid}/claims"): {U, A, C, AU},
+    ("POST", "/api/v1/policies"): {A, C},
+    ("GET", "/api/v1/policies"): {A, OP, C, R, AU},
+    ("GET", "/api/v1/policies/schema"): EVERYONE,
+    ("GET", "/api/v1/policies/{policy_id:int}"): {A, OP, C, R, AU},
+    ("POST", "/api/v1/policies/{policy_id:int}/activate"): {A, C},
+    ("POST", "/api/v1/policies/retire"): {A, C},
+    ("POST", "/api/v1/policies/dry-run"): EVERYONE,
+    ("GET", "/api/v1/anchors"): {A, C, R, AU},
+    ("GET", "/api/v1/proofs/entries/{seq:int}"): {U, A, C, R, AU},
+    ("GET", "/api/v1/proofs/balances/{account_id:int}"): {U, A, C, R, AU},
+    ("GET", "/api/v1/audit"): {A, C, AU},
 }
 
 SAMPLE = {
@@ -87,6 +102,9 @@ SAMPLE = {
     "{vault_id:int}": "999999999",
     "{member_id:uuid}": str(uuid.uuid4()),
     "{request_id:int}": "999999999",
+    "{attestation_id:int}": "999999999",
+    "{policy_id:int}": "999999999",
+    "{seq:int}": "999999999",
 }
 
 

@@ -1,0 +1,220 @@
+"""Policies: versioned documents attached to an (asset, operation type), and the dry run.
+
+ADMIN and COMPLIANCE create versions (DRAFT), activate one (the previous active version
+is retired; new operations only) and retire; staff readers (AUDITOR and READ_ONLY
+included) list and read them. The document's JSON schema is served at
+``/api/v1/policies/schema``; an invalid document is 422 INVALID_POLICY naming the exact
+path (``details.path``, and the field ``document.<path>``).
+
+The dry run evaluates a transfer exactly as ``POST /api/v1/credits/transfer`` would post
+it — policies, fees, balances — and writes nothing to the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
+
+from api.auth import ADMIN, COMPLIANCE, EVERYONE, STAFF_READERS, allow
+from api.context import Ctx
+from api.idempotency import Attempt
+from api.schemas_policy import (
+    DenialRead,
+    DryRunCreate,
+    DryRunRead,
+    FeeRead,
+    PolicyCreate,
+    PolicyRead,
+    PolicyRetire,
+    PolicyVersionRead,
+    PostingRead,
+    ReasonCreate,
+)
+from core import policies
+from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy, ValidationError
+from core.policies import PolicyRecord
+from core.policy import json_schema
+from core.types import AccountKind, OperationType, PostOperation, transfer_legs
+
+PolicyId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+AssetFilter = Annotated[str | None, QueryParameter(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
+WRITERS = frozenset({ADMIN, COMPLIANCE})
+
+
+def read(p: PolicyRecord) -> PolicyRead:
+    return PolicyRead(
+        p.id, p.asset, p.operation_type, p.version, p.status, p.document, p.fee_account_id,
+        p.created_by, p.created_at, p.activated_at,
+    )  # fmt: skip
+
+
+class PolicyController(Controller):
+    path = "/api/v1/policies"
+    tags = ["policies"]
+
+    @post("/", guards=[allow(WRITERS, scope="admin")], opt={"rate_group": "admin"})
+    async def create(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[PolicyCreate]
+    ) -> Response[PolicyRead]:
+        """Store a new DRAFT version of the (asset, operation type)'s policy."""
+        if b"\\u0000" in msgspec.json.encode(data.document):
+            raise InvalidPolicy(
+                "$: NUL characters are not allowed", path="$", problem="NUL", field="document"
+            )
+
+        async def run(_: Attempt) -> PolicyRead:
+            await ctx.svc.asset(data.asset)  # 404 UNKNOWN_ASSET
+            try:
+                record = await policies.create_policy(
+                    ctx.svc.ledger.engine,
+                    asset=data.asset,
+                    operation_type=data.operation_type,
+                    document=data.document,
+                    actor=ctx.actor,
+                    reason=data.reason,
+                )
+            except InvalidPolicy as exc:
+                path = str(exc.details.get("path", "$"))
+                raise InvalidPolicy(
+                    exc.message, **{**exc.details, "field": "document" + path[1:]}
+                ) from None
+            return read(record)
+
+        return await ctx.once(data, run)
+
+    @get("/", guards=[allow(STAFF_READERS, scope="read")])
+    async def list_policies(
+        self,
+        ctx: NamedDependency[Ctx],
+        asset: AssetFilter = None,
+        operation_type: FromQuery[OperationType | None] = None,
+        active_only: FromQuery[bool] = False,
+    ) -> list[PolicyRead]:
+        """Every version, by asset, operation type and version."""
+        found = await policies.list_policies(
+            ctx.svc.ledger.engine,
+            asset=asset,
+            operation_type=operation_type,
+            active_only=active_only,
+        )
+        return [read(p) for p in found]
+
+    @get("/schema", guards=[allow(EVERYONE, scope="read")])
+    async def schema(self) -> dict[str, Any]:
+        """The JSON Schema of a policy document."""
+        return json_schema()
+
+    @get("/{policy_id:int}", guards=[allow(STAFF_READERS, scope="read")])
+    async def get_policy(self, ctx: NamedDependency[Ctx], policy_id: PolicyId) -> PolicyRead:
+        return read(await policies.get_policy(ctx.svc.ledger.engine, policy_id))
+
+    @post(
+        "/{policy_id:int}/activate",
+        guards=[allow(WRITERS, scope="admin")],
+        status_code=200,
+        opt={"rate_group": "admin"},
+    )
+    async def activate(
+        self, ctx: NamedDependency[Ctx], policy_id: PolicyId, data: JSONBody[ReasonCreate]
+    ) -> Response[PolicyRead]:
+        """Make this version THE policy of its (asset, operation type); the previous one
+        is retired. Operations planned after this see it; none before."""
+
+        async def run(_: Attempt) -> PolicyRead:
+            record = await policies.activate_policy(
+                ctx.svc.ledger.engine, policy_id, actor=ctx.actor, reason=data.reason
+            )
+            return read(record)
+
+        return await ctx.once(data, run, status_code=200)
+
+    @post(
+        "/retire",
+        guards=[allow(WRITERS, scope="admin")],
+        status_code=200,
+        opt={"rate_group": "admin"},
+    )
+    async def retire(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[PolicyRetire]
+    ) -> Response[PolicyRead]:
+        """Leave the (asset, operation type) without a policy; returns the retired version
+        (404 UNKNOWN_POLICY when none is active)."""
+
+        async def run(_: Attempt) -> PolicyRead:
+            record = await policies.retire_policy(
+                ctx.svc.ledger.engine,
+                asset=data.asset,
+                operation_type=data.operation_type,
+                actor=ctx.actor,
+                reason=data.reason,
+            )
+            if record is None:
+                raise UnknownPolicy(
+                    f"no active policy for {data.asset}/{data.operation_type.value}",
+                    asset=data.asset,
+                    operation_type=data.operation_type.value,
+                )
+            return read(record)
+
+        return await ctx.once(data, run, status_code=200)
+
+    @post("/dry-run", guards=[allow(EVERYONE, scope="read")], status_code=200)
+    async def dry_run(self, ctx: NamedDependency[Ctx], data: JSONBody[DryRunCreate]) -> DryRunRead:
+        """What this transfer would do now: allowed or the denial (code, rule, policy
+        version), the fees and the resulting postings. Writes nothing to the ledger (the
+        recipient's wallet is opened if they have none, as a transfer would)."""
+        if ctx.is_user:
+            source = await ctx.source_account(data.from_account_id)
+        else:
+            source = await ctx.svc.account(data.from_account_id)
+            if source.kind is not AccountKind.AVAILABLE:
+                raise ValidationError(
+                    "funds can only leave an AVAILABLE account here", field="from_account_id"
+                )
+        amount = await ctx.svc.parse(data.amount, source.asset)
+        wallet = await ctx.svc.wallet(data.to_user_id, source.asset, ctx.actor)
+        destination = wallet[AccountKind.AVAILABLE]
+        if destination == source.id:
+            raise ValidationError("cannot transfer to the same account", field="to_user_id")
+        command = PostOperation(
+            OperationType.TRANSFER,
+            transfer_legs(source.id, destination, source.asset, amount),
+            ctx.actor,
+            None,
+            {"memo": data.memo} if data.memo else {},
+        )
+        outcome = await policies.dry_run(ctx.svc.ledger, command)
+        denial = None
+        if outcome.error is not None:
+            err = outcome.error
+            denied = isinstance(err, PolicyDenied)
+            denial = DenialRead(
+                err.code,
+                err.message,
+                err.details.get("policy_id") if denied else None,
+                err.details.get("version") if denied else None,
+                err.details.get("rule") if denied else None,
+                err.details.get("rule_kind") if denied else None,
+            )
+        return DryRunRead(
+            allowed=outcome.allowed,
+            operation_type=command.type,
+            denial=denial,
+            policies=[PolicyVersionRead(p, v) for p, v in outcome.policies],
+            fees=[
+                FeeRead(asset, await ctx.svc.fmt(fee, asset), account)
+                for asset, fee, account in outcome.fees
+            ],
+            postings=[
+                PostingRead(
+                    account, asset, await ctx.svc.fmt(amt, asset), await ctx.svc.fmt(after, asset)
+                )
+                for account, asset, amt, after in outcome.entries
+            ],
+        )
+
+
+ROUTES = [PolicyController]

@@ -1,0 +1,99 @@
+"""Bodies of the auditor's endpoints: anchors, proof bundles, the audit log.
+
+A proof bundle is the self-contained JSON ``valueos verify BUNDLE.json`` checks
+(``core.proofs``, ``chain.verify``): bytes are 0x-prefixed lowercase hex; leaf amounts and
+balances are *integer* strings in minor units (exactly what the leaf hashes), not
+decimal strings in the asset's scale.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from msgspec import Struct
+
+
+class HeaderRead(Struct):
+    ledger_id: str
+    epoch: int
+    prev_header: str
+    entries_root: str
+    balances_root: str
+    first_seq: int
+    last_seq: int
+    leaf_count: int
+    header_hash: str
+
+
+class AnchorRead(HeaderRead):
+    balance_count: int
+    #: SEALED (roots computed), then the anchor job's states up to FINALIZED
+    status: str
+    chain_id: int | None
+    contract_address: str | None
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+
+
+class AnchorListRead(Struct):
+    anchors: list[AnchorRead]
+    #: pass as ``before_epoch`` for the next (older) page; null at the end
+    next_cursor: int | None
+
+
+class BundleAnchorRead(Struct):
+    status: str
+    chain_id: int | None
+    contract_address: str | None
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+
+
+class LeafRead(Struct, omit_defaults=True):
+    #: 1 = ENTRY, 2 = BALANCE
+    kind: int
+    ledger_id: str
+    epoch: int
+    seq: int
+    account_id: int
+    asset_code: str
+    #: entry leaves
+    operation_id: int | None = None
+    amount: str | None = None
+    balance_after: str | None = None
+    #: balance leaves
+    balance: str | None = None
+
+
+class ProofBundleRead(Struct):
+    version: int
+    #: "entry" or "balance"
+    kind: str
+    leaf: LeafRead
+    leaf_hash: str
+    proof: list[str]
+    header: HeaderRead
+    anchor: BundleAnchorRead
+
+
+class AuditRecordRead(Struct):
+    id: int
+    at: datetime
+    actor_id: str
+    actor_role: str
+    ip: str | None
+    action: str
+    entity_type: str
+    entity_id: str | None
+    before: Any
+    after: Any
+    reason: str | None
+
+
+class AuditPageRead(Struct):
+    records: list[AuditRecordRead]
+    #: pass as ``cursor`` for the next (older) page; null at the end
+    next_cursor: int | None
