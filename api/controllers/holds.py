@@ -99,7 +99,7 @@ class HoldController(Controller):
 
         return await ctx.once(data, run)
 
-    @post("/{hold_id:int}/void", guards=PARTIES)
+    @post("/{hold_id:int}/void", guards=PARTIES, status_code=200)
     async def void(
         self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[VoidCreate]
     ) -> Response[HoldRead]:
