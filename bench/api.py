@@ -1,13 +1,16 @@
-"""Transfers over HTTP (a real uvicorn server on 127.0.0.1, 32 concurrent clients) next to
-the same transfers through the core API (``Ledger.transfer``, 32 concurrent callers), in
-the same run, on a fresh database.
+"""Transfers over HTTP (a real server on 127.0.0.1 started like production, ``valueos
+serve``; 32 concurrent clients) next to the same transfers through the core API
+(``Ledger.transfer``, 32 concurrent callers), in the same run, on a fresh database.
 
-    python -m bench.api [--transfers N] [--clients N] [--seconds S]
+    python -m bench.api [--transfers N] [--clients N] [--seconds S] [--workers N]
+                        [--client aiohttp|httpx]
 
 Uses DATABASE_URL when set, else an embedded PostgreSQL. Rate limiting is switched off
 for the server (VALUEOS_RATE_API=0): the figure is the API's cost, not the limiter's.
-Every HTTP transfer carries an Idempotency-Key (the production path). The last line is
-a JSON object.
+Every HTTP transfer carries an Idempotency-Key (the production path). The HTTP load runs
+in its own process (aiohttp by default: the client must not be what is measured) and
+reports its CPU per transfer; the server's CPU per transfer is read from /proc. The last
+line is a JSON object.
 """
 
 from __future__ import annotations
