@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from functools import partial
@@ -18,8 +19,10 @@ from typing import Any
 
 from alembic.script import ScriptDirectory
 from litestar import Litestar, Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
@@ -62,6 +65,20 @@ class Metrics(PrometheusController):
     path = "/metrics"
     opt = {**PUBLIC, "rate_group": None}
     include_in_schema = False
+
+
+def _metrics(token: str | None) -> type[Metrics]:
+    """``/metrics``: public, or behind ``Authorization: Bearer <VALUEOS_METRICS_TOKEN>``."""
+    if not token:
+        return Metrics
+    expected = f"Bearer {token}".encode()
+
+    async def scraper_only(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+        presented = connection.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(presented, expected):
+            raise NotAuthorizedException("the metrics token is required")
+
+    return type("ProtectedMetrics", (Metrics,), {"guards": [scraper_only]})
 
 
 def _client(request: Request[Any, Any, Any]) -> str:
@@ -154,6 +171,7 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
+            await services.close()
             await ledger.close()
 
     openapi = OpenAPIConfig(
@@ -179,7 +197,7 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
         security=[{"BearerToken": []}, {"ApiKey": []}],
     )
     app = ValueOSApp(
-        route_handlers=[*all_routes(), Metrics],
+        route_handlers=[*all_routes(), _metrics(settings.metrics_token)],
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
         middleware=[prometheus.middleware, jwt.middleware, *limiters],

@@ -2,7 +2,8 @@
 
 ``serve`` applies the migrations, makes sure an admin exists (the first start creates
 one and prints its API key ONCE), then runs uvicorn (default 127.0.0.1:8000; ``--host``,
-``--port`` or ``VALUEOS_HOST``/``VALUEOS_PORT``).
+``--port`` or ``VALUEOS_HOST``/``VALUEOS_PORT``; ``--workers``/``VALUEOS_WORKERS``
+processes, default 1).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from api.auth import SCOPES, Principal, issue_token, jwt_auth
 from api.settings import ApiSettings, api_settings
@@ -43,10 +45,25 @@ async def _first_admin(url: str) -> tuple[User, str] | None:
         await creds.engine.dispose()
 
 
+def worker_app() -> Any:
+    """The app of one ``--workers`` process (spawned: it sets up its own logging)."""
+    from api.app import create_app  # noqa: PLC0415
+    from api.logs import configure_logging  # noqa: PLC0415
+
+    configure_logging()
+    return create_app(api_settings())
+
+
 def serve(argv: list[str], settings: ApiSettings) -> int:
     parser = argparse.ArgumentParser(prog="valueos serve", description=__doc__)
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="worker processes (VALUEOS_WORKERS; each has its own pool and batcher)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn  # noqa: PLC0415 - only the server needs it
@@ -68,8 +85,13 @@ def serve(argv: list[str], settings: ApiSettings) -> int:
         )
     configure_logging()
     print(f"Value OS API on http://{args.host}:{args.port}  (docs: /schema/swagger)", flush=True)
+    # one worker: this process serves; more: uvicorn forks workers that build the app
+    # from the same environment (the factory re-reads it)
+    app: Any = create_app(settings) if args.workers <= 1 else "api.cli:worker_app"
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=args.workers > 1,
+        workers=args.workers if args.workers > 1 else None,
         host=args.host,
         port=args.port,
         log_config=None,

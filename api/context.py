@@ -58,7 +58,7 @@ class Ctx:
         """Run a creating request under its ``Idempotency-Key`` (see ``api.idempotency``)."""
         return await idempotent(
             self.request,
-            self.svc.ledger.engine,
+            self.svc.idempotency,
             self.principal.client,
             body,
             run,

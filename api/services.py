@@ -1,10 +1,12 @@
-"""What the controllers share: the ledger facade, credentials, and read-through caches
-of immutable reference data (asset scales, account owners, wallet compartment ids)."""
+"""What the controllers share: the ledger facade, credentials, the idempotency records
+writer, and read-through caches of immutable reference data (asset scales, account
+owners, wallet compartment ids)."""
 
 from __future__ import annotations
 
 import uuid
 
+from api.idempotency import Records
 from api.settings import ApiSettings
 from core.accounts import Account, Asset
 from core.credentials import Credentials
@@ -19,10 +21,15 @@ class Services:
         self.ledger = ledger
         self.settings = settings
         self.credentials = Credentials(ledger.engine)
+        #: the HTTP idempotency records, group-committed (``api.idempotency.Records``)
+        self.idempotency = Records.of(ledger.engine)
         self._assets: dict[str, Asset] = {}
         self._accounts: dict[int, Account] = {}
         self._wallets: dict[tuple[uuid.UUID, str], dict[AccountKind, int]] = {}
         self._system: dict[tuple[str, SystemAccount], int] = {}
+
+    async def close(self) -> None:
+        await self.idempotency.close()
 
     # Assets, account identity (owner, asset, kind) and wallet ids never change once
     # created, so caching them is safe; balances and statuses are always read fresh.

@@ -58,6 +58,11 @@ class ApiSettings:
     trusted_proxy: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+    #: ``VALUEOS_METRICS_TOKEN``: /metrics requires ``Authorization: Bearer <token>``;
+    #: unset, /metrics is public
+    metrics_token: str | None = None
+    #: ``VALUEOS_WORKERS``: uvicorn worker processes of ``valueos serve``
+    workers: int = 1
     #: sweep expired holds every N seconds inside the API process (0: leave it to the worker)
     hold_sweep_seconds: float = 0.0
 
@@ -82,6 +87,8 @@ class ApiSettings:
             trusted_proxy=_flag("VALUEOS_TRUSTED_PROXY"),
             host=os.environ.get("VALUEOS_HOST", "127.0.0.1"),
             port=_int("VALUEOS_PORT", 8000),
+            metrics_token=os.environ.get("VALUEOS_METRICS_TOKEN") or None,
+            workers=_int("VALUEOS_WORKERS", 1),
             hold_sweep_seconds=float(os.environ.get("VALUEOS_HOLD_SWEEP_SECONDS", "0")),
         )
 
