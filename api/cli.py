@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import uuid
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
 from api.auth import SCOPES, Principal, issue_token, jwt_auth
@@ -54,6 +56,10 @@ def worker_app() -> Any:
     return create_app(api_settings())
 
 
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def serve(argv: list[str], settings: ApiSettings) -> int:
     parser = argparse.ArgumentParser(prog="valueos serve", description=__doc__)
     parser.add_argument("--host", default=settings.host)
@@ -88,6 +94,10 @@ def serve(argv: list[str], settings: ApiSettings) -> int:
     # one worker: this process serves; more: uvicorn forks workers that build the app
     # from the same environment (the factory re-reads it)
     app: Any = create_app(settings) if args.workers <= 1 else "api.cli:worker_app"
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # SIGTERM disposition the process would die there without running atexit, leaving the
+    # embedded PostgreSQL running. Exit through SystemExit instead, so pgserver stops it.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     uvicorn.run(
         app,
         factory=args.workers > 1,
