@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from api.schemas import EntryRead, HoldRead, OperationRead, SagaOperationRead, TransactionRead
+from api.schemas import (
+    EntryRead,
+    HistoryEntryRead,
+    HistoryRead,
+    HoldRead,
+    OperationRead,
+    SagaOperationRead,
+    TransactionRead,
+)
 from api.services import Services
 from core.flows import Transaction
-from core.queries import HoldView, OperationView
+from core.queries import HistoryPage, HoldView, OperationView
 from core.types import HoldResult, OperationResult
 
 POSTINGS = Counter("valueos_api_postings", "Ledger operations posted through the API", ["type"])
@@ -34,6 +42,27 @@ async def operation(svc: Services, result: OperationResult) -> OperationRead:
         entries=entries,
         reverses=result.reverses,
         hold_id=result.hold_id,
+    )
+
+
+async def history(svc: Services, account_id: int, asset: str, page: HistoryPage) -> HistoryRead:
+    """One page of an account's entries, amounts and ``balance_after`` in the asset's scale."""
+    return HistoryRead(
+        account_id=account_id,
+        asset=asset,
+        entries=[
+            HistoryEntryRead(
+                e.seq,
+                e.operation_id,
+                e.operation_type,
+                await svc.fmt(e.amount, asset),
+                await svc.fmt(e.balance_after, asset),
+                e.epoch,
+                e.created_at,
+            )
+            for e in page.entries
+        ],
+        next_cursor=page.next_cursor,
     )
 
 

@@ -10,9 +10,10 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from api import render
 from api.auth import EVERYONE, allow
 from api.context import Ctx
-from api.schemas import AccountRead, BalanceAtRead, BalanceRead, HistoryEntryRead, HistoryRead
+from api.schemas import AccountRead, BalanceAtRead, BalanceRead, HistoryRead
 from core.errors import ValidationError
 
 READ = [allow(EVERYONE, scope="read")]
@@ -57,24 +58,7 @@ class AccountController(Controller):
     ) -> HistoryRead:
         account = await ctx.readable_account(account_id)
         page = await ctx.svc.ledger.queries.history(account_id, before_seq=cursor, limit=limit)
-        fmt = ctx.svc.fmt
-        return HistoryRead(
-            account_id=account_id,
-            asset=account.asset,
-            entries=[
-                HistoryEntryRead(
-                    e.seq,
-                    e.operation_id,
-                    e.operation_type,
-                    await fmt(e.amount, account.asset),
-                    await fmt(e.balance_after, account.asset),
-                    e.epoch,
-                    e.created_at,
-                )
-                for e in page.entries
-            ],
-            next_cursor=page.next_cursor,
-        )
+        return await render.history(ctx.svc, account_id, account.asset, page)
 
     @get("/balance", guards=READ)
     async def balance_at(

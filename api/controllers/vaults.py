@@ -30,7 +30,7 @@ from api import render
 from api.auth import EVERYONE, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import AssetCode, HistoryEntryRead, HistoryRead, OperationRead
+from api.schemas import AssetCode, HistoryRead, OperationRead
 from api.schemas_vaults import (
     VaultCreate,
     VaultMemberRead,
@@ -158,24 +158,7 @@ class VaultController(Controller):
         page = await vaults.vault_history(
             ctx.svc.ledger, user=who, vault_id=vault_id, before_seq=cursor, limit=limit
         )
-        fmt = ctx.svc.fmt
-        return HistoryRead(
-            account_id=vault_id,
-            asset=vault.asset,
-            entries=[
-                HistoryEntryRead(
-                    e.seq,
-                    e.operation_id,
-                    e.operation_type,
-                    await fmt(e.amount, vault.asset),
-                    await fmt(e.balance_after, vault.asset),
-                    e.epoch,
-                    e.created_at,
-                )
-                for e in page.entries
-            ],
-            next_cursor=page.next_cursor,
-        )
+        return await render.history(ctx.svc, vault_id, vault.asset, page)
 
     @get("/{vault_id:int}/members", guards=READ)
     async def list_members(
