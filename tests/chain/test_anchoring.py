@@ -6,6 +6,7 @@ A "crash" is the job stopped between two persisted steps (only the steps up to t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -24,12 +25,15 @@ from web3.contract import Contract
 from web3.types import RPCEndpoint
 
 from chain.eth import AnchorClient, AnchorConflict, InsufficientFunds, connect
+from chain.settings import anchor_settings
 from chain.verify import main as verify_main
 from core.anchors import get_anchor
 from core.epochs import get_roots, raw_connection, seal_open_epoch
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
+from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
+from jobs.cli import main as cli_main
 from tests.chain.conftest import Deploy
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
@@ -335,8 +339,6 @@ async def test_two_workers_at_once_sign_one_transaction(
     ledger: Ledger, anvil: str, w3: Web3, ledger_anchor: Contract, signer: LocalAccount,
     ledger_id: bytes,
 ) -> None:  # fmt: skip
-    import asyncio
-
     await activity(ledger)
     await seal_open_epoch(ledger.engine)
     jobs = [new_job(ledger, anvil, ledger_anchor, signer, ledger_id) for _ in range(4)]
@@ -592,3 +594,35 @@ async def test_finality_by_the_finalized_block_tag(
 def test_finality_mode_is_checked(job: AnchorJob) -> None:
     with pytest.raises(ValueError, match="finality must be one of"):
         dataclasses.replace(job, finality="safe")
+
+
+async def test_the_cli_refuses_to_start_against_another_contract(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, ledger_id: bytes,
+    deploy: Deploy, deployer: str, dev_keys: list[str], anvil: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    await activity(ledger)
+    await job.run_once()
+    other = deploy("LedgerAnchor", ledger_id, deployer)
+    env = {
+        "DATABASE_URL": ledger.engine.url.render_as_string(hide_password=False),
+        "ETH_RPC_URL": anvil,
+        "VALUEOS_ANCHOR_CONTRACT": other.address,
+        "VALUEOS_ANCHOR_KEY": dev_keys[0],
+        "VALUEOS_LEDGER_ID": "0x" + ledger_id.hex(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("postgresql+asyncpg://", "postgresql://"))
+    caches = (anchor_settings, database_settings, epoch_settings)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        code = await asyncio.to_thread(cli_main, "anchor", ["--now", "--no-wait"])
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+    assert code == 1
+    out = capsys.readouterr().out
+    assert f"contract {ledger_anchor.address}; the configuration says" in out
+    assert "refusing to anchor" in out
+    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
