@@ -47,14 +47,25 @@ Speed
     hashes themselves. The time goes to keccak itself: a 288-byte entry leaf costs four
     Keccak-f permutations (three for the encoding, one for the outer hash) and each internal
     node one more, so about five permutations per leaf.
+
+Two processes (:meth:`StandardMerkleTree.build`, from :data:`PARALLEL_MIN_LEAVES` leaves, on
+a machine with two CPUs): a forked child hashes and sorts 52% of the leaves while this process
+does the rest, and the two sorted halves are merged (one timsort pass over two runs); then a
+second child hashes the subtree of node 1 while this process hashes the subtree of node 2 (in
+the array layout a subtree is one contiguous run per row), and the root is hashed last.
+Results come back through an anonymous shared mapping. safe-pysha3 holds the GIL for inputs
+this small, so threads would not help. The tree is byte-identical either way; a child that
+fails is redone here.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import mmap
 import os
+import signal
 import struct
 import sys
 from array import array
@@ -305,6 +316,8 @@ class _Forked:
         if self._pid == 0:  # pragma: no cover - runs in the child (coverage cannot see it)
             code = 1
             try:
+                with contextlib.suppress(ValueError):  # an event loop's wakeup fd is not ours
+                    signal.set_wakeup_fd(-1)
                 data = work()
                 if len(data) == size:
                     self._buf[:size] = data
