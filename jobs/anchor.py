@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 #: safety bound on transitions per pass (a pass normally stops when it has to wait)
 MAX_STEPS = 10_000
 FINALITY_MODES = ("depth", "finalized")
+_CAPPED = "pending, not re-signed"
 
 SIGNER_BALANCE = Gauge(
     "valueos_anchor_signer_balance_wei", "Balance of the anchor signer when last checked (wei)"
@@ -335,10 +336,10 @@ class AnchorJob:
             await self._unfunded(record, exc)
             raise
         if self.max_fee_cap is not None and bumped.max_fee > self.max_fee_cap:
-            if record.last_error is None or "fee cap" not in record.last_error:
+            if not (record.last_error or "").startswith(_CAPPED):  # note it once
                 await transition(
                     self.engine, record.epoch, "BROADCAST", "BROADCAST", detail="fee cap",
-                    last_error=f"pending; a replacement would need maxFeePerGas "
+                    last_error=f"{_CAPPED}: a replacement would need maxFeePerGas "
                     f"{bumped.max_fee} wei, above the cap {self.max_fee_cap}",
                 )  # fmt: skip
             return False

@@ -626,3 +626,27 @@ async def test_the_cli_refuses_to_start_against_another_contract(
     assert f"contract {ledger_anchor.address}; the configuration says" in out
     assert "refusing to anchor" in out
     assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+
+
+@pytest.mark.usefixtures("manual_mining")
+async def test_a_replacement_above_the_fee_cap_is_not_signed(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    await seal_open_epoch(ledger.engine)
+    await step_to(job, 1, "BROADCAST")
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None and first.raw_tx is not None
+    job.bump_after_s, job.max_fee_cap = 0.0, tx_fields(first.raw_tx)["maxFeePerGas"]
+    await job.anchor_pass()
+    await job.anchor_pass()
+    capped = await get_anchor(ledger.engine, 1)
+    assert capped is not None and capped.status == "BROADCAST"
+    assert capped.tx_hash == first.tx_hash and capped.raw_tx == first.raw_tx
+    assert capped.last_error is not None and "above the cap" in capped.last_error
+    assert [d for _, d in await anchor_events(ledger, 1)].count("fee cap") == 1
+    rpc(w3, "evm_mine")  # the original still gets mined
+    await job.anchor_pass()
+    rpc(w3, "anvil_mine", 1)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)

@@ -239,9 +239,7 @@ def test_trees_built_on_two_processes_match_openzeppelin(monkeypatch: pytest.Mon
     leaf_sets = [entries(n, seed=100 + n) for n in sizes]
     oz = run_oracle([spec([leaf.values() for leaf in leaves], ENTRY_TYPES) for leaves in leaf_sets])
     for leaves, oz_tree in zip(leaf_sets, oz, strict=True):
-        assert_same_as_oz(
-            StandardMerkleTree.build(leaves, hash_entry_leaves, workers=2), oz_tree
-        )
+        assert_same_as_oz(StandardMerkleTree.build(leaves, hash_entry_leaves, workers=2), oz_tree)
 
 
 # ----------------------------------------------------------------------------- hashing
