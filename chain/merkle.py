@@ -238,6 +238,36 @@ class _Packed(Sequence[bytes]):
         return [buf[i : i + 32] for i in range(start, start + 32 * self._len, 32)]
 
 
+class _Chained(Sequence[bytes]):
+    """Two sequences of hashes read as one (the input-order hashes of a two-process build)."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, head: Sequence[bytes], tail: Sequence[bytes]) -> None:
+        self._head = head
+        self._tail = tail
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._tail)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("index out of range")
+        split = len(self._head)
+        return self._head[index] if index < split else self._tail[index - split]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return itertools.chain(self._head, self._tail)
+
+
 def _subtree_runs(root: int, n_leaves: int) -> list[tuple[int, int]]:
     """The internal nodes under (and including) ``root`` as array runs ``[lo, hi)``, deepest
     first.
@@ -334,7 +364,7 @@ class _Forked:
 
 def _hash_leaves_in_two(
     items: Sequence[T], hash_leaves: Callable[[Sequence[T]], list[bytes]], sort: bool
-) -> tuple[list[bytes], list[bytes]]:
+) -> tuple[Sequence[bytes], list[bytes]]:
     """(input-order hashes, leaf row) with the hashing and sorting of the first half of
     ``items`` done by a forked child while this process does the second half.
 
@@ -364,9 +394,13 @@ def _hash_leaves_in_two(
     if data is None:
         theirs = hash_leaves(items[:half])
         theirs_sorted = sorted(theirs, reverse=True) if sort else []
+    elif sort:  # the input order is only needed for the leaf index: kept packed until then
+        by_input: Sequence[bytes] = _Chained(_Packed(data, 0, 32 * half), mine)
+        leaves = _split32(data[32 * half :]) + mine_sorted
+        leaves.sort(reverse=True)
+        return by_input, leaves
     else:
-        theirs = _split32(data[: 32 * half])
-        theirs_sorted = _split32(data[32 * half :]) if sort else []
+        theirs = _split32(data)
     by_input = theirs + mine
     if not sort:
         return by_input, by_input[::-1]
@@ -408,7 +442,7 @@ class StandardMerkleTree:
         nodes: Sequence[bytes],
         *,
         sorted_leaves: bool,
-        by_input: list[bytes] | None = None,
+        by_input: Sequence[bytes] | None = None,
         positions: Sequence[int] | None = None,
     ) -> None:
         """Wrap a ready node array; use the ``build``/``of``/``from_*`` constructors instead."""
@@ -466,15 +500,14 @@ class StandardMerkleTree:
         process, and the internal nodes are split the same way. The tree is the same
         byte for byte either way.
         """
-        parallel = _parallel(len(items), workers)
-        if parallel:
-            by_input, leaves = _hash_leaves_in_two(items, hash_leaves, sort_leaves)
-        else:
-            by_input = hash_leaves(items)
+        if not _parallel(len(items), workers):
+            hashes = hash_leaves(items)
+            if len(hashes) != len(items):
+                raise ValueError("hash_leaves must return one hash per item")
+            return cls._from_hashes(hashes, sort_leaves, workers=1)
+        by_input, leaves = _hash_leaves_in_two(items, hash_leaves, sort_leaves)
         if len(by_input) != len(items):
             raise ValueError("hash_leaves must return one hash per item")
-        if not parallel:
-            return cls._from_hashes(by_input, sort_leaves, workers=1)
         return cls._from_rows(by_input, leaves, sort_leaves, parallel=True)
 
     @classmethod
@@ -486,7 +519,7 @@ class StandardMerkleTree:
 
     @classmethod
     def _from_rows(
-        cls, by_input: list[bytes], leaves: list[bytes], sort: bool, *, parallel: bool
+        cls, by_input: Sequence[bytes], leaves: list[bytes], sort: bool, *, parallel: bool
     ) -> StandardMerkleTree:
         """The tree over ``leaves``, the leaf row already in array order."""
         if not leaves:

@@ -663,3 +663,13 @@ def test_a_failed_child_is_redone_in_this_process(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.unit
 def test_default_workers() -> None:
     assert 1 <= chain.merkle.default_workers() <= 2
+
+
+@pytest.mark.unit
+def test_chained_hashes_read_as_one_sequence() -> None:
+    hashes = [keccak256(bytes([i])) for i in range(7)]
+    chained = chain.merkle._Chained(chain.merkle._Packed(b"".join(hashes[:3])), hashes[3:])
+    assert len(chained) == 7 and list(chained) == hashes and chained[1:6:2] == hashes[1:6:2]
+    assert [chained[i] for i in range(-7, 7)] == hashes + hashes
+    with pytest.raises(IndexError):
+        chained[7]
