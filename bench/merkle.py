@@ -3,7 +3,9 @@
     python -m bench.merkle [--leaves N] [--oz-leaves N] [--proofs N] [--seed N]
 
 Builds the entries tree of ``--leaves`` seeded random ENTRY leaves (the timed build includes
-the leaf encoding and hashing, not the creation of the ``EntryLeaf`` objects), times proofs,
+the leaf encoding and hashing, not the creation of the ``EntryLeaf`` objects) as the ledger
+does (two processes on a machine with two CPUs or more), then again in one process (same run,
+same leaves: the machine's noise hits both), times proofs,
 the serialise/reload round trip, then runs ``StandardMerkleTree.of`` of
 ``@openzeppelin/merkle-tree`` (through ``tests/oracle/oz_merkle.mjs``) on the first
 ``--oz-leaves`` of the same leaves, checks both roots agree and compares the time per leaf.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -22,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from chain.leaves import ENTRY_TYPES, EntryLeaf, entry_tree, hash_entry_leaves
-from chain.merkle import StandardMerkleTree, keccak256, verify
+from chain.merkle import (
+    PARALLEL_MIN_LEAVES,
+    StandardMerkleTree,
+    default_workers,
+    keccak256,
+    verify,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 ORACLE = PROJECT / "tests" / "oracle" / "oz_merkle.mjs"
@@ -86,20 +95,35 @@ def check(ok: bool, what: str) -> None:
 
 
 def bench_build(leaves: list[EntryLeaf]) -> tuple[StandardMerkleTree, dict[str, Any]]:
-    started = time.perf_counter()
+    workers = default_workers() if len(leaves) >= PARALLEL_MIN_LEAVES else 1
+    before, started = os.times(), time.perf_counter()
     tree = entry_tree(leaves)
-    build_s = timed("build (encode + hash + sort + tree)", time.perf_counter() - started)
-    # where the time goes: the same two halves, timed separately
+    build_s = timed(f"build (encode+hash+sort+tree), {workers} proc", time.perf_counter() - started)
+    after = os.times()
+    parent_s = after.user + after.system - before.user - before.system
+    child_s = sum(after[2:4]) - sum(before[2:4])  # the forked helpers, waited for
+    cpu_s = parent_s + child_s
+    print(f"  CPU time: this process {parent_s:.3f} s, forked helpers {child_s:.3f} s")
+    # the same build in one process, and where its time goes
+    started = time.perf_counter()
+    single = StandardMerkleTree.build(leaves, hash_entry_leaves, workers=1)
+    build_1p_s = timed("build in one process", time.perf_counter() - started)
     started = time.perf_counter()
     hashes = hash_entry_leaves(leaves)
     hash_s = timed("  of which: encode + hash leaves", time.perf_counter() - started)
     started = time.perf_counter()
-    again = StandardMerkleTree.build(hashes, list)
+    again = StandardMerkleTree.build(hashes, list, workers=1)
     tree_s = timed("  of which: sort + internal nodes", time.perf_counter() - started)
-    check(again.root == tree.root, "the two builds disagree")
+    check(again.root == tree.root == single.root, "the builds disagree")
+    check(list(single.nodes) == list(tree.nodes), "the parallel build differs")
     print(f"root 0x{tree.root.hex()}")
     return tree, {
         "build_s": round(build_s, 3),
+        "workers": workers,
+        "build_cpu_s": round(cpu_s, 3),
+        "build_cpu_main_s": round(parent_s, 3),
+        "build_cpu_helpers_s": round(child_s, 3),
+        "build_1proc_s": round(build_1p_s, 3),
         "hash_s": round(hash_s, 3),
         "tree_s": round(tree_s, 3),
         "us_per_leaf": round(1e6 * build_s / max(len(leaves), 1), 3),

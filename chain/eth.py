@@ -7,7 +7,14 @@ in the database before the next one, so the client can be rebuilt after a crash.
 
 Errors: every RPC failure is wrapped in :class:`ChainError` (web3's exception tree stays
 inside this module); :class:`AnchorConflict` means the contract already holds a *different*
-header for an epoch -- never retried, never overwritten (the contract refuses it anyway).
+header for an epoch -- never retried, never overwritten (the contract refuses it anyway);
+:class:`InsufficientFunds` means the signer cannot pay for the anchor at the current fees
+(checked before anything is signed).
+
+Stuck transactions: :meth:`AnchorClient.bump_fees` re-signs a persisted anchor transaction with
+the same nonce, gas and call and both EIP-1559 fees raised by at least
+:data:`FEE_BUMP_NUMERATOR` / :data:`FEE_BUMP_DENOMINATOR` (nodes replace a pending transaction
+only for +10% on both), and at least what the current base fee asks for.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
@@ -30,6 +38,7 @@ __all__ = [
     "AnchorClient",
     "AnchorConflict",
     "ChainError",
+    "InsufficientFunds",
     "Mined",
     "OnChainEpoch",
     "SignedAnchor",
@@ -39,6 +48,9 @@ __all__ = [
 
 #: the anchor call costs ~60k gas whatever the epoch size; estimate, then add headroom
 GAS_HEADROOM = 1.25
+#: a replacement raises both fees by 12.5% at least (geth and anvil require +10%)
+FEE_BUMP_NUMERATOR = 9
+FEE_BUMP_DENOMINATOR = 8
 
 
 class ChainError(RuntimeError):
@@ -47,6 +59,23 @@ class ChainError(RuntimeError):
 
 class AnchorConflict(ChainError):
     """The contract holds another header for this epoch: a different history was anchored."""
+
+
+class InsufficientFunds(ChainError):
+    """The signer's balance does not cover ``gas * maxFeePerGas`` of the anchor transaction."""
+
+    def __init__(self, sender: str, balance: int, needed: int) -> None:
+        super().__init__(
+            f"anchor signer {sender} cannot pay for the anchor transaction: balance "
+            f"{balance} wei < {needed} wei (gas limit x maxFeePerGas); fund the account"
+        )
+        self.sender = sender
+        self.balance = balance
+        self.needed = needed
+
+
+def _bumped(fee: int) -> int:
+    return -(-fee * FEE_BUMP_NUMERATOR // FEE_BUMP_DENOMINATOR)  # ceil(fee * 9 / 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +95,8 @@ class SignedAnchor:
     tx_hash: bytes
     nonce: int
     sender: str
+    max_fee: int = 0
+    max_priority_fee: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +155,10 @@ class AnchorClient:
         return bytes(block["hash"]) if block and "hash" in block else None
 
     async def ledger_id(self) -> bytes:
-        return bytes(await self.contract.functions.ledgerId().call())
+        try:
+            return bytes(await self.contract.functions.ledgerId().call())
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"ledgerId() of {self.address} failed: {exc}") from exc
 
     async def onchain_epoch(self, epoch: int) -> OnChainEpoch:
         try:
@@ -173,10 +207,77 @@ class AnchorClient:
             )
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"preparing anchor({epoch}) failed: {exc}") from exc
+        await self.check_funds(int(tx["gas"]) * int(tx["maxFeePerGas"]))
+        return self._sign(tx)
+
+    def _sign(self, tx: Any) -> SignedAnchor:
         signed = self._signer.sign_transaction(cast(Any, tx))
         return SignedAnchor(
-            bytes(signed.raw_transaction), bytes(signed.hash), int(nonce), self.sender
+            bytes(signed.raw_transaction),
+            bytes(signed.hash),
+            int(tx["nonce"]),
+            self.sender,
+            int(tx["maxFeePerGas"]),
+            int(tx["maxPriorityFeePerGas"]),
         )
+
+    async def balance(self) -> int:
+        """The signer's balance in wei (latest block)."""
+        try:
+            return int(await self.w3.eth.get_balance(self._signer.address))
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"eth_getBalance failed: {exc}") from exc
+
+    async def check_funds(self, needed: int) -> None:
+        """:class:`InsufficientFunds` unless the signer holds ``needed`` wei."""
+        balance = await self.balance()
+        if balance < needed:
+            raise InsufficientFunds(self.sender, balance, needed)
+
+    async def bump_fees(self, raw: bytes) -> SignedAnchor:
+        """The transaction ``raw`` re-signed with the same nonce, gas, target and data, and
+        both fees raised by 12.5% at least (more if the current base fee or tip asks for it).
+
+        Either transaction may end up mined: both carry the same call, and the contract
+        accepts the epoch once. The caller persists the result before broadcasting it.
+        """
+        old = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        if old.get("type") != 2:
+            raise ChainError("only EIP-1559 (type 2) anchor transactions can be bumped")
+        try:
+            latest = await self.w3.eth.get_block("latest")
+            base_fee = int(latest.get("baseFeePerGas", 0))
+            market_tip = int(await self.w3.eth.max_priority_fee)
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"reading fees for a replacement failed: {exc}") from exc
+        tip = max(_bumped(int(old["maxPriorityFeePerGas"])), market_tip)
+        max_fee = max(_bumped(int(old["maxFeePerGas"])), 2 * base_fee + tip)
+        gas, value = int(old["gas"]), int(old["value"])
+        tx = {
+            "chainId": int(old["chainId"]),
+            "nonce": int(old["nonce"]),
+            "to": AsyncWeb3.to_checksum_address(bytes(old["to"])),
+            "value": value,
+            "data": bytes(old["data"]),
+            "gas": gas,
+            "maxPriorityFeePerGas": tip,
+            "maxFeePerGas": max_fee,
+            "accessList": list(old.get("accessList", ())),
+            "type": 2,
+        }
+        await self.check_funds(gas * max_fee + value)
+        return self._sign(tx)
+
+    async def finalized_block(self) -> int | None:
+        """The number of the node's ``finalized`` block, None when the node has no such tag."""
+        try:
+            block = await self.w3.eth.get_block("finalized")
+        except Web3Exception:
+            return None
+        except OSError as exc:
+            raise ChainError(f"eth_getBlockByNumber(finalized) failed: {exc}") from exc
+        number = block.get("number") if block else None
+        return None if number is None else int(number)
 
     async def broadcast(self, raw: bytes) -> None:
         """Send signed bytes. Sending the same bytes again is harmless: a node that already

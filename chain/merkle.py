@@ -47,12 +47,25 @@ Speed
     hashes themselves. The time goes to keccak itself: a 288-byte entry leaf costs four
     Keccak-f permutations (three for the encoding, one for the outer hash) and each internal
     node one more, so about five permutations per leaf.
+
+Two processes (:meth:`StandardMerkleTree.build`, from :data:`PARALLEL_MIN_LEAVES` leaves, on
+a machine with two CPUs): a forked child hashes and sorts 48% of the leaves while this process
+does the rest, and the two sorted halves are merged (one timsort pass over two runs); then a
+second child hashes the subtree of node 2 while this process hashes the subtree of node 1 (in
+the array layout a subtree is one contiguous run per row), and the root is hashed last.
+Results come back through an anonymous shared mapping. safe-pysha3 holds the GIL for inputs
+this small, so threads would not help. The tree is byte-identical either way; a child that
+fails is redone here.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
+import mmap
+import os
+import signal
 import struct
 import sys
 from array import array
@@ -66,8 +79,10 @@ from sha3 import keccak_256 as _sha3_keccak_256
 
 __all__ = [
     "EMPTY_ROOT",
+    "PARALLEL_MIN_LEAVES",
     "MultiProof",
     "StandardMerkleTree",
+    "default_workers",
     "hash_pair",
     "keccak256",
     "keccak_256",
@@ -223,21 +238,198 @@ class _Packed(Sequence[bytes]):
         return [buf[i : i + 32] for i in range(start, start + 32 * self._len, 32)]
 
 
-def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
-    """Fill in ``nodes[:n_leaves - 1]`` from the leaves in ``nodes[n_leaves - 1:]``, in place.
+class _Chained(Sequence[bytes]):
+    """Two sequences of hashes read as one (the input-order hashes of a two-process build)."""
 
-    Row ``j`` of the array is ``[2**j - 1, 2**(j + 1) - 1)`` and the children of a run
-    ``[lo, hi)`` are the contiguous run ``[2lo + 1, 2hi + 1)``, so each row is one list
-    comprehension over two strided slices of the row below, deepest row first.
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, head: Sequence[bytes], tail: Sequence[bytes]) -> None:
+        self._head = head
+        self._tail = tail
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._tail)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("index out of range")
+        split = len(self._head)
+        return self._head[index] if index < split else self._tail[index - split]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return itertools.chain(self._head, self._tail)
+
+
+def _subtree_runs(root: int, n_leaves: int) -> list[tuple[int, int]]:
+    """The internal nodes under (and including) ``root`` as array runs ``[lo, hi)``, deepest
+    first.
+
+    At relative depth ``d`` the subtree of ``root`` covers the contiguous array positions
+    ``[(root + 1) * 2**d - 1, (root + 2) * 2**d - 1)``; the internal nodes are those below
+    ``n_leaves - 1``, and the children of a run ``[lo, hi)`` are the run ``[2lo + 1, 2hi + 1)``.
     """
+    runs = []
+    depth = 0
+    while (lo := (root + 1) * 2**depth - 1) < n_leaves - 1:
+        runs.append((lo, min((root + 2) * 2**depth - 1, n_leaves - 1)))
+        depth += 1
+    runs.reverse()
+    return runs
+
+
+def _hash_runs(nodes: list[bytes], runs: Iterable[tuple[int, int]]) -> None:
+    """Hash the internal node runs (deepest first) in place: one list comprehension per run
+    over two strided slices of the run below."""
     k = _keccak
-    for depth in reversed(range((n_leaves - 1).bit_length())):
-        lo, hi = 2**depth - 1, min(2 ** (depth + 1) - 1, n_leaves - 1)
+    for lo, hi in runs:
         lefts = nodes[2 * lo + 1 : 2 * hi + 1 : 2]
         rights = nodes[2 * lo + 2 : 2 * hi + 2 : 2]
         nodes[lo:hi] = [
             k(a + b if a < b else b + a).digest() for a, b in zip(lefts, rights, strict=True)
         ]
+
+
+def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
+    """Fill in ``nodes[:n_leaves - 1]`` from the leaves in ``nodes[n_leaves - 1:]``, in place."""
+    _hash_runs(nodes, _subtree_runs(0, n_leaves))
+
+
+def _split32(data: bytes) -> list[bytes]:
+    """Packed 32-byte hashes -> a list of them."""
+    return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+
+# ------------------------------------------------------------------- using a second core
+
+#: Trees with fewer leaves are built in this process only (a fork costs milliseconds).
+PARALLEL_MIN_LEAVES = 50_000
+
+
+def default_workers() -> int:
+    """Processes a large build uses: 2 when this process may run on two CPUs and can fork."""
+    if not hasattr(os, "fork"):  # pragma: no cover - not POSIX
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    return min(cpus, 2)
+
+
+def _parallel(n_leaves: int, workers: int | None) -> bool:
+    workers = default_workers() if workers is None else workers
+    return workers >= 2 and n_leaves >= max(PARALLEL_MIN_LEAVES, 4)
+
+
+class _Forked:
+    """``work()`` run in a forked child, its result (exactly ``size`` bytes) handed back through
+    an anonymous shared mapping.
+
+    The child only computes (keccak, struct, lists) and writes into the mapping, then leaves
+    with ``os._exit``: no file descriptor, lock, atexit hook or event loop of the parent is
+    touched, so forking from a worker thread of an asyncio program is safe. :meth:`result` is
+    None when the child failed in any way; the caller then does the work itself.
+    """
+
+    def __init__(self, size: int, work: Callable[[], bytes]) -> None:
+        self._size = size
+        self._buf = mmap.mmap(-1, max(size, 1))
+        self._pid = os.fork()
+        if self._pid == 0:  # pragma: no cover - runs in the child (coverage cannot see it)
+            code = 1
+            try:
+                with contextlib.suppress(ValueError):  # an event loop's wakeup fd is not ours
+                    signal.set_wakeup_fd(-1)
+                data = work()
+                if len(data) == size:
+                    self._buf[:size] = data
+                    code = 0
+            finally:
+                os._exit(code)
+
+    def result(self) -> bytes | None:
+        _, status = os.waitpid(self._pid, 0)
+        data = self._buf[: self._size] if os.waitstatus_to_exitcode(status) == 0 else None
+        self._buf.close()
+        return data
+
+
+def _hash_leaves_in_two(
+    items: Sequence[T], hash_leaves: Callable[[Sequence[T]], list[bytes]], sort: bool
+) -> tuple[Sequence[bytes], list[bytes]]:
+    """(input-order hashes, leaf row) with the hashing and sorting of the first half of
+    ``items`` done by a forked child while this process does the second half.
+
+    The leaf row is the hashes sorted descending (the two sorted halves merged: timsort on two
+    runs is a linear merge) or, unsorted, the input reversed.
+    """
+    n = len(items)
+    # the child's share, 48%: a forked child pays more per leaf (copy-on-write faults on the
+    # pages it touches, tearing its address space down), measured against this process's
+    # extra work (splitting the child's result, merging the halves)
+    half = n * 12 // 25
+
+    def child() -> bytes:  # pragma: no cover - runs in the child
+        hashes = hash_leaves(items[:half])
+        if len(hashes) != half or any(len(h) != 32 for h in hashes):
+            return b""  # wrong size: the parent redoes it and reports the error
+        packed = b"".join(hashes)
+        if sort:
+            hashes.sort(reverse=True)
+            packed += b"".join(hashes)
+        return packed
+
+    job = _Forked(32 * half * (2 if sort else 1), child)
+    mine = hash_leaves(items[half:])
+    mine_sorted = sorted(mine, reverse=True) if sort else []
+    data = job.result()
+    if data is None:
+        theirs = hash_leaves(items[:half])
+        theirs_sorted = sorted(theirs, reverse=True) if sort else []
+    elif sort:  # the input order is only needed for the leaf index: kept packed until then
+        by_input: Sequence[bytes] = _Chained(_Packed(data, 0, 32 * half), mine)
+        leaves = _split32(data[32 * half :]) + mine_sorted
+        leaves.sort(reverse=True)
+        return by_input, leaves
+    else:
+        theirs = _split32(data)
+    by_input = theirs + mine
+    if not sort:
+        return by_input, by_input[::-1]
+    leaves = theirs_sorted + mine_sorted
+    leaves.sort(reverse=True)
+    return by_input, leaves
+
+
+def _hash_tree_in_two(nodes: list[bytes], n_leaves: int) -> None:
+    """:func:`_hash_internal_nodes`, the subtree of node 2 hashed by a forked child while this
+    process hashes the subtree of node 1 (never smaller); then the root."""
+    right, left = _subtree_runs(1, n_leaves), _subtree_runs(2, n_leaves)
+
+    def child() -> bytes:  # pragma: no cover - runs in the child
+        _hash_runs(nodes, left)
+        return b"".join(itertools.chain.from_iterable(nodes[lo:hi] for lo, hi in left))
+
+    job = _Forked(32 * sum(hi - lo for lo, hi in left), child)
+    _hash_runs(nodes, right)
+    data = job.result()
+    if data is None:
+        _hash_runs(nodes, left)
+    else:
+        offset = 0
+        for lo, hi in left:
+            end = offset + 32 * (hi - lo)
+            nodes[lo:hi] = _split32(data[offset:end])
+            offset = end
+    _hash_runs(nodes, [(0, 1)])
 
 
 class StandardMerkleTree:
@@ -250,7 +442,7 @@ class StandardMerkleTree:
         nodes: Sequence[bytes],
         *,
         sorted_leaves: bool,
-        by_input: list[bytes] | None = None,
+        by_input: Sequence[bytes] | None = None,
         positions: Sequence[int] | None = None,
     ) -> None:
         """Wrap a ready node array; use the ``build``/``of``/``from_*`` constructors instead."""
@@ -266,13 +458,13 @@ class StandardMerkleTree:
 
     @classmethod
     def from_leaf_hashes(
-        cls, hashes: Iterable[bytes], *, sort_leaves: bool = True
+        cls, hashes: Iterable[bytes], *, sort_leaves: bool = True, workers: int | None = None
     ) -> StandardMerkleTree:
         """Build from already-hashed leaves (32 bytes each), given in input order."""
         by_input = [bytes(h) for h in hashes]
         if any(len(h) != 32 for h in by_input):
             raise ValueError("Merkle tree leaves must be 32-byte hashes")
-        return cls._from_hashes(by_input, sort_leaves)
+        return cls._from_hashes(by_input, sort_leaves, workers=workers)
 
     @classmethod
     def of(
@@ -281,6 +473,7 @@ class StandardMerkleTree:
         types: Sequence[str],
         *,
         sort_leaves: bool = True,
+        workers: int | None = None,
     ) -> StandardMerkleTree:
         """``StandardMerkleTree.of(values, types)``: any ABI leaf layout, via ``eth_abi``."""
         types = list(types)
@@ -288,7 +481,7 @@ class StandardMerkleTree:
         def hash_leaves(rows: Sequence[Sequence[object]]) -> list[bytes]:
             return [leaf_hash(row, types) for row in rows]
 
-        return cls.build(values, hash_leaves, sort_leaves=sort_leaves)
+        return cls.build(values, hash_leaves, sort_leaves=sort_leaves, workers=workers)
 
     @classmethod
     def build(
@@ -297,20 +490,45 @@ class StandardMerkleTree:
         hash_leaves: Callable[[Sequence[T]], list[bytes]],
         *,
         sort_leaves: bool = True,
+        workers: int | None = None,
     ) -> StandardMerkleTree:
-        """Build from ``items`` hashed in bulk by ``hash_leaves`` (one 32-byte hash per item)."""
-        by_input = hash_leaves(items)
+        """Build from ``items`` hashed in bulk by ``hash_leaves`` (one 32-byte hash per item).
+
+        ``hash_leaves`` must hash each item on its own (a pure function of the item): from
+        :data:`PARALLEL_MIN_LEAVES` items on, with ``workers`` (default
+        :func:`default_workers`) of 2 or more, half of the items are hashed by a forked
+        process, and the internal nodes are split the same way. The tree is the same
+        byte for byte either way.
+        """
+        if not _parallel(len(items), workers):
+            hashes = hash_leaves(items)
+            if len(hashes) != len(items):
+                raise ValueError("hash_leaves must return one hash per item")
+            return cls._from_hashes(hashes, sort_leaves, workers=1)
+        by_input, leaves = _hash_leaves_in_two(items, hash_leaves, sort_leaves)
         if len(by_input) != len(items):
             raise ValueError("hash_leaves must return one hash per item")
-        return cls._from_hashes(by_input, sort_leaves)
+        return cls._from_rows(by_input, leaves, sort_leaves, parallel=True)
 
     @classmethod
-    def _from_hashes(cls, by_input: list[bytes], sort: bool) -> StandardMerkleTree:
-        if not by_input:
-            return cls([], sorted_leaves=sort, by_input=[])
+    def _from_hashes(
+        cls, by_input: list[bytes], sort: bool, *, workers: int | None = None
+    ) -> StandardMerkleTree:
         leaves = sorted(by_input, reverse=True) if sort else by_input[::-1]
+        return cls._from_rows(by_input, leaves, sort, parallel=_parallel(len(leaves), workers))
+
+    @classmethod
+    def _from_rows(
+        cls, by_input: Sequence[bytes], leaves: list[bytes], sort: bool, *, parallel: bool
+    ) -> StandardMerkleTree:
+        """The tree over ``leaves``, the leaf row already in array order."""
+        if not leaves:
+            return cls([], sorted_leaves=sort, by_input=[])
         nodes = [b""] * (len(leaves) - 1) + leaves
-        _hash_internal_nodes(nodes, len(leaves))
+        if parallel:
+            _hash_tree_in_two(nodes, len(leaves))
+        else:
+            _hash_internal_nodes(nodes, len(leaves))
         return cls(nodes, sorted_leaves=sort, by_input=by_input)
 
     # ----------------------------------------------------------------- reading

@@ -4,6 +4,13 @@
 ``VALUEOS_ANCHOR_CONTRACT``       LedgerAnchor address (unset with a local anvil: deployed)
 ``VALUEOS_ANCHOR_CONFIRMATIONS``  blocks on top of (and including) the anchor's block before
                                   FINALIZED; default 12
+``VALUEOS_ANCHOR_FINALITY``       ``depth`` (default: FINALIZED at the confirmation depth) or
+                                  ``finalized`` (when the node's ``finalized`` block reaches
+                                  the anchor's block; the depth if the node has no such tag)
+``VALUEOS_ANCHOR_BUMP_AFTER_S``   re-sign an anchor transaction still pending after this many
+                                  seconds with the same nonce and fees +12.5%; default 180,
+                                  0 or ``off``: never
+``VALUEOS_ANCHOR_MAX_FEE_GWEI``   never sign a replacement above this maxFeePerGas; default none
 ``VALUEOS_ANCHOR_INTERVAL_S``     seconds between seal+anchor runs of the worker; default 3600
 ``VALUEOS_ANCHOR_KEY``            the signer's private key (0x hex), or
 ``VALUEOS_ANCHOR_KEYSTORE``       an encrypted keystore JSON file, with its password in
@@ -40,6 +47,9 @@ class AnchorSettings:
     expire_holds_interval_s: float
     #: how long ``valueos anchor --now`` waits for finality
     wait_timeout_s: float
+    finality: str = "depth"
+    bump_after_s: float | None = 180.0
+    max_fee_cap_wei: int | None = None
     key: str | None = field(default=None, repr=False)
     keystore: Path | None = None
     keystore_password: str | None = field(default=None, repr=False)
@@ -55,7 +65,16 @@ class AnchorSettings:
         confirmations = int(env.get("VALUEOS_ANCHOR_CONFIRMATIONS", "12"))
         if confirmations < 1:
             raise ValueError("VALUEOS_ANCHOR_CONFIRMATIONS must be at least 1")
+        finality = env.get("VALUEOS_ANCHOR_FINALITY", "depth").strip().lower()
+        if finality not in ("depth", "finalized"):
+            raise ValueError("VALUEOS_ANCHOR_FINALITY must be 'depth' or 'finalized'")
+        bump = env.get("VALUEOS_ANCHOR_BUMP_AFTER_S", "180").strip().lower()
+        bump_after_s = None if bump in ("", "0", "off", "never") else float(bump)
+        cap_gwei = env.get("VALUEOS_ANCHOR_MAX_FEE_GWEI")
         return cls(
+            finality=finality,
+            bump_after_s=bump_after_s,
+            max_fee_cap_wei=int(float(cap_gwei) * 10**9) if cap_gwei else None,
             rpc_url=env.get("ETH_RPC_URL") or None,
             contract_address=env.get("VALUEOS_ANCHOR_CONTRACT") or None,
             confirmations=confirmations,

@@ -40,6 +40,8 @@ class AnchorRecord:
     gas_used: int | None
     attempts: int
     last_error: str | None
+    #: seconds since the last transition (database clock); None when not selected
+    age_s: float | None = None
 
     @property
     def epoch(self) -> int:
@@ -65,12 +67,14 @@ def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
         gas_used=row["gas_used"],
         attempts=row["attempts"],
         last_error=row["last_error"],
+        age_s=None if row.get("age_s") is None else float(row["age_s"]),
     )
 
 
 _ANCHOR_SELECT = (
     "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
-    "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
+    "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error, "
+    "extract(epoch FROM clock_timestamp() - a.updated_at)::float8 AS age_s "
     "FROM epoch_anchors a JOIN epoch_roots r ON r.epoch = a.epoch "
 )
 
@@ -86,6 +90,28 @@ async def unfinished_anchors(engine: AsyncEngine) -> list[AnchorRecord]:
     async with raw_connection(engine) as conn:
         rows = await conn.fetch(_ANCHOR_SELECT + "WHERE a.status <> 'FINALIZED' ORDER BY a.epoch")
     return [anchor_from_row(r) for r in rows]
+
+
+async def anchor_tx_hashes(engine: AsyncEngine, epoch: int) -> list[bytes]:
+    """Every transaction hash ever recorded for ``epoch``'s anchor, newest first: the current
+    one and those it replaced (fee bumps, re-signs). Any of them may be the one mined."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            "SELECT tx_hash FROM anchor_events WHERE epoch = $1 AND tx_hash IS NOT NULL "
+            "GROUP BY tx_hash ORDER BY max(id) DESC",
+            epoch,
+        )
+    return [bytes(r[0]) for r in rows]
+
+
+async def anchor_targets(engine: AsyncEngine) -> list[tuple[int | None, str | None]]:
+    """The distinct (chain id, contract address) pairs the stored anchors were sent to."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            "SELECT DISTINCT chain_id, contract_address FROM epoch_anchors "
+            "WHERE chain_id IS NOT NULL OR contract_address IS NOT NULL"
+        )
+    return [(r[0], r[1]) for r in rows]
 
 
 _CLEARED_ON_RESET = ("nonce", "raw_tx", "tx_hash", "block_number", "block_hash", "gas_used")

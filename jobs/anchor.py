@@ -13,12 +13,23 @@ SEALED     read the contract first: our header already there -> adopt the tx of 
            else sign with the next nonce under the anchoring lock, persist -> SIGNED
 SIGNED     broadcast the persisted bytes (same tx hash on every retry) -> BROADCAST
 BROADCAST  receipt? success -> CONFIRMED (block number + hash); reverted -> re-read the
-           contract, else back to SEALED; unknown to the node -> re-send the same bytes, or
-           back to SEALED when the nonce was consumed by another transaction
-CONFIRMED  block hash at that height still ours? deep enough -> contract re-read -> FINALIZED;
-           block replaced (reorg) -> re-included elsewhere: new block; else BROADCAST and sent
-           again
+           contract, else back to SEALED; a transaction it replaced (fee bump) mined instead
+           -> CONFIRMED with that one; still pending after ``bump_after_s`` -> re-signed with
+           the same nonce and both fees +12.5%, persisted -> SIGNED (then broadcast); unknown
+           to the node (dropped) -> re-send the same bytes (re-signed like a pending one once
+           overdue: nodes drop what the base fee outgrew), or back to SEALED when the nonce
+           was consumed by another transaction
+CONFIRMED  block hash at that height still ours? deep enough (``confirmations`` blocks, or at
+           or below the node's ``finalized`` block with ``finality="finalized"``) -> contract
+           re-read -> FINALIZED; block replaced (reorg) -> re-included elsewhere: new block;
+           else BROADCAST and sent again
 =========  ==================================================================================
+
+Before anything is signed the job checks (once per job) that the anchors already stored were
+sent to the configured chain id and contract, and that the contract's ledger id is ours
+(:class:`AnchorConfigMismatch` otherwise: it refuses to run), and before every signature that
+the signer can pay ``gas * maxFeePerGas`` (:class:`chain.eth.InsufficientFunds`, also stored as
+the anchor's ``last_error`` and counted in ``valueos_anchor_insufficient_funds_total``).
 
 Exactly-once: one worker at a time signs (session advisory lock); a nonce is used by one
 signed transaction; the contract accepts each epoch once, only in order and only on the right
@@ -32,16 +43,43 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chain.eth import AnchorClient, AnchorConflict, ChainError
-from core.anchors import AnchorRecord, anchor_lock, get_anchor, transition, unfinished_anchors
+from chain.eth import AnchorClient, AnchorConflict, ChainError, InsufficientFunds, Mined
+from core.anchors import (
+    AnchorRecord,
+    anchor_lock,
+    anchor_targets,
+    anchor_tx_hashes,
+    get_anchor,
+    transition,
+    unfinished_anchors,
+)
 from core.epochs import EpochRoots, compute_pending_roots, seal_open_epoch
 
 log = logging.getLogger(__name__)
 
 #: safety bound on transitions per pass (a pass normally stops when it has to wait)
 MAX_STEPS = 10_000
+FINALITY_MODES = ("depth", "finalized")
+_CAPPED = "pending, not re-signed"
+
+SIGNER_BALANCE = Gauge(
+    "valueos_anchor_signer_balance_wei", "Balance of the anchor signer when last checked (wei)"
+)
+INSUFFICIENT_FUNDS = Counter(
+    "valueos_anchor_insufficient_funds",
+    "Anchor transactions not signed because the signer could not pay for them",
+)
+FEE_BUMPS = Counter(
+    "valueos_anchor_fee_bumps", "Stuck anchor transactions re-signed with higher fees"
+)
+
+
+class AnchorConfigMismatch(RuntimeError):
+    """The stored anchors were sent to another chain or contract than the configured one (or the
+    contract belongs to another ledger): running would split the anchors across two places."""
 
 
 @dataclass
@@ -59,6 +97,43 @@ class AnchorJob:
     ledger_id: bytes
     confirmations: int = 12
     seal_empty: bool = False
+    #: re-sign a BROADCAST transaction still pending this many seconds after it was sent
+    #: (same nonce, both fees +12.5%); None: never
+    bump_after_s: float | None = 180.0
+    #: never sign a replacement whose maxFeePerGas exceeds this (wei); None: no cap
+    max_fee_cap: int | None = None
+    #: "depth": FINALIZED at ``confirmations`` blocks; "finalized": when the node's
+    #: ``finalized`` block reaches the anchor's block (depth when the node has no such tag)
+    finality: str = "depth"
+    _config_checked: bool = field(default=False, init=False, repr=False)
+    #: epochs re-signed in the current pass (at most one fee bump per epoch and pass)
+    _bumped: set[int] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.finality not in FINALITY_MODES:
+            raise ValueError(f"finality must be one of {FINALITY_MODES}, not {self.finality!r}")
+
+    async def check_config(self) -> None:
+        """Refuse to run against another chain, contract or ledger than the stored anchors."""
+        chain_id, address = await self.client.chain_id(), self.client.address
+        for stored_chain, stored_address in await anchor_targets(self.engine):
+            chain_differs = stored_chain is not None and stored_chain != chain_id
+            address_differs = (
+                stored_address is not None and stored_address.lower() != address.lower()
+            )
+            if chain_differs or address_differs:
+                raise AnchorConfigMismatch(
+                    f"anchors in the database were sent to chain id {stored_chain}, contract "
+                    f"{stored_address}; the configuration says chain id {chain_id}, contract "
+                    f"{address} (ETH_RPC_URL / VALUEOS_ANCHOR_CONTRACT): refusing to anchor"
+                )
+        onchain = await self.client.ledger_id()
+        if onchain != self.ledger_id:
+            raise AnchorConfigMismatch(
+                f"contract {address} on chain id {chain_id} anchors ledger 0x{onchain.hex()}, "
+                f"this ledger is 0x{self.ledger_id.hex()}: refusing to anchor"
+            )
+        self._config_checked = True
 
     # -- the pipeline --------------------------------------------------------------------
     async def seal(self, *, force: bool = False) -> int | None:
@@ -87,6 +162,9 @@ class AnchorJob:
             if not got:
                 result.locked_out = True
                 return result
+            if not self._config_checked:
+                await self.check_config()
+            self._bumped.clear()
             for _ in range(MAX_STEPS):
                 for record in await unfinished_anchors(self.engine):
                     if await self.advance(record):
@@ -155,11 +233,15 @@ class AnchorJob:
                 tx_hash=mined.tx_hash, block_number=mined.block_number,
                 block_hash=mined.block_hash, gas_used=mined.gas_used,
             )  # fmt: skip
-        signed = await self.client.sign_anchor(
-            epoch=r.epoch, prev_header=r.prev_header, entries_root=r.entries_root,
-            balances_root=r.balances_root, first_seq=r.first_seq, last_seq=r.last_seq,
-            leaf_count=r.leaf_count,
-        )  # fmt: skip
+        try:
+            signed = await self.client.sign_anchor(
+                epoch=r.epoch, prev_header=r.prev_header, entries_root=r.entries_root,
+                balances_root=r.balances_root, first_seq=r.first_seq, last_seq=r.last_seq,
+                leaf_count=r.leaf_count,
+            )  # fmt: skip
+        except InsufficientFunds as exc:
+            await self._unfunded(record, exc)
+            raise
         return await self._move(
             record, "SIGNED", f"nonce {signed.nonce}",
             chain_id=await self.client.chain_id(), contract_address=self.client.address,
@@ -179,17 +261,37 @@ class AnchorJob:
             and record.nonce is not None
             and await self.client.confirmed_nonce() <= record.nonce
         ):
+            if record.status == "BROADCAST" and await self._maybe_bump(record):
+                return True  # dropped and overdue (e.g. the base fee outgrew it): re-signed
             await self.client.broadcast(record.raw_tx)  # nonce still free: the same bytes
             log.info("epoch %d: %s, sent the same transaction again", record.epoch, why)
             return False
         return await self._move(record, "SEALED", f"{why}; nonce used elsewhere, re-sign")
 
+    async def _unfunded(self, record: AnchorRecord, exc: InsufficientFunds) -> None:
+        INSUFFICIENT_FUNDS.inc()
+        SIGNER_BALANCE.set(exc.balance)
+        log.error("epoch %d: %s", record.epoch, exc)
+        await transition(
+            self.engine, record.epoch, record.status, record.status,
+            detail="insufficient funds", last_error=str(exc),
+        )  # fmt: skip
+
     async def _from_broadcast(self, record: AnchorRecord) -> bool:
         assert record.tx_hash is not None  # noqa: S101 - CHECK constraint
         mined = await self.client.mined(record.tx_hash)
         if mined is None:
+            replaced = await self._mined_replaced(record)
+            if replaced is not None:
+                return await self._move(
+                    record, "CONFIRMED",
+                    f"block {replaced.block_number}: the transaction 0x{replaced.tx_hash.hex()} "
+                    "it replaced was mined",
+                    tx_hash=replaced.tx_hash, raw_tx=None, block_number=replaced.block_number,
+                    block_hash=replaced.block_hash, gas_used=replaced.gas_used,
+                )  # fmt: skip
             if await self.client.known(record.tx_hash):
-                return False  # pending in the mempool
+                return await self._maybe_bump(record)  # pending in the mempool
             return await self._resend_or_resign(record, "transaction unknown to the node")
         if mined.success:
             return await self._move(
@@ -207,6 +309,49 @@ class AnchorJob:
         )
         return False  # retried on the next pass, not in a hot loop
 
+    async def _mined_replaced(self, record: AnchorRecord) -> Mined | None:
+        """A successful receipt of an earlier transaction of this epoch (one a fee bump
+        replaced, or one signed before a re-sign): the current one can then never be mined."""
+        for tx_hash in await anchor_tx_hashes(self.engine, record.epoch):
+            if tx_hash != record.tx_hash:
+                mined = await self.client.mined(tx_hash)
+                if mined is not None and mined.success:
+                    return mined
+        return None
+
+    async def _maybe_bump(self, record: AnchorRecord) -> bool:
+        """Pending: once ``bump_after_s`` have passed since it was sent, re-sign it with the same
+        nonce and higher fees, persisted (SIGNED) before the broadcast."""
+        if (
+            self.bump_after_s is None
+            or record.raw_tx is None
+            or record.age_s is None
+            or record.age_s < self.bump_after_s
+            or record.epoch in self._bumped
+        ):
+            return False
+        try:
+            bumped = await self.client.bump_fees(record.raw_tx)
+        except InsufficientFunds as exc:
+            await self._unfunded(record, exc)
+            raise
+        if self.max_fee_cap is not None and bumped.max_fee > self.max_fee_cap:
+            if not (record.last_error or "").startswith(_CAPPED):  # note it once
+                await transition(
+                    self.engine, record.epoch, "BROADCAST", "BROADCAST", detail="fee cap",
+                    last_error=f"{_CAPPED}: a replacement would need maxFeePerGas "
+                    f"{bumped.max_fee} wei, above the cap {self.max_fee_cap}",
+                )  # fmt: skip
+            return False
+        FEE_BUMPS.inc()
+        self._bumped.add(record.epoch)
+        return await self._move(
+            record, "SIGNED",
+            f"fee bump after {record.age_s:.0f}s pending: nonce {bumped.nonce}, maxFeePerGas "
+            f"{bumped.max_fee}, maxPriorityFeePerGas {bumped.max_priority_fee}",
+            raw_tx=bumped.raw, tx_hash=bumped.tx_hash,
+        )  # fmt: skip
+
     async def _from_confirmed(self, record: AnchorRecord) -> bool:
         if record.block_number is None or record.tx_hash is None:  # pragma: no cover
             raise ValueError(f"epoch {record.epoch}: CONFIRMED without a block")  # CHECK'd
@@ -222,10 +367,19 @@ class AnchorJob:
                 record, "BROADCAST", f"reorg: block {record.block_number} replaced",
                 block_number=None, block_hash=None,
             )  # fmt: skip
-        depth = await self.client.head() - record.block_number + 1
-        if depth < self.confirmations:
-            return False
+        finalized = None
+        if self.finality == "finalized":
+            finalized = await self.client.finalized_block()
+        if finalized is not None:
+            if finalized < record.block_number:
+                return False
+            why = f"at or below the finalized block {finalized}"
+        else:
+            depth = await self.client.head() - record.block_number + 1
+            if depth < self.confirmations:
+                return False
+            why = f"{depth} confirmations"
         onchain = await self.client.onchain_epoch(record.epoch)
         if onchain.header != record.roots.header:  # pragma: no cover - defensive
             raise ChainError(f"epoch {record.epoch}: confirmed, but the contract disagrees")
-        return await self._move(record, "FINALIZED", f"{depth} confirmations")
+        return await self._move(record, "FINALIZED", why)

@@ -40,7 +40,7 @@ from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.proofs import list_anchors
 from core.settings import database_settings, epoch_settings
-from jobs.anchor import AnchorJob
+from jobs.anchor import AnchorConfigMismatch, AnchorJob
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,12 @@ async def _wired(confirmations: int | None) -> AsyncIterator[tuple[AnchorJob, Le
                 ledger_id,
                 confirmations=confirms,
                 seal_empty=epoch_settings().seal_empty,
+                bump_after_s=settings.bump_after_s,
+                max_fee_cap=settings.max_fee_cap_wei,
+                finality=settings.finality,
             )
             try:
+                await job.check_config()  # refuse to start against another chain or contract
                 yield job, ledger
             finally:
                 await client.w3.provider.disconnect()
@@ -204,6 +208,6 @@ def main(command: str, argv: list[str]) -> int:
     logging.getLogger("jobs").setLevel(logging.INFO)
     try:
         return asyncio.run(_worker(ns) if command == "worker" else _anchor_now(ns))
-    except (SignerError, ChainError) as exc:
+    except (SignerError, ChainError, AnchorConfigMismatch) as exc:
         print(f"valueos {command}: {exc}")
         return 1

@@ -6,25 +6,35 @@ A "crash" is the job stopped between two persisted steps (only the steps up to t
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from hexbytes import HexBytes
+from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from chain.eth import AnchorClient, AnchorConflict, connect
+from chain.eth import AnchorClient, AnchorConflict, InsufficientFunds, connect
+from chain.settings import anchor_settings
 from chain.verify import main as verify_main
 from core.anchors import get_anchor
 from core.epochs import get_roots, raw_connection, seal_open_epoch
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
-from jobs.anchor import AnchorJob
+from core.settings import database_settings, epoch_settings
+from jobs.anchor import AnchorConfigMismatch, AnchorJob
+from jobs.cli import main as cli_main
+from tests.chain.conftest import Deploy
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
@@ -329,8 +339,6 @@ async def test_two_workers_at_once_sign_one_transaction(
     ledger: Ledger, anvil: str, w3: Web3, ledger_anchor: Contract, signer: LocalAccount,
     ledger_id: bytes,
 ) -> None:  # fmt: skip
-    import asyncio
-
     await activity(ledger)
     await seal_open_epoch(ledger.engine)
     jobs = [new_job(ledger, anvil, ledger_anchor, signer, ledger_id) for _ in range(4)]
@@ -342,3 +350,303 @@ async def test_two_workers_at_once_sign_one_transaction(
     await asyncio.gather(*(j.anchor_pass() for j in jobs))
     await assert_final(ledger, ledger_anchor, 1)
     assert w3.eth.get_transaction_count(signer.address) == nonce + 1
+
+
+# ----------------------------------------------------------------- hardening (issue 4, part 2)
+
+
+def tx_fields(raw: bytes) -> dict[str, Any]:
+    return dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+
+
+async def anchor_events(ledger: Ledger, epoch: int) -> list[tuple[str, str | None]]:
+    async with raw_connection(ledger.engine) as conn:
+        rows = await conn.fetch(
+            "SELECT to_status, detail FROM anchor_events WHERE epoch = $1 ORDER BY id", epoch
+        )
+    return [(r[0], r[1]) for r in rows]
+
+
+@pytest.fixture
+def manual_mining(w3: Web3) -> Iterator[None]:
+    """Blocks are mined only by ``evm_mine`` / ``anvil_mine`` during the test; the next base fee
+    is put back afterwards (``evm_revert`` does not restore anvil's fee state)."""
+    base_fee = w3.eth.get_block("pending")["baseFeePerGas"]
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        yield
+    finally:
+        rpc(w3, "evm_setAutomine", True)
+        rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(base_fee))
+
+
+@pytest.mark.usefixtures("manual_mining")
+async def test_stuck_anchor_is_re_signed_with_higher_fees_and_the_same_nonce(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    await seal_open_epoch(ledger.engine)
+    await step_to(job, 1, "BROADCAST")
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None and first.raw_tx is not None and first.tx_hash is not None
+    old = tx_fields(first.raw_tx)
+    assert await job.client.known(first.tx_hash)  # pending: nothing is mined
+
+    await job.anchor_pass()  # not due yet (default: 180 s)
+    assert (await get_anchor(ledger.engine, 1)) == dataclasses.replace(first, age_s=ANY)
+    job.bump_after_s = 0.0
+    await job.anchor_pass()  # due: re-signed, persisted (SIGNED), sent (BROADCAST); once
+    bumped = await get_anchor(ledger.engine, 1)
+    assert bumped is not None and bumped.status == "BROADCAST"
+    assert bumped.raw_tx is not None and bumped.tx_hash not in (None, first.tx_hash)
+    new = tx_fields(bumped.raw_tx)
+    assert new["nonce"] == old["nonce"] == bumped.nonce == first.nonce
+    assert (new["to"], new["data"], new["gas"]) == (old["to"], old["data"], old["gas"])
+    assert new["maxPriorityFeePerGas"] * 10 >= old["maxPriorityFeePerGas"] * 11
+    assert new["maxFeePerGas"] * 10 >= old["maxFeePerGas"] * 11
+    assert not await job.client.known(first.tx_hash)  # the node replaced it
+    assert await job.client.known(bumped.tx_hash)  # type: ignore[arg-type]
+
+    # the base fee jumps above what the replacement pays: anvil drops it from its pool
+    rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(4 * new["maxFeePerGas"]))
+    rpc(w3, "evm_mine")
+    assert not await job.client.known(bumped.tx_hash)  # type: ignore[arg-type]
+    await job.anchor_pass()  # dropped and overdue: re-signed for the new base fee
+    again = await get_anchor(ledger.engine, 1)
+    assert again is not None and again.raw_tx is not None and again.status == "BROADCAST"
+    third = tx_fields(again.raw_tx)
+    assert third["nonce"] == old["nonce"]
+    assert third["maxFeePerGas"] >= 2 * w3.eth.get_block("latest")["baseFeePerGas"]
+    details = [d for _, d in await anchor_events(ledger, 1)]
+    assert sum(1 for d in details if d and d.startswith("fee bump")) == 2
+
+    rpc(w3, "evm_mine")
+    await job.anchor_pass()
+    rpc(w3, "anvil_mine", 1)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+    final = await get_anchor(ledger.engine, 1)
+    assert final is not None and final.tx_hash == again.tx_hash and final.attempts == 1
+
+
+@pytest.mark.usefixtures("manual_mining")
+async def test_when_the_replaced_transaction_is_mined_it_is_the_anchor(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, anvil: str,
+    signer: LocalAccount, ledger_id: bytes,
+) -> None:  # fmt: skip
+    """Crash after the replacement was persisted, before it was sent; meanwhile the original
+    transaction is mined. The restarted job sends the replacement (refused: nonce used), then
+    finds the original mined and confirms that one."""
+    await activity(ledger)
+    await seal_open_epoch(ledger.engine)
+    await step_to(job, 1, "BROADCAST")
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None
+    job.bump_after_s = 0.0
+    assert await job.advance(first)
+    persisted = await get_anchor(ledger.engine, 1)
+    assert persisted is not None and persisted.status == "SIGNED"
+    assert persisted.tx_hash != first.tx_hash  # the job "crashes" here
+
+    rpc(w3, "evm_mine")  # the original, still in the mempool, is mined
+    restarted = new_job(ledger, anvil, ledger_anchor, signer, ledger_id)
+    await restarted.anchor_pass()
+    confirmed = await get_anchor(ledger.engine, 1)
+    assert confirmed is not None and confirmed.status == "CONFIRMED"
+    assert confirmed.tx_hash == first.tx_hash
+    rpc(w3, "anvil_mine", 1)
+    await restarted.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+
+
+async def test_signer_without_funds_is_a_clear_error_before_signing(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, signer: LocalAccount
+) -> None:
+    await activity(ledger)
+    nonce = w3.eth.get_transaction_count(signer.address)
+    before = REGISTRY.get_sample_value("valueos_anchor_insufficient_funds_total") or 0.0
+    rpc(w3, "anvil_setBalance", signer.address, hex(10**6))
+    with pytest.raises(InsufficientFunds) as caught:
+        await job.run_once()
+    message = str(caught.value)
+    assert f"anchor signer {signer.address} cannot pay" in message
+    assert "balance 1000000 wei <" in message
+    record = await get_anchor(ledger.engine, 1)
+    assert record is not None and record.status == "SEALED" and record.tx_hash is None
+    assert record.last_error == message and record.attempts == 0
+    assert w3.eth.get_transaction_count(signer.address, "pending") == nonce  # nothing sent
+    after = REGISTRY.get_sample_value("valueos_anchor_insufficient_funds_total")
+    assert after == before + 1
+    assert REGISTRY.get_sample_value("valueos_anchor_signer_balance_wei") == 10**6
+
+    rpc(w3, "anvil_setBalance", signer.address, hex(10**21))  # funded: it goes through
+    await job.anchor_pass()
+    rpc(w3, "anvil_mine", 1)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+
+
+async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, anvil: str,
+    signer: LocalAccount, ledger_id: bytes, deploy: Deploy, deployer: str,
+) -> None:  # fmt: skip
+    await activity(ledger)
+    await job.run_once()
+    anchored = await get_anchor(ledger.engine, 1)
+    assert anchored is not None and anchored.status == "CONFIRMED"
+    await activity(ledger, 1)
+    await seal_open_epoch(ledger.engine)
+
+    other = deploy("LedgerAnchor", ledger_id, deployer)  # the configuration now names another
+    moved = new_job(ledger, anvil, other, signer, ledger_id)
+    with pytest.raises(AnchorConfigMismatch) as caught:
+        await moved.run_once(seal=False)
+    assert str(caught.value) == (
+        f"anchors in the database were sent to chain id {w3.eth.chain_id}, contract "
+        f"{ledger_anchor.address}; the configuration says chain id {w3.eth.chain_id}, contract "
+        f"{other.address} (ETH_RPC_URL / VALUEOS_ANCHOR_CONTRACT): refusing to anchor"
+    )
+    assert await get_anchor(ledger.engine, 2) is not None
+    assert (await get_anchor(ledger.engine, 2)).status == "SEALED"  # type: ignore[union-attr]
+    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+
+    async with raw_connection(ledger.engine) as conn:  # stored for another chain id
+        await conn.execute("UPDATE epoch_anchors SET chain_id = 1 WHERE epoch = 1")
+    with pytest.raises(AnchorConfigMismatch, match="sent to chain id 1, contract"):
+        await new_job(ledger, anvil, ledger_anchor, signer, ledger_id).anchor_pass()
+    async with raw_connection(ledger.engine) as conn:
+        await conn.execute(f"UPDATE epoch_anchors SET chain_id = {w3.eth.chain_id}")
+
+    foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer)  # a contract of another ledger
+    async with raw_connection(ledger.engine) as conn:
+        await conn.execute("UPDATE epoch_anchors SET contract_address = $1", foreign.address)
+    with pytest.raises(AnchorConfigMismatch, match="anchors ledger 0x0707"):
+        await new_job(ledger, anvil, foreign, signer, ledger_id).anchor_pass()
+
+
+async def test_anvil_reorg_drops_the_anchor_then_it_is_sent_again_with_the_same_roots(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    job.confirmations = 3
+    await job.run_once()
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None and first.status == "CONFIRMED" and first.block_number is not None
+    rpc(w3, "anvil_mine", 1)
+    # a real reorg: the last blocks (the anchor's among them) replaced by empty ones
+    rpc(w3, "anvil_reorg", w3.eth.block_number - first.block_number + 1, [])
+    assert w3.eth.get_block(first.block_number)["hash"] != first.block_hash
+    assert bytes(ledger_anchor.functions.epochs(1).call()[0]) == b"\x00" * 32
+
+    await job.anchor_pass()  # reorg noticed, the same bytes sent again (automine)
+    rpc(w3, "anvil_mine", 3)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+    final = await get_anchor(ledger.engine, 1)
+    assert final is not None and final.roots == first.roots
+    assert final.tx_hash == first.tx_hash and final.block_hash != first.block_hash
+    details = [d for _, d in await anchor_events(ledger, 1)]
+    assert f"reorg: block {first.block_number} replaced" in details
+
+
+async def test_anvil_reorg_moving_the_anchor_to_another_block_follows_it(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    job.confirmations = 3
+    await job.run_once()
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None and first.raw_tx is not None and first.block_number is not None
+    rpc(w3, "anvil_mine", 1)
+    # the replacing chain carries the same transaction, one block later
+    rpc(w3, "anvil_reorg", 2, [["0x" + first.raw_tx.hex(), 1]])
+    moved = w3.eth.get_transaction_receipt(HexBytes(first.tx_hash))
+    assert moved["blockNumber"] == first.block_number + 1
+
+    await job.anchor_pass()
+    after = await get_anchor(ledger.engine, 1)
+    assert after is not None and after.status == "CONFIRMED"
+    assert after.block_number == first.block_number + 1 and after.tx_hash == first.tx_hash
+    rpc(w3, "anvil_mine", 3)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+
+
+async def test_finality_by_the_finalized_block_tag(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    job.finality = "finalized"
+    await job.run_once()
+    record = await get_anchor(ledger.engine, 1)
+    assert record is not None and record.status == "CONFIRMED" and record.block_number
+    rpc(w3, "anvil_mine", job.confirmations + 1)  # deep enough by depth, not finalized yet
+    await job.anchor_pass()
+    assert (await get_anchor(ledger.engine, 1)).status == "CONFIRMED"  # type: ignore[union-attr]
+    while w3.eth.get_block("finalized")["number"] < record.block_number:
+        rpc(w3, "anvil_mine", 16)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)
+    details = [d for _, d in await anchor_events(ledger, 1)]
+    assert details[-1] is not None and details[-1].startswith("at or below the finalized block")
+
+
+def test_finality_mode_is_checked(job: AnchorJob) -> None:
+    with pytest.raises(ValueError, match="finality must be one of"):
+        dataclasses.replace(job, finality="safe")
+
+
+async def test_the_cli_refuses_to_start_against_another_contract(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, ledger_id: bytes,
+    deploy: Deploy, deployer: str, dev_keys: list[str], anvil: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    await activity(ledger)
+    await job.run_once()
+    other = deploy("LedgerAnchor", ledger_id, deployer)
+    env = {
+        "DATABASE_URL": ledger.engine.url.render_as_string(hide_password=False),
+        "ETH_RPC_URL": anvil,
+        "VALUEOS_ANCHOR_CONTRACT": other.address,
+        "VALUEOS_ANCHOR_KEY": dev_keys[0],
+        "VALUEOS_LEDGER_ID": "0x" + ledger_id.hex(),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.replace("postgresql+asyncpg://", "postgresql://"))
+    caches = (anchor_settings, database_settings, epoch_settings)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        code = await asyncio.to_thread(cli_main, "anchor", ["--now", "--no-wait"])
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+    assert code == 1
+    out = capsys.readouterr().out
+    assert f"contract {ledger_anchor.address}; the configuration says" in out
+    assert "refusing to anchor" in out
+    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+
+
+@pytest.mark.usefixtures("manual_mining")
+async def test_a_replacement_above_the_fee_cap_is_not_signed(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract
+) -> None:
+    await activity(ledger)
+    await seal_open_epoch(ledger.engine)
+    await step_to(job, 1, "BROADCAST")
+    first = await get_anchor(ledger.engine, 1)
+    assert first is not None and first.raw_tx is not None
+    job.bump_after_s, job.max_fee_cap = 0.0, tx_fields(first.raw_tx)["maxFeePerGas"]
+    await job.anchor_pass()
+    await job.anchor_pass()
+    capped = await get_anchor(ledger.engine, 1)
+    assert capped is not None and capped.status == "BROADCAST"
+    assert capped.tx_hash == first.tx_hash and capped.raw_tx == first.raw_tx
+    assert capped.last_error is not None and "above the cap" in capped.last_error
+    assert [d for _, d in await anchor_events(ledger, 1)].count("fee cap") == 1
+    rpc(w3, "evm_mine")  # the original still gets mined
+    await job.anchor_pass()
+    rpc(w3, "anvil_mine", 1)
+    await job.anchor_pass()
+    await assert_final(ledger, ledger_anchor, 1)

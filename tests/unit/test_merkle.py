@@ -7,6 +7,7 @@ Tests marked ``integration`` run OpenZeppelin's own ``@openzeppelin/merkle-tree`
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from eth_abi.abi import encode as abi_encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import chain.merkle
 from chain.leaves import (
     BALANCE_TYPES,
     ENTRY_TYPES,
@@ -227,6 +229,17 @@ def test_generic_layouts_unsorted_trees_and_duplicates_match_openzeppelin() -> N
         [leaf.hash() for leaf in entries(9)], sort_leaves=False
     )
     assert_same_as_oz(unsorted, oz[2])
+
+
+@pytest.mark.integration
+def test_trees_built_on_two_processes_match_openzeppelin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked path (normally from 50k leaves on) on small trees, against the oracle."""
+    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    sizes = (4, 5, 7, 8, 9, 17, 100, 257)
+    leaf_sets = [entries(n, seed=100 + n) for n in sizes]
+    oz = run_oracle([spec([leaf.values() for leaf in leaves], ENTRY_TYPES) for leaves in leaf_sets])
+    for leaves, oz_tree in zip(leaf_sets, oz, strict=True):
+        assert_same_as_oz(StandardMerkleTree.build(leaves, hash_entry_leaves, workers=2), oz_tree)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -597,3 +610,66 @@ def test_leaves_are_frozen_values() -> None:
     assert leaf.values()[0] == 1
     assert BalanceLeaf(LEDGER, 0, 0, 0, "USD", 0).values()[0] == 2
     assert process_proof(leaf.hash(), []) == leaf.hash()
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sort", [True, False])
+def test_two_process_build_is_byte_identical(monkeypatch: pytest.MonkeyPatch, sort: bool) -> None:
+    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    rng = random.Random(11)
+    for n in [*range(1, 40), 63, 64, 65, 127, 128, 129, 1000, 1023, 1025, 4097]:
+        hashes = [rng.randbytes(32) for _ in range(n)]
+        if n > 9:
+            hashes[2] = hashes[9]  # equal leaves keep their input order (positions)
+        one = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=1)
+        two = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=2)
+        again = StandardMerkleTree.from_leaf_hashes(hashes, sort_leaves=sort, workers=2)
+        assert list(two.nodes) == list(one.nodes) == list(again.nodes), n
+        assert [two.position(i) for i in range(n)] == [one.position(i) for i in range(n)]
+        assert two.to_bytes() == one.to_bytes()
+
+
+@pytest.mark.unit
+def test_subtree_runs_cover_every_internal_node_once() -> None:
+    for n in [*range(1, 70), 1000, 1025]:
+        runs = [
+            *chain.merkle._subtree_runs(1, n),
+            *chain.merkle._subtree_runs(2, n),
+            *chain.merkle._subtree_runs(0, n)[-1:],
+        ]
+        covered = sorted(i for lo, hi in runs for i in range(lo, hi))
+        assert covered == list(range(n - 1)) if n > 1 else covered == [], n
+
+
+@pytest.mark.unit
+def test_a_failed_child_is_redone_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that cannot deliver (here: wrong-sized hashes there) costs time, not the tree."""
+    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    parent = os.getpid()
+
+    def hash_leaves(items: Sequence[bytes]) -> list[bytes]:
+        return [keccak256(x) if os.getpid() == parent else b"short" for x in items]
+
+    items = [i.to_bytes(4, "big") for i in range(301)]
+    two = StandardMerkleTree.build(items, hash_leaves, workers=2)
+    assert two.root == StandardMerkleTree.build(items, hash_leaves, workers=1).root
+    with pytest.raises(ValueError, match="one hash per item"):
+        StandardMerkleTree.build(items, lambda xs: [keccak256(x) for x in xs][1:], workers=2)
+
+
+@pytest.mark.unit
+def test_default_workers() -> None:
+    assert 1 <= chain.merkle.default_workers() <= 2
+
+
+@pytest.mark.unit
+def test_chained_hashes_read_as_one_sequence() -> None:
+    hashes = [keccak256(bytes([i])) for i in range(7)]
+    chained = chain.merkle._Chained(chain.merkle._Packed(b"".join(hashes[:3])), hashes[3:])
+    assert len(chained) == 7 and list(chained) == hashes and chained[1:6:2] == hashes[1:6:2]
+    assert [chained[i] for i in range(-7, 7)] == hashes + hashes
+    with pytest.raises(IndexError):
+        chained[7]
