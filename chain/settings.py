@@ -2,6 +2,8 @@
 
 ``ETH_RPC_URL``                   JSON-RPC endpoint; unset: the worker starts a local anvil
 ``VALUEOS_ANCHOR_CONTRACT``       LedgerAnchor address (unset with a local anvil: deployed)
+``VALUEOS_ANCHOR_CONTRACT_FILE``  a file holding that address (written by
+                                  ``valueos deploy-anchor --out``), read when the above is unset
 ``VALUEOS_ANCHOR_CONFIRMATIONS``  blocks on top of (and including) the anchor's block before
                                   FINALIZED; default 12
 ``VALUEOS_ANCHOR_FINALITY``       ``depth`` (default: FINALIZED at the confirmation depth) or
@@ -71,12 +73,16 @@ class AnchorSettings:
         bump = env.get("VALUEOS_ANCHOR_BUMP_AFTER_S", "180").strip().lower()
         bump_after_s = None if bump in ("", "0", "off", "never") else float(bump)
         cap_gwei = env.get("VALUEOS_ANCHOR_MAX_FEE_GWEI")
+        contract = env.get("VALUEOS_ANCHOR_CONTRACT") or None
+        contract_file = env.get("VALUEOS_ANCHOR_CONTRACT_FILE")
+        if contract is None and contract_file and Path(contract_file).exists():
+            contract = Path(contract_file).read_text().strip() or None
         return cls(
             finality=finality,
             bump_after_s=bump_after_s,
             max_fee_cap_wei=int(float(cap_gwei) * 10**9) if cap_gwei else None,
             rpc_url=env.get("ETH_RPC_URL") or None,
-            contract_address=env.get("VALUEOS_ANCHOR_CONTRACT") or None,
+            contract_address=contract,
             confirmations=confirmations,
             interval_s=float(env.get("VALUEOS_ANCHOR_INTERVAL_S", "3600")),
             expire_holds_interval_s=float(env.get("VALUEOS_EXPIRE_HOLDS_INTERVAL_S", "60")),

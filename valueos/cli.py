@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "create-api-key": ("api.cli", "create a scoped API key and print it once"),
     "worker": ("jobs.cli", "run the scheduled jobs (seal and anchor, expire holds, ...)"),
     "anchor": ("jobs.cli", "seal the open epoch and anchor it now"),
+    "deploy-anchor": ("jobs.deploy", "deploy LedgerAnchor on ETH_RPC_URL (address to --out FILE)"),
     "verify": ("chain.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
 }
 

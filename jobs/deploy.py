@@ -1,0 +1,51 @@
+"""``valueos deploy-anchor``: deploy LedgerAnchor on ``ETH_RPC_URL`` for this ledger.
+
+The signer (``VALUEOS_ANCHOR_KEY`` or the keystore) becomes the contract's admin and
+anchorer. ``--out FILE`` writes the address there; when FILE already names a contract
+that has code on the chain, nothing is deployed again and its address is printed, so a
+one-shot deploy step (docker-compose's ``deploy-anchor`` service) can run on every start.
+The worker reads the address from ``VALUEOS_ANCHOR_CONTRACT`` or from the file named by
+``VALUEOS_ANCHOR_CONTRACT_FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from chain.eth import ChainError, connect, deploy_ledger_anchor
+from chain.settings import SignerError, anchor_settings, load_signer
+from core.settings import epoch_settings
+
+
+async def _deploy(known: str | None) -> str:
+    """The address of ``known`` if it has code on the chain, else of a new deployment."""
+    settings = anchor_settings()
+    if not settings.rpc_url:
+        raise ChainError("deploy-anchor needs ETH_RPC_URL")
+    w3 = connect(settings.rpc_url)
+    try:
+        if known and await w3.eth.get_code(w3.to_checksum_address(known)):
+            return w3.to_checksum_address(known)
+        return await deploy_ledger_anchor(w3, load_signer(settings), epoch_settings().ledger_id)
+    finally:
+        await w3.provider.disconnect()
+
+
+def main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"valueos {command}", description=__doc__)
+    parser.add_argument("--out", type=Path, default=None, help="file to write the address to")
+    ns = parser.parse_args(argv)
+    out: Path | None = ns.out
+    known = out.read_text().strip() if out is not None and out.exists() else None
+    try:
+        address = asyncio.run(_deploy(known))
+    except (SignerError, ChainError, ValueError) as exc:
+        print(f"valueos {command}: {exc}")
+        return 1
+    if out is not None and address != known:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(address + "\n")
+    print(address)
+    return 0
