@@ -194,7 +194,8 @@ def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 _LOCK_BALANCES = (
     # the clock is read after the function returned, i.e. after every lock is held; the
     # policy generation (issue 5) tells the policy cache whether to reload
-    "SELECT clock_timestamp() AS now, valueos_policy_generation() AS policy_generation, l.* "
+    "SELECT clock_timestamp() AS now, (SELECT valueos_policy_generation()) AS policy_generation, "
+    "l.* "
     "FROM valueos_lock_balances($1::bigint[]) l"
 )
 
