@@ -65,6 +65,7 @@ import contextlib
 import itertools
 import mmap
 import os
+import select
 import signal
 import struct
 import sys
@@ -311,6 +312,9 @@ def _split32(data: bytes) -> list[bytes]:
 
 #: Trees with fewer leaves are built in this process only (a fork costs milliseconds).
 PARALLEL_MIN_LEAVES = 50_000
+#: A forked child still running after this long is killed and its share redone here (it
+#: normally takes about as long as this process's own share: ~1.5 s for 1M leaves).
+CHILD_TIMEOUT_S = 120.0
 
 
 def default_workers() -> int:
@@ -355,11 +359,27 @@ class _Forked:
             finally:
                 os._exit(code)
 
-    def result(self) -> bytes | None:
+    def result(self, timeout_s: float | None = None) -> bytes | None:
+        """The child's bytes, or None if it failed or is still running after ``timeout_s``
+        (default :data:`CHILD_TIMEOUT_S`): a child stuck on a lock some other thread of the
+        parent held at fork time is killed, and the caller does the work itself."""
+        if not self._exited(CHILD_TIMEOUT_S if timeout_s is None else timeout_s):
+            os.kill(self._pid, signal.SIGKILL)
         _, status = os.waitpid(self._pid, 0)
         data = self._buf[: self._size] if os.waitstatus_to_exitcode(status) == 0 else None
         self._buf.close()
         return data
+
+    def _exited(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the child to exit (a pidfd: no polling)."""
+        if not hasattr(os, "pidfd_open"):  # pragma: no cover - not Linux: wait without limit
+            return True
+        fd = os.pidfd_open(self._pid)
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+        finally:
+            os.close(fd)
+        return bool(ready)
 
 
 def _hash_leaves_in_two(

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -658,6 +659,23 @@ def test_a_failed_child_is_redone_in_this_process(monkeypatch: pytest.MonkeyPatc
     assert two.root == StandardMerkleTree.build(items, hash_leaves, workers=1).root
     with pytest.raises(ValueError, match="one hash per item"):
         StandardMerkleTree.build(items, lambda xs: [keccak256(x) for x in xs][1:], workers=2)
+
+
+@pytest.mark.unit
+def test_a_stuck_child_is_killed_and_reaped() -> None:
+    """A child that never finishes (as one blocked on a lock held at fork time would) is
+    killed at the deadline: the caller gets None and redoes the work; no zombie is left."""
+
+    def stuck() -> bytes:
+        threading.Event().wait()  # never set
+        return b"\x00" * 32
+
+    job = chain.merkle._Forked(32, stuck)
+    assert job.result(timeout_s=0.2) is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(job._pid, os.WNOHANG)  # already reaped
+    done = chain.merkle._Forked(32, lambda: b"\x07" * 32)
+    assert done.result(timeout_s=60) == b"\x07" * 32
 
 
 @pytest.mark.unit
