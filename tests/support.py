@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -61,3 +63,26 @@ async def drop_database(url: str) -> None:
 
 async def raw_connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(_plain(url, str(make_url(url).database)))
+
+
+async def terminate_when_blocked(
+    database_url: str, task: asyncio.Task[Any], query_like: str
+) -> None:
+    """Wait (bounded) until a backend running a query ``LIKE query_like`` waits on a lock,
+    then kill it: a crash in the middle of that statement. Fails if it never blocks."""
+    watcher = await raw_connect(database_url)
+    try:
+        pid = None
+        for _ in range(500):  # bounded poll for the writer to be blocked on the lock
+            pid = await watcher.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE $1 AND pid <> pg_backend_pid()",
+                query_like,
+            )
+            if pid is not None or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert pid is not None, "the batch never blocked"
+        await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await watcher.close()

@@ -13,7 +13,7 @@ from core.errors import InsufficientFunds, LedgerError
 from core.ledger import Ledger
 from core.types import AccountKind, OperationResult, OperationType, PostOperation, transfer_legs
 from tests.conftest import ADMIN, World, make_world, settings_for
-from tests.support import create_database, drop_database, raw_connect
+from tests.support import create_database, drop_database, raw_connect, terminate_when_blocked
 
 pytestmark = pytest.mark.integration
 
@@ -166,25 +166,13 @@ async def test_killed_transaction_mid_batch_leaves_nothing(world: World, databas
         )
     )
     task = asyncio.create_task(world.ledger.post_many(batch))
-    watcher = await raw_connect(database_url)
     try:
-        pid = None
-        for _ in range(500):  # bounded poll for the writer to be blocked on the lock
-            pid = await watcher.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE '%idempotency_keys%' AND pid <> pg_backend_pid()"
-            )
-            if pid is not None or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert pid is not None, "the batch never blocked"
         # it already inserted its entries (uncommitted) when it blocked
-        await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+        await terminate_when_blocked(database_url, task, "%idempotency_keys%")
         results = await task
     finally:
         await tx.rollback()
         await blocker.close()
-        await watcher.close()
     assert all(isinstance(r, LedgerError) and r.code == "STORAGE_ERROR" for r in results)
     assert (await world.ledger.queries.balance(alice)).posted == 1_000
     assert (await world.ledger.queries.balance(bob)).posted == 0

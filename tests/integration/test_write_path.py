@@ -19,7 +19,7 @@ from core.types import (
     transfer_legs,
 )
 from tests.conftest import ADMIN, World
-from tests.support import raw_connect
+from tests.support import raw_connect, terminate_when_blocked
 
 pytestmark = pytest.mark.integration
 
@@ -160,24 +160,13 @@ async def test_killed_during_a_copy_leaves_nothing(world: World, database_url: s
     ]
     batch.append(ReverseOperation(original.operation_id, "test", ADMIN))
     task = asyncio.create_task(world.ledger.post_many(batch))
-    watcher = await raw_connect(database_url)
     try:
-        pid = None
-        for _ in range(500):  # bounded poll for the writer to be blocked inside the COPY
-            pid = await watcher.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'COPY%operations%' AND pid <> pg_backend_pid()"
-            )
-            if pid is not None or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert pid is not None, "the batch never blocked"
-        await watcher.execute("SELECT pg_terminate_backend($1)", pid)
+        # blocked inside the COPY of operations (on the reversal's unique key)
+        await terminate_when_blocked(database_url, task, "COPY%operations%")
         results = await task
     finally:
         await tx.rollback()
         await blocker.close()
-        await watcher.close()
     assert all(isinstance(r, LedgerError) and r.code == "STORAGE_ERROR" for r in results)
     assert (await world.ledger.queries.balance(alice)).posted == 999
     assert (await world.ledger.queries.balance(bob)).posted == 1
