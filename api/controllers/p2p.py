@@ -18,6 +18,7 @@ UPDATE (PENDING → SETTLING) before posting, so exactly one call wins; the othe
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -60,6 +61,24 @@ async def request_read(ctx: Ctx, r: p2p.P2PRequest) -> P2PRequestRead:
         created_at=r.created_at,
         updated_at=r.updated_at,
     )
+
+
+async def _close(
+    ctx: Ctx, close: Callable[..., Awaitable[p2p.P2PRequest]], request_id: int, data: P2PCloseCreate
+) -> Response[P2PRequestRead]:
+    """Decline or cancel (the core checks which party may): idempotent, 200 with the request."""
+
+    async def run(_: Attempt) -> P2PRequestRead:
+        closed = await close(
+            ctx.svc.ledger,
+            user=ctx.principal.user_id,
+            request_id=request_id,
+            actor=ctx.actor,
+            reason=data.reason,
+        )
+        return await request_read(ctx, closed)
+
+    return await ctx.once(data, run, status_code=200)
 
 
 class P2PController(Controller):
@@ -153,17 +172,7 @@ class P2PController(Controller):
     ) -> Response[P2PRequestRead]:
         """The payer refuses a PENDING request."""
 
-        async def run(_: Attempt) -> P2PRequestRead:
-            closed = await p2p.decline(
-                ctx.svc.ledger,
-                user=ctx.principal.user_id,
-                request_id=request_id,
-                actor=ctx.actor,
-                reason=data.reason,
-            )
-            return await request_read(ctx, closed)
-
-        return await ctx.once(data, run, status_code=200)
+        return await _close(ctx, p2p.decline, request_id, data)
 
     @post("/requests/{request_id:int}/cancel", guards=PARTY, status_code=200)
     async def cancel(
@@ -171,17 +180,7 @@ class P2PController(Controller):
     ) -> Response[P2PRequestRead]:
         """The requester withdraws a PENDING request."""
 
-        async def run(_: Attempt) -> P2PRequestRead:
-            closed = await p2p.cancel(
-                ctx.svc.ledger,
-                user=ctx.principal.user_id,
-                request_id=request_id,
-                actor=ctx.actor,
-                reason=data.reason,
-            )
-            return await request_read(ctx, closed)
-
-        return await ctx.once(data, run, status_code=200)
+        return await _close(ctx, p2p.cancel, request_id, data)
 
     @post(
         "/expire",
