@@ -109,14 +109,23 @@ async def seal_open_epoch(engine: AsyncEngine, *, allow_empty: bool = True) -> i
     async with raw_connection(engine) as conn, conn.transaction():
         # waits for every writer of E to commit; later writers queue behind us and read E + 1
         await conn.execute("SELECT pg_advisory_xact_lock($1)", EPOCH_LOCK_KEY)
-        epoch: int = await conn.fetchval("SELECT id FROM epochs WHERE status = 'OPEN' FOR UPDATE")
-        if not allow_empty and not await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM ledger_entries WHERE epoch = $1)", epoch
-        ):
+        row = await conn.fetchrow(
+            "SELECT o.id, coalesce(s.last_seq, 0) AS sealed_seq FROM epochs o "
+            "LEFT JOIN epochs s ON s.id = o.id - 1 WHERE o.status = 'OPEN' FOR UPDATE OF o"
+        )
+        epoch: int = row["id"]
+        sealed_seq: int = row["sealed_seq"]
+        # every entry of E has a seq above E - 1's last and no entry of E + 1 exists yet,
+        # so E ends at the largest seq now (the insert trigger of 0008 enforces this)
+        last_seq: int = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM ledger_entries")
+        last_seq = max(last_seq, sealed_seq)
+        if not allow_empty and last_seq == sealed_seq:
             return None
         await conn.execute(
-            "UPDATE epochs SET status = 'SEALED', sealed_at = clock_timestamp() WHERE id = $1",
+            "UPDATE epochs SET status = 'SEALED', sealed_at = clock_timestamp(), last_seq = $2 "
+            "WHERE id = $1",
             epoch,
+            last_seq,
         )
         await conn.execute("INSERT INTO epochs (id, status) VALUES ($1, 'OPEN')", epoch + 1)
     return epoch
@@ -267,9 +276,10 @@ async def get_roots(engine: AsyncEngine, epoch: int) -> EpochRoots | None:
     return roots_from_row(row) if row else None
 
 
+#: the entries of an epoch are a seq range (migration 0008); the epoch column is checked
 _ENTRIES = """
-SELECT seq, operation_id, account_id, asset, amount, balance_after
-FROM ledger_entries WHERE epoch = $1 ORDER BY seq
+SELECT seq, operation_id, account_id, asset, amount, balance_after, epoch
+FROM ledger_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq
 """
 _BALANCES = """
 SELECT a.id, a.asset, le.seq, le.balance_after
@@ -283,18 +293,29 @@ ORDER BY a.id
 
 
 async def load_leaves(
-    conn: asyncpg.Connection, ledger_id: bytes, epoch: int, cut: int | None, prev_cut: int
+    conn: asyncpg.Connection, ledger_id: bytes, epoch: int
 ) -> tuple[list[EntryLeaf], list[BalanceLeaf]]:
-    """The leaves of ``epoch`` as the database holds them now (``cut`` None: derive it)."""
-    entries = [
-        EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5])
-        for r in await conn.fetch(_ENTRIES, epoch)
-    ]
-    if cut is None:
-        cut = entries[-1].seq if entries else prev_cut
+    """The leaves of sealed ``epoch`` as the database holds them now: its entries are the
+    seqs after the previous epoch's ``last_seq`` up to its own, the balances are as of that
+    last seq."""
+    bounds = await conn.fetchrow(
+        "SELECT coalesce(p.last_seq, 0) AS lo, e.last_seq AS hi FROM epochs e "
+        "LEFT JOIN epochs p ON p.id = e.id - 1 WHERE e.id = $1",
+        epoch,
+    )
+    if bounds is None or bounds["hi"] is None:
+        raise EpochNotSealed(f"epoch {epoch} is not sealed", epoch=epoch)
+    rows = await conn.fetch(_ENTRIES, bounds["lo"], bounds["hi"])
+    strays = [r[0] for r in rows if r[6] != epoch]
+    if strays:  # the insert trigger makes this impossible; never build a tree over it
+        raise LedgerIntegrityError(
+            f"entries {strays[:5]} lie in the seq range of epoch {epoch} but not in it",
+            epoch=epoch,
+        )
+    entries = [EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
     balances = [
         BalanceLeaf(ledger_id, epoch, r[2], r[0], r[1], r[3])
-        for r in await conn.fetch(_BALANCES, cut)
+        for r in await conn.fetch(_BALANCES, bounds["hi"])
     ]
     return entries, balances
 
@@ -324,7 +345,7 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
                     "the configured ledger id differs from the one already anchored", epoch=epoch
                 )
             prev_header, prev_cut = bytes(prev["header"]), prev["cut_seq"]
-        entries, balances = await load_leaves(conn, ledger_id, epoch, None, prev_cut)
+        entries, balances = await load_leaves(conn, ledger_id, epoch)
         built = await asyncio.to_thread(
             lambda: build_epoch(
                 ledger_id=ledger_id,

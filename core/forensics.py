@@ -46,7 +46,8 @@ _QUERY = f"""
 SELECT e.seq, e.operation_id, o.type, e.account_id, a.kind, v.name AS vault_name, e.asset,
        e.amount, e.balance_after, e.epoch, e.created_at,
        ARRAY(SELECT DISTINCT c.account_id FROM ledger_entries c
-             WHERE c.operation_id = e.operation_id AND c.account_id <> e.account_id
+             WHERE c.seq BETWEEN o.first_seq AND o.last_seq
+               AND c.operation_id = e.operation_id AND c.account_id <> e.account_id
              ORDER BY c.account_id) AS counterparties
 FROM ledger_entries e
 JOIN operations o ON o.id = e.operation_id

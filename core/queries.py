@@ -176,9 +176,9 @@ class Queries:
                 await conn.execute(
                     text(
                         "SELECT seq, account_id, asset, amount, balance_after FROM ledger_entries "
-                        "WHERE operation_id = :id ORDER BY seq"
+                        "WHERE seq BETWEEN :first AND :last AND operation_id = :id ORDER BY seq"
                     ),
-                    {"id": operation_id},
+                    {"id": operation_id, "first": op.first_seq, "last": op.last_seq},
                 )
             ).all()
         return OperationView(

@@ -137,7 +137,7 @@ SELECT
 _OPERATION_COLUMNS = [
     "id", "type", "status", "epoch", "idempotency_key", "actor_id", "actor_role",
     "transaction_id", "reverses_id", "hold_id", "reason", "error", "metadata", "created_at",
-    "audit_id", "policy_versions",
+    "audit_id", "policy_versions", "first_seq", "last_seq",
 ]  # fmt: skip
 _ENTRY_COLUMNS = [
     "seq", "operation_id", "account_id", "asset", "amount", "balance_after", "epoch",
@@ -160,27 +160,27 @@ _WRITE_SMALL = """
 WITH ops AS (
     INSERT INTO operations (id, type, status, epoch, idempotency_key, actor_id, actor_role,
                             transaction_id, reverses_id, hold_id, reason, error, metadata,
-                            created_at, audit_id, policy_versions)
+                            created_at, audit_id, policy_versions, first_seq, last_seq)
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
                          $6::text[], $7::text[], $8::uuid[], $9::bigint[], $10::bigint[],
                          $11::text[], $12::jsonb[], $13::jsonb[], $14::timestamptz[],
-                         $15::bigint[], $16::jsonb[])
+                         $15::bigint[], $16::jsonb[], $17::bigint[], $18::bigint[])
 ), entries AS (
     INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, balance_after,
                                 epoch, created_at)
-    SELECT * FROM unnest($17::bigint[], $18::bigint[], $19::bigint[], $20::text[],
-                         $21::bigint[], $22::bigint[], $23::bigint[], $24::timestamptz[])
+    SELECT * FROM unnest($19::bigint[], $20::bigint[], $21::bigint[], $22::text[],
+                         $23::bigint[], $24::bigint[], $25::bigint[], $26::timestamptz[])
 ), audit AS (
     INSERT INTO audit_log (id, at, actor_id, actor_role, ip, action, entity_type, entity_id,
                            before, after, reason)
     OVERRIDING SYSTEM VALUE
-    SELECT * FROM unnest($25::bigint[], $26::timestamptz[], $27::text[], $28::text[],
-                         $29::text[], $30::text[], $31::text[], $32::text[], $33::jsonb[],
-                         $34::jsonb[], $35::text[])
+    SELECT * FROM unnest($27::bigint[], $28::timestamptz[], $29::text[], $30::text[],
+                         $31::text[], $32::text[], $33::text[], $34::text[], $35::jsonb[],
+                         $36::jsonb[], $37::text[])
 )
 UPDATE balances b SET posted = u.posted, pending = u.pending,
-       last_seq = greatest(b.last_seq, u.last_seq), updated_at = $40
-FROM unnest($36::bigint[], $37::bigint[], $38::bigint[], $39::bigint[])
+       last_seq = greatest(b.last_seq, u.last_seq), updated_at = $42
+FROM unnest($38::bigint[], $39::bigint[], $40::bigint[], $41::bigint[])
      AS u(id, posted, pending, last_seq)
 WHERE b.account_id = u.id
 """
@@ -376,7 +376,8 @@ class LedgerStore:
             "       array_agg(e.account_id ORDER BY e.seq) AS accounts, "
             "       array_agg(e.asset ORDER BY e.seq) AS assets, "
             "       array_agg(e.amount ORDER BY e.seq) AS amounts "
-            "FROM operations o JOIN ledger_entries e ON e.operation_id = o.id "
+            "FROM operations o JOIN ledger_entries e "
+            "  ON e.seq BETWEEN o.first_seq AND o.last_seq AND e.operation_id = o.id "
             "LEFT JOIN operations r ON r.reverses_id = o.id "
             "WHERE o.id = ANY($1::bigint[]) AND o.status = 'COMPLETED' "
             "GROUP BY o.id, o.type, r.id",
@@ -461,10 +462,12 @@ class LedgerStore:
             )  # fmt: skip
             for op in ops:
                 op_id = op.id
+                seqs = op.seqs  # ascending: the operation's seq range (migration 0008)
+                first, last = (seqs[0], seqs[-1]) if seqs else (None, None)
                 op_rows.append(
                     (op_id, op.type.value, "COMPLETED", epoch, op.idempotency_key, actor.id,
                      role, op.transaction_id, op.reverses, op.hold_id, reason, None,
-                     _json(op.metadata), now, audit_id, policy_versions(op))
+                     _json(op.metadata), now, audit_id, policy_versions(op), first, last)
                 )  # fmt: skip
                 for seq, (account, asset, amount, balance_after) in zip(
                     op.seqs, op.entries, strict=True
@@ -481,7 +484,7 @@ class LedgerStore:
             op_rows.append(
                 (op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
                  c.actor.role.value, c.transaction_id, None, None, c.reason,
-                 _json(failed.error.to_dict()), _json(c.metadata), now, None, None)
+                 _json(failed.error.to_dict()), _json(c.metadata), now, None, None, None, None)
             )  # fmt: skip
         for actor, policy_id, decision in denials:
             audit.append(

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 
@@ -247,8 +247,10 @@ Command = PostOperation | CreateHold | CaptureHold | VoidHold | ReverseOperation
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PostedEntry:
+class PostedEntry(NamedTuple):
+    """One entry of a posted operation (a named tuple: a batch builds two per transfer, and
+    a tuple is built four times faster than a frozen dataclass)."""
+
     seq: int
     account_id: int
     asset: str

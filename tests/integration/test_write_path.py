@@ -39,9 +39,38 @@ async def test_entries_and_operations_references_are_checked(
         with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_op:
             await conn.execute(entry, op + 1_000_000, alice)
         assert missing_op.value.constraint_name == "ledger_entries_operation_id_fkey"
-        with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_account:
-            await conn.execute(entry, op, alice + 1_000_000)
-        assert missing_account.value.constraint_name == "ledger_entries_account_id_fkey"
+        # an existing operation, but the new seq lies outside its range (migration 0008)
+        with pytest.raises(asyncpg.ForeignKeyViolationError) as outside:
+            await conn.execute(entry, op, alice)
+        assert outside.value.constraint_name == "ledger_entries_operation_id_fkey"
+        # one statement may insert an operation and its entries together (as the write
+        # path does); each attempt is rolled back so the reconciler never sees it
+        together = (
+            "WITH s AS (SELECT nextval('ledger_seq') AS seq), "
+            "o AS (INSERT INTO operations (id, type, status, epoch, actor_id, actor_role, "
+            "created_at, first_seq, last_seq) SELECT nextval('operations_id_seq') + 1000000, "
+            "'TRANSFER', 'COMPLETED', 1, 'x', 'SYSTEM', now(), s.seq, s.seq FROM s "
+            "RETURNING id, first_seq) "
+            "INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, "
+            "balance_after, epoch, created_at) "
+            "SELECT o.first_seq, o.id, $1, 'X', 1, 1, $2, now() FROM o"
+        )
+        for account, epoch, error, code in [
+            (alice + 1_000_000, 1, asyncpg.ForeignKeyViolationError, "23503"),
+            (alice, 2, asyncpg.PostgresError, "VO003"),  # not the open epoch
+            (alice, 1, None, None),
+        ]:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                if error is None:
+                    await conn.execute(together, account, epoch)
+                else:
+                    with pytest.raises(error) as failed:
+                        await conn.execute(together, account, epoch)
+                    assert failed.value.sqlstate == code
+            finally:
+                await tx.rollback()
         with pytest.raises(asyncpg.ForeignKeyViolationError) as missing_epoch:
             await conn.execute(
                 "INSERT INTO operations (id, type, status, epoch, actor_id, actor_role, "
@@ -49,22 +78,6 @@ async def test_entries_and_operations_references_are_checked(
                 "999999, 'x', 'SYSTEM', now())"
             )
         assert missing_epoch.value.constraint_name == "operations_epoch_fkey"
-        # one statement may insert an operation and its entries together (as before);
-        # rolled back so the reconciler never sees the stray entry
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await conn.execute(
-                "WITH o AS (INSERT INTO operations (id, type, status, epoch, actor_id, "
-                "actor_role, created_at) VALUES (nextval('operations_id_seq') + 1000000, "
-                "'TRANSFER', 'COMPLETED', 1, 'x', 'SYSTEM', now()) RETURNING id) "
-                "INSERT INTO ledger_entries (seq, operation_id, account_id, asset, amount, "
-                "balance_after, epoch, created_at) "
-                "SELECT nextval('ledger_seq'), o.id, $1, 'X', 1, 1, 1, now() FROM o",
-                alice,
-            )
-        finally:
-            await tx.rollback()
     finally:
         await conn.close()
 
