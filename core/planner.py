@@ -8,7 +8,7 @@ so every rule is unit-testable; the repository only writes what the plan says.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -170,10 +170,15 @@ class Plan:
 
     def results(self, epoch: int, now: datetime) -> list[Result | LedgerError]:
         """Every item's answer, in order (call after ``assign``)."""
+        return list(self.iter_results(epoch, now))
+
+    def iter_results(self, epoch: int, now: datetime) -> Iterator[Result | LedgerError]:
+        """``results`` one item at a time (the store builds them while its rows are sent)."""
         out: list[Result | LedgerError] = []
         for outcome in self.outcomes:
-            out.append(self._result(outcome, out, epoch, now))
-        return out
+            result = self._result(outcome, out, epoch, now)
+            out.append(result)
+            yield result
 
     @staticmethod
     def _result(

@@ -17,11 +17,13 @@ errors are translated here; nothing above this module sees an asyncpg exception.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -154,6 +156,8 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
      AS u(id, posted, pending, last_seq)
 WHERE b.account_id = u.id
 """
+#: results built between two yields to the write task (about 0.3 ms of client CPU)
+_RESULTS_SLICE = 250
 #: below this many operation + entry rows a batch is written by one statement instead
 _COPY_FROM_ROWS = 300
 _WRITE_SMALL = """
@@ -447,7 +451,6 @@ class LedgerStore:
             _ALLOCATE, n_ops, plan.entry_count, len(plan.new_holds), n_audit
         )
         plan.assign(op_ids[: len(plan.operations)], seqs, hold_ids)
-        results = plan.results(epoch, now)
         audit: list[tuple[Any, ...]] = []
         op_rows: list[tuple[Any, ...]] = []
         entry_rows: list[tuple[Any, ...]] = []
@@ -500,9 +503,20 @@ class LedgerStore:
             [a.pending for a in balances],
             [last_seq.get(i, 0) for i in touched],
         )
-        await self._write_rows(conn, op_rows, entry_rows, audit, balance_columns, now)
+        results, keyed = await self._results_while_writing(
+            self._write_rows(conn, op_rows, entry_rows, audit, balance_columns, now),
+            plan,
+            commands,
+            epoch,
+            now,
+        )
         await write_usage(conn, plan, now)
-        await self._write_idempotency(conn, plan, results, commands, now)
+        if keyed:
+            await conn.copy_records_to_table(
+                "idempotency_keys",
+                records=keyed,
+                columns=["key", "request_hash", "outcome", "created_at"],
+            )
         await self._update_sagas(conn, plan, now)
         return results
 
@@ -594,17 +608,43 @@ class LedgerStore:
                      reason)
                 )  # fmt: skip
 
+    @classmethod
+    async def _results_while_writing(
+        cls,
+        write: Coroutine[Any, Any, None],
+        plan: Plan,
+        commands: Sequence[Command],
+        epoch: int,
+        now: datetime,
+    ) -> tuple[list[Result | LedgerError], list[tuple[Any, ...]]]:
+        """Run ``write`` (the batch's rows) in a task and meanwhile build the callers'
+        results and the stored outcomes, yielding between slices so the task can send its
+        next statement: the server inserts while this process computes."""
+        writing = asyncio.ensure_future(write)
+        try:
+            results: list[Result | LedgerError] = []
+            outcomes = plan.iter_results(epoch, now)
+            while chunk := list(itertools.islice(outcomes, _RESULTS_SLICE)):
+                results += chunk
+                if not writing.done():
+                    await asyncio.sleep(0)
+            keyed = cls._idempotency_rows(plan, results, commands, now)
+            await writing
+        finally:
+            if not writing.done():  # cancelled (or failed) here: never leave the task behind
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+        return results, keyed
+
     @staticmethod
-    async def _write_idempotency(
-        conn: asyncpg.Connection,
+    def _idempotency_rows(
         plan: Plan,
         results: list[Result | LedgerError],
         commands: Sequence[Command],
         now: datetime,
-    ) -> None:
-        if not plan.keyed_items:
-            return
-        rows = [
+    ) -> list[tuple[Any, ...]]:
+        """The ``idempotency_keys`` rows of the batch: key, request hash, outcome."""
+        return [
             (
                 commands[i].idempotency_key,
                 commands[i].request_hash(),
@@ -613,11 +653,6 @@ class LedgerStore:
             )
             for i in plan.keyed_items
         ]
-        await conn.copy_records_to_table(
-            "idempotency_keys",
-            records=rows,
-            columns=["key", "request_hash", "outcome", "created_at"],
-        )
 
     @staticmethod
     async def _update_sagas(conn: asyncpg.Connection, plan: Plan, now: datetime) -> None:
