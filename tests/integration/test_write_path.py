@@ -2,12 +2,16 @@
 one audit record per actor and reason of a batch, binary COPY killed mid-statement."""
 
 import asyncio
+from collections.abc import Iterator
+from datetime import datetime
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 
+from core import repository
 from core.errors import LedgerError
+from core.planner import Plan
 from core.types import (
     AccountKind,
     Actor,
@@ -183,4 +187,51 @@ async def test_killed_during_a_copy_leaves_nothing(world: World, database_url: s
     assert all(isinstance(r, LedgerError) and r.code == "STORAGE_ERROR" for r in results)
     assert (await world.ledger.queries.balance(alice)).posted == 999
     assert (await world.ledger.queries.balance(bob)).posted == 1
+    assert await world.ledger.reconcile() == []
+
+
+async def test_cancelled_while_rows_are_in_flight_leaves_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results are built while a task sends the batch's rows; cancelling the batch
+    there (e.g. the worker shutting down) cancels that task too: nothing persists and the
+    pooled connection stays usable."""
+    alice = await world.funded(1_000)
+    bob = (await world.user_wallet())[AccountKind.AVAILABLE]
+    before = await world.ledger.queries.balance(alice)
+    built = 0
+    original = Plan.iter_results
+
+    def cancel_midway(self: Plan, epoch: int, now: datetime) -> Iterator[object]:
+        nonlocal built
+        for result in original(self, epoch, now):
+            built += 1
+            if built == 3:  # the write task has started: cancel the batch at its next yield
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+            yield result
+
+    monkeypatch.setattr(repository, "_RESULTS_SLICE", 1)
+    monkeypatch.setattr(Plan, "iter_results", cancel_midway)
+    batch: list = [
+        PostOperation(OperationType.TRANSFER, transfer_legs(alice, bob, world.asset, 5))
+        for _ in range(200)  # the COPY path
+    ]
+    with pytest.raises(asyncio.CancelledError):
+        await world.ledger.post_many(batch)
+    assert built == 3
+    monkeypatch.undo()
+    assert await world.ledger.queries.balance(alice) == before
+    # every pooled connection still works: a batch per pool slot, concurrently
+    results = await asyncio.gather(
+        *(
+            world.ledger.post_many(
+                [PostOperation(OperationType.TRANSFER, transfer_legs(alice, bob, world.asset, 1))]
+            )
+            for _ in range(4)
+        )
+    )
+    assert all(isinstance(r[0], OperationResult) for r in results)
+    assert (await world.ledger.queries.balance(alice)).posted == before.posted - 4
     assert await world.ledger.reconcile() == []
