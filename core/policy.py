@@ -316,10 +316,16 @@ class PolicyContext:
         receivers: set[int] = set()
         for policy in matching:
             _Check(self, policy, entries, status).run(fee_legs, usage, receivers)
+        # one usage record per user and key, however many limit rules name it (a daily and
+        # a monthly limit count the same operation once; a user on both sides of it counts
+        # the larger side)
+        merged: dict[LimitKey, int] = {}
+        for key, amount in usage:
+            merged[key] = max(amount, merged.get(key, 0))
         return Applied(
             tuple((p.id, p.version) for p in matching),
             tuple(fee_legs),
-            tuple(usage),
+            tuple(merged.items()),
             frozenset(receivers),
         )
 

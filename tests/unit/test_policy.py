@@ -231,6 +231,19 @@ def test_limit_windows_count_stored_usage_up_to_their_edge() -> None:
     assert allowed(context(pol, usage=gone), move(100))
 
 
+def test_a_day_and_a_month_limit_count_each_operation_once() -> None:
+    both = policy({"id": "d", "kind": "limit", "window": "day", "max_amount": 100},
+                  {"id": "m", "kind": "limit", "window": "month", "max_amount": 1_000})  # fmt: skip
+    outcomes = run(context(both), [move(60), move(40), move(1)])
+    assert [isinstance(o, PlannedOperation) for o in outcomes] == [True, True, False]
+    assert outcomes[0].policy.usage == (((ALICE, "PTS", T.value), 60),)
+    # Alice on both sides (her own compartments): counted once, with the larger side
+    mine = policy({"id": "src", "kind": "limit", "window": "day", "max_count": 5},
+                  {"id": "dst", "kind": "limit", "window": "day", "max_count": 5,
+                   "party": "destination"})  # fmt: skip
+    assert run(context(mine), [move(7, dst=A2)])[0].policy.usage == (((ALICE, "PTS", T.value), 7),)
+
+
 def test_limit_is_not_consumed_by_failed_or_undone_operations() -> None:
     ctx = context(policy({"id": "n", "kind": "limit", "window": "day", "max_count": 2}))
     poor = book(alice=5)
