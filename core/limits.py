@@ -32,6 +32,11 @@ def window_start(now: datetime, window: str) -> datetime:
     return bucket_of(now) - timedelta(hours=WINDOW_HOURS[window] - 1)
 
 
+def counted_since(now: datetime) -> datetime:
+    """The oldest bucket any window still counts at ``now``: older buckets can be deleted."""
+    return min(window_start(now, window) for window in WINDOW_HOURS)
+
+
 @dataclass(frozen=True, slots=True)
 class UsageRow:
     key: LimitKey

@@ -24,7 +24,15 @@ from uuid import UUID
 
 import asyncpg
 
-from core.limits import WINDOW_HOURS, LimitBook, LimitKey, UsageRow, bucket_of, window_start
+from core.limits import (
+    WINDOW_HOURS,
+    LimitBook,
+    LimitKey,
+    UsageRow,
+    bucket_of,
+    counted_since,
+    window_start,
+)
 from core.planner import HoldRow, Plan, PlannedOperation
 from core.policy import (
     AccountInfo,
@@ -322,3 +330,14 @@ def denial_audit(plan: Plan, commands: Sequence[Command]) -> list[tuple[Actor, s
         decision["idempotency_key"] = command.idempotency_key
         out.append((command.actor, str(denial.details["policy_id"]), json.dumps(decision)))
     return out
+
+
+async def prune_usage(conn: asyncpg.Connection) -> int:
+    """Delete the limit buckets that no window counts any more (the worker's
+    ``prune_policy_usage`` job); returns how many. Writers only ever add to the current
+    bucket and read the buckets of their windows, so this never touches a row they use."""
+    now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    status: str = await conn.execute(
+        "DELETE FROM policy_usage WHERE bucket < $1", counted_since(now)
+    )
+    return int(status.rsplit(" ", 1)[1])

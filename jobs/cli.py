@@ -12,7 +12,9 @@ The worker (APScheduler, asyncio) runs:
 * ``expire_holds`` (``Ledger.expire_holds``) every ``VALUEOS_EXPIRE_HOLDS_INTERVAL_S``;
 * ``p2p_housekeeping`` on the same interval: expire due P2P requests
   (:func:`core.p2p.expire_due`) and finish settlements a crash interrupted
-  (:func:`core.p2p.resume_settling`).
+  (:func:`core.p2p.resume_settling`);
+* ``prune_policy_usage`` hourly: delete the rolling-limit buckets no window counts any
+  more (:func:`core.policy_store.prune_usage`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from chain.eth import AnchorClient, ChainError, connect, deploy_ledger_anchor
 from chain.settings import AnchorSettings, SignerError, anchor_settings, load_signer
 from core import p2p
 from core.db import migrate, resolve_url
+from core.epochs import raw_connection
 from core.ledger import Ledger
+from core.policy_store import prune_usage
 from core.proofs import list_anchors
 from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
@@ -168,6 +172,12 @@ async def _worker(ns: argparse.Namespace) -> int:
             if expired or resumed:
                 log.warning("p2p: expired %d requests, finished %d settlements", expired, resumed)
 
+        async def prune_policy_usage() -> None:
+            async with raw_connection(ledger.engine) as conn:
+                pruned = await prune_usage(conn)
+            if pruned:
+                log.warning("pruned %d expired policy usage buckets", pruned)
+
         scheduler.add_job(
             seal_and_anchor, "interval", seconds=interval, next_run_time=datetime.now(),
             max_instances=1, coalesce=True, id="seal_and_anchor",
@@ -183,6 +193,10 @@ async def _worker(ns: argparse.Namespace) -> int:
         scheduler.add_job(
             p2p_housekeeping, "interval", seconds=settings.expire_holds_interval_s,
             max_instances=1, coalesce=True, id="p2p_housekeeping",
+        )  # fmt: skip
+        scheduler.add_job(
+            prune_policy_usage, "interval", seconds=3600, max_instances=1, coalesce=True,
+            id="prune_policy_usage",
         )  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

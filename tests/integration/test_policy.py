@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from core.compliance import issue_attestation
+from core.epochs import raw_connection
 from core.errors import (
     AccountFrozen,
     Forbidden,
@@ -21,6 +22,7 @@ from core.errors import (
 )
 from core.ledger import Ledger
 from core.policies import activate_policy, create_policy, dry_run, list_policies, retire_policy
+from core.policy_store import prune_usage
 from core.types import (
     AccountKind,
     AccountStatus,
@@ -256,6 +258,54 @@ async def test_parallel_transfers_never_exceed_the_daily_count(world: World) -> 
     results = await _parallel(led, commands)
     assert sum(isinstance(r, OperationResult) for r in results) == 7
     assert sum([(await led.queries.balance(r)).posted for r in receivers]) == 7
+
+
+async def test_expired_usage_buckets_are_pruned_without_changing_any_limit(
+    world: World,
+) -> None:
+    """The worker's pruning deletes only buckets no window counts (older than 30 days),
+    also while limited transfers run: the month limit still sees its 29-day-old bucket
+    and the parallel transfers still stop exactly at the daily amount."""
+    led = world.ledger
+    sources, _ = await _compartments(world, 10_000)
+    receiver = (await world.user_wallet())[AccountKind.AVAILABLE]
+    user = await owner_of(world, sources[0])
+    await attach(world, [
+        {"id": "daily", "kind": "limit", "window": "day", "max_amount": 1_000},
+        {"id": "monthly", "kind": "limit", "window": "month", "max_amount": 5_000},
+    ])  # fmt: skip
+    ages = [24 * 29, 24 * 30, 24 * 31, 24 * 400]  # hours before the current bucket
+    async with led.engine.begin() as conn:
+        for hours in ages:
+            await conn.execute(
+                text(
+                    "INSERT INTO policy_usage VALUES (:u, :a, 'TRANSFER', "
+                    "date_trunc('hour', now()) - make_interval(hours => :h), 1, 1000)"
+                ),
+                {"u": user, "a": world.asset, "h": hours},
+            )
+    commands = [send(world, sources[i % 3], receiver, 30) for i in range(60)]
+    async with raw_connection(led.engine) as conn:
+        pruned, results = await asyncio.gather(prune_usage(conn), _parallel(led, commands))
+    assert pruned == 3  # 30, 31 and 400 days old: outside every window
+    buckets = await scalar(
+        world,
+        "SELECT count(*) FROM policy_usage WHERE user_id = :u AND bucket < now() - interval '2 days'",
+        u=user,
+    )
+    assert buckets == 1  # the 29-day-old bucket still counts for the month
+    accepted = [r for r in results if isinstance(r, OperationResult)]
+    assert len(accepted) == 1_000 // 30  # two limit rules count each operation once
+    today = await scalar(
+        world,
+        "SELECT sum(count) || '/' || sum(amount) FROM policy_usage WHERE user_id = :u "
+        "AND bucket >= now() - interval '1 day'",
+        u=user,
+    )
+    assert today == f"{len(accepted)}/{30 * len(accepted)}"
+    # the month limit: 1,000 (29 days ago) + 990 today; 3,010 left, but the day is spent
+    denied = await led.submit(send(world, sources[0], receiver, 30))
+    assert isinstance(denied, PolicyDenied) and denied.details["rule"] == "daily"
 
 
 async def test_linked_group_denial_consumes_no_limit(world: World) -> None:
