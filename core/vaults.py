@@ -10,11 +10,22 @@ see a vault but not do something to it gets 403.
 
 Moves (``move``) are one ledger operation between two accounts the user may debit and
 credit: their own AVAILABLE compartment and vaults they own or contribute to.
+
+Moves are linearizable with member changes although the ledger posts them on another
+connection: a move holds its mover's memberships (see ``_hold_memberships``) from its
+check until its posting has ended, and a removal or role change takes the membership's
+lock exclusive before it writes. So a move commits while its mover holds a role that may
+move funds (a change racing it commits after it), or it fails as a non-member's or a
+viewer's would, moving nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -23,7 +34,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from core import audit
 from core.errors import (
@@ -49,6 +61,8 @@ from core.types import (
     PostOperation,
     transfer_legs,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_NAME = 100
 
@@ -294,6 +308,56 @@ async def _vault_owner(conn: AsyncConnection, vault_id: int) -> uuid.UUID:
     return uuid.UUID(str(owner))
 
 
+def _membership_key(vault_id: int, user: uuid.UUID) -> tuple[int, int]:
+    """The advisory lock of one membership: two int4 keys, a lock space apart from the
+    bigint keys every other advisory lock of the ledger uses (the epoch lock among them).
+    Two memberships sharing a key only wait for each other needlessly."""
+
+    def int4(n: int) -> int:
+        n &= 0xFFFFFFFF
+        return n - (1 << 32) if n >= 1 << 31 else n
+
+    return int4(vault_id), int4(user.int)
+
+
+async def _change_membership(conn: AsyncConnection, vault_id: int, member: uuid.UUID) -> None:
+    """Before ``member``'s row of the vault is written: wait for their moves in flight
+    (see ``_hold_memberships``); moves that start meanwhile queue behind this change."""
+    k1, k2 = _membership_key(vault_id, member)
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k1, :k2)"), {"k1": k1, "k2": k2})
+
+
+async def _hold_memberships(
+    conn: AsyncConnection, user: uuid.UUID, vault_ids: list[int]
+) -> dict[int, VaultRole]:
+    """The user's role in each of ``vault_ids`` they are a member of, held until ``conn``'s
+    transaction ends: a removal or role change of those memberships commits after it.
+
+    Two locks. The membership's advisory lock, shared (moves do not wait for each other):
+    a member change takes it exclusive first, and the lock manager queues a shared request
+    behind a waiting exclusive one, so a change waits for the moves in flight, never for
+    moves that start after it (a stream of moves cannot starve a removal). Then the member
+    rows ``FOR SHARE``, which conflicts with a DELETE (``FOR UPDATE``) and with a role
+    UPDATE (``FOR NO KEY UPDATE``; ``FOR KEY SHARE`` would let that through): any writer of
+    ``vault_members`` waits, even one that forgot the advisory lock. The roles are read
+    after both locks (READ COMMITTED: a change that committed first is seen)."""
+    for vault_id in sorted(vault_ids, key=lambda v: _membership_key(v, user)):
+        k1, k2 = _membership_key(vault_id, user)
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:k1, :k2)"), {"k1": k1, "k2": k2}
+        )
+    if not vault_ids:
+        return {}
+    rows = await conn.execute(
+        text(
+            "SELECT vault_id, role FROM vault_members WHERE user_id = :u "
+            "AND vault_id = ANY(:ids) ORDER BY vault_id FOR SHARE"
+        ),
+        {"u": user, "ids": vault_ids},
+    )
+    return {r.vault_id: VaultRole(r.role) for r in rows}
+
+
 async def set_member(
     ledger: Ledger,
     *,
@@ -309,13 +373,14 @@ async def set_member(
     Errors: VAULT_NOT_FOUND (no vault or ``user`` not a member), FORBIDDEN (``user`` is
     not an OWNER, or targets the creator), UNKNOWN_USER (``member``)."""
     role = VaultRole(role)
-    async with ledger.engine.begin() as conn:
+    async with _slots(ledger.engine), ledger.engine.begin() as conn:
         creator = await _vault_owner(conn, vault_id)
         if await _role(conn, user, vault_id, lock=False) is not VaultRole.OWNER:
             raise Forbidden("only a vault owner manages its members", vault_id=vault_id)
         if member == creator:
             raise Forbidden("the vault's creator stays its owner", vault_id=vault_id)
         await require_user(conn, member, "member")
+        await _change_membership(conn, vault_id, member)
         before = (
             await conn.execute(
                 text("SELECT role FROM vault_members WHERE vault_id = :v AND user_id = :m"),
@@ -352,13 +417,14 @@ async def remove_member(
     """Remove ``member`` (an OWNER removes anyone but the creator; any member may leave).
 
     Errors: VAULT_NOT_FOUND, FORBIDDEN, VAULT_MEMBER_NOT_FOUND."""
-    async with ledger.engine.begin() as conn:
+    async with _slots(ledger.engine), ledger.engine.begin() as conn:
         creator = await _vault_owner(conn, vault_id)
         acting_role = await _role(conn, user, vault_id, lock=False)
         if member != user and acting_role is not VaultRole.OWNER:
             raise Forbidden("only a vault owner manages its members", vault_id=vault_id)
         if member == creator:
             raise Forbidden("the vault's creator cannot be removed", vault_id=vault_id)
+        await _change_membership(conn, vault_id, member)
         before = (
             await conn.execute(
                 text(
@@ -392,19 +458,22 @@ class _Access:
 
 
 async def _access(conn: AsyncConnection, user: uuid.UUID, ids: list[int]) -> dict[int, _Access]:
-    rows = await conn.execute(
-        text(
-            "SELECT a.id, a.asset, a.kind, a.owner_id, m.role FROM accounts a "
-            "LEFT JOIN vault_members m ON m.vault_id = a.id AND m.user_id = :u "
-            "WHERE a.id = ANY(:ids)"
-        ),
-        {"u": user, "ids": ids},
+    """What ``user`` may do with each of ``ids``, their memberships of the vaults among
+    them held until ``conn``'s transaction ends (see ``_hold_memberships``)."""
+    rows = (
+        await conn.execute(
+            text("SELECT id, asset, kind, owner_id FROM accounts WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        )
+    ).all()
+    roles = await _hold_memberships(
+        conn, user, [r.id for r in rows if r.kind == AccountKind.VAULT.value]
     )
     out: dict[int, _Access] = {}
     for r in rows:
         kind = AccountKind(r.kind)
         if kind is AccountKind.VAULT:
-            role = VaultRole(r.role) if r.role is not None else None
+            role = roles.get(r.id)
             can_read, can_move = role is not None, role in MOVER_ROLES
         else:
             can_read = r.owner_id == user
@@ -413,6 +482,61 @@ async def _access(conn: AsyncConnection, user: uuid.UUID, ids: list[int]) -> dic
             can_move = can_read and kind is AccountKind.AVAILABLE
         out[r.id] = _Access(r.id, r.asset, kind, can_read, can_move)
     return out
+
+
+_SLOTS: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _slots(engine: AsyncEngine) -> asyncio.Semaphore:
+    """How many transactions that may wait on a posting in flight hold a connection of
+    ``engine`` at once: half its pool.
+
+    A move holds its connection (and member locks) while the batcher posts on another
+    one, and member changes wait for such moves. Were the pool full of those, the batcher
+    would wait for a connection that only its own commit frees (until the pool's timeout
+    failed the batch). Every such transaction takes a slot before its connection; a
+    queued one holds nothing."""
+    found = _SLOTS.get(engine)
+    if found is None:
+        pool = engine.pool
+        size = pool.size() if isinstance(pool, QueuePool) else 0
+        overflow: int = getattr(pool, "_max_overflow", -1)
+        limit = max(1, (size + overflow) // 2) if size > 0 and overflow >= 0 else 1 << 30
+        found = _SLOTS[engine] = asyncio.Semaphore(limit)
+    return found
+
+
+async def _post_settled(ledger: Ledger, command: PostOperation) -> OperationResult:
+    """``ledger.post(command)``, returning (or raising) only once its batch has ended,
+    even when the caller is cancelled: the batcher commits a posting whose caller went
+    away, so the caller's transaction, whose locks order the posting before later member
+    changes, must not end before the posting does."""
+    posting = asyncio.ensure_future(ledger.post(command))
+    try:
+        return await asyncio.shield(posting)
+    except asyncio.CancelledError:
+        while not posting.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([posting])
+        if not posting.cancelled():
+            posting.exception()  # retrieved: the caller gets its CancelledError
+        raise
+
+
+def _require_movable(access: dict[int, _Access], source: int, destination: int) -> None:
+    for account_id, field in ((source, "source"), (destination, "destination")):
+        found = access.get(account_id)
+        if found is None or not found.can_read:
+            raise UnknownAccount(
+                f"account {account_id} does not exist", account_id=account_id, field=field
+            )
+        if not found.can_move:
+            raise Forbidden(
+                f"you may not move funds {'out of' if field == 'source' else 'into'} "
+                f"account {account_id}",
+                account_id=account_id,
+                field=field,
+            )
 
 
 async def move(
@@ -436,37 +560,36 @@ async def move(
     VALIDATION_ERROR (same account twice), and the ledger's own: INVALID_AMOUNT,
     ASSET_MISMATCH, INSUFFICIENT_FUNDS, ACCOUNT_FROZEN, IDEMPOTENCY_CONFLICT.
 
-    Membership is checked before posting, outside the posting's transaction: a move that
-    passed the check while its mover is being removed may still commit (it is ordered
-    before the removal)."""
+    The memberships checked stay held until the posting's batch has ended (also when the
+    caller is cancelled: the batcher still commits), so a removal or demotion racing the
+    move commits after it."""
     if source == destination:
         raise ValidationError("source and destination must differ", field="destination")
     if memo is not None and len(memo) > 280:
         raise ValidationError("a memo has at most 280 characters", field="memo")
-    async with ledger.engine.connect() as conn:
-        access = await _access(conn, user, [source, destination])
-    for account_id, field in ((source, "source"), (destination, "destination")):
-        found = access.get(account_id)
-        if found is None or not found.can_read:
-            raise UnknownAccount(
-                f"account {account_id} does not exist", account_id=account_id, field=field
-            )
-        if not found.can_move:
-            raise Forbidden(
-                f"you may not move funds {'out of' if field == 'source' else 'into'} "
-                f"account {account_id}",
-                account_id=account_id,
-                field=field,
-            )
     metadata: dict[str, Any] = {"moved_by": str(user)}
     if memo:
         metadata["memo"] = memo
-    return await ledger.post(
-        PostOperation(
-            OperationType.INTERNAL_MOVE,
-            transfer_legs(source, destination, asset, amount),
-            actor=actor,
-            idempotency_key=None if idempotency_key is None else f"move:{user}:{idempotency_key}",
-            metadata=metadata,
-        )
+    command = PostOperation(
+        OperationType.INTERNAL_MOVE,
+        transfer_legs(source, destination, asset, amount),
+        actor=actor,
+        idempotency_key=None if idempotency_key is None else f"move:{user}:{idempotency_key}",
+        metadata=metadata,
     )
+    result: OperationResult | None = None
+    try:
+        async with _slots(ledger.engine), ledger.engine.begin() as conn:
+            access = await _access(conn, user, [source, destination])
+            _require_movable(access, source, destination)
+            result = await _post_settled(ledger, command)
+            return result  # noqa: RET504 - the except clause reads it
+    except DBAPIError:
+        if result is None:
+            raise
+        # the posting has ended, then ending the check's transaction (it wrote nothing)
+        # failed: the result stands (a retry must not move the funds twice). Had the
+        # connection died before the posting ended, its locks went with it.
+        log.warning("vault move %d posted; its membership check's connection failed",
+                    result.operation_id)  # fmt: skip
+        return result

@@ -65,24 +65,36 @@ async def raw_connect(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(_plain(url, str(make_url(url).database)))
 
 
-async def terminate_when_blocked(
+async def blocked_backend(
     database_url: str, task: asyncio.Task[Any], query_like: str
-) -> None:
-    """Wait (bounded) until a backend running a query ``LIKE query_like`` waits on a lock,
-    then kill it: a crash in the middle of that statement. Fails if it never blocks."""
+) -> int | None:
+    """Wait (bounded) until a backend running a query ``LIKE query_like`` waits on a lock;
+    its pid, or None when ``task`` finished first (it never had to wait)."""
     watcher = await raw_connect(database_url)
     try:
-        pid = None
-        for _ in range(500):  # bounded poll for the writer to be blocked on the lock
-            pid = await watcher.fetchval(
+        for _ in range(500):  # bounded poll for the statement to be blocked on the lock
+            pid: int | None = await watcher.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND query LIKE $1 AND pid <> pg_backend_pid()",
                 query_like,
             )
             if pid is not None or task.done():
-                break
+                return pid
             await asyncio.sleep(0.01)
-        assert pid is not None, "the batch never blocked"
+        raise AssertionError(f"no backend running {query_like!r} blocked, and {task} runs on")
+    finally:
+        await watcher.close()
+
+
+async def terminate_when_blocked(
+    database_url: str, task: asyncio.Task[Any], query_like: str
+) -> None:
+    """Wait (bounded) until a backend running a query ``LIKE query_like`` waits on a lock,
+    then kill it: a crash in the middle of that statement. Fails if it never blocks."""
+    pid = await blocked_backend(database_url, task, query_like)
+    assert pid is not None, "the batch never blocked"
+    watcher = await raw_connect(database_url)
+    try:
         await watcher.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
         await watcher.close()

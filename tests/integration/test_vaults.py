@@ -25,9 +25,10 @@ from core.errors import (
 )
 from core.forensics import forensic_ledger
 from core.ledger import Ledger
-from core.types import AccountKind, Actor, OperationType, Role
+from core.types import AccountKind, Actor, OperationResult, OperationType, Role
 from core.vaults import VaultRole
 from tests.conftest import ADMIN, World
+from tests.support import blocked_backend, raw_connect
 
 pytestmark = pytest.mark.integration
 
@@ -488,3 +489,260 @@ async def test_forensic_view_pages_through_every_visible_entry(world: World) -> 
                                actor=alice.actor)  # fmt: skip
     after = await forensic_ledger(led, user=alice.id, limit=100)
     assert {e.account_id for e in after.entries} == {alice.available, mine.id}
+
+
+# -- membership changes racing moves ---------------------------------------------------------
+#
+# A move must be linearizable with the member changes of its vault: it commits while its
+# mover holds a role that may move funds, or fails like a non-member's (nothing moved).
+# Observable order: the audit log's ids come from one sequence. A member change draws its
+# id after its write to ``vault_members`` and before its COMMIT; a posting draws the id
+# of its ``operation.posted`` record before its COMMIT. So a posting that committed
+# before a removal did has the smaller id, and every committed move of a member must
+# come, by audit id, inside one of their membership windows.
+
+
+async def member_windows(led: Ledger, vault_id: int, member: uuid.UUID) -> list[tuple[int, bool]]:
+    """(audit id, may move afterwards) of every change of ``member``'s role in the vault."""
+    changes = []
+    for audit_id, action, before, after in await audit_rows(led, vault_id):
+        if action in {"vault.member_added", "vault.member_role"} and after["member"] == str(member):
+            changes.append((audit_id, VaultRole(after["role"]) in vaults.MOVER_ROLES))
+        elif action == "vault.member_removed" and before["member"] == str(member):
+            changes.append((audit_id, False))
+    return changes
+
+
+async def audit_rows(led: Ledger, vault_id: int) -> list[tuple]:
+    async with led.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT id, action, before, after FROM audit_log "
+                "WHERE entity_type = 'vault' AND entity_id = :v ORDER BY id"
+            ),
+            {"v": str(vault_id)},
+        )
+        return [tuple(r) for r in rows]
+
+
+async def committed_moves(led: Ledger, mover: uuid.UUID) -> dict[int, int]:
+    """operation id -> audit id of every INTERNAL_MOVE ``mover`` committed."""
+    async with led.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT id, audit_id FROM operations WHERE type = 'INTERNAL_MOVE' "
+                "AND status = 'COMPLETED' AND metadata->>'moved_by' = :u"
+            ),
+            {"u": str(mover)},
+        )
+        return {r.id: r.audit_id for r in rows}
+
+
+async def net_by_account(led: Ledger, operation_ids: list[int]) -> dict[int, int]:
+    async with led.engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT e.account_id, sum(e.amount) AS net FROM operations o "
+                "JOIN ledger_entries e ON e.seq BETWEEN o.first_seq AND o.last_seq "
+                "AND e.operation_id = o.id WHERE o.id = ANY(:ids) GROUP BY e.account_id"
+            ),
+            {"ids": operation_ids},
+        )
+        return {r.account_id: int(r.net) for r in rows}
+
+
+async def assert_none_late(led: Ledger, vault_id: int, mover: uuid.UUID) -> None:
+    """Every committed move of ``mover`` comes (by audit id) after a change that let them
+    move and before the next change."""
+    windows = await member_windows(led, vault_id, mover)
+    late = []
+    for operation_id, audit_id in sorted((await committed_moves(led, mover)).items()):
+        earlier = [may for change_id, may in windows if change_id < audit_id]
+        if not (earlier and earlier[-1]):
+            late.append((operation_id, audit_id))
+    assert late == [], (
+        f"moves committed after {mover} lost the right to move (operation, audit id): "
+        f"{late}; membership changes (audit id, may move): {windows}"
+    )
+
+
+async def assert_moves_linearizable(
+    world: World,
+    vault_id: int,
+    mover: Person,
+    outcomes: list[tuple[object, type[LedgerError]]],
+    balances_before: dict[int, int],
+) -> None:
+    """From the database: every committed move of ``mover`` lies inside one of their
+    membership windows; each call either committed (and returned that operation) or
+    failed with the member error (and moved nothing); value is conserved."""
+    led = world.ledger
+    await assert_none_late(led, vault_id, mover.id)
+    moves = await committed_moves(led, mover.id)
+    returned = set()
+    for outcome, member_error in outcomes:
+        if isinstance(outcome, OperationResult):
+            returned.add(outcome.operation_id)
+        else:
+            # exactly what a non-member (UNKNOWN_ACCOUNT) or a viewer (FORBIDDEN) gets
+            assert type(outcome) is member_error, outcome
+            assert isinstance(outcome, LedgerError)
+            assert outcome.details["account_id"] == vault_id
+    assert returned == set(moves), "a failed move committed, or a committed one was not seen"
+    # funds moved by exactly the committed operations, and nothing was created or lost
+    net = await net_by_account(led, sorted(moves))
+    for account_id, before in balances_before.items():
+        assert await posted(led, account_id) == before + net.get(account_id, 0)
+    assert sum(net.values()) == 0
+    assert await world.total() == 0
+
+
+async def move_once(
+    world: World, who: Person, vault_id: int, i: int
+) -> OperationResult | LedgerError:
+    """Move 1-3 units into (even ``i``) or out of (odd) the vault; the error if refused."""
+    into = i % 2 == 0
+    try:
+        return await vaults.move(
+            world.ledger, user=who.id, source=who.available if into else vault_id,
+            destination=vault_id if into else who.available, asset=world.asset,
+            amount=1 + i % 3, actor=who.actor,
+        )  # fmt: skip
+    except LedgerError as err:
+        return err
+
+
+async def test_a_removal_waits_for_the_moves_in_flight(
+    shared: tuple[World, dict[str, Person], int], database_url: str
+) -> None:
+    """Forced interleaving: the contributor's moves have passed the membership check and
+    their batch is blocked (the vault's balance row is held by another connection) when
+    the owner removes the contributor. The removal must wait for those moves; before the
+    fix it committed at once and the moves committed after it."""
+    world, people, vault_id = shared
+    led = world.ledger
+    owner, contributor = people["owner"], people["contributor"]
+    accounts = (vault_id, contributor.available)
+    before = {a: await posted(led, a) for a in accounts}
+    blocker = await raw_connect(database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE", vault_id)
+        moves = [asyncio.create_task(move_once(world, contributor, vault_id, i)) for i in range(6)]
+        # the batch carrying (some of) the moves waits for the vault's balance row
+        assert await blocked_backend(database_url, moves[0], "%valueos_lock_balances%")
+        removal = asyncio.create_task(
+            vaults.remove_member(led, user=owner.id, vault_id=vault_id,
+                                 member=contributor.id, actor=owner.actor)
+        )  # fmt: skip
+        # fixed: the removal waits for the moves in flight (on the membership's advisory
+        # lock, before its DELETE); before the fix it committed at once
+        await blocked_backend(database_url, removal, "%pg_advisory_xact_lock(%")
+        await tx.rollback()
+        outcomes = await asyncio.gather(*moves)
+        await removal
+    finally:
+        await blocker.close()
+    assert any(isinstance(o, OperationResult) for o in outcomes)
+    await assert_moves_linearizable(
+        world, vault_id, contributor, [(o, UnknownAccount) for o in outcomes], before
+    )
+
+
+async def test_a_cancelled_move_holds_the_membership_until_its_posting_ends(
+    shared: tuple[World, dict[str, Person], int], database_url: str
+) -> None:
+    """The batcher commits a posting whose caller was cancelled: the cancelled move must
+    still keep a removal waiting until its posting has ended."""
+    world, people, vault_id = shared
+    led = world.ledger
+    owner, contributor = people["owner"], people["contributor"]
+    blocker = await raw_connect(database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE", vault_id)
+        moving = asyncio.create_task(move_once(world, contributor, vault_id, 0))
+        assert await blocked_backend(database_url, moving, "%valueos_lock_balances%")
+        moving.cancel()
+        removal = asyncio.create_task(
+            vaults.remove_member(led, user=owner.id, vault_id=vault_id,
+                                 member=contributor.id, actor=owner.actor)
+        )  # fmt: skip
+        await blocked_backend(database_url, removal, "%pg_advisory_xact_lock(%")
+        await tx.rollback()
+        with pytest.raises(asyncio.CancelledError):
+            await moving
+        await removal
+    finally:
+        await blocker.close()
+    # the posting committed (its caller was gone), and before the removal
+    assert len(await committed_moves(led, contributor.id)) == 1
+    await assert_none_late(led, vault_id, contributor.id)
+    assert await posted(led, vault_id) == 500 + 1
+    assert await world.total() == 0
+
+
+async def test_a_move_whose_check_connection_dies_after_posting_keeps_its_result(
+    shared: tuple[World, dict[str, Person], int], database_url: str
+) -> None:
+    """The connection holding the membership is killed while the posting waits: the
+    posting still commits, and the caller gets its result, not the connection's error."""
+    world, people, vault_id = shared
+    contributor = people["contributor"]
+    blocker = await raw_connect(database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM balances WHERE account_id = $1 FOR UPDATE", vault_id)
+        moving = asyncio.create_task(move_once(world, contributor, vault_id, 0))
+        assert await blocked_backend(database_url, moving, "%valueos_lock_balances%")
+        killed = await blocker.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state = 'idle in transaction' "
+            "AND query LIKE '%FOR SHARE'"
+        )
+        assert killed
+        await tx.rollback()
+        moved = await moving
+    finally:
+        await blocker.close()
+    assert isinstance(moved, OperationResult)
+    assert set(await committed_moves(world.ledger, contributor.id)) == {moved.operation_id}
+    assert await posted(world.ledger, vault_id) == 500 + 1
+
+
+async def test_moves_racing_removals_and_demotions(
+    shared: tuple[World, dict[str, Person], int],
+) -> None:
+    """Many concurrent moves by a contributor while an owner removes them (or demotes them
+    to VIEWER), round after round: no move commits once the change has committed."""
+    world, people, vault_id = shared
+    led = world.ledger
+    owner, contributor = people["owner"], people["contributor"]
+    accounts = (vault_id, contributor.available)
+    before = {a: await posted(led, a) for a in accounts}
+    outcomes: list[tuple[object, type[LedgerError]]] = []
+    moves_per_round = 30
+    for round_ in range(8):
+        demote = round_ % 2 == 1
+        if round_:  # a contributor again (re-added after a removal, promoted after a demotion)
+            await vaults.set_member(led, user=owner.id, vault_id=vault_id, member=contributor.id,
+                                    role=VaultRole.CONTRIBUTOR, actor=owner.actor)  # fmt: skip
+        revoke = (
+            vaults.set_member(led, user=owner.id, vault_id=vault_id, member=contributor.id,
+                              role=VaultRole.VIEWER, actor=owner.actor)
+            if demote
+            else vaults.remove_member(led, user=owner.id, vault_id=vault_id,
+                                      member=contributor.id, actor=owner.actor)
+        )  # fmt: skip
+        # the change starts among the moves, at a different place each round
+        at = 4 + round_ * 3
+        calls = [move_once(world, contributor, vault_id, i) for i in range(moves_per_round)]
+        results = await asyncio.gather(*calls[:at], revoke, *calls[at:])
+        del results[at]
+        outcomes += [(r, Forbidden if demote else UnknownAccount) for r in results]
+    assert any(isinstance(o, OperationResult) for o, _ in outcomes)
+    assert any(isinstance(o, LedgerError) for o, _ in outcomes)
+    await assert_moves_linearizable(world, vault_id, contributor, outcomes, before)
