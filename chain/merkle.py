@@ -694,9 +694,10 @@ class StandardMerkleTree:
 
         ``hash_leaves`` must hash each item on its own (a pure function of the item): from
         :data:`PARALLEL_MIN_LEAVES` items on, with ``workers`` (default
-        :func:`default_workers`) of 2 or more, half of the items are hashed by a forked
-        process, and the internal nodes are split the same way. The tree is the same
-        byte for byte either way.
+        :func:`default_workers`) of 2 or more, it is called on chunks of the items, about
+        half of them in a forked process, and the subtrees are shared out the same way (see
+        the module docstring). The tree is the same byte for byte either way; such a tree
+        keeps its node array packed (:attr:`nodes` is then a read-only sequence over it).
         """
         if _parallel(len(items), workers):
             by_input, nodes = _TwoProcessBuild(items, hash_leaves, sort_leaves).run()
