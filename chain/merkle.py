@@ -353,15 +353,18 @@ class _Forked:
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait for the child's next finished step: True when it is done; False when the child
         failed, died or was still at it after ``timeout_s`` (default: until
-        :data:`CHILD_TIMEOUT_S` after the fork; it is then killed and reaped). No polling: a
-        select on the child's pipe and its pidfd."""
+        :data:`CHILD_TIMEOUT_S` after the fork; it is then killed and reaped). No polling
+        loop: one ``poll`` on the child's pipe and its pidfd."""
         if not self._live:
             return False
         if timeout_s is None:
             timeout_s = self._deadline - time.monotonic()
-        fds = [self._up] if self._pidfd < 0 else [self._up, self._pidfd]
-        readable, _, _ = select.select(fds, [], [], max(timeout_s, 0.0))
-        if self._up in readable and os.read(self._up, 1) == b"r":
+        poll = select.poll()  # not select(): a busy server's descriptors may be past 1024
+        poll.register(self._up, select.POLLIN)
+        if self._pidfd >= 0:
+            poll.register(self._pidfd, select.POLLIN)
+        ready = {fd for fd, _ in poll.poll(max(timeout_s, 0.0) * 1000)}
+        if self._up in ready and os.read(self._up, 1) == b"r":
             return True
         self.close()
         return False
