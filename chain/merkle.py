@@ -590,6 +590,8 @@ class _TwoProcessBuild(Generic[T]):
                 self._hash_subtrees(self._tail, row)  # while the child exits
                 if not job.wait():
                     self._hash_subtrees(set(self._shared) - {*subtrees.taken}, row)
+                del row, mine, theirs  # ~0.5M hashes freed while the child exits, not after
+                self._runs.close()
             finally:
                 job.close()
         top = _Packed(self._nodes, 32 * self._first, 32 * self._end).tolist()
