@@ -58,7 +58,7 @@ process hashes the last few small subtrees while the child exits, then the nodes
 Only bytes cross between the processes: no Python object of one is rebuilt in the other but
 the hashes it needs, and a process the machine slows down simply takes fewer chunks. A tree
 built that way keeps its node array (and input-order hashes) packed in the shared mapping.
-safe-pysha3 holds the GIL for inputs this small, so threads would not help. The tree is
+The keccak call holds the GIL for inputs this small, so threads would not help. The tree is
 byte-identical either way; whatever a failed or stuck child took is redone here.
 """
 
@@ -281,14 +281,14 @@ def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
 #: Trees with fewer leaves are built in this process only (a fork costs milliseconds).
 PARALLEL_MIN_LEAVES = 50_000
 #: A forked child still running this long after the fork is killed and its share redone here
-#: (it normally finishes with this process: ~2.5 s for 1M leaves).
+#: (it normally finishes with this process: ~2 s for 1M leaves).
 CHILD_TIMEOUT_S = 120.0
 #: The items are hashed in this many chunks (at most 256), and the tree in the subtrees of the
 #: nodes at this depth (at most 2**7 = 128): either process takes the next one when it is free.
 _CHUNKS = 128
 _SPLIT_DEPTH = 7
 #: The smallest subtrees, about this share of the leaves, are left to this process, to hash
-#: while the child exits (tearing down its address space takes ~25 ms for 1M leaves).
+#: while the child exits (tearing down its address space takes 50-80 ms for 1M leaves).
 _PARENT_TAIL = 0.05
 
 
