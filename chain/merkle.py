@@ -41,10 +41,10 @@ A reloaded tree serves proofs straight from that buffer, without rehashing anyth
 :meth:`StandardMerkleTree.validate` rehashes every node when the stored bytes are not trusted.
 
 Speed
-    keccak is called directly through tiny-keccak's ``keccak256`` (one call into compiled code
-    per hash, no hash object), once per node on 64 bytes. The rows of the array are built
-    deepest first with list comprehensions over byte strings; no per-node Python objects besides
-    the hashes themselves. The time goes to keccak itself: a 288-byte entry leaf costs four
+    keccak is called directly through ``sha3.keccak_256`` (safe-pysha3, the C backend behind
+    ``eth_hash.auto``), once per node on 64 bytes. The rows of the array are built deepest
+    first with list comprehensions over byte strings; no per-node Python objects besides the
+    hashes themselves. The time goes to keccak itself: a 288-byte entry leaf costs four
     Keccak-f permutations (three for the encoding, one for the outer hash) and each internal
     node one more, so about five permutations per leaf.
 
@@ -83,7 +83,6 @@ from typing import Generic, Protocol, TypeVar, overload
 
 from eth_abi.abi import encode as abi_encode
 from sha3 import keccak_256 as _sha3_keccak_256
-from tiny_keccak import keccak256 as _tiny_keccak256
 
 __all__ = [
     "EMPTY_ROOT",
@@ -93,7 +92,6 @@ __all__ = [
     "default_workers",
     "hash_pair",
     "keccak256",
-    "keccak256_bytes",
     "keccak_256",
     "leaf_hash",
     "process_multiproof",
@@ -119,42 +117,32 @@ class KeccakHash(Protocol):
     def digest(self) -> bytes: ...
 
 
-#: The C keccak256 hash-object constructor of safe-pysha3 (``sha3.keccak_256``, untyped
-#: upstream), kept for callers of the object API; this module hashes with
-#: :data:`keccak256_bytes`.
+#: The raw C keccak256 constructor (``sha3.keccak_256``, untyped upstream): for hot loops,
+#: ``keccak_256(data).digest()`` skips every wrapper between Python and the C code.
 keccak_256: Callable[[bytes], KeccakHash] = _sha3_keccak_256
-
-#: Ethereum's keccak256 of a ``bytes`` object (``bytes`` only, no other buffer) in one call
-#: into compiled code: tiny-keccak's ``keccak256``, a one-function binding of the Rust
-#: ``tiny-keccak`` crate. For hot loops: about twice as fast on 32 to 64 bytes as
-#: ``keccak_256(data).digest()``, which builds a hash object and wipes its state byte by byte
-#: twice (on ``digest()`` and on deallocation).
-keccak256_bytes: Callable[[bytes], bytes] = _tiny_keccak256
-_keccak = keccak256_bytes
+_keccak = keccak_256
 
 
 def keccak256(data: bytes) -> bytes:
-    """Ethereum's keccak256 (the original Keccak padding, not NIST SHA3-256) of any bytes-like
-    object."""
-    return _keccak(data if type(data) is bytes else bytes(data))
+    """Ethereum's keccak256 (the original Keccak padding, not NIST SHA3-256)."""
+    return _keccak(data).digest()
 
 
 def hash_pair(a: bytes, b: bytes) -> bytes:
     """The OpenZeppelin node hash: keccak256 of the two children, smaller first."""
-    a, b = bytes(a), bytes(b)
-    return _keccak(a + b if a < b else b + a)
+    return _keccak(a + b if a < b else b + a).digest()
 
 
 def leaf_hash(values: Sequence[object], types: Sequence[str]) -> bytes:
     """The OpenZeppelin standard leaf hash of ``values`` ABI-encoded as ``types`` (generic path)."""
-    return _keccak(_keccak(abi_encode(list(types), list(values))))
+    return _keccak(_keccak(abi_encode(list(types), list(values))).digest()).digest()
 
 
 def process_proof(leaf: bytes, proof: Iterable[bytes]) -> bytes:
     """Fold ``proof`` into ``leaf`` with the node hash; the result is the implied root."""
-    node = bytes(leaf)
-    for sibling in map(bytes, proof):
-        node = _keccak(node + sibling if node < sibling else sibling + node)
+    node = leaf
+    for sibling in proof:
+        node = _keccak(node + sibling if node < sibling else sibling + node).digest()
     return node
 
 
@@ -268,7 +256,9 @@ def _hash_runs(nodes: list[bytes], runs: Iterable[tuple[int, int]]) -> None:
     for lo, hi in runs:
         lefts = nodes[2 * lo + 1 : 2 * hi + 1 : 2]
         rights = nodes[2 * lo + 2 : 2 * hi + 2 : 2]
-        nodes[lo:hi] = [k(a + b if a < b else b + a) for a, b in zip(lefts, rights, strict=True)]
+        nodes[lo:hi] = [
+            k(a + b if a < b else b + a).digest() for a, b in zip(lefts, rights, strict=True)
+        ]
 
 
 def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
@@ -517,7 +507,10 @@ def _hash_rows(
     for lo, hi in runs:
         mid = min(max(lo, n_leaves - 1), hi)
         m = 2 * (mid - lo)
-        row = [k(a + b if a < b else b + a) for a, b in zip(row[:m:2], row[1:m:2], strict=True)]
+        row = [
+            k(a + b if a < b else b + a).digest()
+            for a, b in zip(row[:m:2], row[1:m:2], strict=True)
+        ]
         if mid < hi and leaf_row is not None:
             row += leaf_row(mid - n_leaves + 1, hi - n_leaves + 1)
         out[32 * lo : 32 * hi] = b"".join(row)

@@ -255,22 +255,6 @@ def test_keccak_is_ethereum_keccak_not_sha3() -> None:
 
 
 @pytest.mark.unit
-def test_the_fast_keccak_agrees_with_safe_pysha3() -> None:
-    """tiny-keccak (the hot loops) against safe-pysha3 (eth_hash's backend), around every
-    sponge block boundary (136 bytes) and on any bytes-like input."""
-    rng = random.Random(5)
-    for size in [*range(0, 300), *range(400, 420), 136 * 8 - 1, 136 * 8, 5000]:
-        data = rng.randbytes(size)
-        expected = chain.merkle.keccak_256(data).digest()
-        assert chain.merkle.keccak256_bytes(data) == expected, size
-        assert keccak256(data) == keccak256(bytearray(data)) == keccak256(memoryview(data))
-        assert keccak256(data) == expected
-    a, b = keccak256(b"a"), keccak256(b"b")
-    assert hash_pair(bytearray(a), b) == hash_pair(a, memoryview(b)) == hash_pair(b, a)
-    assert process_proof(bytearray(a), [bytearray(b)]) == hash_pair(a, b)
-
-
-@pytest.mark.unit
 def test_node_hash_sorts_the_pair() -> None:
     a, b = keccak256(b"a"), keccak256(b"b")
     low, high = sorted((a, b))
