@@ -271,7 +271,7 @@ def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
 #: Trees with fewer leaves are built in this process only (a fork costs milliseconds).
 PARALLEL_MIN_LEAVES = 50_000
 #: A forked child still running this long after the fork is killed and its share redone here
-#: (it normally finishes with this process: ~2 s for 1M leaves).
+#: (it normally finishes with this process: ~2.5 s for 1M leaves).
 CHILD_TIMEOUT_S = 120.0
 #: The items are hashed in this many chunks (at most 256), and the tree in the subtrees of the
 #: nodes at this depth (at most 2**7 = 128): either process takes the next one when it is free.
