@@ -49,19 +49,24 @@ Speed
     node one more, so about five permutations per leaf.
 
 Two processes (:meth:`StandardMerkleTree.build`, from :data:`PARALLEL_MIN_LEAVES` leaves, on
-a machine with two CPUs): a forked child hashes and sorts 48% of the leaves while this process
-does the rest, and the two sorted halves are merged (one timsort pass over two runs); then a
-second child hashes the subtree of node 2 while this process hashes the subtree of node 1 (in
-the array layout a subtree is one contiguous run per row), and the root is hashed last.
-Results come back through an anonymous shared mapping. safe-pysha3 holds the GIL for inputs
-this small, so threads would not help. The tree is byte-identical either way; a child that
-fails is redone here.
+a machine with two CPUs): one forked child and one exchange. Both processes take chunks of the
+items in turn from a shared queue (a pipe), hash them into a shared input-order array and sort
+their own hashes; each hands its sorted run to the other through shared memory. Then both take
+the subtrees below depth 7 in turn, find each subtree's leaves in the two sorted runs (binary
+search, then a linear merge) and hash the subtree straight into the shared node array; this
+process hashes the last few small subtrees while the child exits, then the nodes above them.
+Only bytes cross between the processes: no Python object of one is rebuilt in the other but
+the hashes it needs, and a process the machine slows down simply takes fewer chunks. A tree
+built that way keeps its node array (and input-order hashes) packed in the shared mapping.
+The keccak call holds the GIL for inputs this small, so threads would not help. The tree is
+byte-identical either way; whatever a failed or stuck child took is redone here.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import gc
 import itertools
 import mmap
 import os
@@ -69,11 +74,12 @@ import select
 import signal
 import struct
 import sys
+import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, overload
+from typing import Generic, Protocol, TypeVar, overload
 
 from eth_abi.abi import encode as abi_encode
 from sha3 import keccak_256 as _sha3_keccak_256
@@ -201,7 +207,7 @@ class _Packed(Sequence[bytes]):
 
     __slots__ = ("_buf", "_len", "_start")
 
-    def __init__(self, buf: bytes, start: int = 0, end: int | None = None) -> None:
+    def __init__(self, buf: bytes | mmap.mmap, start: int = 0, end: int | None = None) -> None:
         end = len(buf) if end is None else end
         if (end - start) % 32 or not 0 <= start <= end <= len(buf):
             raise ValueError("packed hashes must be a multiple of 32 bytes")
@@ -218,7 +224,11 @@ class _Packed(Sequence[bytes]):
     def __getitem__(self, index: slice) -> list[bytes]: ...
     def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._len))]
+            start, stop, step = index.indices(self._len)
+            if step == 1:  # one run: sliced straight from the buffer
+                buf, offset = self._buf, self._start
+                return [buf[i : i + 32] for i in range(offset + 32 * start, offset + 32 * stop, 32)]
+            return [self[i] for i in range(start, stop, step)]
         if index < 0:
             index += self._len
         if not 0 <= index < self._len:
@@ -239,53 +249,6 @@ class _Packed(Sequence[bytes]):
         return [buf[i : i + 32] for i in range(start, start + 32 * self._len, 32)]
 
 
-class _Chained(Sequence[bytes]):
-    """Two sequences of hashes read as one (the input-order hashes of a two-process build)."""
-
-    __slots__ = ("_head", "_tail")
-
-    def __init__(self, head: Sequence[bytes], tail: Sequence[bytes]) -> None:
-        self._head = head
-        self._tail = tail
-
-    def __len__(self) -> int:
-        return len(self._head) + len(self._tail)
-
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[bytes]: ...
-    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError("index out of range")
-        split = len(self._head)
-        return self._head[index] if index < split else self._tail[index - split]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return itertools.chain(self._head, self._tail)
-
-
-def _subtree_runs(root: int, n_leaves: int) -> list[tuple[int, int]]:
-    """The internal nodes under (and including) ``root`` as array runs ``[lo, hi)``, deepest
-    first.
-
-    At relative depth ``d`` the subtree of ``root`` covers the contiguous array positions
-    ``[(root + 1) * 2**d - 1, (root + 2) * 2**d - 1)``; the internal nodes are those below
-    ``n_leaves - 1``, and the children of a run ``[lo, hi)`` are the run ``[2lo + 1, 2hi + 1)``.
-    """
-    runs = []
-    depth = 0
-    while (lo := (root + 1) * 2**depth - 1) < n_leaves - 1:
-        runs.append((lo, min((root + 2) * 2**depth - 1, n_leaves - 1)))
-        depth += 1
-    runs.reverse()
-    return runs
-
-
 def _hash_runs(nodes: list[bytes], runs: Iterable[tuple[int, int]]) -> None:
     """Hash the internal node runs (deepest first) in place: one list comprehension per run
     over two strided slices of the run below."""
@@ -300,21 +263,23 @@ def _hash_runs(nodes: list[bytes], runs: Iterable[tuple[int, int]]) -> None:
 
 def _hash_internal_nodes(nodes: list[bytes], n_leaves: int) -> None:
     """Fill in ``nodes[:n_leaves - 1]`` from the leaves in ``nodes[n_leaves - 1:]``, in place."""
-    _hash_runs(nodes, _subtree_runs(0, n_leaves))
-
-
-def _split32(data: bytes) -> list[bytes]:
-    """Packed 32-byte hashes -> a list of them."""
-    return [data[i : i + 32] for i in range(0, len(data), 32)]
+    _hash_runs(nodes, _runs_under(0, 1, n_leaves - 1))
 
 
 # ------------------------------------------------------------------- using a second core
 
 #: Trees with fewer leaves are built in this process only (a fork costs milliseconds).
 PARALLEL_MIN_LEAVES = 50_000
-#: A forked child still running after this long is killed and its share redone here (it
-#: normally takes about as long as this process's own share: ~1.5 s for 1M leaves).
+#: A forked child still running this long after the fork is killed and its share redone here
+#: (it normally finishes with this process: ~2.5 s for 1M leaves).
 CHILD_TIMEOUT_S = 120.0
+#: The items are hashed in this many chunks (at most 256), and the tree in the subtrees of the
+#: nodes at this depth (at most 2**7 = 128): either process takes the next one when it is free.
+_CHUNKS = 128
+_SPLIT_DEPTH = 7
+#: The smallest subtrees, about this share of the leaves, are left to this process, to hash
+#: while the child exits (tearing down its address space takes 50-80 ms for 1M leaves).
+_PARENT_TAIL = 0.05
 
 
 def default_workers() -> int:
@@ -334,122 +299,340 @@ def _parallel(n_leaves: int, workers: int | None) -> bool:
 
 
 class _Forked:
-    """``work()`` run in a forked child, its result (exactly ``size`` bytes) handed back through
-    an anonymous shared mapping.
+    """``work`` run in a forked child, step by step, its results handed back through anonymous
+    shared mappings (``mmap.mmap(-1, size)``) the caller made before the fork.
 
-    The child only computes (keccak, struct, lists) and writes into the mapping, then leaves
-    with ``os._exit``: no file descriptor, lock, atexit hook or event loop of the parent is
-    touched, so forking from a worker thread of an asyncio program is safe. :meth:`result` is
-    None when the child failed in any way; the caller then does the work itself.
+    ``work(ready)`` calls ``ready()`` when a step's bytes are in the mappings: :meth:`wait` then
+    returns True in this process, and ``ready()`` returns once this process calls :meth:`go`.
+    ``work`` returning True completes the last step (False: it failed). The child only computes
+    (keccak, struct, lists), writes into the mappings and its own two pipes, then leaves with
+    ``os._exit``: no file descriptor, lock, atexit hook or event loop of the parent is touched,
+    so forking from a worker thread of an asyncio program is safe. A child that fails, dies or
+    is still running :data:`CHILD_TIMEOUT_S` after the fork is killed and reaped, and
+    :meth:`wait` returns False: the caller then does the child's share itself.
     """
 
-    def __init__(self, size: int, work: Callable[[], bytes]) -> None:
-        self._size = size
-        self._buf = mmap.mmap(-1, max(size, 1))
-        self._pid = os.fork()
+    def __init__(self, work: Callable[[Callable[[], None]], bool]) -> None:
+        self._deadline = time.monotonic() + CHILD_TIMEOUT_S
+        self._pidfd = -1
+        up_r, up_w = os.pipe()  # child -> parent: b"r", a step is done
+        down_r, down_w = os.pipe()  # parent -> child: b"g", go on
+        try:
+            self._pid = os.fork()
+        except OSError:  # no second process to be had: the caller does it all
+            self._pid = -1
         if self._pid == 0:  # pragma: no cover - runs in the child (coverage cannot see it)
             code = 1
             try:
+                os.close(up_r)
+                os.close(down_w)
                 with contextlib.suppress(ValueError):  # an event loop's wakeup fd is not ours
                     signal.set_wakeup_fd(-1)
-                data = work()
-                if len(data) == size:
-                    self._buf[:size] = data
+                gc.disable()  # a full collection would write to every object's page
+
+                def ready() -> None:
+                    os.write(up_w, b"r")
+                    if os.read(down_r, 1) != b"g":  # the parent gave up on this child
+                        os._exit(1)
+
+                if work(ready):
+                    os.write(up_w, b"r")
                     code = 0
             finally:
                 os._exit(code)
+        os.close(up_w)
+        os.close(down_r)
+        self._up, self._down = up_r, down_w
+        self._live = self._pid > 0
+        if not self._live:
+            self._close_fds()
+        elif hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):  # a kernel without pidfds: the pipe's EOF only
+                self._pidfd = os.pidfd_open(self._pid)
 
-    def result(self, timeout_s: float | None = None) -> bytes | None:
-        """The child's bytes, or None if it failed or is still running after ``timeout_s``
-        (default :data:`CHILD_TIMEOUT_S`): a child stuck on a lock some other thread of the
-        parent held at fork time is killed, and the caller does the work itself."""
-        if not self._exited(CHILD_TIMEOUT_S if timeout_s is None else timeout_s):
-            os.kill(self._pid, signal.SIGKILL)
-        _, status = os.waitpid(self._pid, 0)
-        data = self._buf[: self._size] if os.waitstatus_to_exitcode(status) == 0 else None
-        self._buf.close()
-        return data
-
-    def _exited(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the child to exit (a pidfd: no polling)."""
-        if not hasattr(os, "pidfd_open"):  # pragma: no cover - not Linux: wait without limit
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for the child's next finished step: True when it is done; False when the child
+        failed, died or was still at it after ``timeout_s`` (default: until
+        :data:`CHILD_TIMEOUT_S` after the fork; it is then killed and reaped). No polling
+        loop: one ``poll`` on the child's pipe and its pidfd."""
+        if not self._live:
+            return False
+        if timeout_s is None:
+            timeout_s = self._deadline - time.monotonic()
+        poll = select.poll()  # not select(): a busy server's descriptors may be past 1024
+        poll.register(self._up, select.POLLIN)
+        if self._pidfd >= 0:
+            poll.register(self._pidfd, select.POLLIN)
+        ready = {fd for fd, _ in poll.poll(max(timeout_s, 0.0) * 1000)}
+        if self._up in ready and os.read(self._up, 1) == b"r":
             return True
-        fd = os.pidfd_open(self._pid)
+        self.close()
+        return False
+
+    def go(self) -> None:
+        """Let the child's ``ready()`` return (its next step's input is in the mappings)."""
+        if self._live:
+            try:
+                os.write(self._down, b"g")
+            except OSError:  # it is gone: the next wait() says so
+                self.close()
+
+    def close(self) -> None:
+        """Kill the child if it is still running and reap it (idempotent)."""
+        if not self._live:
+            return
+        self._live = False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # someone else's waitpid(-1) reaped it
+            os.waitpid(self._pid, 0)
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self._up, self._down, self._pidfd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _are_hashes(hashes: Sequence[bytes], count: int) -> bool:
+    """Whether ``hashes`` is ``count`` 32-byte strings."""
+    return len(hashes) == count and set(map(len, hashes)) <= {32}
+
+
+class _Tasks:
+    """Task numbers (0 to 255) shared by this process and a forked child: a pipe filled before
+    the fork and its write end closed. A take is a one-byte read, atomic between the two
+    processes, and an empty queue reads as end of file: whichever process is free takes the
+    next task, so a process the machine slows down does less of the work."""
+
+    def __init__(self, tasks: Iterable[int]) -> None:
+        read_fd, write_fd = os.pipe()
         try:
-            ready, _, _ = select.select([fd], [], [], timeout_s)
+            os.write(write_fd, bytes(tasks))  # at most 256 bytes, below PIPE_BUF: at once
         finally:
-            os.close(fd)
-        return bool(ready)
+            os.close(write_fd)
+        self._fd = read_fd
+        #: the tasks this process took
+        self.taken: list[int] = []
+
+    def drain(self) -> Iterator[int]:
+        """Take tasks until there are none left."""
+        while task := os.read(self._fd, 1):
+            self.taken.append(task[0])
+            yield task[0]
+
+    def __enter__(self) -> _Tasks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
 
 
-def _hash_leaves_in_two(
-    items: Sequence[T], hash_leaves: Callable[[Sequence[T]], list[bytes]], sort: bool
-) -> tuple[Sequence[bytes], list[bytes]]:
-    """(input-order hashes, leaf row) with the hashing and sorting of the first half of
-    ``items`` done by a forked child while this process does the second half.
+def _runs_under(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    """The positions under (and including) the nodes ``[lo, hi)`` of one row of a node array
+    of ``size`` entries: one run ``[lo, hi)`` per row, deepest first.
 
-    The leaf row is the hashes sorted descending (the two sorted halves merged: timsort on two
-    runs is a linear merge) or, unsorted, the input reversed.
+    The children of a run ``[lo, hi)`` are the run ``[2lo + 1, 2hi + 1)``; positions from
+    ``size`` on do not exist.
     """
-    n = len(items)
-    # the child's share, 48%: a forked child pays more per leaf (copy-on-write faults on the
-    # pages it touches, tearing its address space down), measured against this process's
-    # extra work (splitting the child's result, merging the halves)
-    half = n * 12 // 25
-
-    def child() -> bytes:  # pragma: no cover - runs in the child
-        hashes = hash_leaves(items[:half])
-        if len(hashes) != half or any(len(h) != 32 for h in hashes):
-            return b""  # wrong size: the parent redoes it and reports the error
-        packed = b"".join(hashes)
-        if sort:
-            hashes.sort(reverse=True)
-            packed += b"".join(hashes)
-        return packed
-
-    job = _Forked(32 * half * (2 if sort else 1), child)
-    mine = hash_leaves(items[half:])
-    mine_sorted = sorted(mine, reverse=True) if sort else []
-    data = job.result()
-    if data is None:
-        theirs = hash_leaves(items[:half])
-        theirs_sorted = sorted(theirs, reverse=True) if sort else []
-    elif sort:  # the input order is only needed for the leaf index: kept packed until then
-        by_input: Sequence[bytes] = _Chained(_Packed(data, 0, 32 * half), mine)
-        leaves = _split32(data[32 * half :]) + mine_sorted
-        leaves.sort(reverse=True)
-        return by_input, leaves
-    else:
-        theirs = _split32(data)
-    by_input = theirs + mine
-    if not sort:
-        return by_input, by_input[::-1]
-    leaves = theirs_sorted + mine_sorted
-    leaves.sort(reverse=True)
-    return by_input, leaves
+    runs = []
+    while lo < size:
+        runs.append((lo, min(hi, size)))
+        lo, hi = 2 * lo + 1, 2 * hi + 1
+    runs.reverse()
+    return runs
 
 
-def _hash_tree_in_two(nodes: list[bytes], n_leaves: int) -> None:
-    """:func:`_hash_internal_nodes`, the subtree of node 2 hashed by a forked child while this
-    process hashes the subtree of node 1 (never smaller); then the root."""
-    right, left = _subtree_runs(1, n_leaves), _subtree_runs(2, n_leaves)
+class _LeafRow:
+    """Runs of the leaf row (array order) read without building the whole row.
 
-    def child() -> bytes:  # pragma: no cover - runs in the child
-        _hash_runs(nodes, left)
-        return b"".join(itertools.chain.from_iterable(nodes[lo:hi] for lo, hi in left))
+    Sorted leaves (``runs`` given): the row is the merge of two runs, the child's hashes and
+    this process's, each sorted descending (the child's first among equal hashes, which are
+    the same bytes anyway). Unsorted: the row is the input reversed, read from the packed
+    input-order hashes.
+    """
 
-    job = _Forked(32 * sum(hi - lo for lo, hi in left), child)
-    _hash_runs(nodes, right)
-    data = job.result()
-    if data is None:
-        _hash_runs(nodes, left)
-    else:
-        offset = 0
-        for lo, hi in left:
-            end = offset + 32 * (hi - lo)
-            nodes[lo:hi] = _split32(data[offset:end])
-            offset = end
-    _hash_runs(nodes, [(0, 1)])
+    __slots__ = ("_by_input", "_child", "_parent", "_sort")
+
+    def __init__(
+        self,
+        by_input: _Packed,
+        runs: tuple[list[bytes] | _Packed, list[bytes] | _Packed] | None,
+    ) -> None:
+        self._by_input = by_input
+        self._sort = runs is not None
+        self._child, self._parent = runs or ([], [])
+
+    def __call__(self, lo: int, hi: int) -> list[bytes]:
+        """The leaves ``lo`` to ``hi`` of the row (array positions ``n - 1 + lo`` on)."""
+        if not self._sort:
+            n = len(self._by_input)
+            row = self._by_input[n - hi : n - lo]
+            row.reverse()
+            return row
+        a, b = self._child, self._parent
+        ia, ib = self._taken(lo), self._taken(hi)
+        row = a[ia:ib] + b[lo - ia : hi - ib]
+        row.sort(reverse=True)  # two descending runs: one linear merge
+        return row
+
+    def _taken(self, k: int) -> int:
+        """How many of the ``k`` largest hashes are the child's (binary search)."""
+        a, b = self._child, self._parent
+        lo, hi = max(0, k - len(b)), min(k, len(a))
+        while lo < hi:
+            i = (lo + hi + 1) // 2
+            if a[i - 1] >= b[k - i]:  # a[i - 1] comes before b[k - i]: at least i are a's
+                lo = i
+            else:
+                hi = i - 1
+        return lo
+
+
+def _hash_rows(
+    out: mmap.mmap,
+    runs: Iterable[tuple[int, int]],
+    n_leaves: int,
+    leaf_row: Callable[[int, int], list[bytes]] | None,
+    below: list[bytes] | None = None,
+) -> None:
+    """Hash the node runs ``runs`` (one per row, deepest first, each the parents of the one
+    before: see :func:`_runs_under`) into the packed node array ``out``.
+
+    A run's internal nodes come first (hashed from the run below, or from ``below`` for the
+    first run), then its leaves, taken from ``leaf_row``.
+    """
+    k = _keccak
+    row = below or []
+    for lo, hi in runs:
+        mid = min(max(lo, n_leaves - 1), hi)
+        m = 2 * (mid - lo)
+        row = [
+            k(a + b if a < b else b + a).digest()
+            for a, b in zip(row[:m:2], row[1:m:2], strict=True)
+        ]
+        if mid < hi and leaf_row is not None:
+            row += leaf_row(mid - n_leaves + 1, hi - n_leaves + 1)
+        out[32 * lo : 32 * hi] = b"".join(row)
+
+
+def _subtrees(n_leaves: int) -> tuple[int, int, list[int], list[int]]:
+    """``(first, end, shared, tail)``: the nodes ``[first, end)`` of one row (depth
+    :data:`_SPLIT_DEPTH` at most) whose subtrees cover the tree, as offsets from ``first``:
+    ``shared`` (largest first) are taken by either process, ``tail``, the smallest ones (about
+    :data:`_PARENT_TAIL` of the leaves), by this process at the end."""
+    depth = min(_SPLIT_DEPTH, n_leaves.bit_length() - 1)  # 2**depth <= n: that row is full
+    first, end, size = 2**depth - 1, 2 ** (depth + 1) - 1, 2 * n_leaves - 1
+    leaves = [
+        sum(
+            hi - max(lo, n_leaves - 1)
+            for lo, hi in _runs_under(node, node + 1, size)
+            if hi >= n_leaves
+        )
+        for node in range(first, end)
+    ]
+    order = sorted(range(end - first), key=lambda i: (-leaves[i], i))
+    cut, tail_leaves = len(order), 0
+    while cut > 1 and tail_leaves + leaves[order[cut - 1]] <= _PARENT_TAIL * n_leaves:
+        cut -= 1
+        tail_leaves += leaves[order[cut]]
+    return first, end, order[:cut], order[cut:]
+
+
+class _TwoProcessBuild(Generic[T]):
+    """The tree over ``items`` built by this process and a forked child, with one fork and one
+    exchange (:meth:`run`):
+
+    1. the two processes take chunks of the items in turn, hash them into the shared
+       input-order array and keep their hashes; each sorts its own and hands them to the
+       other through shared memory;
+    2. they take the subtrees below depth :data:`_SPLIT_DEPTH` in turn and hash each straight
+       into the shared node array, its leaves a run of the merged leaf row that each finds by
+       binary search in the two sorted runs; this process hashes the nodes above them last.
+
+    Only bytes cross between the processes, and each rebuilds only the hashes it needs from
+    the other. Whatever a failed child took is redone here.
+    """
+
+    def __init__(
+        self, items: Sequence[T], hash_leaves: Callable[[Sequence[T]], list[bytes]], sort: bool
+    ) -> None:
+        n = self._n = len(items)
+        self._items, self._hash_leaves, self._sort = items, hash_leaves, sort
+        chunks = min(_CHUNKS, n)
+        self._bounds = [c * n // chunks for c in range(chunks + 1)]
+        self._first, self._end, self._shared, self._tail = _subtrees(n)
+        self._nodes = mmap.mmap(-1, 32 * (2 * n - 1))
+        self._by_input = mmap.mmap(-1, 32 * n)
+        self._runs = mmap.mmap(-1, 32 * n)  # the child's sorted hashes first, this process's last
+
+    def run(self) -> tuple[_Packed, _Packed]:
+        """(input-order hashes, node array), both packed."""
+        n, sort = self._n, self._sort
+        with _Tasks(range(len(self._bounds) - 1)) as chunks, _Tasks(self._shared) as subtrees:
+            job = _Forked(lambda ready: self._child(ready, chunks, subtrees))
+            try:
+                mine = self._hash_chunks(chunks.drain())
+                m = len(mine)
+                if sort:
+                    mine.sort(reverse=True)
+                    self._runs[32 * (n - m) :] = b"".join(mine)
+                job.go()
+                theirs: list[bytes] | _Packed
+                if job.wait():
+                    theirs = _Packed(self._runs, 0, 32 * (n - m))
+                else:  # the child failed: its chunks are hashed here
+                    theirs = self._hash_chunks(set(range(len(self._bounds) - 1)) - {*chunks.taken})
+                    if sort:
+                        theirs.sort(reverse=True)
+                row = _LeafRow(_Packed(self._by_input), (theirs, mine) if sort else None)
+                self._hash_subtrees(subtrees.drain(), row)
+                self._hash_subtrees(self._tail, row)  # while the child exits
+                if not job.wait():
+                    self._hash_subtrees(set(self._shared) - {*subtrees.taken}, row)
+                del row, mine, theirs  # ~0.5M hashes freed while the child exits, not after
+                self._runs.close()
+            finally:
+                job.close()
+        top = _Packed(self._nodes, 32 * self._first, 32 * self._end).tolist()
+        _hash_rows(self._nodes, _runs_under(0, 1, self._first), n, None, top)
+        return _Packed(self._by_input), _Packed(self._nodes)
+
+    def _child(  # pragma: no cover - runs in the child
+        self, ready: Callable[[], None], chunks: _Tasks, subtrees: _Tasks
+    ) -> bool:
+        n = self._n
+        try:
+            mine = self._hash_chunks(chunks.drain())
+        except ValueError:
+            return False  # the parent redoes it and reports the error
+        m = len(mine)
+        if self._sort:
+            mine.sort(reverse=True)
+            self._runs[: 32 * m] = b"".join(mine)
+        ready()
+        both = (mine, _Packed(self._runs, 32 * m, 32 * n)) if self._sort else None
+        self._hash_subtrees(subtrees.drain(), _LeafRow(_Packed(self._by_input), both))
+        return True
+
+    def _hash_chunks(self, todo: Iterable[int]) -> list[bytes]:
+        """Hash these chunks of the items into the input-order array; their hashes, in order."""
+        bounds, items, by_input = self._bounds, self._items, self._by_input
+        mine: list[bytes] = []
+        for chunk in todo:
+            lo, hi = bounds[chunk], bounds[chunk + 1]
+            hashes = self._hash_leaves(items[lo:hi])
+            if not _are_hashes(hashes, hi - lo):
+                raise ValueError("hash_leaves must return one hash per item, of 32 bytes")
+            by_input[32 * lo : 32 * hi] = b"".join(hashes)
+            mine += hashes
+        return mine
+
+    def _hash_subtrees(self, todo: Iterable[int], row: _LeafRow) -> None:
+        """Hash the subtrees of these nodes (offsets from the first node of their row)."""
+        first, size = self._first, 2 * self._n - 1
+        for task in todo:
+            _hash_rows(self._nodes, _runs_under(first + task, first + task + 1, size), self._n, row)
 
 
 class StandardMerkleTree:
@@ -516,39 +699,30 @@ class StandardMerkleTree:
 
         ``hash_leaves`` must hash each item on its own (a pure function of the item): from
         :data:`PARALLEL_MIN_LEAVES` items on, with ``workers`` (default
-        :func:`default_workers`) of 2 or more, half of the items are hashed by a forked
-        process, and the internal nodes are split the same way. The tree is the same
-        byte for byte either way.
+        :func:`default_workers`) of 2 or more, it is called on chunks of the items, about
+        half of them in a forked process, and the subtrees are shared out the same way (see
+        the module docstring). The tree is the same byte for byte either way; such a tree
+        keeps its node array packed (:attr:`nodes` is then a read-only sequence over it).
         """
-        if not _parallel(len(items), workers):
-            hashes = hash_leaves(items)
-            if len(hashes) != len(items):
-                raise ValueError("hash_leaves must return one hash per item")
-            return cls._from_hashes(hashes, sort_leaves, workers=1)
-        by_input, leaves = _hash_leaves_in_two(items, hash_leaves, sort_leaves)
-        if len(by_input) != len(items):
+        if _parallel(len(items), workers):
+            by_input, nodes = _TwoProcessBuild(items, hash_leaves, sort_leaves).run()
+            return cls(nodes, sorted_leaves=sort_leaves, by_input=by_input)
+        hashes = hash_leaves(items)
+        if len(hashes) != len(items):
             raise ValueError("hash_leaves must return one hash per item")
-        return cls._from_rows(by_input, leaves, sort_leaves, parallel=True)
+        return cls._from_hashes(hashes, sort_leaves, workers=1)
 
     @classmethod
     def _from_hashes(
         cls, by_input: list[bytes], sort: bool, *, workers: int | None = None
     ) -> StandardMerkleTree:
-        leaves = sorted(by_input, reverse=True) if sort else by_input[::-1]
-        return cls._from_rows(by_input, leaves, sort, parallel=_parallel(len(leaves), workers))
-
-    @classmethod
-    def _from_rows(
-        cls, by_input: Sequence[bytes], leaves: list[bytes], sort: bool, *, parallel: bool
-    ) -> StandardMerkleTree:
-        """The tree over ``leaves``, the leaf row already in array order."""
-        if not leaves:
+        if _parallel(len(by_input), workers):
+            return cls.build(by_input, list, sort_leaves=sort, workers=2)
+        if not by_input:
             return cls([], sorted_leaves=sort, by_input=[])
+        leaves = sorted(by_input, reverse=True) if sort else by_input[::-1]
         nodes = [b""] * (len(leaves) - 1) + leaves
-        if parallel:
-            _hash_tree_in_two(nodes, len(leaves))
-        else:
-            _hash_internal_nodes(nodes, len(leaves))
+        _hash_internal_nodes(nodes, len(leaves))
         return cls(nodes, sorted_leaves=sort, by_input=by_input)
 
     # ----------------------------------------------------------------- reading

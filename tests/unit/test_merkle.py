@@ -7,12 +7,13 @@ Tests marked ``integration`` run OpenZeppelin's own ``@openzeppelin/merkle-tree`
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -634,15 +635,37 @@ def test_two_process_build_is_byte_identical(monkeypatch: pytest.MonkeyPatch, so
 
 
 @pytest.mark.unit
-def test_subtree_runs_cover_every_internal_node_once() -> None:
-    for n in [*range(1, 70), 1000, 1025]:
+def test_the_subtrees_the_two_processes_take_cover_every_node_once() -> None:
+    for n in [*range(4, 70), 1000, 1025, 100_000, 1_000_000]:
+        first, end, shared, tail = chain.merkle._subtrees(n)
+        assert sorted(shared + tail) == list(range(end - first)), n
         runs = [
-            *chain.merkle._subtree_runs(1, n),
-            *chain.merkle._subtree_runs(2, n),
-            *chain.merkle._subtree_runs(0, n)[-1:],
+            *(
+                r
+                for t in shared + tail
+                for r in chain.merkle._runs_under(first + t, first + t + 1, 2 * n - 1)
+            ),
+            *chain.merkle._runs_under(0, 1, first),
         ]
         covered = sorted(i for lo, hi in runs for i in range(lo, hi))
-        assert covered == list(range(n - 1)) if n > 1 else covered == [], n
+        assert covered == list(range(2 * n - 1)), n
+        leaves_in_tail = sum(
+            hi - max(lo, n - 1)
+            for t in tail
+            for lo, hi in chain.merkle._runs_under(first + t, first + t + 1, 2 * n - 1)
+            if hi >= n
+        )
+        assert leaves_in_tail <= chain.merkle._PARENT_TAIL * n, n
+        if n >= 100_000:  # a few small subtrees are kept for the parent
+            assert tail and leaves_in_tail >= chain.merkle._PARENT_TAIL * n / 2, n
+
+
+@pytest.mark.unit
+def test_internal_runs_cover_every_internal_node_once() -> None:
+    for n in [*range(1, 70), 1000, 1025]:
+        runs = chain.merkle._runs_under(0, 1, n - 1)
+        covered = sorted(i for lo, hi in runs for i in range(lo, hi))
+        assert covered == list(range(n - 1)), n
 
 
 @pytest.mark.unit
@@ -662,6 +685,46 @@ def test_a_failed_child_is_redone_in_this_process(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("sort", [True, False])
+def test_a_child_failing_after_the_exchange_is_redone_here(
+    monkeypatch: pytest.MonkeyPatch, sort: bool
+) -> None:
+    """The child dies while hashing its subtrees: this process hashes the ones it took."""
+    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    parent = os.getpid()
+    hash_rows = chain.merkle._hash_rows
+
+    def dying_in_child(*args: Any, **kwargs: Any) -> None:
+        if os.getpid() != parent:
+            os._exit(3)
+        hash_rows(*args, **kwargs)
+
+    monkeypatch.setattr(chain.merkle, "_hash_rows", dying_in_child)
+    hashes = [keccak256(i.to_bytes(4, "big")) for i in range(3000)]
+    two = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=2)
+    one = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=1)
+    assert two.to_bytes() == one.to_bytes()
+
+
+@pytest.mark.unit
+def test_a_stuck_child_costs_the_timeout_not_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child blocked for good (as on a lock held at fork time) is killed at the deadline and
+    its share is hashed here."""
+    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(chain.merkle, "CHILD_TIMEOUT_S", 0.5)
+    parent = os.getpid()
+
+    def hash_leaves(items: Sequence[bytes]) -> list[bytes]:
+        if os.getpid() != parent:
+            threading.Event().wait()  # never set
+        return [keccak256(x) for x in items]
+
+    items = [i.to_bytes(4, "big") for i in range(500)]
+    two = StandardMerkleTree.build(items, hash_leaves, workers=2)
+    assert two.to_bytes() == StandardMerkleTree.build(items, hash_leaves, workers=1).to_bytes()
+
+
+@pytest.mark.unit
 def test_a_stuck_child_is_killed_and_reaped() -> None:
     """A child that never finishes (as one blocked on a lock held at fork time would) is
     killed at the deadline: the caller gets None and redoes the work; no zombie is left."""
@@ -670,12 +733,35 @@ def test_a_stuck_child_is_killed_and_reaped() -> None:
         threading.Event().wait()  # never set
         return b"\x00" * 32
 
-    job = chain.merkle._Forked(32, stuck)
-    assert job.result(timeout_s=0.2) is None
+    job = chain.merkle._Forked(stuck)
+    assert not job.wait(timeout_s=0.2)
     with pytest.raises(ChildProcessError):
         os.waitpid(job._pid, os.WNOHANG)  # already reaped
-    done = chain.merkle._Forked(32, lambda: b"\x07" * 32)
-    assert done.result(timeout_s=60) == b"\x07" * 32
+    assert not job.wait()  # and it stays failed
+
+
+@pytest.mark.unit
+def test_a_forked_child_hands_back_its_steps() -> None:
+    shared = mmap.mmap(-1, 8)
+
+    def work(ready: Callable[[], None]) -> bool:
+        shared[:4] = b"step"
+        ready()  # returns once the parent has put its part in
+        shared[4:] = bytes(shared[:4]).upper()
+        return True
+
+    job = chain.merkle._Forked(work)
+    assert job.wait(timeout_s=60)
+    assert shared[:4] == b"step"
+    shared[:4] = b"next"
+    job.go()
+    assert job.wait(timeout_s=60)
+    assert shared[:] == b"nextNEXT"
+    job.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(job._pid, os.WNOHANG)
+    failed = chain.merkle._Forked(lambda ready: False)
+    assert not failed.wait(timeout_s=60)
 
 
 @pytest.mark.unit
@@ -684,10 +770,16 @@ def test_default_workers() -> None:
 
 
 @pytest.mark.unit
-def test_chained_hashes_read_as_one_sequence() -> None:
+def test_packed_hashes_read_as_a_sequence() -> None:
     hashes = [keccak256(bytes([i])) for i in range(7)]
-    chained = chain.merkle._Chained(chain.merkle._Packed(b"".join(hashes[:3])), hashes[3:])
-    assert len(chained) == 7 and list(chained) == hashes and chained[1:6:2] == hashes[1:6:2]
-    assert [chained[i] for i in range(-7, 7)] == hashes + hashes
-    with pytest.raises(IndexError):
-        chained[7]
+    shared = mmap.mmap(-1, 32 * 9)
+    shared[32:-32] = b"".join(hashes)
+    for buf, start in ((b"".join(hashes), 0), (shared, 32)):
+        packed = chain.merkle._Packed(buf, start, start + 32 * 7)
+        assert len(packed) == 7 and list(packed) == hashes and packed.tolist() == hashes
+        assert packed[1:6:2] == hashes[1:6:2] and packed[2:5] == hashes[2:5]
+        assert packed[5:2] == [] and packed[-3:] == hashes[-3:] and packed[::-1] == hashes[::-1]
+        assert [packed[i] for i in range(-7, 7)] == hashes + hashes
+        assert packed.tobytes() == b"".join(hashes)
+        with pytest.raises(IndexError):
+            packed[7]
