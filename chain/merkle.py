@@ -741,6 +741,12 @@ class StandardMerkleTree:
         """The node array (OpenZeppelin's ``dump().tree``, as bytes)."""
         return self._nodes
 
+    def packed_nodes(self) -> bytes:
+        """The node array as one byte string (32 bytes per node, array order); no copy per
+        node when the tree was built on two processes or reloaded."""
+        nodes = self._nodes
+        return nodes.tobytes() if isinstance(nodes, _Packed) else b"".join(nodes)
+
     def position(self, index: int) -> int:
         """The array index of the ``index``-th leaf in input order."""
         if not 0 <= index < self._n:
@@ -854,9 +860,7 @@ class StandardMerkleTree:
         index = array("I", self._index())
         if sys.byteorder == "little":
             index.byteswap()
-        nodes = self._nodes
-        body = nodes.tobytes() if isinstance(nodes, _Packed) else b"".join(nodes)
-        return b"".join((header, body, index.tobytes()))
+        return b"".join((header, self.packed_nodes(), index.tobytes()))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StandardMerkleTree:

@@ -184,11 +184,12 @@ class BuiltEpoch:
     balances: StoredTree
 
 
-def tree_rows(nodes: Sequence[bytes]) -> list[bytes]:
+def tree_rows(tree: StandardMerkleTree) -> list[bytes]:
     """Split an OpenZeppelin node array into its rows: row d = positions [2^d - 1, 2^(d+1) - 1)."""
+    packed, n = tree.packed_nodes(), max(2 * len(tree) - 1, 0)
     rows, start, width = [], 0, 1
-    while start < len(nodes):
-        rows.append(b"".join(nodes[start : start + width]))
+    while start < n:
+        rows.append(packed[32 * start : 32 * min(start + width, n)])
         start += width
         width *= 2
     return rows
@@ -203,7 +204,7 @@ def _stored(kind: int, tree: StandardMerkleTree, keys: list[int]) -> StoredTree:
         kind=kind,
         root=tree.root,
         leaf_count=n,
-        rows=tree_rows(tree.nodes),
+        rows=tree_rows(tree),
         keys=struct.pack(f">{n}q", *keys),
         positions=positions.tobytes(),
     )
