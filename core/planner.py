@@ -495,6 +495,14 @@ class _Planner:
         if command.expires_at <= self.now:
             raise ValidationError("expires_at must be in the future", field="expires_at")
         self.book.usable(command.destination, command.asset)
+        # the capture's policy, checked for the whole amount before anything is reserved
+        # (claims, counterparties, amount bounds, limits); nothing is consumed here: limit
+        # usage and fees apply when the hold is captured, where the policy is checked again
+        self._check_policy(
+            item,
+            OperationType.HOLD_CAPTURE,
+            transfer_legs(command.source, command.destination, command.asset, command.amount),
+        )
         self.book.reserve(command.source, command.asset, command.amount)
         planned = PlannedHold(item, command)
         self.plan.new_holds.append(planned)

@@ -51,6 +51,7 @@ from core.types import (
     Actor,
     CaptureHold,
     Command,
+    CreateHold,
     EntrySpec,
     OperationType,
     PostOperation,
@@ -70,6 +71,9 @@ def _scope(
     if isinstance(command, CaptureHold) and command.hold_id in holds:
         h = holds[command.hold_id]
         return OperationType.HOLD_CAPTURE, transfer_legs(h.source, h.destination, h.asset, 1)
+    if isinstance(command, CreateHold):  # checked against the capture's policy up front
+        c = command
+        return OperationType.HOLD_CAPTURE, transfer_legs(c.source, c.destination, c.asset, 1)
     return OperationType.REVERSAL, ()  # never policy-checked
 
 

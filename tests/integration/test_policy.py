@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -348,4 +349,47 @@ async def test_hold_capture_pays_the_capture_policy_fee(world: World) -> None:
     captured = await led.capture(hold.hold_id, 60)
     assert len(captured.entries) == 4
     assert (await led.queries.balance(alice)).posted == 1_000 - 63
+    assert await world.total() == 0
+
+
+async def test_hold_creation_is_checked_against_the_capture_policy(world: World) -> None:
+    """A hold (a card or POS authorisation) is refused up front when its capture would be:
+    a missing claim, an amount over a limit. Nothing is reserved, the denial is audited and
+    remembered under its key; limit usage counts only at capture, checked again there."""
+    led = world.ledger
+    alice = await world.funded(1_000)
+    bob = (await world.user_wallet())[AccountKind.AVAILABLE]
+    await attach(world, [
+        {"id": "kyc", "kind": "claims",
+         "require": [{"claim": "kyc.level", "op": ">=", "value": 2}]},
+        {"id": "daily", "kind": "limit", "window": "day", "max_amount": 150},
+    ], OperationType.HOLD_CAPTURE)  # fmt: skip
+    expires = datetime.now(UTC) + timedelta(hours=1)
+    denied_sql = "SELECT count(*) FROM audit_log WHERE action = 'policy.denied'"
+    denials_before = await scalar(world, denied_sql)
+
+    async def authorise(key: str) -> object:
+        return await led.hold(source=alice, destination=bob, asset=world.asset, amount=10,
+                              expires_at=expires, idempotency_key=key)  # fmt: skip
+
+    with pytest.raises(PolicyDenied) as no_kyc:
+        await authorise("auth-1")
+    assert no_kyc.value.details["rule"] == "kyc"
+    await kyc(world, alice)
+    with pytest.raises(PolicyDenied):  # remembered under its key, even once KYC passed
+        await authorise("auth-1")
+    assert (await led.queries.balance(alice)).pending == 0
+    assert await scalar(world, denied_sql) == denials_before + 1
+    with pytest.raises(PolicyDenied) as over:
+        await led.hold(source=alice, destination=bob, asset=world.asset, amount=151)
+    assert over.value.details["rule"] == "daily"
+    # two holds of 100 each fit the limit on their own: usage counts at capture
+    first = await led.hold(source=alice, destination=bob, asset=world.asset, amount=100)
+    second = await led.hold(source=alice, destination=bob, asset=world.asset, amount=100)
+    assert (await led.queries.balance(alice)).pending == 200
+    await led.capture(first.hold_id)
+    with pytest.raises(PolicyDenied):
+        await led.capture(second.hold_id)
+    assert (await led.queries.balance(alice)).posted == 900
+    assert (await led.queries.balance(bob)).posted == 100
     assert await world.total() == 0
