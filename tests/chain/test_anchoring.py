@@ -34,7 +34,7 @@ from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
 from jobs.cli import main as cli_main
-from tests.chain.conftest import Deploy
+from tests.chain.conftest import Deploy, await_automine
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
@@ -80,7 +80,7 @@ def new_job(
     confirmations: int = 2,
 ) -> AnchorJob:  # fmt: skip
     """A job as a freshly started worker builds it (new RPC connection, new client)."""
-    client = AnchorClient(connect(anvil), contract.address, signer)
+    client = AnchorClient(await_automine(connect(anvil)), contract.address, signer)
     _OPEN_CLIENTS.append(client)
     return AnchorJob(ledger.engine, client, ledger_id, confirmations=confirmations)
 
