@@ -164,7 +164,14 @@ def _isolation(w3: Web3) -> Iterator[None]:
     try:
         yield
     finally:
-        assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
+        revert_to(w3, snapshot)
+
+
+def revert_to(w3: Web3, snapshot: str) -> None:
+    """Back to ``snapshot``, with an empty mempool: anvil's ``evm_revert`` keeps the pending
+    transactions, which the next test would then find mined in its own chain."""
+    _rpc(w3, "anvil_dropAllTransactions", [])
+    assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
 
 
 @pytest.fixture(scope="session")
