@@ -8,6 +8,13 @@ transactions are rolled back afterwards, without restarting the node.
 Fixtures meant for reuse (bridge tests too): ``anvil`` (RPC URL), ``w3``, ``accounts``,
 ``deployer``, ``dev_keys``, ``deploy(artifact_name, *args, sender=...)``, ``ledger_id``,
 ``ledger_anchor``.
+
+anvil's automine mines a transaction *after* ``eth_sendRawTransaction`` / ``eth_sendTransaction``
+has answered (a separate task in the node): right after a send the receipt is often missing,
+and under CPU load for tens of milliseconds. The tests read "automine" as "sent means mined"
+(e.g. one ``run_once`` takes an anchor to CONFIRMED), so every connection the tests open goes
+through :class:`AwaitAutomine`: while automine is on, a send that the node accepted returns once
+the node has mined the transaction. Tests with automine off (``manual_mining``) are untouched.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from typing import Any
 import pytest
 from eth_typing import ChecksumAddress
 from eth_utils import keccak
-from web3 import Web3
+from web3 import AsyncWeb3, Web3
 from web3.contract import Contract
-from web3.types import RPCEndpoint
+from web3.middleware import Web3Middleware
+from web3.types import RPCEndpoint, RPCResponse
 
 from chain.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
 from chain.artifacts import load_artifact
@@ -37,6 +45,48 @@ WELL_KNOWN_ANVIL_KEYS = (
 LEDGER_ID = keccak(text="valueos:test-ledger")
 
 Deploy = Callable[..., Contract]
+
+_SENDS = frozenset({"eth_sendRawTransaction", "eth_sendTransaction"})
+#: a transaction the node accepted while automine is on is mined well within this
+_MINED_WITHIN_S = 30.0
+
+
+class AwaitAutomine(Web3Middleware):
+    """While anvil automines, a successful send returns only once the transaction is mined.
+
+    anvil answers the send first and mines in its own task a little later; without this a test
+    can observe the gap (the job still sees its transaction pending) when the machine is busy.
+    Waiting for the receipt is a condition, not a delay; a transaction that never gets mined
+    fails the test with web3's ``TimeExhausted`` instead of hanging.
+    """
+
+    def response_processor(self, method: RPCEndpoint, response: RPCResponse) -> RPCResponse:
+        w3 = self._w3
+        if method in _SENDS and response.get("result") and isinstance(w3, Web3):
+            automine = w3.provider.make_request(RPCEndpoint("anvil_getAutomine"), [])
+            if automine.get("result") is True:
+                w3.eth.wait_for_transaction_receipt(
+                    response["result"], timeout=_MINED_WITHIN_S, poll_latency=0.01
+                )
+        return response
+
+    async def async_response_processor(
+        self, method: RPCEndpoint, response: RPCResponse
+    ) -> RPCResponse:
+        w3 = self._w3
+        if method in _SENDS and response.get("result") and isinstance(w3, AsyncWeb3):
+            automine = await w3.provider.make_request(RPCEndpoint("anvil_getAutomine"), [])
+            if automine.get("result") is True:
+                await w3.eth.wait_for_transaction_receipt(
+                    response["result"], timeout=_MINED_WITHIN_S, poll_latency=0.01
+                )
+        return response
+
+
+def await_automine(w3: AsyncWeb3[Any]) -> AsyncWeb3[Any]:
+    """``w3`` (a connection the code under test uses) with :class:`AwaitAutomine` added."""
+    w3.middleware_onion.add(AwaitAutomine)
+    return w3
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +120,7 @@ def anvil(anvil_node: AnvilNode | None) -> str:
 @pytest.fixture(scope="session")
 def w3(anvil: str) -> Web3:
     web3 = Web3(Web3.HTTPProvider(anvil, request_kwargs={"timeout": 30}))
+    web3.middleware_onion.add(AwaitAutomine)
     assert web3.is_connected(), f"no connection to {anvil}"
     return web3
 
@@ -113,7 +164,14 @@ def _isolation(w3: Web3) -> Iterator[None]:
     try:
         yield
     finally:
-        assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
+        revert_to(w3, snapshot)
+
+
+def revert_to(w3: Web3, snapshot: str) -> None:
+    """Back to ``snapshot``, with an empty mempool: anvil's ``evm_revert`` keeps the pending
+    transactions, which the next test would then find mined in its own chain."""
+    _rpc(w3, "anvil_dropAllTransactions", [])
+    assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
 
 
 @pytest.fixture(scope="session")

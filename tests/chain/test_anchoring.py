@@ -34,7 +34,7 @@ from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
 from jobs.cli import main as cli_main
-from tests.chain.conftest import Deploy
+from tests.chain.conftest import Deploy, await_automine, revert_to
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
@@ -80,7 +80,7 @@ def new_job(
     confirmations: int = 2,
 ) -> AnchorJob:  # fmt: skip
     """A job as a freshly started worker builds it (new RPC connection, new client)."""
-    client = AnchorClient(connect(anvil), contract.address, signer)
+    client = AnchorClient(await_automine(connect(anvil)), contract.address, signer)
     _OPEN_CLIENTS.append(client)
     return AnchorJob(ledger.engine, client, ledger_id, confirmations=confirmations)
 
@@ -307,6 +307,27 @@ async def test_reorg_after_confirmation_sends_the_anchor_again(
     assert any(d and d.startswith("reorg") for d in details)
 
 
+def test_a_test_leaves_no_pending_transaction_behind(w3: Web3, signer: LocalAccount) -> None:
+    """anvil's ``evm_revert`` keeps its mempool: the per-test revert empties it, or a
+    transaction a test left pending would be mined in the next test's chain."""
+    snapshot = rpc(w3, "evm_snapshot")
+    nonce = w3.eth.get_transaction_count(signer.address)
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        leftover = signer.sign_transaction({
+            "to": signer.address, "value": 0, "gas": 21_000, "nonce": nonce,
+            "maxFeePerGas": 10**11, "maxPriorityFeePerGas": 10**9, "chainId": w3.eth.chain_id,
+            "type": 2,
+        })  # fmt: skip
+        w3.eth.send_raw_transaction(leftover.raw_transaction)
+        revert_to(w3, snapshot)
+    finally:
+        rpc(w3, "evm_setAutomine", True)
+    rpc(w3, "evm_mine")
+    assert w3.eth.get_transaction_count(signer.address, "pending") == nonce
+    assert w3.eth.get_transaction_count(signer.address) == nonce
+
+
 async def test_nonce_taken_by_another_transaction_is_re_signed(
     ledger: Ledger,
     job: AnchorJob,
@@ -370,12 +391,15 @@ async def anchor_events(ledger: Ledger, epoch: int) -> list[tuple[str, str | Non
 @pytest.fixture
 def manual_mining(w3: Web3) -> Iterator[None]:
     """Blocks are mined only by ``evm_mine`` / ``anvil_mine`` during the test; the next base fee
-    is put back afterwards (``evm_revert`` does not restore anvil's fee state)."""
+    is put back afterwards (``evm_revert`` does not restore anvil's fee state). Transactions
+    left pending are dropped first: turning automine on would mine them, possibly only after
+    the test's ``evm_revert``."""
     base_fee = w3.eth.get_block("pending")["baseFeePerGas"]
     rpc(w3, "evm_setAutomine", False)
     try:
         yield
     finally:
+        rpc(w3, "anvil_dropAllTransactions")
         rpc(w3, "evm_setAutomine", True)
         rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(base_fee))
 
