@@ -72,8 +72,8 @@ def _scope(
         h = holds[command.hold_id]
         return OperationType.HOLD_CAPTURE, transfer_legs(h.source, h.destination, h.asset, 1)
     if isinstance(command, CreateHold):  # checked against the capture's policy up front
-        c = command
-        return OperationType.HOLD_CAPTURE, transfer_legs(c.source, c.destination, c.asset, 1)
+        legs = transfer_legs(command.source, command.destination, command.asset, 1)
+        return OperationType.HOLD_CAPTURE, legs
     return OperationType.REVERSAL, ()  # never policy-checked
 
 
