@@ -4,6 +4,7 @@ WORKDIR /app
 COPY requirements.lock pyproject.toml ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY core ./core
+COPY merkle ./merkle
 COPY chain ./chain
 COPY api ./api
 COPY jobs ./jobs

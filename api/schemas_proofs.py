@@ -1,7 +1,7 @@
 """Bodies of the auditor's endpoints: anchors, proof bundles, the audit log.
 
 A proof bundle is the self-contained JSON ``valueos verify BUNDLE.json`` checks
-(``core.proofs``, ``chain.verify``): bytes are 0x-prefixed lowercase hex; leaf amounts and
+(``core.proofs``, ``chain.evm.verify``): bytes are 0x-prefixed lowercase hex; leaf amounts and
 balances are *integer* strings in minor units (exactly what the leaf hashes), not
 decimal strings in the asset's scale.
 """

@@ -1,4 +1,4 @@
-"""Merkle tree speed: chain.merkle on a million entry leaves, next to OpenZeppelin's npm library.
+"""Merkle tree speed: merkle.tree on a million entry leaves, next to OpenZeppelin's npm library.
 
     python -m bench.merkle [--leaves N] [--oz-leaves N] [--proofs N] [--seed N]
 
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chain.leaves import ENTRY_TYPES, EntryLeaf, entry_tree, hash_entry_leaves
-from chain.merkle import (
+from merkle.leaves import ENTRY_TYPES, EntryLeaf, entry_tree, hash_entry_leaves
+from merkle.tree import (
     PARALLEL_MIN_LEAVES,
     StandardMerkleTree,
     default_workers,

@@ -27,8 +27,6 @@ import statistics
 import time
 from typing import Any
 
-from chain.leaves import entry_tree
-from chain.merkle import keccak256
 from core.epochs import compute_roots, load_leaves, raw_connection, seal_open_epoch
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle
@@ -43,6 +41,8 @@ from core.types import (
     SystemAccount,
     transfer_legs,
 )
+from merkle.leaves import entry_tree
+from merkle.tree import keccak256
 from tests.conftest import settings_for
 from tests.support import create_database, drop_database
 

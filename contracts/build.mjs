@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Compiles every contracts/*.sol with the pinned solcjs (npm `solc`, see package.json) and writes
-// one artifact per contract to chain/artifacts/<Name>.json: ABI, creation and runtime bytecode,
+// one artifact per contract to chain/evm/artifacts/<Name>.json: ABI, creation and runtime bytecode,
 // compiler version and settings, and the sha256 of every source file the contract was built from.
 //
 //   node contracts/build.mjs           build and (re)write the artifacts
@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const CONTRACTS_DIR = 'contracts'
-const ARTIFACTS_DIR = path.join('chain', 'artifacts')
+const ARTIFACTS_DIR = path.join('chain', 'evm', 'artifacts')
 const GENERATOR = 'contracts/build.mjs'
 
 // Chosen for the widest deployability (mainnet and the major L2s all run Cancun or later) and
@@ -143,7 +143,7 @@ function compile (solc) {
   return artifacts
 }
 
-/** Artifacts in chain/artifacts written by this script (and so owned by it). */
+/** Artifacts in chain/evm/artifacts written by this script (and so owned by it). */
 function existingGenerated () {
   const dir = path.join(ROOT, ARTIFACTS_DIR)
   if (!fs.existsSync(dir)) return []

@@ -1,7 +1,7 @@
 """Anchor rows: the state machine of one epoch's anchor transaction, and the signer lock.
 
 The chain side (signing, sending, confirming) is in :mod:`jobs.anchor` over
-:mod:`chain.eth`; this module only persists what it decided, so a crash at any step resumes
+:mod:`chain.evm.anchor`; this module only persists what it decided, so a crash at any step resumes
 from the stored state.
 """
 

@@ -22,14 +22,14 @@ Roots (:func:`compute_roots`, in epoch order, idempotent, resumable after a cras
       for epoch 1) and ``leafCount`` the number of ENTRY leaves.
 
 Empty epoch
-    An epoch without entries anchors ``entriesRoot = 0x00..00`` (:data:`chain.merkle.EMPTY_ROOT`),
+    An epoch without entries anchors ``entriesRoot = 0x00..00`` (:data:`merkle.tree.EMPTY_ROOT`),
     ``firstSeq = lastSeq = leafCount = 0``, and the balances tree at the unchanged cut (same
     balances, new epoch number in every leaf). It still extends the header chain. The worker
     does not seal an empty epoch on schedule unless ``VALUEOS_SEAL_EMPTY`` is set.
 
 Layering
     core must not import web3 or anything that talks to a chain. It does import the two *pure*
-    hashing modules :mod:`chain.merkle` and :mod:`chain.leaves` (keccak + ABI layouts, no I/O):
+    hashing modules :mod:`merkle.tree` and :mod:`merkle.leaves` (keccak + ABI layouts, no I/O):
     the leaf layouts are shared byte for byte with the contract and the auditor's verifier, so
     there is one implementation. ``tests/unit/test_verify_layering.py`` enforces that core
     imports nothing else from chain/.
@@ -53,9 +53,9 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chain.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
-from chain.merkle import EMPTY_ROOT, StandardMerkleTree
 from core.errors import EpochNotSealed, LedgerIntegrityError, UnknownEpoch
+from merkle.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
+from merkle.tree import EMPTY_ROOT, StandardMerkleTree
 
 __all__ = [
     "BALANCE_TREE",

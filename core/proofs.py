@@ -3,7 +3,7 @@
 A bundle is self-contained: the leaf fields, the leaf hash, the Merkle proof, the epoch header
 fields (enough to recompute the header hash and its link to the previous epoch), and where it
 is anchored (chain id, contract address, transaction hash, block, status). ``valueos verify``
-(:mod:`chain.verify`) checks one offline and, with ``--rpc``, against the contract.
+(:mod:`chain.evm.verify`) checks one offline and, with ``--rpc``, against the contract.
 
 JSON conventions: bytes are ``0x``-prefixed lowercase hex; amounts and balances are decimal
 *strings* (int64 minor units do not fit a JavaScript number); other integers are numbers.
@@ -21,8 +21,6 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chain.leaves import BalanceLeaf, EntryLeaf
-from chain.merkle import verify
 from core.anchors import AnchorRecord, anchor_from_row
 from core.epochs import BALANCE_TREE, ENTRY_TREE, EpochRoots, raw_connection, roots_from_row
 from core.errors import (
@@ -34,6 +32,8 @@ from core.errors import (
     UnknownEpoch,
     ValidationError,
 )
+from merkle.leaves import BalanceLeaf, EntryLeaf
+from merkle.tree import verify
 
 __all__ = [
     "BUNDLE_VERSION",

@@ -37,7 +37,7 @@ def database_settings() -> DatabaseSettings:
 
 def _ledger_id(value: str) -> bytes:
     """``VALUEOS_LEDGER_ID``: 0x + 64 hex digits taken as is, any other text keccak-hashed."""
-    from chain.merkle import keccak256  # noqa: PLC0415 - pure hashing, see core/epochs.py
+    from merkle.tree import keccak256  # noqa: PLC0415 - pure hashing, see core/epochs.py
 
     if value.startswith("0x") and len(value) == 66:
         return bytes.fromhex(value[2:])

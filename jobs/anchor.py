@@ -28,8 +28,9 @@ CONFIRMED  block hash at that height still ours? deep enough (``confirmations`` 
 Before anything is signed the job checks (once per job) that the anchors already stored were
 sent to the configured chain id and contract, and that the contract's ledger id is ours
 (:class:`AnchorConfigMismatch` otherwise: it refuses to run), and before every signature that
-the signer can pay ``gas * maxFeePerGas`` (:class:`chain.eth.InsufficientFunds`, also stored as
-the anchor's ``last_error`` and counted in ``valueos_anchor_insufficient_funds_total``).
+the signer can pay ``gas * maxFeePerGas`` (:class:`chain.evm.anchor.InsufficientFunds`, also
+stored as the anchor's ``last_error`` and counted in
+``valueos_anchor_insufficient_funds_total``).
 
 Exactly-once: one worker at a time signs (session advisory lock); a nonce is used by one
 signed transaction; the contract accepts each epoch once, only in order and only on the right
@@ -46,7 +47,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chain.eth import AnchorClient, AnchorConflict, ChainError, InsufficientFunds, Mined
+from chain.evm.anchor import AnchorClient, AnchorConflict, ChainError, InsufficientFunds, Mined
 from core.anchors import (
     AnchorRecord,
     anchor_lock,

@@ -1,7 +1,7 @@
 """``valueos worker`` and ``valueos anchor --now``.
 
 Wiring: the database from ``DATABASE_URL`` (or the embedded PostgreSQL), migrated to head;
-the chain from :class:`chain.settings.AnchorSettings`. Without ``ETH_RPC_URL`` a *local* anvil
+the chain from :class:`chain.evm.settings.AnchorSettings`. Without ``ETH_RPC_URL`` a *local* anvil
 is started from ``node_modules`` with its state kept in ``.valueos/anvil-state.json`` and
 LedgerAnchor deployed once (address kept in ``.valueos/anchor-contract``), signing with
 anvil's first dev key unless a key is configured: a development convenience, not production.
@@ -34,9 +34,9 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from chain.anvil import AnvilNode, start_anvil
-from chain.eth import AnchorClient, ChainError, connect, deploy_ledger_anchor
-from chain.settings import AnchorSettings, SignerError, anchor_settings, load_signer
+from chain.evm.anchor import AnchorClient, ChainError, connect, deploy_ledger_anchor
+from chain.evm.anvil import AnvilNode, start_anvil
+from chain.evm.settings import AnchorSettings, SignerError, anchor_settings, load_signer
 from core import p2p
 from core.db import migrate, resolve_url
 from core.epochs import raw_connection

@@ -14,8 +14,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from chain.eth import ChainError, connect, deploy_ledger_anchor
-from chain.settings import SignerError, anchor_settings, load_signer
+from chain.evm.anchor import ChainError, connect, deploy_ledger_anchor
+from chain.evm.settings import SignerError, anchor_settings, load_signer
 from core.settings import epoch_settings
 
 

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("jobs.cli", "run the scheduled jobs (seal and anchor, expire holds, ...)"),
     "anchor": ("jobs.cli", "seal the open epoch and anchor it now"),
     "deploy-anchor": ("jobs.deploy", "deploy LedgerAnchor on ETH_RPC_URL (address to --out FILE)"),
-    "verify": ("chain.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
+    "verify": ("chain.evm.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
 }
 
 

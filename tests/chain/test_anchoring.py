@@ -24,9 +24,9 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from chain.eth import AnchorClient, AnchorConflict, InsufficientFunds, connect
-from chain.settings import anchor_settings
-from chain.verify import main as verify_main
+from chain.evm.anchor import AnchorClient, AnchorConflict, InsufficientFunds, connect
+from chain.evm.settings import anchor_settings
+from chain.evm.verify import main as verify_main
 from core.anchors import get_anchor
 from core.epochs import get_roots, raw_connection, seal_open_epoch
 from core.ledger import Ledger

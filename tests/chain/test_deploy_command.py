@@ -9,8 +9,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from chain.artifacts import load_artifact
-from chain.settings import AnchorSettings, anchor_settings
+from chain.evm.artifacts import load_artifact
+from chain.evm.settings import AnchorSettings, anchor_settings
 from core.settings import epoch_settings
 from jobs.deploy import main
 

@@ -1,4 +1,4 @@
-"""Anchors and proof bundles over HTTP, each bundle verified offline by ``chain.verify`` (the
+"""Anchors and proof bundles over HTTP, each bundle verified offline by ``chain.evm.verify`` (the
 code of ``valueos verify``), with ownership for USERs and the integrity alarm.
 
 Sealing is global to a ledger, so this module runs its own application on its own
@@ -20,7 +20,7 @@ from api.app import create_app
 from api.auth import Principal, issue_token
 from api.controllers.anchors import PROOF_READERS
 from api.services import Services
-from chain.verify import VerificationError, check_offline, main
+from chain.evm.verify import VerificationError, check_offline, main
 from core.credentials import Credentials
 from core.epochs import compute_roots, seal_open_epoch
 from core.settings import epoch_settings

@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from chain.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
-from chain.merkle import EMPTY_ROOT, verify
 from core.anchors import get_anchor
 from core.epochs import (
     EPOCH_LOCK_KEY,
@@ -27,6 +25,8 @@ from core.epochs import (
 from core.errors import EpochNotSealed, LedgerIntegrityError, NotFound, UnknownEntry
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
+from merkle.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
+from merkle.tree import EMPTY_ROOT, verify
 from tests.conftest import World, make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 

@@ -5,7 +5,7 @@ This reproduces ``@openzeppelin/merkle-tree`` 1.0.x (``StandardMerkleTree.of`` w
 
 Hashing
     * leaf hash: ``keccak256(keccak256(abi.encode(types, values)))`` -- see :func:`leaf_hash`;
-      the ledger's own fixed leaf layouts are encoded by hand, faster, in :mod:`chain.leaves`.
+      the ledger's own fixed leaf layouts are encoded by hand, faster, in :mod:`merkle.leaves`.
     * node hash: ``keccak256(min(a, b) ++ max(a, b))``: the two 32-byte children are sorted as
       bytes (the same order as uint256) before hashing, so a proof needs no left/right flags.
 

@@ -1,7 +1,7 @@
 """``valueos verify BUNDLE.json [--rpc URL]``: an auditor's check of one proof bundle.
 
 Offline (no trust in the operator beyond the bundle's own bytes):
-  1. rebuild the leaf from its fields (ENTRY or BALANCE layout, :mod:`chain.leaves`) and check
+  1. rebuild the leaf from its fields (ENTRY or BALANCE layout, :mod:`merkle.leaves`) and check
      its hash, its ledger id and epoch against the header;
   2. fold the Merkle proof into that leaf and compare with the header's root of that kind;
   3. recompute the header hash from the header fields (which include the previous header:
@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chain.leaves import BalanceLeaf, EntryLeaf, header_hash
-from chain.merkle import EMPTY_ROOT, verify
+from merkle.leaves import BalanceLeaf, EntryLeaf, header_hash
+from merkle.tree import EMPTY_ROOT, verify
 
 __all__ = ["VerificationError", "check_offline", "check_onchain", "main"]
 
@@ -139,7 +139,7 @@ def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:  # noqa: PLR0912
     from web3 import Web3  # noqa: PLC0415 - only with --rpc
     from web3.exceptions import TransactionNotFound, Web3Exception  # noqa: PLC0415
 
-    from chain.artifacts import load_artifact  # noqa: PLC0415
+    from chain.evm.artifacts import load_artifact  # noqa: PLC0415
 
     h, a = bundle["header"], bundle.get("anchor") or {}
     epoch = _int(h["epoch"], "epoch")

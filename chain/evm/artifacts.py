@@ -1,4 +1,4 @@
-"""Compiled contract artifacts committed under ``chain/artifacts/<Name>.json``.
+"""Compiled contract artifacts committed under ``chain/evm/artifacts/<Name>.json``.
 
 The files are produced by ``node contracts/build.mjs`` (solcjs, pinned in package.json) and
 checked against a fresh build by ``node contracts/build.mjs --check``; see contracts/README.md.
@@ -61,7 +61,7 @@ class Artifact:
 
 
 def _artifact_dir() -> Any:
-    return resources.files("chain") / "artifacts"
+    return resources.files("chain.evm") / "artifacts"
 
 
 def available_artifacts() -> list[str]:
@@ -85,7 +85,7 @@ def _require(data: dict[str, Any], key: str, kind: type, name: str) -> Any:
 
 @cache
 def load_artifact(name: str) -> Artifact:
-    """Load ``chain/artifacts/<name>.json`` (e.g. ``load_artifact("LedgerAnchor")``).
+    """Load ``chain/evm/artifacts/<name>.json`` (e.g. ``load_artifact("LedgerAnchor")``).
 
     Raises ArtifactError if the name is not a contract identifier, the file does not exist, or
     it lacks a field. Results are cached: artifacts are immutable for the life of the process.
@@ -96,7 +96,7 @@ def load_artifact(name: str) -> Artifact:
     if not path.is_file():
         known = ", ".join(available_artifacts()) or "none"
         raise ArtifactError(
-            f"no artifact {name}.json in chain/artifacts (known: {known}); "
+            f"no artifact {name}.json in chain/evm/artifacts (known: {known}); "
             "run `node contracts/build.mjs`"
         )
     try:

@@ -11,7 +11,7 @@ in its parent's process group, so a Ctrl-C or a kill of the whole group reaches 
 This module never holds a key: anvil's dev accounts and their keys are whatever anvil itself
 reports in its ``--config-out`` file (:attr:`AnvilNode.config_path`).
 
-Run ``python -m chain.anvil`` to keep a node running in the foreground until Ctrl-C.
+Run ``python -m chain.evm.anvil`` to keep a node running in the foreground until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "wait_for_rpc",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STARTUP_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
 # How often the startup loop re-checks the log and the RPC. The wait between checks is a
@@ -305,7 +305,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m chain.anvil", description="Run a local anvil node until Ctrl-C."
+        prog="python -m chain.evm.anvil", description="Run a local anvil node until Ctrl-C."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 (default): any free port")

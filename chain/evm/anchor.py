@@ -31,8 +31,8 @@ from web3.contract import AsyncContract
 from web3.exceptions import TransactionNotFound, Web3Exception
 from web3.types import TxParams
 
-from chain.artifacts import load_artifact
-from chain.merkle import EMPTY_ROOT
+from chain.evm.artifacts import load_artifact
+from merkle.tree import EMPTY_ROOT
 
 __all__ = [
     "AnchorClient",

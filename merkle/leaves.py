@@ -16,7 +16,7 @@ BALANCE leaf, one per (account, asset) balance at the end of the epoch::
     (0 if it has none).
 
 A leaf's hash is OpenZeppelin's standard leaf hash, ``keccak256(keccak256(encoding))``; the
-trees are :class:`chain.merkle.StandardMerkleTree` (sorted leaves, sorted-pair node hashing).
+trees are :class:`merkle.tree.StandardMerkleTree` (sorted leaves, sorted-pair node hashing).
 The leading ``kind`` word keeps the two layouts apart: an entry can never pass for a balance.
 
 ``assetCode`` is the ASCII asset code ("USD", "MILES": uppercase letters, digits and ``_``, 1 to
@@ -29,7 +29,7 @@ Epoch header, hashed once (a single keccak, it is not a leaf)::
                          bytes32 balancesRoot, uint64 firstSeq, uint64 lastSeq, uint64 leafCount))
 
 The root of an empty tree (an epoch without entries) is defined as 32 zero bytes,
-:data:`chain.merkle.EMPTY_ROOT`.
+:data:`merkle.tree.EMPTY_ROOT`.
 
 Every static ABI field is one 32-byte big-endian word, so these fixed tuples are encoded here
 by hand with :mod:`struct` (the tests check the bytes against ``eth_abi.encode``), which is
@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from chain.merkle import EMPTY_ROOT, StandardMerkleTree, keccak256, keccak_256
+from merkle.tree import EMPTY_ROOT, StandardMerkleTree, keccak256, keccak_256
 
 __all__ = [
     "BALANCE_KIND",
