@@ -1,6 +1,6 @@
 """Fixtures for tests against a real anvil node.
 
-One anvil per test session (started by chain.anvil on a free port, or the node at
+One anvil per test session (started by chain.evm.anvil on a free port, or the node at
 ``$ANVIL_RPC_URL``), isolated per test with ``evm_snapshot`` / ``evm_revert``: every test starts
 from the state the session fixtures built (e.g. the deployed LedgerAnchor) and its own
 transactions are rolled back afterwards, without restarting the node.
@@ -31,8 +31,8 @@ from web3.contract import Contract
 from web3.middleware import Web3Middleware
 from web3.types import RPCEndpoint, RPCResponse
 
-from chain.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
-from chain.artifacts import load_artifact
+from chain.evm.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
+from chain.evm.artifacts import load_artifact
 
 # anvil's well-known public test keys (mnemonic "test test ... junk"); used only when the node is
 # an external one ($ANVIL_RPC_URL) whose own --config-out output we cannot read. Not secrets.
@@ -96,7 +96,9 @@ def anvil_node() -> Iterator[AnvilNode | None]:
         yield None
         return
     if find_anvil() is None:
-        pytest.skip("anvil not found: run `npm install` (@foundry-rs/anvil) or set ANVIL_RPC_URL")
+        # a failure, not a skip: `make test` installs anvil, so its absence is a broken setup
+        # (a skip would let every chain test vanish from a green run)
+        pytest.fail("anvil not found: run `npm install` (@foundry-rs/anvil) or set ANVIL_RPC_URL")
     node = start_anvil()
     try:
         yield node

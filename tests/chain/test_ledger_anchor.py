@@ -25,7 +25,7 @@ from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
 
-from chain import leaves as py_leaves
+from merkle import leaves as py_leaves
 
 pytestmark = pytest.mark.chain
 
@@ -203,7 +203,7 @@ def oz_trees(requests: Sequence[tuple[Sequence[str], Sequence[Sequence[Any]]]]) 
     """Build OpenZeppelin StandardMerkleTrees with the npm library (one node process)."""
     node = shutil.which("node")
     if node is None or not (ROOT / "node_modules" / "@openzeppelin" / "merkle-tree").is_dir():
-        pytest.skip("node or @openzeppelin/merkle-tree missing: run `npm install`")
+        pytest.fail("node or @openzeppelin/merkle-tree missing: run `npm install`")
     payload = [
         {"types": list(types), "values": [[_js(v) for v in leaf] for leaf in leaves]}
         for types, leaves in requests
@@ -351,7 +351,7 @@ def test_constructor_rejects_zero_admin(
 
 
 def _bytecode() -> str:
-    from chain.artifacts import load_artifact
+    from chain.evm.artifacts import load_artifact
 
     return load_artifact("LedgerAnchor").bytecode
 
@@ -634,7 +634,7 @@ def test_leaves_are_bound_to_epoch_and_ledger(
 def test_python_side_trees_and_headers_verify_on_chain(
     ledger_anchor: Contract, anchorer: Anchorer, ledger_id: bytes, size: int
 ) -> None:
-    """chain.leaves/chain.merkle (what the anchoring job uses) agree with the contract and OZ."""
+    """merkle.leaves/merkle.tree (what the anchoring job uses) agree with the contract and OZ."""
     rng = random.Random(200 + size)
     epoch = 1
     assets = ["USD", "MILES", "X_1"]

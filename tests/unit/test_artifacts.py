@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chain.artifacts import ArtifactError, available_artifacts, load_artifact
+from chain.evm.artifacts import ArtifactError, available_artifacts, load_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "contracts" / "build.mjs"
@@ -19,9 +19,9 @@ BUILD = ROOT / "contracts" / "build.mjs"
 def _node_with_solc() -> str:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: the solcjs build cannot run")
+        pytest.fail("node is not installed: the solcjs build cannot run")
     if not (ROOT / "node_modules" / "solc" / "package.json").is_file():
-        pytest.skip("npm package solc is missing: run `npm install`")
+        pytest.fail("npm package solc is missing: run `npm install`")
     return node
 
 
@@ -116,10 +116,10 @@ def test_build_check_detects_a_stale_artifact(tmp_path: Path) -> None:
     """--check really compares: a copy of the tree with an edited artifact fails it."""
     node = _node_with_solc()
     shutil.copytree(ROOT / "contracts", tmp_path / "contracts")
-    shutil.copytree(ROOT / "chain" / "artifacts", tmp_path / "chain" / "artifacts")
+    shutil.copytree(ROOT / "chain" / "evm" / "artifacts", tmp_path / "chain" / "evm" / "artifacts")
     shutil.copy(ROOT / "package.json", tmp_path / "package.json")
     (tmp_path / "node_modules").symlink_to(ROOT / "node_modules", target_is_directory=True)
-    artifact = tmp_path / "chain" / "artifacts" / "LedgerAnchor.json"
+    artifact = tmp_path / "chain" / "evm" / "artifacts" / "LedgerAnchor.json"
     data = json.loads(artifact.read_text())
     data["bytecode"] = data["bytecode"][:-2] + ("00" if data["bytecode"][-2:] != "00" else "01")
     artifact.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -131,5 +131,6 @@ def test_build_check_detects_a_stale_artifact(tmp_path: Path) -> None:
     # A plain build rewrites it, after which --check passes and the file equals the committed one.
     assert _run_build(node, tmp_path / "contracts" / "build.mjs").returncode == 0
     assert (
-        artifact.read_bytes() == (ROOT / "chain" / "artifacts" / "LedgerAnchor.json").read_bytes()
+        artifact.read_bytes()
+        == (ROOT / "chain" / "evm" / "artifacts" / "LedgerAnchor.json").read_bytes()
     )

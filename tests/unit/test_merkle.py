@@ -1,4 +1,4 @@
-"""chain.merkle and chain.leaves: byte-for-byte OpenZeppelin compatibility, proofs, encodings.
+"""merkle.tree and merkle.leaves: byte-for-byte OpenZeppelin compatibility, proofs, encodings.
 
 Tests marked ``integration`` run OpenZeppelin's own ``@openzeppelin/merkle-tree`` (through
 ``tests/oracle/oz_merkle.mjs`` and node) as the oracle; the ``unit`` ones are pure.
@@ -22,8 +22,8 @@ from eth_abi.abi import encode as abi_encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import chain.merkle
-from chain.leaves import (
+import merkle.tree
+from merkle.leaves import (
     BALANCE_TYPES,
     ENTRY_TYPES,
     HEADER_TYPES,
@@ -40,7 +40,7 @@ from chain.leaves import (
     hash_entry_leaves,
     header_hash,
 )
-from chain.merkle import (
+from merkle.tree import (
     EMPTY_ROOT,
     MultiProof,
     StandardMerkleTree,
@@ -126,10 +126,10 @@ def spec(values: Sequence[Sequence[object]], types: Sequence[str], **extra: Any)
 def run_oracle(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenZeppelin's answers for several trees, in one node process."""
     if not OZ_PACKAGE.is_dir():
-        pytest.skip("node_modules/@openzeppelin/merkle-tree is not installed (run `make setup`)")
+        pytest.fail("node_modules/@openzeppelin/merkle-tree is not installed (run `make setup`)")
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not on PATH: the OpenZeppelin oracle cannot run")
+        pytest.fail("node is not on PATH: the OpenZeppelin oracle cannot run")
     done = subprocess.run(  # noqa: S603 - fixed command, our own script, JSON on stdin
         [node, str(ORACLE)],
         input=json.dumps(specs),
@@ -236,7 +236,7 @@ def test_generic_layouts_unsorted_trees_and_duplicates_match_openzeppelin() -> N
 @pytest.mark.integration
 def test_trees_built_on_two_processes_match_openzeppelin(monkeypatch: pytest.MonkeyPatch) -> None:
     """The forked path (normally from 50k leaves on) on small trees, against the oracle."""
-    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(merkle.tree, "PARALLEL_MIN_LEAVES", 0)
     sizes = (4, 5, 7, 8, 9, 17, 100, 257)
     leaf_sets = [entries(n, seed=100 + n) for n in sizes]
     oz = run_oracle([spec([leaf.values() for leaf in leaves], ENTRY_TYPES) for leaves in leaf_sets])
@@ -620,7 +620,7 @@ def test_leaves_are_frozen_values() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("sort", [True, False])
 def test_two_process_build_is_byte_identical(monkeypatch: pytest.MonkeyPatch, sort: bool) -> None:
-    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(merkle.tree, "PARALLEL_MIN_LEAVES", 0)
     rng = random.Random(11)
     for n in [*range(1, 40), 63, 64, 65, 127, 128, 129, 1000, 1023, 1025, 4097]:
         hashes = [rng.randbytes(32) for _ in range(n)]
@@ -637,33 +637,33 @@ def test_two_process_build_is_byte_identical(monkeypatch: pytest.MonkeyPatch, so
 @pytest.mark.unit
 def test_the_subtrees_the_two_processes_take_cover_every_node_once() -> None:
     for n in [*range(4, 70), 1000, 1025, 100_000, 1_000_000]:
-        first, end, shared, tail = chain.merkle._subtrees(n)
+        first, end, shared, tail = merkle.tree._subtrees(n)
         assert sorted(shared + tail) == list(range(end - first)), n
         runs = [
             *(
                 r
                 for t in shared + tail
-                for r in chain.merkle._runs_under(first + t, first + t + 1, 2 * n - 1)
+                for r in merkle.tree._runs_under(first + t, first + t + 1, 2 * n - 1)
             ),
-            *chain.merkle._runs_under(0, 1, first),
+            *merkle.tree._runs_under(0, 1, first),
         ]
         covered = sorted(i for lo, hi in runs for i in range(lo, hi))
         assert covered == list(range(2 * n - 1)), n
         leaves_in_tail = sum(
             hi - max(lo, n - 1)
             for t in tail
-            for lo, hi in chain.merkle._runs_under(first + t, first + t + 1, 2 * n - 1)
+            for lo, hi in merkle.tree._runs_under(first + t, first + t + 1, 2 * n - 1)
             if hi >= n
         )
-        assert leaves_in_tail <= chain.merkle._PARENT_TAIL * n, n
+        assert leaves_in_tail <= merkle.tree._PARENT_TAIL * n, n
         if n >= 100_000:  # a few small subtrees are kept for the parent
-            assert tail and leaves_in_tail >= chain.merkle._PARENT_TAIL * n / 2, n
+            assert tail and leaves_in_tail >= merkle.tree._PARENT_TAIL * n / 2, n
 
 
 @pytest.mark.unit
 def test_internal_runs_cover_every_internal_node_once() -> None:
     for n in [*range(1, 70), 1000, 1025]:
-        runs = chain.merkle._runs_under(0, 1, n - 1)
+        runs = merkle.tree._runs_under(0, 1, n - 1)
         covered = sorted(i for lo, hi in runs for i in range(lo, hi))
         assert covered == list(range(n - 1)), n
 
@@ -671,7 +671,7 @@ def test_internal_runs_cover_every_internal_node_once() -> None:
 @pytest.mark.unit
 def test_a_failed_child_is_redone_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child that cannot deliver (here: wrong-sized hashes there) costs time, not the tree."""
-    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(merkle.tree, "PARALLEL_MIN_LEAVES", 0)
     parent = os.getpid()
 
     def hash_leaves(items: Sequence[bytes]) -> list[bytes]:
@@ -690,16 +690,16 @@ def test_a_child_failing_after_the_exchange_is_redone_here(
     monkeypatch: pytest.MonkeyPatch, sort: bool
 ) -> None:
     """The child dies while hashing its subtrees: this process hashes the ones it took."""
-    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(merkle.tree, "PARALLEL_MIN_LEAVES", 0)
     parent = os.getpid()
-    hash_rows = chain.merkle._hash_rows
+    hash_rows = merkle.tree._hash_rows
 
     def dying_in_child(*args: Any, **kwargs: Any) -> None:
         if os.getpid() != parent:
             os._exit(3)
         hash_rows(*args, **kwargs)
 
-    monkeypatch.setattr(chain.merkle, "_hash_rows", dying_in_child)
+    monkeypatch.setattr(merkle.tree, "_hash_rows", dying_in_child)
     hashes = [keccak256(i.to_bytes(4, "big")) for i in range(3000)]
     two = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=2)
     one = StandardMerkleTree.build(hashes, list, sort_leaves=sort, workers=1)
@@ -710,8 +710,8 @@ def test_a_child_failing_after_the_exchange_is_redone_here(
 def test_a_stuck_child_costs_the_timeout_not_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
     """A child blocked for good (as on a lock held at fork time) is killed at the deadline and
     its share is hashed here."""
-    monkeypatch.setattr(chain.merkle, "PARALLEL_MIN_LEAVES", 0)
-    monkeypatch.setattr(chain.merkle, "CHILD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(merkle.tree, "PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(merkle.tree, "CHILD_TIMEOUT_S", 0.5)
     parent = os.getpid()
 
     def hash_leaves(items: Sequence[bytes]) -> list[bytes]:
@@ -733,7 +733,7 @@ def test_a_stuck_child_is_killed_and_reaped() -> None:
         threading.Event().wait()  # never set
         return b"\x00" * 32
 
-    job = chain.merkle._Forked(stuck)
+    job = merkle.tree._Forked(stuck)
     assert not job.wait(timeout_s=0.2)
     with pytest.raises(ChildProcessError):
         os.waitpid(job._pid, os.WNOHANG)  # already reaped
@@ -750,7 +750,7 @@ def test_a_forked_child_hands_back_its_steps() -> None:
         shared[4:] = bytes(shared[:4]).upper()
         return True
 
-    job = chain.merkle._Forked(work)
+    job = merkle.tree._Forked(work)
     assert job.wait(timeout_s=60)
     assert shared[:4] == b"step"
     shared[:4] = b"next"
@@ -760,13 +760,13 @@ def test_a_forked_child_hands_back_its_steps() -> None:
     job.close()
     with pytest.raises(ChildProcessError):
         os.waitpid(job._pid, os.WNOHANG)
-    failed = chain.merkle._Forked(lambda ready: False)
+    failed = merkle.tree._Forked(lambda ready: False)
     assert not failed.wait(timeout_s=60)
 
 
 @pytest.mark.unit
 def test_default_workers() -> None:
-    assert 1 <= chain.merkle.default_workers() <= 2
+    assert 1 <= merkle.tree.default_workers() <= 2
 
 
 @pytest.mark.unit
@@ -775,7 +775,7 @@ def test_packed_hashes_read_as_a_sequence() -> None:
     shared = mmap.mmap(-1, 32 * 9)
     shared[32:-32] = b"".join(hashes)
     for buf, start in ((b"".join(hashes), 0), (shared, 32)):
-        packed = chain.merkle._Packed(buf, start, start + 32 * 7)
+        packed = merkle.tree._Packed(buf, start, start + 32 * 7)
         assert len(packed) == 7 and list(packed) == hashes and packed.tolist() == hashes
         assert packed[1:6:2] == hashes[1:6:2] and packed[2:5] == hashes[2:5]
         assert packed[5:2] == [] and packed[-3:] == hashes[-3:] and packed[::-1] == hashes[::-1]
