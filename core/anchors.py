@@ -1,8 +1,10 @@
-"""Anchor rows: the state machine of one epoch's anchor transaction, and the signer lock.
+"""Anchor rows: each sealed epoch's anchor, carried by one outbox row (:mod:`core.chain_txs`).
 
-The chain side (signing, sending, confirming) is in :mod:`jobs.anchor` over
-:mod:`chain.evm.anchor`; this module only persists what it decided, so a crash at any step resumes
-from the stored state.
+``epoch_anchors`` holds what belongs to the epoch (its outbox row, a conflict found on the chain)
+and ``anchor_events`` the epoch-level events (sealed, conflict); the transaction itself lives in
+``chain_txs``. The view ``anchor_state`` shows an anchor with one status: SEALED while nothing is
+signed (no row, BUILT, or FAILED), else its transaction's status. The decisions are made in
+:mod:`jobs.anchor`; this module only persists them, so a crash at any step resumes from here.
 """
 
 from __future__ import annotations
@@ -15,20 +17,20 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import chain_txs
+from core.chain_txs import TxPurpose, TxStatus
 from core.epochs import EpochRoots, raw_connection, roots_from_row
 
-#: Anchor states, in order. SEALED: roots stored, nothing sent. SIGNED: the raw transaction and
-#: its hash are persisted (before any broadcast). BROADCAST: handed to the node. CONFIRMED: in
-#: a block (hash recorded). FINALIZED: ``confirmations`` deep and the block hash re-checked.
-ANCHOR_STATUSES = ("SEALED", "SIGNED", "BROADCAST", "CONFIRMED", "FINALIZED")
-#: Session advisory lock held by the one worker that signs and sends anchors (nonce safety).
+#: Session advisory lock held by the one worker that advances anchors (they go in epoch order).
 ANCHOR_LOCK_KEY = 0x76616C75656F7332
 
 
 @dataclass(frozen=True, slots=True)
 class AnchorRecord:
     roots: EpochRoots
+    #: SEALED, SIGNED, BROADCAST, CONFIRMED or FINALIZED (see ``anchor_state``)
     status: str
+    tx_id: int | None
     chain_id: int | None
     contract_address: str | None
     sender: str | None
@@ -40,8 +42,6 @@ class AnchorRecord:
     gas_used: int | None
     attempts: int
     last_error: str | None
-    #: seconds since the last transition (database clock); None when not selected
-    age_s: float | None = None
 
     @property
     def epoch(self) -> int:
@@ -56,6 +56,7 @@ def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
     return AnchorRecord(
         roots=roots_from_row(row),
         status=row["status"],
+        tx_id=row["tx_id"],
         chain_id=row["chain_id"],
         contract_address=row["contract_address"],
         sender=row["sender"],
@@ -67,106 +68,99 @@ def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
         gas_used=row["gas_used"],
         attempts=row["attempts"],
         last_error=row["last_error"],
-        age_s=None if row.get("age_s") is None else float(row["age_s"]),
     )
 
 
-_ANCHOR_SELECT = (
-    "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
-    "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error, "
-    "extract(epoch FROM clock_timestamp() - a.updated_at)::float8 AS age_s "
-    "FROM epoch_anchors a JOIN epoch_roots r ON r.epoch = a.epoch "
+#: an anchor and its roots; callers add WHERE / ORDER BY
+ANCHOR_SELECT = (
+    "SELECT r.*, a.status, a.tx_id, a.chain_id, a.contract_address, a.sender, a.nonce, "
+    "a.raw_tx, a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
+    "FROM anchor_state a JOIN epoch_roots r ON r.epoch = a.epoch "
 )
 
 
 async def get_anchor(engine: AsyncEngine, epoch: int) -> AnchorRecord | None:
     async with raw_connection(engine) as conn:
-        row = await conn.fetchrow(_ANCHOR_SELECT + "WHERE a.epoch = $1", epoch)
+        row = await conn.fetchrow(ANCHOR_SELECT + "WHERE a.epoch = $1", epoch)
     return anchor_from_row(row) if row else None
 
 
 async def unfinished_anchors(engine: AsyncEngine) -> list[AnchorRecord]:
     """Every anchor not FINALIZED yet, oldest epoch first."""
     async with raw_connection(engine) as conn:
-        rows = await conn.fetch(_ANCHOR_SELECT + "WHERE a.status <> 'FINALIZED' ORDER BY a.epoch")
+        rows = await conn.fetch(ANCHOR_SELECT + "WHERE a.status <> 'FINALIZED' ORDER BY a.epoch")
     return [anchor_from_row(r) for r in rows]
 
 
-async def anchor_tx_hashes(engine: AsyncEngine, epoch: int) -> list[bytes]:
-    """Every transaction hash ever recorded for ``epoch``'s anchor, newest first: the current
-    one and those it replaced (fee bumps, re-signs). Any of them may be the one mined."""
-    async with raw_connection(engine) as conn:
-        rows = await conn.fetch(
-            "SELECT tx_hash FROM anchor_events WHERE epoch = $1 AND tx_hash IS NOT NULL "
-            "GROUP BY tx_hash ORDER BY max(id) DESC",
-            epoch,
-        )
-    return [bytes(r[0]) for r in rows]
-
-
-async def anchor_targets(engine: AsyncEngine) -> list[tuple[int | None, str | None]]:
+async def anchor_targets(engine: AsyncEngine) -> list[tuple[int, str]]:
     """The distinct (chain id, contract address) pairs the stored anchors were sent to."""
     async with raw_connection(engine) as conn:
         rows = await conn.fetch(
-            "SELECT DISTINCT chain_id, contract_address FROM epoch_anchors "
-            "WHERE chain_id IS NOT NULL OR contract_address IS NOT NULL"
+            "SELECT DISTINCT chain_id, to_address FROM chain_txs WHERE purpose = $1",
+            TxPurpose.ANCHOR,
         )
     return [(r[0], r[1]) for r in rows]
 
 
-_CLEARED_ON_RESET = ("nonce", "raw_tx", "tx_hash", "block_number", "block_hash", "gas_used")
-_SETTABLE = frozenset(
-    {"chain_id", "contract_address", "sender", *_CLEARED_ON_RESET, "last_error", "attempts"}
-)
-
-
-async def transition(
-    engine: AsyncEngine,
-    epoch: int,
-    from_status: str,
-    to_status: str,
-    *,
-    detail: str | None = None,
-    **fields: Any,
-) -> bool:
-    """Move an anchor ``from_status -> to_status`` and set ``fields``; False if it was not in
-    ``from_status`` any more (another worker moved it). Every transition is logged in
-    ``anchor_events``; a move back to SEALED clears the transaction fields."""
-    if to_status not in ANCHOR_STATUSES or not set(fields) <= _SETTABLE:
-        raise ValueError(f"bad anchor transition to {to_status} with {sorted(fields)}")
-    if to_status == "SEALED":
-        fields = dict.fromkeys(_CLEARED_ON_RESET) | fields
-    names = sorted(fields)
-    assignments = "".join(f", {name} = ${i + 4}" for i, name in enumerate(names))
+async def attach_tx(
+    engine: AsyncEngine, epoch: int, *, chain_id: int, contract: str, calldata: bytes
+) -> int:
+    """The outbox row of ``epoch``'s anchor call (BUILT), linked to the epoch; one DB
+    transaction, so an epoch never has a row it does not know about."""
     async with raw_connection(engine) as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"UPDATE epoch_anchors SET status = $3, updated_at = clock_timestamp(){assignments} "
-            "WHERE epoch = $1 AND status = $2 RETURNING tx_hash",
-            epoch,
-            from_status,
-            to_status,
-            *(fields[name] for name in names),
-        )
-        if row is None:
-            return False
+        tx_id = await chain_txs.enqueue(
+            conn, purpose=TxPurpose.ANCHOR, ref=str(epoch), chain_id=chain_id,
+            to_address=contract, data=calldata, detail=f"anchor of epoch {epoch}",
+        )  # fmt: skip
         await conn.execute(
-            "INSERT INTO anchor_events (epoch, from_status, to_status, tx_hash, detail) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            "UPDATE epoch_anchors SET tx_id = $2, updated_at = clock_timestamp() WHERE epoch = $1",
             epoch,
-            from_status,
-            to_status,
-            row["tx_hash"],
-            detail,
+            tx_id,
         )
-    return True
+    return tx_id
+
+
+async def record_conflict(engine: AsyncEngine, epoch: int, message: str) -> None:
+    """Another header is anchored for ``epoch``: kept on the anchor, logged, never retried."""
+    async with raw_connection(engine) as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE epoch_anchors SET last_error = $2, updated_at = clock_timestamp() "
+            "WHERE epoch = $1",
+            epoch,
+            message,
+        )
+        await conn.execute(
+            "INSERT INTO anchor_events (epoch, from_status, to_status, detail) "
+            "VALUES ($1, 'SEALED', 'SEALED', 'conflict')",
+            epoch,
+        )
+
+
+async def adopt(
+    engine: AsyncEngine,
+    tx_id: int,
+    from_status: TxStatus,
+    *,
+    tx_hash: bytes,
+    block_number: int,
+    block_hash: bytes,
+    gas_used: int,
+    detail: str,
+) -> bool:
+    """The anchor is on chain, carried by ``tx_hash``: the row becomes that transaction,
+    CONFIRMED (no raw bytes: it may not be one we signed)."""
+    return await chain_txs.transition(
+        engine, tx_id, from_status, TxStatus.CONFIRMED, detail=detail, raw_tx=None,
+        tx_hash=tx_hash, block_number=block_number, block_hash=block_hash, gas_used=gas_used,
+    )  # fmt: skip
 
 
 @asynccontextmanager
 async def anchor_lock(engine: AsyncEngine) -> AsyncIterator[bool]:
     """Hold the anchoring lock for the block (True), or yield False when another worker has it.
 
-    Whoever holds it is the only process choosing nonces and signing, so a nonce is never
-    given to two anchors; the signed transaction is persisted before it is broadcast.
+    Anchors go in epoch order, each on the previous header: one worker at a time decides
+    what to send. Nonces are safe without it (the outbox allocates them per signer).
     """
     async with raw_connection(engine) as conn:
         got: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", ANCHOR_LOCK_KEY)

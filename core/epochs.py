@@ -380,7 +380,7 @@ async def _store(conn: asyncpg.Connection, built: BuiltEpoch) -> None:
             "INSERT INTO epoch_tree_levels (epoch, tree, depth, nodes) VALUES ($1, $2, $3, $4)",
             [(r.epoch, tree.kind, depth, nodes) for depth, nodes in enumerate(tree.rows)],
         )
-    await conn.execute("INSERT INTO epoch_anchors (epoch, status) VALUES ($1, 'SEALED')", r.epoch)
+    await conn.execute("INSERT INTO epoch_anchors (epoch) VALUES ($1)", r.epoch)
     await conn.execute(
         "INSERT INTO anchor_events (epoch, to_status, detail) VALUES ($1, 'SEALED', $2)",
         r.epoch,

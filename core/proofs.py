@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.anchors import AnchorRecord, anchor_from_row
+from core.anchors import ANCHOR_SELECT, AnchorRecord, anchor_from_row
 from core.epochs import BALANCE_TREE, ENTRY_TREE, EpochRoots, raw_connection, roots_from_row
 from core.errors import (
     EpochNotSealed,
@@ -74,10 +74,8 @@ async def list_anchors(
         raise ValidationError(f"limit must be between 1 and {MAX_PAGE}", limit=limit)
     async with raw_connection(engine) as conn:
         rows = await conn.fetch(
-            "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
-            "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
-            "FROM epoch_anchors a JOIN epoch_roots r ON r.epoch = a.epoch "
-            "WHERE $1::bigint IS NULL OR a.epoch < $1 ORDER BY a.epoch DESC LIMIT $2",
+            ANCHOR_SELECT + "WHERE $1::bigint IS NULL OR a.epoch < $1 "
+            "ORDER BY a.epoch DESC LIMIT $2",
             before_epoch,
             limit,
         )
@@ -95,12 +93,7 @@ async def entry_account(engine: AsyncEngine, seq: int) -> int | None:
 
 
 async def _sealed(conn: asyncpg.Connection, epoch: int) -> tuple[EpochRoots, dict[str, Any]]:
-    row = await conn.fetchrow(
-        "SELECT r.*, a.status, a.chain_id, a.contract_address, a.sender, a.nonce, a.raw_tx, "
-        "a.tx_hash, a.block_number, a.block_hash, a.gas_used, a.attempts, a.last_error "
-        "FROM epoch_roots r JOIN epoch_anchors a ON a.epoch = r.epoch WHERE r.epoch = $1",
-        epoch,
-    )
+    row = await conn.fetchrow(ANCHOR_SELECT + "WHERE r.epoch = $1", epoch)
     if row is None:
         status = await conn.fetchval("SELECT status FROM epochs WHERE id = $1", epoch)
         if status is None:

@@ -34,8 +34,9 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from chain.evm.anchor import AnchorClient, ChainError, connect, deploy_ledger_anchor
+from chain.evm.anchor import AnchorClient, deploy_ledger_anchor
 from chain.evm.anvil import AnvilNode, start_anvil
+from chain.evm.client import ChainError, connect
 from chain.evm.settings import AnchorSettings, SignerError, anchor_settings, load_signer
 from core import p2p
 from core.db import migrate, resolve_url

@@ -14,7 +14,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from chain.evm.anchor import ChainError, connect, deploy_ledger_anchor
+from chain.evm.anchor import deploy_ledger_anchor
+from chain.evm.client import ChainError, connect
 from chain.evm.settings import SignerError, anchor_settings, load_signer
 from core.settings import epoch_settings
 

@@ -12,7 +12,6 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from unittest.mock import ANY
 
 import pytest
 from eth_account import Account
@@ -24,7 +23,8 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.types import RPCEndpoint
 
-from chain.evm.anchor import AnchorClient, AnchorConflict, InsufficientFunds, connect
+from chain.evm.anchor import AnchorClient, AnchorConflict
+from chain.evm.client import InsufficientFunds, connect
 from chain.evm.settings import anchor_settings
 from chain.evm.verify import main as verify_main
 from core.anchors import get_anchor
@@ -303,7 +303,7 @@ async def test_reorg_after_confirmation_sends_the_anchor_again(
     final = await get_anchor(ledger.engine, 1)
     assert final is not None and final.block_hash != first.block_hash
     async with raw_connection(ledger.engine) as conn:
-        details = [r[0] for r in await conn.fetch("SELECT detail FROM anchor_events ORDER BY id")]
+        details = [r[0] for r in await conn.fetch("SELECT detail FROM chain_tx_events ORDER BY id")]
     assert any(d and d.startswith("reorg") for d in details)
 
 
@@ -376,14 +376,21 @@ async def test_two_workers_at_once_sign_one_transaction(
 # ----------------------------------------------------------------- hardening (issue 4, part 2)
 
 
+UNFUNDED = ("valueos_chain_tx_insufficient_funds_total", {"purpose": "anchor"})
+
+
 def tx_fields(raw: bytes) -> dict[str, Any]:
     return dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
 
 
 async def anchor_events(ledger: Ledger, epoch: int) -> list[tuple[str, str | None]]:
+    """The transitions of the outbox row carrying ``epoch``'s anchor."""
     async with raw_connection(ledger.engine) as conn:
         rows = await conn.fetch(
-            "SELECT to_status, detail FROM anchor_events WHERE epoch = $1 ORDER BY id", epoch
+            "SELECT e.to_status, e.detail FROM chain_tx_events e "
+            "JOIN chain_txs t ON t.id = e.tx_id "
+            "WHERE t.purpose = 'anchor' AND t.ref = $1 ORDER BY e.id",
+            str(epoch),
         )
     return [(r[0], r[1]) for r in rows]
 
@@ -417,7 +424,7 @@ async def test_stuck_anchor_is_re_signed_with_higher_fees_and_the_same_nonce(
     assert await job.client.known(first.tx_hash)  # pending: nothing is mined
 
     await job.anchor_pass()  # not due yet (default: 180 s)
-    assert (await get_anchor(ledger.engine, 1)) == dataclasses.replace(first, age_s=ANY)
+    assert (await get_anchor(ledger.engine, 1)) == first
     job.bump_after_s = 0.0
     await job.anchor_pass()  # due: re-signed, persisted (SIGNED), sent (BROADCAST); once
     bumped = await get_anchor(ledger.engine, 1)
@@ -488,7 +495,7 @@ async def test_signer_without_funds_is_a_clear_error_before_signing(
 ) -> None:
     await activity(ledger)
     nonce = w3.eth.get_transaction_count(signer.address)
-    before = REGISTRY.get_sample_value("valueos_anchor_insufficient_funds_total") or 0.0
+    before = REGISTRY.get_sample_value(*UNFUNDED) or 0.0
     rpc(w3, "anvil_setBalance", signer.address, hex(10**6))
     with pytest.raises(InsufficientFunds) as caught:
         await job.run_once()
@@ -499,9 +506,12 @@ async def test_signer_without_funds_is_a_clear_error_before_signing(
     assert record is not None and record.status == "SEALED" and record.tx_hash is None
     assert record.last_error == message and record.attempts == 0
     assert w3.eth.get_transaction_count(signer.address, "pending") == nonce  # nothing sent
-    after = REGISTRY.get_sample_value("valueos_anchor_insufficient_funds_total")
+    after = REGISTRY.get_sample_value(*UNFUNDED)
     assert after == before + 1
-    assert REGISTRY.get_sample_value("valueos_anchor_signer_balance_wei") == 10**6
+    assert (
+        REGISTRY.get_sample_value("valueos_chain_signer_balance_wei", {"sender": signer.address})
+        == 10**6
+    )
 
     rpc(w3, "anvil_setBalance", signer.address, hex(10**21))  # funded: it goes through
     await job.anchor_pass()
@@ -535,15 +545,15 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     assert other.functions.epochs(1).call()[0] == b"\x00" * 32
 
     async with raw_connection(ledger.engine) as conn:  # stored for another chain id
-        await conn.execute("UPDATE epoch_anchors SET chain_id = 1 WHERE epoch = 1")
+        await conn.execute("UPDATE chain_txs SET chain_id = 1 WHERE ref = '1'")
     with pytest.raises(AnchorConfigMismatch, match="sent to chain id 1, contract"):
         await new_job(ledger, anvil, ledger_anchor, signer, ledger_id).anchor_pass()
     async with raw_connection(ledger.engine) as conn:
-        await conn.execute(f"UPDATE epoch_anchors SET chain_id = {w3.eth.chain_id}")
+        await conn.execute(f"UPDATE chain_txs SET chain_id = {w3.eth.chain_id}")
 
     foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer)  # a contract of another ledger
     async with raw_connection(ledger.engine) as conn:
-        await conn.execute("UPDATE epoch_anchors SET contract_address = $1", foreign.address)
+        await conn.execute("UPDATE chain_txs SET to_address = $1", foreign.address)
     with pytest.raises(AnchorConfigMismatch, match="anchors ledger 0x0707"):
         await new_job(ledger, anvil, foreign, signer, ledger_id).anchor_pass()
 

@@ -1,0 +1,276 @@
+"""The on-chain transaction outbox: what it persists (``chain_txs``, ``chain_tx_events``).
+
+One row per intent, named by its client: ``purpose`` (anchor, bridge mint, ...) and ``ref``
+(the epoch, the bridge id). The row holds the call and the state of the transaction that carries
+it; the lifecycle (signing, sending, receipts, reorgs, finality) is in
+:mod:`chain.evm.outbox`, which persists every decision here before acting on it.
+
+A nonce is taken by :func:`allocate_nonce` inside the transaction that stores the signed bytes,
+under a per-(chain, sender) advisory lock, so any number of workers share one signer without
+ever giving one nonce to two rows; the unique index ``chain_txs_nonce`` enforces it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.epochs import raw_connection
+
+__all__ = [
+    "UNFINISHED",
+    "ChainTx",
+    "TxPurpose",
+    "TxStatus",
+    "enqueue",
+    "get_tx",
+    "get_tx_by_ref",
+    "sign_and_store",
+    "transition",
+    "tx_hashes",
+    "unfinished_txs",
+]
+
+
+class TxStatus(StrEnum):
+    """BUILT: the call is stored, nothing signed. SIGNED: raw bytes and hash stored (before any
+    broadcast). BROADCAST: handed to the node. CONFIRMED: in a block (hash recorded).
+    FINALIZED: deep enough, block re-checked. FAILED: mined, but reverted (the nonce is spent;
+    the client decides what follows, e.g. :func:`transition` back to BUILT)."""
+
+    BUILT = "BUILT"
+    SIGNED = "SIGNED"
+    BROADCAST = "BROADCAST"
+    CONFIRMED = "CONFIRMED"
+    FINALIZED = "FINALIZED"
+    FAILED = "FAILED"
+
+
+UNFINISHED = (TxStatus.BUILT, TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.CONFIRMED)
+
+
+class TxPurpose(StrEnum):
+    ANCHOR = "anchor"
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTx:
+    id: int
+    purpose: str
+    ref: str
+    chain_id: int
+    sender: str | None
+    to_address: str
+    data: bytes
+    value_wei: int
+    status: TxStatus
+    nonce: int | None
+    raw_tx: bytes | None
+    tx_hash: bytes | None
+    block_number: int | None
+    block_hash: bytes | None
+    gas_used: int | None
+    attempts: int
+    last_error: str | None
+    #: seconds since the last transition (database clock)
+    age_s: float
+
+
+def _opt_bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def _from_row(row: asyncpg.Record) -> ChainTx:
+    return ChainTx(
+        id=row["id"],
+        purpose=row["purpose"],
+        ref=row["ref"],
+        chain_id=row["chain_id"],
+        sender=row["sender"],
+        to_address=row["to_address"],
+        data=bytes(row["data"]),
+        value_wei=int(row["value_wei"]),
+        status=TxStatus(row["status"]),
+        nonce=row["nonce"],
+        raw_tx=_opt_bytes(row["raw_tx"]),
+        tx_hash=_opt_bytes(row["tx_hash"]),
+        block_number=row["block_number"],
+        block_hash=_opt_bytes(row["block_hash"]),
+        gas_used=row["gas_used"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        age_s=float(row["age_s"]),
+    )
+
+
+_SELECT = (
+    "SELECT *, extract(epoch FROM clock_timestamp() - updated_at)::float8 AS age_s FROM chain_txs "
+)
+_EVENT = (
+    "INSERT INTO chain_tx_events (tx_id, from_status, to_status, tx_hash, detail) "
+    "VALUES ($1, $2, $3, $4, $5)"
+)
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    *,
+    purpose: str,
+    ref: str,
+    chain_id: int,
+    to_address: str,
+    data: bytes,
+    value_wei: int = 0,
+    detail: str | None = None,
+) -> int:
+    """Store the intent (BUILT) on ``conn`` -- inside the caller's database transaction, so a
+    bridge's debit and its mint commit together -- and return its id. The same intent again
+    returns the existing row's id; ``purpose`` + ``ref`` with another call is a ValueError."""
+    row = await conn.fetchrow(
+        "INSERT INTO chain_txs (purpose, ref, chain_id, to_address, data, value_wei, status) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'BUILT') ON CONFLICT (purpose, ref) DO NOTHING "
+        "RETURNING id",
+        purpose, ref, chain_id, to_address, data, value_wei,
+    )  # fmt: skip
+    if row is not None:
+        await conn.execute(_EVENT, row["id"], None, TxStatus.BUILT, None, detail)
+        return int(row["id"])
+    existing = await conn.fetchrow(
+        "SELECT id, chain_id, to_address, data, value_wei FROM chain_txs "
+        "WHERE purpose = $1 AND ref = $2",
+        purpose,
+        ref,
+    )
+    same = (existing["chain_id"], existing["to_address"].lower(), bytes(existing["data"])) == (
+        chain_id,
+        to_address.lower(),
+        data,
+    ) and int(existing["value_wei"]) == value_wei
+    if not same:
+        raise ValueError(f"chain tx {purpose}/{ref} exists with another call")
+    return int(existing["id"])
+
+
+async def get_tx(engine: AsyncEngine, tx_id: int) -> ChainTx | None:
+    async with raw_connection(engine) as conn:
+        row = await conn.fetchrow(_SELECT + "WHERE id = $1", tx_id)
+    return _from_row(row) if row else None
+
+
+async def get_tx_by_ref(engine: AsyncEngine, purpose: str, ref: str) -> ChainTx | None:
+    async with raw_connection(engine) as conn:
+        row = await conn.fetchrow(_SELECT + "WHERE purpose = $1 AND ref = $2", purpose, ref)
+    return _from_row(row) if row else None
+
+
+async def unfinished_txs(engine: AsyncEngine, purpose: str) -> list[ChainTx]:
+    """The rows of ``purpose`` not FINALIZED nor FAILED, oldest first."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            _SELECT + "WHERE purpose = $1 AND status = ANY($2::text[]) ORDER BY id",
+            purpose,
+            list(UNFINISHED),
+        )
+    return [_from_row(r) for r in rows]
+
+
+async def tx_hashes(engine: AsyncEngine, tx_id: int) -> list[bytes]:
+    """Every transaction hash ever recorded for the row, newest first: the current one and
+    those it replaced (fee bumps, re-signs). Any of them may be the one mined."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            "SELECT tx_hash FROM chain_tx_events WHERE tx_id = $1 AND tx_hash IS NOT NULL "
+            "GROUP BY tx_hash ORDER BY max(id) DESC",
+            tx_id,
+        )
+    return [bytes(r[0]) for r in rows]
+
+
+#: what a transition may set; a move back to BUILT clears the transaction fields
+_TX_FIELDS = ("nonce", "raw_tx", "tx_hash", "block_number", "block_hash", "gas_used")
+_SETTABLE = frozenset({*_TX_FIELDS, "sender", "data", "attempts", "last_error"})
+
+
+async def transition(
+    engine: AsyncEngine,
+    tx_id: int,
+    from_status: TxStatus,
+    to_status: TxStatus,
+    *,
+    detail: str | None = None,
+    **fields: Any,
+) -> bool:
+    """Move row ``tx_id`` ``from_status -> to_status`` and set ``fields``; False when it was not
+    in ``from_status`` any more (another worker moved it). Every transition is logged in
+    ``chain_tx_events`` with the hash current after it."""
+    if not set(fields) <= _SETTABLE:
+        raise ValueError(f"bad chain tx transition to {to_status} with {sorted(fields)}")
+    if to_status is TxStatus.BUILT:
+        fields = dict.fromkeys(_TX_FIELDS) | fields
+    async with raw_connection(engine) as conn, conn.transaction():
+        return await _transition(conn, tx_id, from_status, to_status, detail, fields)
+
+
+async def _transition(
+    conn: asyncpg.Connection,
+    tx_id: int,
+    from_status: TxStatus,
+    to_status: TxStatus,
+    detail: str | None,
+    fields: dict[str, Any],
+) -> bool:
+    names = sorted(fields)
+    assignments = "".join(f", {name} = ${i + 4}" for i, name in enumerate(names))
+    row = await conn.fetchrow(
+        f"UPDATE chain_txs SET status = $3, updated_at = clock_timestamp(){assignments} "
+        "WHERE id = $1 AND status = $2 RETURNING tx_hash",
+        tx_id,
+        from_status,
+        to_status,
+        *(fields[name] for name in names),
+    )
+    if row is None:
+        return False
+    await conn.execute(_EVENT, tx_id, from_status, to_status, row["tx_hash"], detail)
+    return True
+
+
+#: sign(nonce) -> (raw bytes, tx hash); called with the signer's nonce lock held
+Signer = Callable[[int], Awaitable[tuple[bytes, bytes]]]
+
+
+async def sign_and_store(
+    engine: AsyncEngine,
+    tx: ChainTx,
+    *,
+    sender: str,
+    chain_nonce: int,
+    sign: Signer,
+    detail: str,
+) -> int | None:
+    """BUILT -> SIGNED with a fresh nonce: under the (chain, sender) lock, the nonce is the
+    larger of ``chain_nonce`` (the node's pending count) and one past every nonce our rows hold
+    for the sender; ``sign`` signs with it and the bytes are stored in the same database
+    transaction. Returns the nonce, or None when another worker moved the row first."""
+    async with raw_connection(engine) as conn, conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", sender.lower(), tx.chain_id
+        )
+        ours = await conn.fetchval(
+            "SELECT max(nonce) + 1 FROM chain_txs WHERE chain_id = $1 AND sender = $2",
+            tx.chain_id,
+            sender,
+        )
+        nonce = max(chain_nonce, ours or 0)
+        raw, tx_hash = await sign(nonce)
+        moved = await _transition(
+            conn, tx.id, TxStatus.BUILT, TxStatus.SIGNED, detail,
+            {"sender": sender, "nonce": nonce, "raw_tx": raw, "tx_hash": tx_hash,
+             "attempts": tx.attempts + 1, "last_error": None},
+        )  # fmt: skip
+    return nonce if moved else None
