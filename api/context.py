@@ -4,7 +4,7 @@ rules (a USER reaches only their own accounts; staff readers see every account).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,8 @@ from api.idempotency import Attempt, idempotent
 from api.services import Services
 from core.accounts import Account
 from core.credentials import UnknownUser
-from core.errors import UnknownAccount, ValidationError
-from core.types import AccountKind, Actor, Role
+from core.errors import UnknownAccount
+from core.types import Actor, Role
 
 
 def client_ip(request: Request[Any, Any, Any], trusted_proxy: bool) -> str | None:
@@ -74,20 +74,10 @@ class Ctx:
             raise UnknownAccount(f"account {account_id} does not exist", account_id=account_id)
         return account
 
-    async def source_account(
-        self, account_id: int, kinds: Collection[AccountKind] = (AccountKind.AVAILABLE,)
-    ) -> Account:
-        """An account funds may leave at the caller's request: owned by the caller (staff
-        act on users' accounts through their own endpoints) and of an allowed kind."""
-        account = await self.svc.account(account_id)
-        if not self.owns(account):
-            raise UnknownAccount(f"account {account_id} does not exist", account_id=account_id)
-        if account.kind not in kinds:
-            names = ", ".join(k.value for k in kinds)
-            raise ValidationError(
-                f"funds can only leave a {names} account here", field="from_account_id"
-            )
-        return account
+    async def source_account(self, account_id: int) -> Account:
+        """An account funds may leave at the caller's request: the caller's own AVAILABLE
+        account (staff act on users' accounts through their own endpoints)."""
+        return await self.svc.payments.source(self.principal.user_id, account_id)
 
 
 def provide_ctx(request: Request[Any, Any, Any]) -> Ctx:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
+from core.payments import PaymentOrder
 from core.types import AccountKind, AccountStatus, AssetKind, HoldStatus, OperationType, Role, Side
 
 AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$"
@@ -26,7 +27,7 @@ Amount = Annotated[
 SignedAmount = Annotated[str, Meta(pattern=r"^-?" + AMOUNT_PATTERN[1:])]
 AssetCode = Annotated[str, Meta(pattern=r"^[A-Z][A-Z0-9_]{0,31}$", examples=["MILES"])]
 Reason = Annotated[str, Meta(min_length=1, max_length=1000, pattern=r"\S")]
-Memo = Annotated[str, Meta(max_length=500)]
+Memo = Annotated[str, Meta(max_length=500, pattern=r"^[^\x00]*$")]
 Id = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 
 
@@ -167,11 +168,20 @@ class MintCreate(Create):
     memo: Memo | None = None
 
 
-class TransferCreate(Create):
+class PaymentCreate(Create):
+    """A payment from one of the caller's AVAILABLE accounts to another user."""
+
     from_account_id: Id
     to_user_id: uuid.UUID
     amount: Amount
     memo: Memo | None = None
+
+    def order(self) -> PaymentOrder:
+        return PaymentOrder(self.from_account_id, self.to_user_id, self.amount, self.memo)
+
+
+class TransferCreate(PaymentCreate):
+    pass
 
 
 class MoveCreate(Create):
@@ -214,13 +224,9 @@ class OperationRead(Struct):
 
 
 # -- holds ------------------------------------------------------------------------------------
-class HoldCreate(Create):
-    from_account_id: Id
-    to_user_id: uuid.UUID
-    amount: Amount
+class HoldCreate(PaymentCreate):
     #: seconds until the hold expires (default 900, at most 30 days)
     expires_in: Annotated[int, Meta(ge=1, le=30 * 86400)] = 900
-    memo: Memo | None = None
 
 
 class CaptureCreate(Create):

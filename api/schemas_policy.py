@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
-from api.schemas import Amount, AssetCode, Create, Id
+from api.schemas import AssetCode, Create, PaymentCreate
 from core.types import OperationType
 
 ClaimName = Annotated[
@@ -114,14 +114,9 @@ class PolicyRead(Struct):
 
 
 # -- dry run ----------------------------------------------------------------------------------
-class DryRunCreate(Create):
+class DryRunCreate(PaymentCreate):
     """A transfer as ``POST /api/v1/credits/transfer`` would post it (a USER: from their
     own AVAILABLE account; staff: from any AVAILABLE account)."""
-
-    from_account_id: Id
-    to_user_id: uuid.UUID
-    amount: Amount
-    memo: Annotated[str, Meta(max_length=500, pattern=r"^[^\x00]*$")] | None = None
 
 
 class DenialRead(Struct):

@@ -1,78 +1,25 @@
-"""What the controllers share: the ledger facade, credentials, the idempotency records
-writer, and read-through caches of immutable reference data (asset scales, account
-owners, wallet compartment ids)."""
+"""What the controllers share: the ledger facade and its reference data
+(:class:`core.directory.Directory`), the use cases, credentials, and the idempotency records
+writer."""
 
 from __future__ import annotations
 
-import uuid
-
 from api.idempotency import Records
 from api.settings import ApiSettings
-from core.accounts import Account, Asset
 from core.credentials import Credentials
-from core.errors import InvalidAmount
+from core.directory import Directory
 from core.ledger import Ledger
-from core.money import format_amount, parse_amount
-from core.types import AccountKind, Actor, SystemAccount
+from core.payments import Payments
 
 
-class Services:
+class Services(Directory):
     def __init__(self, ledger: Ledger, settings: ApiSettings) -> None:
-        self.ledger = ledger
+        super().__init__(ledger)
         self.settings = settings
         self.credentials = Credentials(ledger.engine)
+        self.payments = Payments(self)
         #: the HTTP idempotency records, group-committed (``api.idempotency.Records``)
         self.idempotency = Records.of(ledger.engine)
-        self._assets: dict[str, Asset] = {}
-        self._accounts: dict[int, Account] = {}
-        self._wallets: dict[tuple[uuid.UUID, str], dict[AccountKind, int]] = {}
-        self._system: dict[tuple[str, SystemAccount], int] = {}
 
     async def close(self) -> None:
         await self.idempotency.close()
-
-    # Assets, account identity (owner, asset, kind) and wallet ids never change once
-    # created, so caching them is safe; balances and statuses are always read fresh.
-    async def asset(self, code: str) -> Asset:
-        found = self._assets.get(code)
-        if found is None:
-            found = self._assets[code] = await self.ledger.accounts.get_asset(code)
-        return found
-
-    async def account(self, account_id: int) -> Account:
-        found = self._accounts.get(account_id)
-        if found is None:
-            found = await self.ledger.accounts.get_account(account_id)
-            if len(self._accounts) > 100_000:
-                self._accounts.clear()
-            self._accounts[account_id] = found
-        return found
-
-    async def wallet(self, owner: uuid.UUID, asset: str, actor: Actor) -> dict[AccountKind, int]:
-        found = self._wallets.get((owner, asset))
-        if found is None:
-            await self.asset(asset)
-            found = await self.ledger.accounts.ensure_wallet(owner, asset, actor=actor)
-            if len(self._wallets) > 100_000:
-                self._wallets.clear()
-            self._wallets[(owner, asset)] = found
-        return found
-
-    async def system(self, asset: str, code: SystemAccount, actor: Actor) -> int:
-        found = self._system.get((asset, code))
-        if found is None:
-            await self.asset(asset)
-            found = self._system[(asset, code)] = await self.ledger.accounts.system_account(
-                asset, code, actor=actor
-            )
-        return found
-
-    async def parse(self, text: str, asset: str, field: str = "amount") -> int:
-        """A positive amount of ``asset`` from its decimal string (422 naming ``field``)."""
-        units = parse_amount(text, (await self.asset(asset)).scale, field=field)
-        if units <= 0:
-            raise InvalidAmount(f"{field} must be positive", field=field)
-        return units
-
-    async def fmt(self, units: int, asset: str) -> str:
-        return format_amount(units, (await self.asset(asset)).scale)

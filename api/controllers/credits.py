@@ -61,20 +61,8 @@ class CreditController(Controller):
         """From one of the caller's AVAILABLE accounts to another user's AVAILABLE."""
 
         async def run(a: Attempt) -> OperationRead:
-            source = await ctx.source_account(data.from_account_id)
-            amount = await ctx.svc.parse(data.amount, source.asset)
-            wallet = await ctx.svc.wallet(data.to_user_id, source.asset, ctx.actor)
-            destination = wallet[AccountKind.AVAILABLE]
-            if destination == source.id:
-                raise ValidationError("cannot transfer to the same account", field="to_user_id")
-            result = await ctx.svc.ledger.post(
-                PostOperation(
-                    OperationType.TRANSFER,
-                    transfer_legs(source.id, destination, source.asset, amount),
-                    ctx.actor,
-                    a.core_key,
-                    _memo(data.memo),
-                )
+            result = await ctx.svc.payments.transfer(
+                ctx.principal.user_id, ctx.actor, data.order(), idempotency_key=a.core_key
             )
             return await render.operation(ctx.svc, result)
 

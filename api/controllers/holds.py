@@ -6,7 +6,7 @@ after the deadline is refused; the sweep marks past-deadline holds EXPIRED."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
@@ -18,9 +18,9 @@ from api.auth import ADMIN, EVERYONE, OPS, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
 from api.schemas import CaptureCreate, HoldCreate, HoldRead, OperationRead, SweepRead, VoidCreate
-from core.errors import UnknownHold, ValidationError
+from core.errors import UnknownHold
 from core.queries import HoldView
-from core.types import AccountKind, CaptureHold, CreateHold, HoldResult, OperationResult, VoidHold
+from core.types import CaptureHold, HoldResult, OperationResult, VoidHold
 
 HoldId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 PARTIES = [allow({USER, ADMIN, OPS}, scope="payments")]
@@ -54,27 +54,15 @@ class HoldController(Controller):
         self, ctx: NamedDependency[Ctx], data: JSONBody[HoldCreate]
     ) -> Response[HoldRead]:
         async def pin() -> dict[str, Any]:
-            deadline = datetime.now(UTC) + timedelta(seconds=data.expires_in)
+            deadline = await ctx.svc.payments.deadline(timedelta(seconds=data.expires_in))
             return {"expires_at": deadline.isoformat()}
 
         async def run(a: Attempt) -> HoldRead:
-            source = await ctx.source_account(data.from_account_id)
-            amount = await ctx.svc.parse(data.amount, source.asset)
-            wallet = await ctx.svc.wallet(data.to_user_id, source.asset, ctx.actor)
-            destination = wallet[AccountKind.AVAILABLE]
-            if destination == source.id:
-                raise ValidationError("cannot hold funds for the same account", field="to_user_id")
-            command = CreateHold(
-                source.id,
-                destination,
-                source.asset,
-                amount,
-                datetime.fromisoformat(a.pinned["expires_at"]),
-                ctx.actor,
-                a.core_key,
-                {"memo": data.memo} if data.memo else {},
-            )
-            result = _expect(await ctx.svc.ledger.submit(command), HoldResult)
+            result = await ctx.svc.payments.hold(
+                ctx.principal.user_id, ctx.actor, data.order(),
+                expires_at=datetime.fromisoformat(a.pinned["expires_at"]),
+                idempotency_key=a.core_key,
+            )  # fmt: skip
             return await render.hold(ctx.svc, result)
 
         return await ctx.once(data, run, pin=pin)

@@ -34,10 +34,10 @@ from api.schemas_policy import (
     ReasonCreate,
 )
 from core import policies
-from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy, ValidationError
+from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy
 from core.policies import PolicyRecord
 from core.policy import json_schema
-from core.types import AccountKind, OperationType, PostOperation, transfer_legs
+from core.types import OperationType
 
 PolicyId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 AssetFilter = Annotated[str | None, QueryParameter(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
@@ -166,27 +166,8 @@ class PolicyController(Controller):
         """What this transfer would do now: allowed or the denial (code, rule, policy
         version), the fees and the resulting postings. Writes nothing to the ledger (the
         recipient's wallet is opened if they have none, as a transfer would)."""
-        if ctx.is_user:
-            source = await ctx.source_account(data.from_account_id)
-        else:
-            source = await ctx.svc.account(data.from_account_id)
-            if source.kind is not AccountKind.AVAILABLE:
-                raise ValidationError(
-                    "funds can only leave an AVAILABLE account here", field="from_account_id"
-                )
-        amount = await ctx.svc.parse(data.amount, source.asset)
-        wallet = await ctx.svc.wallet(data.to_user_id, source.asset, ctx.actor)
-        destination = wallet[AccountKind.AVAILABLE]
-        if destination == source.id:
-            raise ValidationError("cannot transfer to the same account", field="to_user_id")
-        command = PostOperation(
-            OperationType.TRANSFER,
-            transfer_legs(source.id, destination, source.asset, amount),
-            ctx.actor,
-            None,
-            {"memo": data.memo} if data.memo else {},
-        )
-        outcome = await policies.dry_run(ctx.svc.ledger, command)
+        payer = ctx.principal.user_id if ctx.is_user else None
+        outcome = await ctx.svc.payments.dry_run(payer, ctx.actor, data.order())
         denial = None
         if outcome.error is not None:
             err = outcome.error
@@ -201,7 +182,7 @@ class PolicyController(Controller):
             )
         return DryRunRead(
             allowed=outcome.allowed,
-            operation_type=command.type,
+            operation_type=OperationType.TRANSFER,
             denial=denial,
             policies=[PolicyVersionRead(p, v) for p, v in outcome.policies],
             fees=[
