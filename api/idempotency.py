@@ -8,42 +8,33 @@ so a corrected request may reuse its key.
 
 Ledger writes also carry the core's idempotency key ``http:<client>:<key>``: should the
 process die after the ledger committed but before the response was stored, the retry
-(allowed once the first attempt is ``STALE_AFTER`` old) gets the ledger's stored
+(allowed once the first attempt is ``STALE_AFTER_SECONDS`` old) gets the ledger's stored
 result and posts nothing twice. Values the API derives at the first attempt (a hold's
 deadline) are *pinned* with the record, so the retry builds the very same command.
 
-The records are written by ``Records``: the claims and completions of concurrent
-requests go to PostgreSQL together, one autocommit statement per batch on one held
-connection (each caller awaits its own row, so nothing is answered before its record
-is durable) — instead of two pool checkouts and two transactions per request.
+The records are stored by :class:`core.request_records.Records` (group-committed; each
+caller awaits its own row, so nothing is answered before its record is durable).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
 import re
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Request, Response
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import ApiError
 from core.errors import IdempotencyConflict, LedgerError, ValidationError
+from core.request_records import Records
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-STALE_AFTER_SECONDS = 30.0
 WAIT_SECONDS = 5.0
 
 
@@ -68,233 +59,6 @@ class InProgress(ApiError):
         )
 
 
-async def _existing(engine: AsyncEngine, client: str, key: str, digest: bytes) -> tuple[str, Any]:
-    """The claim's slow path, when the record exists: ('done', (status, response)) |
-    ('retry', pinned) | ('busy', None) | ('gone', None) (deleted meanwhile: claim again)."""
-    async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT request_hash, pinned, status, response, "
-                    "extract(epoch FROM now() - created_at) AS age "
-                    "FROM api_idempotency WHERE client = :c AND key = :k FOR UPDATE"
-                ),
-                {"c": client, "k": key},
-            )
-        ).first()
-        if row is None:
-            return "gone", None
-        if bytes(row.request_hash) != digest:
-            raise IdempotencyConflict(
-                "this Idempotency-Key was used with a different request", field=HEADER
-            )
-        if row.status is not None:
-            return "done", (row.status, row.response)
-        if float(row.age) > STALE_AFTER_SECONDS:
-            await conn.execute(
-                text(
-                    "UPDATE api_idempotency SET created_at = now() WHERE client = :c AND key = :k"
-                ),
-                {"c": client, "k": key},
-            )
-            return "retry", dict(row.pinned)
-        return "busy", None
-
-
-# Claims and completions of concurrent requests in ONE autocommit statement (atomic on
-# its own: no BEGIN/COMMIT round trips). The sub-statements see one snapshot, so a
-# batch never carries a claim and a completion of the same record (see ``_split``).
-_FLUSH = """
-WITH done AS (
-    UPDATE api_idempotency i
-    SET status = u.status, response = u.response, completed_at = now()
-    FROM unnest($1::text[], $2::text[], $3::int[], $4::jsonb[]) AS u(client, key, status, response)
-    WHERE i.client = u.client AND i.key = u.key
-), dropped AS (
-    DELETE FROM api_idempotency i
-    USING unnest($5::text[], $6::text[]) AS u(client, key)
-    WHERE i.client = u.client AND i.key = u.key
-)
-INSERT INTO api_idempotency (client, key, request_hash, pinned)
-SELECT * FROM unnest($7::text[], $8::text[], $9::bytea[], $10::jsonb[])
-ON CONFLICT DO NOTHING
-RETURNING client, key
-"""
-
-
-@dataclass(slots=True)
-class _Write:
-    client: str
-    key: str
-    #: a claim: the request hash; a completion: None
-    digest: bytes | None
-    #: a claim: the pinned values; a completion: the stored response (JSON text)
-    payload: str | None
-    #: a completion: the status to remember; None with a claim, or to forget the record
-    status: int | None
-    future: asyncio.Future[bool]
-
-
-class Records:
-    """The ``api_idempotency`` writes of one process, group-committed.
-
-    Every idempotent request writes twice: its claim before it runs and its completion
-    after. Each used to be a transaction of its own (pool checkout, ping, BEGIN,
-    statement, COMMIT), so 32 concurrent requests held a dozen connections and queued
-    the ledger's own batches behind them. Here whatever is waiting is written in one
-    statement on one connection; each caller still awaits its own row being committed
-    before it goes on, so the semantics are the per-request ones.
-    """
-
-    def __init__(self, engine: AsyncEngine, *, workers: int = 1, max_batch: int = 500) -> None:
-        self.engine = engine
-        self.max_batch = max_batch
-        self._workers = workers
-        self._queue: asyncio.Queue[_Write] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        #: statements written and rows carried (benchmarks, tests)
-        self.flushes = 0
-        self.rows = 0
-
-    @classmethod
-    def of(cls, engine: AsyncEngine) -> Records:
-        """The records writer of ``engine`` (one per engine, made on first use)."""
-        found = _BY_ENGINE.get(engine)
-        if found is None:
-            found = _BY_ENGINE[engine] = cls(engine)
-        return found
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-    async def claim(
-        self, client: str, key: str, digest: bytes, pinned: dict[str, Any]
-    ) -> tuple[str, Any]:
-        """('new', pinned) | ('done', (status, response)) | ('retry', pinned) | ('busy', None)."""
-        while True:
-            future = self._submit(client, key, digest, json.dumps(pinned), None)
-            try:
-                inserted = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                # the claim may still commit: forget it then, or the key stays busy
-                future.add_done_callback(partial(self._forget_if_claimed, client, key))
-                raise
-            if inserted:
-                return "new", pinned
-            state, value = await _existing(self.engine, client, key, digest)
-            if state != "gone":
-                return state, value
-
-    async def finish(self, client: str, key: str, status: int | None, response: Any) -> None:
-        """Remember the outcome (``status`` None: forget the record, the key is free)."""
-        payload = json.dumps(response) if status is not None else None
-        await asyncio.shield(self._submit(client, key, None, payload, status))
-
-    def _forget_if_claimed(self, client: str, key: str, future: asyncio.Future[bool]) -> None:
-        if not future.cancelled() and future.exception() is None and future.result():
-            self._submit(client, key, None, None, None)
-
-    def _submit(
-        self, client: str, key: str, digest: bytes | None, payload: str | None, status: int | None
-    ) -> asyncio.Future[bool]:
-        loop = asyncio.get_running_loop()
-        if not self._tasks:
-            self._tasks = [loop.create_task(self._run()) for _ in range(self._workers)]
-        future: asyncio.Future[bool] = loop.create_future()
-        self._queue.put_nowait(_Write(client, key, digest, payload, status, future))
-        return future
-
-    async def _run(self) -> None:
-        while True:
-            first: _Write | None = await self._queue.get()
-            try:
-                async with self.engine.connect() as sa_conn:
-                    raw = await sa_conn.get_raw_connection()
-                    conn: asyncpg.Connection = raw.driver_connection
-                    # keep the connection while writes keep coming (one checkout and
-                    # pre-ping per busy spell, not per statement)
-                    while first is not None:
-                        if not await self._flush(conn, self._gather(first)):
-                            await sa_conn.invalidate()
-                            break
-                        first = None if self._queue.empty() else self._queue.get_nowait()
-            except Exception as exc:  # no connection: the write in hand fails
-                if first is not None and not first.future.done():
-                    first.future.set_exception(exc)
-
-    def _gather(self, first: _Write) -> list[_Write]:
-        """``first`` and whatever else waits, one write per record (see ``_split``)."""
-        batch = [first]
-        while len(batch) < self.max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        now, later = _split(batch)
-        for item in later:
-            self._queue.put_nowait(item)
-        return now
-
-    async def _flush(self, conn: asyncpg.Connection, batch: list[_Write]) -> bool:
-        """Write ``batch``, resolve its callers; False when the connection is broken."""
-        try:
-            inserted = await self._write(conn, batch)
-        except Exception as exc:
-            rejected = isinstance(exc, asyncpg.PostgresError) and not isinstance(
-                exc, asyncpg.PostgresConnectionError
-            )
-            if rejected and len(batch) > 1:
-                # the statement was rejected as a whole (nothing written): one row at a
-                # time, so only the offending request fails
-                for item in batch:
-                    await self._flush(conn, [item])
-                return True
-            # connection lost, or the one row is bad: its callers fail
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return rejected
-        self.flushes += 1
-        self.rows += len(batch)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_result((item.client, item.key) in inserted)
-        return True
-
-    @staticmethod
-    async def _write(conn: asyncpg.Connection, batch: list[_Write]) -> set[tuple[str, str]]:
-        claims = [w for w in batch if w.digest is not None]
-        done = [w for w in batch if w.digest is None and w.status is not None]
-        dropped = [w for w in batch if w.digest is None and w.status is None]
-        rows = await conn.fetch(
-            _FLUSH,
-            [w.client for w in done], [w.key for w in done],
-            [w.status for w in done], [w.payload for w in done],
-            [w.client for w in dropped], [w.key for w in dropped],
-            [w.client for w in claims], [w.key for w in claims],
-            [w.digest for w in claims], [w.payload for w in claims],
-        )  # fmt: skip
-        return {(r["client"], r["key"]) for r in rows}
-
-
-_BY_ENGINE: weakref.WeakKeyDictionary[AsyncEngine, Records] = weakref.WeakKeyDictionary()
-
-
-def _split(batch: list[_Write]) -> tuple[list[_Write], list[_Write]]:
-    """(this statement, the next one): one write per record per statement, so a record
-    is never claimed and completed (or claimed twice) in one snapshot."""
-    seen: set[tuple[str, str]] = set()
-    now: list[_Write] = []
-    later: list[_Write] = []
-    for w in batch:
-        ident = (w.client, w.key)
-        (later if ident in seen else now).append(w)
-        seen.add(ident)
-    return now, later
-
-
 def _replay(status: int, response: Any) -> Response[Any]:
     if status >= 400:
         err = response or {}
@@ -307,7 +71,7 @@ def _replay(status: int, response: Any) -> Response[Any]:
 
 async def idempotent(
     request: Request[Any, Any, Any],
-    records: Records | AsyncEngine,
+    records: Records,
     client: str,
     body: Any,
     run: Callable[[Attempt], Awaitable[Any]],
@@ -329,8 +93,6 @@ async def idempotent(
         raise ValidationError(
             "Idempotency-Key must be 1-200 visible ASCII characters", field=HEADER
         )
-    if not isinstance(records, Records):
-        records = Records.of(records)
     digest = request_hash(request, body)
     pinned = await pin() if pin else {}
     deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
@@ -338,6 +100,10 @@ async def idempotent(
         state, value = await records.claim(client, key, digest, pinned)
         if state == "done":
             return _replay(*value)
+        if state == "conflict":
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used with a different request", field=HEADER
+            )
         if state in {"new", "retry"}:
             break
         if asyncio.get_running_loop().time() > deadline:

@@ -4,12 +4,12 @@ writer."""
 
 from __future__ import annotations
 
-from api.idempotency import Records
 from api.settings import ApiSettings
 from core.credentials import Credentials
 from core.directory import Directory
 from core.ledger import Ledger
 from core.payments import Payments
+from core.request_records import Records
 
 
 class Services(Directory):
@@ -18,7 +18,7 @@ class Services(Directory):
         self.settings = settings
         self.credentials = Credentials(ledger.engine)
         self.payments = Payments(self)
-        #: the HTTP idempotency records, group-committed (``api.idempotency.Records``)
+        #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
 
     async def close(self) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -16,14 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core import audit
 from core.errors import (
     AlreadyExists,
-    LedgerError,
     ReasonRequired,
     UnknownAccount,
     UnknownAsset,
     ValidationError,
 )
 from core.money import MAX_SCALE, check_int64
-from core.repository import translate
+from core.storage_errors import translate
 from core.types import (
     UNBOUNDED_SYSTEM_ACCOUNTS,
     WALLET_KINDS,
@@ -53,11 +51,6 @@ class Account:
     status: AccountStatus
     floor: int | None
     created_at: datetime
-
-
-def _driver_error(exc: DBAPIError) -> LedgerError:
-    orig = getattr(exc.orig, "__cause__", None) or exc.orig
-    return translate(orig if isinstance(orig, asyncpg.PostgresError) else exc)
 
 
 _ACCOUNT_SELECT = (
@@ -105,7 +98,7 @@ class Accounts:
                     after={"name": name, "scale": scale, "kind": asset.kind.value},
                 )
         except DBAPIError as exc:
-            err = _driver_error(exc)
+            err = translate(exc)
             if isinstance(err, AlreadyExists):
                 raise AlreadyExists(f"asset {code} already exists", code=code) from exc
             if "assets_code_check" in str(exc):
@@ -146,7 +139,7 @@ class Accounts:
                     conn, actor, "user.created", "user", user_id, after={"email": email}
                 )
         except DBAPIError as exc:
-            err = _driver_error(exc)
+            err = translate(exc)
             if isinstance(err, AlreadyExists):
                 raise AlreadyExists("a user with this email exists", field="email") from exc
             raise err from exc
@@ -251,7 +244,7 @@ class Accounts:
                     actor=actor,
                 )
         except DBAPIError as exc:
-            err = _driver_error(exc)
+            err = translate(exc)
             if isinstance(err, AlreadyExists):
                 raise AlreadyExists(
                     "that account already exists", asset=asset, kind=str(kind)
@@ -291,7 +284,7 @@ class Accounts:
                             actor=actor,
                         )
             except DBAPIError as exc:
-                err = _driver_error(exc)
+                err = translate(exc)
                 raise (
                     UnknownAsset(f"asset {asset} or user {owner_id} does not exist")
                     if err.code == "NOT_FOUND"
@@ -415,4 +408,4 @@ class Accounts:
                     reason=reason,
                 )
         except DBAPIError as exc:
-            raise _driver_error(exc) from exc
+            raise translate(exc) from exc

@@ -1,7 +1,7 @@
 """Application-level group commit.
 
 Concurrent callers hand their commands to one ``Batcher``; it gathers whatever arrives
-within ``linger`` (a millisecond or two) up to ``max_batch`` commands and commits them
+within ``linger`` (a millisecond or two) up to ``batch_max`` commands and commits them
 in ONE database transaction through ``LedgerStore.execute``. Each caller awaits its
 own result. Under load the next batch fills while the current one commits, so the
 hot issuance account is locked once per batch rather than once per posting.
@@ -35,12 +35,12 @@ class Batcher:
         store: LedgerStore,
         *,
         linger_ms: float = 1.5,
-        max_batch: int = 2000,
+        batch_max: int = 2000,
         workers: int = 2,
     ) -> None:
         self.store = store
         self.linger = linger_ms / 1000
-        self.max_batch = max_batch
+        self.batch_max = batch_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._workers = workers
@@ -85,10 +85,10 @@ class Batcher:
             first = await self._queue.get()
             batch = [first]
             size = len(first.commands)
-            if self.linger > 0 and size < self.max_batch:
+            if self.linger > 0 and size < self.batch_max:
                 # the coalescing window: let concurrent callers join this commit
                 await asyncio.sleep(self.linger)
-            while size < self.max_batch and not self._queue.empty():
+            while size < self.batch_max and not self._queue.empty():
                 item = self._queue.get_nowait()
                 batch.append(item)
                 size += len(item.commands)

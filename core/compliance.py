@@ -31,6 +31,7 @@ from core.errors import (
 )
 from core.money import check_int64
 from core.policy import ClaimValue
+from core.storage_errors import translate
 from core.types import Actor, Role
 
 #: roles that may issue and revoke attestations
@@ -158,7 +159,7 @@ async def issue_attestation(
         except DBAPIError as exc:
             if "attestations_subject_id_fkey" in str(exc):
                 raise NotFound(f"user {subject_id} does not exist", user=str(subject_id)) from None
-            raise
+            raise translate(exc) from exc
         attestation = _attestation(
             (await conn.execute(text(_SELECT + "WHERE id = :id"), {"id": row.id})).one()
         )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import audit
 from core.errors import AlreadyExists, NotFound, ValidationError
+from core.storage_errors import translate
 from core.types import Actor, Role
 
 KEY_PREFIX = "vo_"
@@ -133,7 +134,7 @@ class Credentials:
         except DBAPIError as exc:
             if "users_email_key" in str(exc):
                 raise AlreadyExists("a user with this email exists", field="email") from exc
-            raise
+            raise translate(exc) from exc
         return _user(row)
 
     async def get_user(self, user_id: uuid.UUID) -> User:

@@ -10,9 +10,12 @@ from urllib.parse import urlsplit
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.settings import DatabaseSettings
+from core.storage_errors import CONNECTION_LOST, translate
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ def resolve_url(settings: DatabaseSettings) -> str:
     return asyncpg_url(settings.url or start_embedded(settings.data_dir))
 
 
+#: the database handle the layers above core pass around (they never touch SQLAlchemy itself)
+Engine = AsyncEngine
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
@@ -72,3 +79,14 @@ def migrate(url: str, revision: str = "head") -> None:
 
 async def migrate_async(url: str, revision: str = "head") -> None:
     await asyncio.to_thread(migrate, url, revision)
+
+
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database's schema is at; :class:`core.errors.StorageError` when the
+    database cannot be reached."""
+    try:
+        async with engine.connect() as conn:
+            found = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    except (DBAPIError, *CONNECTION_LOST) as exc:
+        raise translate(exc) from exc
+    return None if found is None else str(found)

@@ -28,11 +28,10 @@ Empty epoch
     does not seal an empty epoch on schedule unless ``VALUEOS_SEAL_EMPTY`` is set.
 
 Layering
-    core must not import web3 or anything that talks to a chain. It does import the two *pure*
-    hashing modules :mod:`merkle.tree` and :mod:`merkle.leaves` (keccak + ABI layouts, no I/O):
-    the leaf layouts are shared byte for byte with the contract and the auditor's verifier, so
-    there is one implementation. ``tests/unit/test_verify_layering.py`` enforces that core
-    imports nothing else from chain/.
+    core talks to no chain. It uses the pure hashing package :mod:`merkle` (keccak + ABI
+    layouts, no I/O): the leaf layouts are shared byte for byte with the contract and the
+    auditor's verifier, so there is one implementation. ``tests/unit/test_layering.py``
+    enforces the package rules.
 
 Storage: see ``core/migrations/versions/0002_epochs.py`` (levels per tree row, keys and
 positions for the lookup, ``valueos_merkle_proof`` serving a proof in one call).

@@ -1,7 +1,7 @@
 """The core's error tree. Every error carries a stable machine ``code``.
 
-Nothing above ``core`` ever sees a driver exception: the repository translates
-SQL failures into these (see ``core.repository.translate``).
+Nothing above ``core`` ever sees a driver exception: :func:`core.storage_errors.translate`
+turns SQL failures into these.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class LedgerIntegrityError(LedgerError):
     status = 500
 
 
-# -- policy engine and compliance (issue 5) ---------------------------------------------
+# -- policy engine and compliance ------------------------------------------------------------------
 
 
 class PolicyDenied(LedgerError):

@@ -56,7 +56,7 @@ class Ledger:
         self.engine = engine
         self.store = LedgerStore(engine)
         self.batcher = Batcher(
-            self.store, linger_ms=settings.batch_linger_ms, max_batch=settings.batch_max
+            self.store, linger_ms=settings.batch_linger_ms, batch_max=settings.batch_max
         )
         self.accounts = Accounts(engine)
         self.queries = Queries(engine)

@@ -98,7 +98,7 @@ class PlannedOperation:
     entries: list[tuple[int, str, int, int]]
     id: int = 0
     seqs: list[int] = field(default_factory=list)
-    #: the policy versions that allowed it, its fees and limit usage (issue 5)
+    #: the policy versions that allowed it, its fees and limit usage
     policy: Applied | None = None
 
 
@@ -395,7 +395,7 @@ class _Planner:
         self.plan.operations.append(op)
         return op
 
-    # -- policy hook (issue 5): evaluated before the book applies the entries ------------
+    # -- policy hook: evaluated before the book applies the entries --------------------------------
     def _check_policy(
         self, item: int, type_: OperationType, entries: Sequence[EntrySpec]
     ) -> Applied | None:
@@ -600,7 +600,7 @@ class _Planner:
         # later commands in the same batch see the hold as no longer pending
         self.holds[hold.id] = replace(hold, remaining=0, status=status)
 
-    # -- undo for linked groups -------------------------------------------------------
+    # -- undo for linked groups --------------------------------------------------------------------
     def mark(self) -> _Mark:
         p = self.plan
         return (
@@ -642,7 +642,7 @@ def plan_batch(
     Commands of one group must be adjacent. Idempotency: a key seen before (stored, or
     earlier in this batch) with the same request hash replays that outcome; with a
     different hash it is an ``IdempotencyConflict``. Failures are stored under their key.
-    ``policy`` (issue 5): active policies with their locked context; a denial is a
+    ``policy``: active policies with their locked context; a denial is a
     ``PolicyDenied`` outcome, remembered under its key, and listed in ``policy_denials``.
     """
     planner = _Planner(book, holds, originals, now, policy)

@@ -1,4 +1,4 @@
-"""The one seam between the ledger and PostgreSQL for writes.
+"""The posting write path: batches of ledger commands into PostgreSQL.
 
 ``LedgerStore.execute`` runs a batch of commands in ONE database transaction:
 
@@ -11,8 +11,8 @@
    one ``UPDATE ... FROM unnest`` for balances) and commit.
 
 A deadlock, serialization failure or a unique-key race with another process rolls the
-whole batch back and runs it again (the retry sees the other process's commit). SQL
-errors are translated here; nothing above this module sees an asyncpg exception.
+whole batch back and runs it again (the retry sees the other process's commit). Other SQL
+errors become core errors (``core.storage_errors.translate``).
 """
 
 from __future__ import annotations
@@ -33,12 +33,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import (
-    AlreadyExists,
-    AmountOverflow,
-    AppendOnlyViolation,
-    InsufficientFunds,
     LedgerError,
-    NotFound,
     StorageError,
 )
 from core.planner import (
@@ -56,6 +51,7 @@ from core.planner import (
 from core.policy_store import PolicyCache, denial_audit, policy_versions, write_usage
 from core.posting import AccountState, BalanceBook
 from core.sagas import TransactionStatus, TransactionType, derive_status
+from core.storage_errors import CONNECTION_LOST, translate
 from core.types import (
     AccountStatus,
     Actor,
@@ -71,36 +67,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 _RETRYABLE_UNIQUE = {"idempotency_keys_pkey", "operations_reverses_id_key"}
-
-
-#: failures after which the connection is unusable and a COMMIT's fate may be unknown
-_CONNECTION_LOST = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,
-)
-
-
-def translate(exc: BaseException) -> LedgerError:
-    """Map a driver exception to the core's error tree (one place for the whole core)."""
-    if isinstance(exc, LedgerError):
-        return exc
-    if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = getattr(exc, "sqlstate", "")
-        constraint = getattr(exc, "constraint_name", None)
-        if sqlstate == "VO001":
-            return AppendOnlyViolation(str(exc))
-        if isinstance(exc, asyncpg.UniqueViolationError):
-            return AlreadyExists("already exists", constraint=constraint)
-        if isinstance(exc, asyncpg.ForeignKeyViolationError):
-            return NotFound("a referenced record does not exist", constraint=constraint)
-        if isinstance(exc, asyncpg.CheckViolationError) and constraint == "balances_floor":
-            return InsufficientFunds("the account's floor would be broken")
-        if isinstance(exc, asyncpg.NumericValueOutOfRangeError):
-            return AmountOverflow("a value does not fit in 64 bits")
-    log.error("storage failure: %s: %s", type(exc).__name__, exc)
-    return StorageError("the ledger database failed; nothing was written")
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -197,7 +163,7 @@ def _transpose(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 _LOCK_BALANCES = (
     # the clock is read after the function returned, i.e. after every lock is held; the
-    # policy generation (issue 5) tells the policy cache whether to reload
+    # policy generation tells the policy cache whether to reload
     "SELECT clock_timestamp() AS now, (SELECT valueos_policy_generation()) AS policy_generation, "
     "l.* "
     "FROM valueos_lock_balances($1::bigint[]) l"
@@ -246,7 +212,7 @@ def _group_spans(groups: Sequence[int | None]) -> list[tuple[int, int]]:
 class LedgerStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        #: active policies of this process (issue 5)
+        #: active policies of this process
         self.policies = PolicyCache()
 
     async def execute(
@@ -259,7 +225,7 @@ class LedgerStore:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return await self._execute_once(commands, groups)
-            except _CONNECTION_LOST as exc:
+            except CONNECTION_LOST as exc:
                 # The connection died. If it died during COMMIT the outcome is unknown, so
                 # never retry here: callers retry under their idempotency key.
                 return [translate(exc)] * len(commands)
@@ -292,7 +258,7 @@ class LedgerStore:
             try:
                 with _gc_paused():
                     return await self._transaction(conn, commands, groups)
-            except _CONNECTION_LOST:
+            except CONNECTION_LOST:
                 await sa_conn.invalidate()  # never hand a dead connection back to the pool
                 raise
 
@@ -306,9 +272,9 @@ class LedgerStore:
             epoch, now, policy_generation, book = await self._lock_balances(
                 conn,
                 touched_accounts(commands, holds, originals)
-                | self.policies.lock_ids(commands, holds),  # fee accounts (issue 5)
+                | self.policies.lock_ids(commands, holds),  # fee accounts
             )
-            # policy hook (issue 5): None unless a command falls under an active policy
+            # policy hook: None unless a command falls under an active policy
             policy = await self.policies.prepare(
                 conn, commands, holds, book, policy_generation, now
             )
@@ -445,7 +411,7 @@ class LedgerStore:
                 group = audit_groups.setdefault((actor, reason), [])
             group.append(op)
         n_ops = len(plan.operations) + len(plan.failed_saga_operations)
-        denials = denial_audit(plan, commands)  # policy denials are audited (issue 5)
+        denials = denial_audit(plan, commands)  # policy denials are audited
         n_audit = len(audit_groups) + len(plan.new_holds) + len(plan.hold_changes) + len(denials)
         op_ids, seqs, hold_ids, audit_ids = await conn.fetchrow(
             _ALLOCATE, n_ops, plan.entry_count, len(plan.new_holds), n_audit

@@ -31,7 +31,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,7 +40,6 @@ from core import audit
 from core.errors import (
     AlreadyExists,
     Forbidden,
-    LedgerError,
     UnknownAccount,
     UnknownAsset,
     UnknownUser,
@@ -51,7 +49,7 @@ from core.errors import (
 )
 from core.ledger import Ledger
 from core.queries import HistoryPage
-from core.repository import translate
+from core.storage_errors import translate
 from core.types import (
     AccountKind,
     AccountStatus,
@@ -145,12 +143,6 @@ def _member(row: Any) -> VaultMember:
     )
 
 
-def driver_error(exc: DBAPIError) -> LedgerError:
-    """The core error for a driver failure wrapped by SQLAlchemy."""
-    orig = getattr(exc.orig, "__cause__", None) or exc.orig
-    return translate(orig if isinstance(orig, asyncpg.PostgresError) else exc)
-
-
 def _clean_name(name: str) -> str:
     cleaned = name.strip()
     if not 1 <= len(cleaned) <= MAX_NAME:
@@ -234,7 +226,7 @@ async def create_vault(
             raise AlreadyExists(
                 f"you already have a vault named {cleaned!r} for {asset}", field="name"
             ) from exc
-        raise driver_error(exc) from exc
+        raise translate(exc) from exc
     return await get_vault(ledger, user=user, vault_id=vault_id)
 
 

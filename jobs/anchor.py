@@ -32,8 +32,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from chain.evm.anchor import AnchorClient, AnchorConflict
 from chain.evm.outbox import Finality, Outbox
 from core import chain_txs
@@ -48,6 +46,7 @@ from core.anchors import (
     unfinished_anchors,
 )
 from core.chain_txs import ChainTx, TxStatus
+from core.db import Engine
 from core.epochs import EpochRoots, compute_pending_roots, seal_open_epoch
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class PassResult:
 
 @dataclass
 class AnchorJob:
-    engine: AsyncEngine
+    engine: Engine
     client: AnchorClient
     ledger_id: bytes
     confirmations: int = 12

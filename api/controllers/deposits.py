@@ -93,7 +93,7 @@ class DepositWebhook(Controller):
             tx = await flows.get_transaction(svc.ledger, tx_id)
             return DepositRead(render.transaction(tx), await render.operation(svc, result))
 
-        return await idempotent(request, svc.ledger.engine, "webhook:deposits", data, run)
+        return await idempotent(request, svc.idempotency, "webhook:deposits", data, run)
 
 
 class TransactionController(Controller):

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get
-from sqlalchemy import text
 
 from api.auth import PUBLIC
 from api.errors import ApiError
 from api.schemas import HealthRead, ReadyRead
 from api.services import Services
+from core.db import schema_revision
+from core.errors import StorageError
 
 OPT = {**PUBLIC, "rate_group": None}
 
@@ -26,9 +27,8 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
     svc: Services = request.app.state.services
     expected: str | None = request.app.state.schema_head
     try:
-        async with svc.ledger.engine.connect() as conn:
-            current = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
-    except Exception as exc:
+        current = await schema_revision(svc.ledger.engine)
+    except StorageError as exc:
         raise ApiError(503, "NOT_READY", "database unreachable") from exc
     if current != expected:
         raise ApiError(

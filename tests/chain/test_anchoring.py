@@ -373,7 +373,7 @@ async def test_two_workers_at_once_sign_one_transaction(
     assert w3.eth.get_transaction_count(signer.address) == nonce + 1
 
 
-# ----------------------------------------------------------------- hardening (issue 4, part 2)
+# -------------------------------------------------------------------------------------- hardening
 
 
 UNFUNDED = ("valueos_chain_tx_insufficient_funds_total", {"purpose": "anchor"})

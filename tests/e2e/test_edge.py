@@ -7,14 +7,14 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import pytest
 from litestar.security.jwt import Token
 
 from api.app import create_app
 from api.auth import Authenticator
-from api.idempotency import Records
 from api.settings import RateLimits
+from core.errors import LedgerError
+from core.request_records import Records
 from core.types import Role
 from tests.e2e.conftest import Api, make_settings, running
 
@@ -145,7 +145,8 @@ async def test_idempotency_records_are_group_committed(api: Api) -> None:
             return_exceptions=True,
         )
         assert results[:2] == [None, None]
-        assert isinstance(results[2], asyncpg.PostgresError)
+        assert isinstance(results[2], LedgerError), results[2]  # a core error, not asyncpg's
+        assert results[2].code == "VALIDATION_ERROR"
         assert await records.claim(client, "k0", b"k0", {}) == ("done", (201, {"ok": True}))
         assert (await records.claim(client, "k1", b"other", {}))[0] == "new"
         assert (await records.claim(client, "k2", b"k2", {}))[0] == "busy"

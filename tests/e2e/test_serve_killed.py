@@ -24,10 +24,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from api.idempotency import STALE_AFTER_SECONDS
 from core.credentials import Credentials
 from core.ledger import Ledger
 from core.reconcile import reconcile
+from core.request_records import STALE_AFTER_SECONDS
 from core.types import AccountKind, Actor, OperationType, Role
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database

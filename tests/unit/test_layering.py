@@ -5,15 +5,22 @@
 | merkle  | nothing                         | any I/O library        |
 | core    | merkle                          | web3, litestar         |
 | chain   | core, merkle                    | litestar               |
-| api     | core, chain, merkle             |                        |
-| jobs    | core, chain, merkle             | litestar               |
+| api     | core, chain, merkle             | asyncpg, sqlalchemy    |
+| jobs    | core, chain, merkle             | litestar, asyncpg,     |
+|         |                                 | sqlalchemy             |
+
+SQL and the database driver stay in ``core`` (store modules), and driver failures become core
+errors there (``core.storage_errors``): the edges never see an asyncpg or SQLAlchemy exception.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -31,7 +38,8 @@ NEVER_IMPORTS: dict[str, tuple[str, ...]] = {
     "merkle": ("web3", "asyncpg", "sqlalchemy", "litestar", "socket", "http", "urllib"),
     "core": ("web3", "eth_account", "litestar"),
     "chain": ("litestar",),
-    "jobs": ("litestar",),
+    "api": ("asyncpg", "sqlalchemy"),
+    "jobs": ("litestar", "asyncpg", "sqlalchemy"),
 }
 
 
@@ -69,3 +77,24 @@ def test_a_package_keeps_out_the_libraries_of_other_layers(package: str) -> None
         if name.split(".")[0] in banned
     ]
     assert not wrong, f"{package} must not import {banned}: {wrong}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("package", ["api", "jobs"])
+def test_no_edge_module_holds_a_driver_or_sqlalchemy_exception(package: str) -> None:
+    """Every module of the edge, imported: none has an asyncpg or SQLAlchemy exception class
+    (or those packages) in its namespace, so none can catch or raise one."""
+    root = importlib.import_module(package)
+    names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, prefix=package + ".")]
+    assert len(names) >= 3
+    for name in names:
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if isinstance(value, ModuleType):
+                origin = value.__name__
+            elif isinstance(value, type) and issubclass(value, BaseException):
+                origin = value.__module__
+            else:
+                continue
+            foreign = origin.split(".")[0] in {"asyncpg", "sqlalchemy"}
+            assert not foreign, f"{name}.{attr} comes from {origin}"
