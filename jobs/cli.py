@@ -17,6 +17,7 @@ import logging
 import signal
 
 from chain.evm.anchor import ChainError
+from chain.evm.anvil import AnvilError
 from chain.evm.settings import SignerError, anchor_settings
 from jobs import wiring
 from jobs.anchor import AnchorConfigMismatch
@@ -72,6 +73,6 @@ def main(command: str, argv: list[str]) -> int:
         return 1
     try:
         return asyncio.run(_worker(ns, settings) if command == "worker" else _anchor_now(ns))
-    except (SignerError, ChainError, AnchorConfigMismatch) as exc:
+    except (SignerError, ChainError, AnvilError, AnchorConfigMismatch) as exc:
         print(f"valueos {command}: {exc}")
         return 1
