@@ -64,27 +64,19 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def test_run_starts_everything_and_sigterm_stops_everything() -> None:
-    # short: the embedded server's Unix socket lives in its data directory
-    work = Path(tempfile.mkdtemp(prefix="vo-run-", dir="/tmp"))
-    port = _free_port()
+def _start_run(work: Path, port: int, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+    """``valueos run`` in ``work`` (its output in work/run.log), once its banner is out."""
     env = {k: v for k, v in os.environ.items() if k not in OUTSIDE}
-    env |= {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "VALUEOS_SEAL_EMPTY": "1",  # the worker's first run seals and anchors epoch 1
-        "VALUEOS_ANCHOR_INTERVAL_S": "2",  # and passes again soon to reach finality
-    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     log = work / "run.log"
     with log.open("w") as out:
         run = subprocess.Popen(  # noqa: S603 - our own command line
-            [sys.executable, "-m", "valueos", "run", "--port", str(port)],
+            [sys.executable, "-m", "valueos", "run", "--port", str(port), *args],
             cwd=work,
-            env=env,
+            env=env | extra_env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    started: list[psutil.Process] = []
-    base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(
             lambda: "Value OS is running" in log.read_text() or run.poll() is not None,
@@ -93,6 +85,34 @@ def test_run_starts_everything_and_sigterm_stops_everything() -> None:
             log,
         )
         assert run.poll() is None, log.read_text()
+    except BaseException:
+        _interrupt(run)
+        raise
+    return run
+
+
+def _interrupt(run: subprocess.Popen[bytes]) -> None:
+    """Stop a run that failed its test: SIGTERM (it cleans up), SIGKILL if it hangs."""
+    if run.poll() is None:
+        run.send_signal(signal.SIGTERM)
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+
+
+def test_run_starts_everything_and_sigterm_stops_everything() -> None:
+    # short: the embedded server's Unix socket lives in its data directory
+    work = Path(tempfile.mkdtemp(prefix="vo-run-", dir="/tmp"))
+    port = _free_port()
+    log = work / "run.log"
+    started: list[psutil.Process] = []
+    base = f"http://127.0.0.1:{port}"
+    run: subprocess.Popen[bytes] | None = None
+    try:
+        # the worker's first run seals and anchors epoch 1, and passes again soon for finality
+        run = _start_run(work, port, VALUEOS_SEAL_EMPTY="1", VALUEOS_ANCHOR_INTERVAL_S="2")
         text = log.read_text()
         assert f"{base}/schema/swagger" in text
         assert "RuntimeDirWarning" not in text
@@ -126,10 +146,37 @@ def test_run_starts_everything_and_sigterm_stops_everything() -> None:
         assert not (work / ".valueos/pgdata/postmaster.pid").exists()
         assert "valueos run: stopped" in log.read_text()
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        if run is not None:
+            _interrupt(run)
         for proc in started:  # leftovers of a failed run, by pid (psutil checks identity)
+            if _alive(proc):
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_child_that_dies_stops_the_others_and_run_fails() -> None:
+    work = Path(tempfile.mkdtemp(prefix="vo-run-", dir="/tmp"))
+    port = _free_port()
+    log = work / "run.log"
+    started: list[psutil.Process] = []
+    run: subprocess.Popen[bytes] | None = None
+    try:
+        run = _start_run(work, port, "--no-anchoring")
+        _wait_for(lambda: "housekeeping only" in log.read_text(), 30, "the worker", log)
+        started = psutil.Process(run.pid).children(recursive=True)
+        assert "anvil" not in [p.name() for p in started], "no chain with --no-anchoring"
+        worker = next(p for p in started if "valueos worker" in " ".join(p.cmdline()))
+        postmaster_pid = int((work / ".valueos/pgdata/postmaster.pid").read_text().split()[0])
+        started.append(psutil.Process(postmaster_pid))
+
+        worker.kill()
+        assert run.wait(timeout=60) == 1, log.read_text()[-4000:]
+        assert "worker exited with code -9; stopping the others" in log.read_text()
+        _wait_for(lambda: not any(_alive(p) for p in started), 30, "every process to be gone", log)
+    finally:
+        if run is not None:
+            _interrupt(run)
+        for proc in started:
             if _alive(proc):
                 proc.kill()
         shutil.rmtree(work, ignore_errors=True)
