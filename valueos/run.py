@@ -149,10 +149,9 @@ async def _supervise(
 
 
 def main(command: str, argv: list[str]) -> int:
-    settings = api_settings()
     parser = argparse.ArgumentParser(prog=f"valueos {command}", description=__doc__)
-    parser.add_argument("--host", default=settings.host, help="where the API listens")
-    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--host", help="where the API listens (default: VALUEOS_HOST)")
+    parser.add_argument("--port", type=int, help="(default: VALUEOS_PORT)")
     parser.add_argument(
         "--no-anchoring",
         action="store_true",
@@ -181,11 +180,14 @@ def main(command: str, argv: list[str]) -> int:
         anchoring = "seal + anchor on ETH_RPC_URL"
     else:
         anchoring = "seal + anchor on a local anvil (LedgerAnchor deployed, state in .valueos/)"
+    settings = api_settings()
+    host = settings.host if ns.host is None else ns.host
+    port = settings.port if ns.port is None else ns.port
     python = [sys.executable, "-m", "valueos"]
     commands = {
-        "api": [*python, "serve", "--host", ns.host, "--port", str(ns.port)],
+        "api": [*python, "serve", "--host", host, "--port", str(port)],
         "worker": [*python, "worker"],
     }
-    shown = "127.0.0.1" if ns.host in {"0.0.0.0", "::", ""} else ns.host  # noqa: S104
-    base = f"http://{shown}:{ns.port}"
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
+    base = f"http://{shown}:{port}"
     return asyncio.run(_supervise(commands, env, base, database, anchoring))
