@@ -7,8 +7,8 @@ NPMSTAMP := node_modules/.installed
 
 .PHONY: run demo test setup lint typecheck pytest bench clean
 
-run: setup            ## set up, migrate the embedded (or DATABASE_URL) database and serve the API on :8000
-	$(BIN)/valueos serve
+run: setup            ## set up, then everything: database, local anvil, API on :8000 and worker (Ctrl-C stops all)
+	$(BIN)/valueos run
 
 demo: setup           ## migrate and run the short ledger demo (no server)
 	$(BIN)/valueos demo

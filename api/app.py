@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -43,7 +42,6 @@ from api.settings import ApiSettings, api_settings
 from core.db import alembic_config, create_engine, resolve_url
 from core.ledger import Ledger
 
-log = logging.getLogger("valueos.api")
 RATE_GROUPS = ("api", "admin", "webhooks", "auth")
 
 
@@ -128,15 +126,6 @@ def _check_guards(app: Litestar) -> None:
         raise RuntimeError(f"routes without a guard decision: {missing}")
 
 
-async def _sweep_holds(ledger: Ledger, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await ledger.expire_holds()
-        except Exception:  # pragma: no cover - keep sweeping; the error is logged
-            log.exception("hold sweep failed")
-
-
 def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
     settings = settings or api_settings()
     jwt = jwt_auth(settings.jwt_secret, settings.token_ttl_seconds)
@@ -159,18 +148,9 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
         services = Services(ledger, settings)
         app.state.services = services
         app.state.authenticator = Authenticator(services.credentials)
-        sweeper = (
-            asyncio.create_task(_sweep_holds(ledger, settings.hold_sweep_seconds))
-            if settings.hold_sweep_seconds > 0
-            else None
-        )
         try:
             yield
         finally:
-            if sweeper is not None:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
             await services.close()
             await ledger.close()
 

@@ -63,8 +63,6 @@ class ApiSettings:
     metrics_token: str | None = None
     #: ``VALUEOS_WORKERS``: uvicorn worker processes of ``valueos serve``
     workers: int = 1
-    #: sweep expired holds every N seconds inside the API process (0: leave it to the worker)
-    hold_sweep_seconds: float = 0.0
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -89,7 +87,6 @@ class ApiSettings:
             port=_int("VALUEOS_PORT", 8000),
             metrics_token=os.environ.get("VALUEOS_METRICS_TOKEN") or None,
             workers=_int("VALUEOS_WORKERS", 1),
-            hold_sweep_seconds=float(os.environ.get("VALUEOS_HOLD_SWEEP_SECONDS", "0")),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +43,13 @@ def start_embedded(data_dir: Path, cleanup: str = "stop") -> str:
     """
     data_dir = data_dir.resolve()
     if data_dir not in _embedded:
+        # pgserver asks platformdirs for its lock directory when imported; without
+        # XDG_RUNTIME_DIR (shells over ssh, containers, CI) platformdirs warns
+        # (RuntimeDirWarning) and falls back to <tmp>/runtime-<uid>, which works. Not the
+        # user's concern on every command: ignore exactly that warning, from platformdirs.
+        warnings.filterwarnings(
+            "ignore", message="XDG_RUNTIME_DIR", category=UserWarning, module="platformdirs"
+        )
         import pgserver  # noqa: PLC0415 - only needed without DATABASE_URL
 
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,21 @@ that has code on the chain, nothing is deployed again and its address is printed
 one-shot deploy step (docker-compose's ``deploy-anchor`` service) can run on every start.
 The worker reads the address from ``VALUEOS_ANCHOR_CONTRACT`` or from the file named by
 ``VALUEOS_ANCHOR_CONTRACT_FILE``.
+
+:func:`ensure_ledger_anchor` ("deploy unless the known address has code") is the one such
+function: this command and the worker's local dev anvil (:mod:`jobs.wiring`) both use it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
 
 from chain.evm.anchor import deploy_ledger_anchor
 from chain.evm.client import ChainError, connect
@@ -20,16 +28,25 @@ from chain.evm.settings import SignerError, anchor_settings, load_signer
 from core.settings import epoch_settings
 
 
+async def ensure_ledger_anchor(
+    w3: AsyncWeb3[Any], signer: Callable[[], LocalAccount], ledger_id: bytes, known: str | None
+) -> str:
+    """The checksum address of ``known`` if it has code on the chain, else of a new
+    LedgerAnchor deployed for ``ledger_id`` by ``signer()`` (called only to deploy)."""
+    if known and await w3.eth.get_code(w3.to_checksum_address(known)):
+        return w3.to_checksum_address(known)
+    return await deploy_ledger_anchor(w3, signer(), ledger_id)
+
+
 async def _deploy(known: str | None) -> str:
-    """The address of ``known`` if it has code on the chain, else of a new deployment."""
     settings = anchor_settings()
     if not settings.rpc_url:
         raise ChainError("deploy-anchor needs ETH_RPC_URL")
     w3 = connect(settings.rpc_url)
     try:
-        if known and await w3.eth.get_code(w3.to_checksum_address(known)):
-            return w3.to_checksum_address(known)
-        return await deploy_ledger_anchor(w3, load_signer(settings), epoch_settings().ledger_id)
+        return await ensure_ledger_anchor(
+            w3, lambda: load_signer(settings), epoch_settings().ledger_id, known
+        )
     finally:
         await w3.provider.disconnect()
 

@@ -14,6 +14,10 @@ import sys
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "run": (
+        "valueos.run",
+        "database, local chain, API and worker at once; Ctrl-C stops all",
+    ),
     "migrate": ("valueos.ledger_commands", "apply the schema to DATABASE_URL or the embedded DB"),
     "demo": ("valueos.ledger_commands", "migrate, run a short ledger demo and reconcile"),
     "reconcile": ("valueos.ledger_commands", "prove cached balances equal their entries"),

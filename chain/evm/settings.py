@@ -46,7 +46,6 @@ class AnchorSettings:
     contract_address: str | None
     confirmations: int
     interval_s: float
-    expire_holds_interval_s: float
     #: how long ``valueos anchor --now`` waits for finality
     wait_timeout_s: float
     finality: str = "depth"
@@ -85,7 +84,6 @@ class AnchorSettings:
             contract_address=contract,
             confirmations=confirmations,
             interval_s=float(env.get("VALUEOS_ANCHOR_INTERVAL_S", "3600")),
-            expire_holds_interval_s=float(env.get("VALUEOS_EXPIRE_HOLDS_INTERVAL_S", "60")),
             wait_timeout_s=float(env.get("VALUEOS_ANCHOR_WAIT_S", "600")),
             key=env.get("VALUEOS_ANCHOR_KEY") or None,
             keystore=Path(keystore) if keystore else None,

@@ -1,0 +1,45 @@
+"""The housekeeping job bodies: no chain involved, each one pass over the database.
+
+* :func:`expire_holds`: void every pending hold past its deadline (``Ledger.expire_holds``);
+* :func:`p2p_housekeeping`: expire due P2P requests (:func:`core.p2p.expire_due`) and finish
+  settlements a crash interrupted (:func:`core.p2p.resume_settling`);
+* :func:`prune_policy_usage`: delete the rolling-limit buckets no window counts any more
+  (:func:`core.policy_store.prune_usage`).
+
+Each returns what it did (counts), for the log and the tests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from core import p2p
+from core.epochs import raw_connection
+from core.ledger import Ledger
+from core.policy_store import prune_usage
+
+log = logging.getLogger(__name__)
+
+
+async def expire_holds(ledger: Ledger) -> int:
+    expired = await ledger.expire_holds()
+    if expired:
+        log.warning("expired %d holds", expired)
+    return expired
+
+
+async def p2p_housekeeping(ledger: Ledger) -> tuple[int, int]:
+    """(requests expired, settlements finished)."""
+    expired = await p2p.expire_due(ledger)
+    resumed = await p2p.resume_settling(ledger)
+    if expired or resumed:
+        log.warning("p2p: expired %d requests, finished %d settlements", expired, resumed)
+    return expired, resumed
+
+
+async def prune_policy_usage(ledger: Ledger) -> int:
+    async with raw_connection(ledger.engine) as conn:
+        pruned = await prune_usage(conn)
+    if pruned:
+        log.warning("pruned %d expired policy usage buckets", pruned)
+    return pruned

@@ -1,0 +1,93 @@
+"""The worker's job list: which body runs how often.
+
+:func:`worker_jobs` is pure (it only names the bodies and their intervals), so the list
+is tested without a scheduler; :func:`start_scheduler` hands it to APScheduler (asyncio).
+Without an anchor job (``VALUEOS_ANCHORING=off``) only the housekeeping jobs are listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from core.ledger import Ledger
+from jobs import housekeeping
+from jobs.anchor import AnchorJob
+from jobs.seal_and_anchor import confirm_anchors, seal_and_anchor
+
+#: the longest wait between two confirmation passes
+CONFIRM_MAX_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledJob:
+    id: str
+    body: Callable[[], Awaitable[object]]
+    every_s: float
+    #: run once at start-up too, not only after the first interval
+    at_start: bool = False
+
+
+def worker_jobs(
+    ledger: Ledger,
+    anchor_job: AnchorJob | None,
+    *,
+    anchor_interval_s: float,
+    housekeeping_interval_s: float,
+    prune_interval_s: float,
+) -> list[ScheduledJob]:
+    jobs: list[ScheduledJob] = []
+    if anchor_job is not None:
+        jobs += [
+            ScheduledJob(
+                "seal_and_anchor",
+                partial(seal_and_anchor, anchor_job),
+                anchor_interval_s,
+                at_start=True,
+            ),
+            ScheduledJob(
+                "confirm",
+                partial(confirm_anchors, anchor_job),
+                min(CONFIRM_MAX_INTERVAL_S, anchor_interval_s),
+            ),
+        ]
+    return [
+        *jobs,
+        ScheduledJob(
+            "expire_holds", partial(housekeeping.expire_holds, ledger), housekeeping_interval_s
+        ),
+        ScheduledJob(
+            "p2p_housekeeping",
+            partial(housekeeping.p2p_housekeeping, ledger),
+            housekeeping_interval_s,
+        ),
+        ScheduledJob(
+            "prune_policy_usage",
+            partial(housekeeping.prune_policy_usage, ledger),
+            prune_interval_s,
+        ),
+    ]
+
+
+def start_scheduler(jobs: list[ScheduledJob]) -> Any:
+    """A started AsyncIOScheduler running ``jobs`` (one instance of each at a time)."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415
+
+    scheduler = AsyncIOScheduler()
+    for job in jobs:
+        # an explicit next_run_time=None would add the job paused: pass it only to run now
+        first: dict[str, Any] = {"next_run_time": datetime.now()} if job.at_start else {}
+        scheduler.add_job(
+            job.body,
+            "interval",
+            seconds=job.every_s,
+            max_instances=1,
+            coalesce=True,
+            id=job.id,
+            **first,
+        )
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,142 @@
+"""Wiring of the worker and ``valueos anchor``: settings -> database, chain, anchor job.
+
+* :func:`ledger`: the database from ``DATABASE_URL`` (or the embedded PostgreSQL), migrated
+  to head, as a :class:`core.ledger.Ledger`;
+* :func:`anchoring`: the chain from :class:`chain.evm.settings.AnchorSettings` and the anchor
+  job on it, its configuration checked against the stored anchors. With ``ETH_RPC_URL``
+  the contract comes from ``VALUEOS_ANCHOR_CONTRACT`` (or its file) and the configured
+  signer; without it :func:`local_chain` starts a *local* anvil from ``node_modules`` (state
+  in ``.valueos/anvil-state.json``, 1 s blocks) with LedgerAnchor deployed once (address kept
+  in ``.valueos/anchor-contract``), signing with anvil's first dev key unless a key is
+  configured: a development convenience, not production;
+* :func:`anchor_job`: the one place that builds the anchor client and job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3
+
+from chain.evm.anchor import AnchorClient
+from chain.evm.anvil import AnvilNode, start_anvil
+from chain.evm.client import connect
+from chain.evm.settings import AnchorSettings, SignerError, load_signer
+from core.db import migrate, resolve_url
+from core.ledger import Ledger
+from core.settings import DatabaseSettings, database_settings, epoch_settings
+from jobs.anchor import AnchorJob
+from jobs.deploy import ensure_ledger_anchor
+
+log = logging.getLogger(__name__)
+
+#: where the local dev chain keeps its state and the deployed contract's address
+LOCAL_DIR = Path(".valueos")
+#: confirmations on the local dev chain (2 blocks of 1 s) unless given explicitly
+LOCAL_CONFIRMATIONS = 2
+
+
+@contextlib.asynccontextmanager
+async def ledger(settings: DatabaseSettings | None = None) -> AsyncIterator[Ledger]:
+    """The ledger on the configured database, its schema migrated to head first."""
+    settings = settings or database_settings()
+    await asyncio.to_thread(migrate, resolve_url(settings))
+    led = Ledger.connect(settings)
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@contextlib.asynccontextmanager
+async def local_chain(
+    settings: AnchorSettings, ledger_id: bytes, local_dir: Path = LOCAL_DIR
+) -> AsyncIterator[tuple[str, str, LocalAccount]]:
+    """A local anvil (persistent state) with LedgerAnchor deployed: (rpc url, address, signer)."""
+    local_dir.mkdir(exist_ok=True)  # noqa: ASYNC240 - local dev setup, once
+    state = (local_dir / "anvil-state.json").resolve()
+    node: AnvilNode = await asyncio.to_thread(
+        start_anvil, chain_id=31337, extra_args=["--state", str(state), "--block-time", "1"]
+    )
+    try:
+        configured = settings.key or settings.keystore
+        signer = load_signer(settings) if configured else None
+        if signer is None:
+            signer = Account.from_key(str(node.config()["private_keys"][0]))
+        w3 = connect(node.rpc_url)
+        try:
+            address_file = local_dir / "anchor-contract"
+            known = address_file.read_text().strip() if address_file.exists() else None
+            address = await ensure_ledger_anchor(w3, lambda: signer, ledger_id, known)
+        finally:
+            await w3.provider.disconnect()
+        if address != known:
+            address_file.write_text(address + "\n")
+            log.warning("deployed LedgerAnchor at %s on the local anvil", address)
+        yield node.rpc_url, address, signer
+    finally:
+        await asyncio.to_thread(node.stop)
+
+
+def anchor_job(
+    led: Ledger,
+    w3: AsyncWeb3[Any],
+    address: str,
+    signer: LocalAccount,
+    *,
+    ledger_id: bytes,
+    confirmations: int,
+    settings: AnchorSettings,
+) -> AnchorJob:
+    """The anchor client and job: the only place either is constructed."""
+    client = AnchorClient(w3, address, signer)
+    return AnchorJob(
+        led.engine,
+        client,
+        ledger_id,
+        confirmations=confirmations,
+        seal_empty=epoch_settings().seal_empty,
+        bump_after_s=settings.bump_after_s,
+        max_fee_cap=settings.max_fee_cap_wei,
+        finality=settings.finality,
+    )
+
+
+@contextlib.asynccontextmanager
+async def anchoring(
+    led: Ledger, settings: AnchorSettings, confirmations: int | None = None
+) -> AsyncIterator[AnchorJob]:
+    """The anchor job on the configured chain (or a local dev anvil), checked against the
+    stored anchors: AnchorConfigMismatch rather than anchoring to another chain or contract."""
+    ledger_id = epoch_settings().ledger_id
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.rpc_url:
+            if not settings.contract_address:
+                raise SignerError("ETH_RPC_URL is set but VALUEOS_ANCHOR_CONTRACT is not")
+            rpc, address = settings.rpc_url, settings.contract_address
+            signer = load_signer(settings)
+            confirms = confirmations or settings.confirmations
+        else:
+            rpc, address, signer = await stack.enter_async_context(local_chain(settings, ledger_id))
+            confirms = confirmations or LOCAL_CONFIRMATIONS
+        job = anchor_job(
+            led,
+            connect(rpc),
+            address,
+            signer,
+            ledger_id=ledger_id,
+            confirmations=confirms,
+            settings=settings,
+        )
+        try:
+            await job.check_config()  # refuse to start against another chain or contract
+            yield job
+        finally:
+            await job.client.w3.provider.disconnect()

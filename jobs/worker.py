@@ -1,0 +1,61 @@
+"""``valueos worker``: wire, schedule the jobs (:mod:`jobs.schedule`), run until stopped.
+
+With anchoring on (the default) the worker needs a chain: ``ETH_RPC_URL``, or a local dev
+anvil it starts itself (:mod:`jobs.wiring`). With anchoring off (``VALUEOS_ANCHORING=off``
+or ``--no-anchoring``) it touches no chain and runs only the housekeeping jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+from chain.evm.settings import anchor_settings
+from jobs import wiring
+from jobs.anchor import AnchorJob
+from jobs.schedule import start_scheduler, worker_jobs
+from jobs.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    settings: WorkerSettings
+    #: seconds between seal+anchor runs; None: ``VALUEOS_ANCHOR_INTERVAL_S``
+    anchor_interval_s: float | None = None
+    confirmations: int | None = None
+
+
+async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
+    """Run the scheduled jobs until ``stop`` is set."""
+    settings = options.settings
+    async with wiring.ledger() as led, contextlib.AsyncExitStack() as stack:
+        job: AnchorJob | None = None
+        interval = 0.0
+        if settings.anchoring:
+            chain = anchor_settings()
+            interval = options.anchor_interval_s or chain.interval_s
+            job = await stack.enter_async_context(
+                wiring.anchoring(led, chain, options.confirmations)
+            )
+        jobs = worker_jobs(
+            led,
+            job,
+            anchor_interval_s=interval,
+            housekeeping_interval_s=settings.housekeeping_interval_s,
+            prune_interval_s=settings.prune_interval_s,
+        )
+        scheduler = start_scheduler(jobs)
+        try:
+            if job is not None:
+                what = f"seal+anchor every {interval:g}s, contract {job.client.address}"
+            else:
+                what = "anchoring off, no chain: housekeeping only"
+            print(f"worker running: {what}; jobs: {', '.join(j.id for j in jobs)}", flush=True)
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+    return 0
