@@ -91,7 +91,7 @@ async def setup_policy(ledger: Ledger, accounts: int) -> list[int]:
         wallet = await ledger.accounts.ensure_wallet(owner, "BPOL", actor=ACTOR)
         ids.append(wallet[AccountKind.AVAILABLE])
         await issue_attestation(
-            ledger.engine, actor=admin, subject_id=owner, claim="kyc.level", value=2,
+            ledger, actor=admin, subject_id=owner, claim="kyc.level", value=2,
             evidence_hash="00" * 32, reason="bench",
         )  # fmt: skip
     mints: list[Command] = [
@@ -100,10 +100,10 @@ async def setup_policy(ledger: Ledger, accounts: int) -> list[int]:
     ]
     await ledger.post_many(mints)
     record = await create_policy(
-        ledger.engine, asset="BPOL", operation_type=OperationType.TRANSFER,
+        ledger, asset="BPOL", operation_type=OperationType.TRANSFER,
         document=TYPICAL_POLICY, actor=admin, reason="bench",
     )  # fmt: skip
-    await activate_policy(ledger.engine, record.id, actor=admin, reason="bench")
+    await activate_policy(ledger, record.id, actor=admin, reason="bench")
     return ids
 
 

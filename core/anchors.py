@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
@@ -25,11 +26,21 @@ from core.epochs import EpochRoots, raw_connection, roots_from_row
 ANCHOR_LOCK_KEY = 0x76616C75656F7332
 
 
+class AnchorStatus(StrEnum):
+    """An anchor's status as ``anchor_state`` shows it: SEALED while nothing is signed for the
+    epoch, then the status of the outbox row carrying it."""
+
+    SEALED = "SEALED"
+    SIGNED = "SIGNED"
+    BROADCAST = "BROADCAST"
+    CONFIRMED = "CONFIRMED"
+    FINALIZED = "FINALIZED"
+
+
 @dataclass(frozen=True, slots=True)
 class AnchorRecord:
     roots: EpochRoots
-    #: SEALED, SIGNED, BROADCAST, CONFIRMED or FINALIZED (see ``anchor_state``)
-    status: str
+    status: AnchorStatus
     tx_id: int | None
     chain_id: int | None
     contract_address: str | None
@@ -55,7 +66,7 @@ def _opt_bytes(value: Any) -> bytes | None:
 def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
     return AnchorRecord(
         roots=roots_from_row(row),
-        status=row["status"],
+        status=AnchorStatus(row["status"]),
         tx_id=row["tx_id"],
         chain_id=row["chain_id"],
         contract_address=row["contract_address"],

@@ -13,12 +13,11 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import audit
 from core.errors import (
@@ -33,6 +32,9 @@ from core.money import check_int64
 from core.policy import ClaimValue
 from core.storage_errors import translate
 from core.types import Actor, Role
+
+if TYPE_CHECKING:
+    from core.ledger import Ledger
 
 #: roles that may issue and revoke attestations
 COMPLIANCE_ROLES = frozenset({Role.COMPLIANCE, Role.ADMIN})
@@ -106,7 +108,7 @@ def _as_json(a: Attestation) -> dict[str, Any]:
 
 
 async def issue_attestation(
-    engine: AsyncEngine,
+    ledger: Ledger,
     *,
     actor: Actor,
     subject_id: UUID,
@@ -129,7 +131,7 @@ async def issue_attestation(
     value = _check_value(value)
     if not _EVIDENCE.match(evidence_hash):
         raise ValidationError("evidence_hash must be 16-128 lowercase hex", field="evidence_hash")
-    async with engine.begin() as conn:
+    async with ledger.engine.begin() as conn:
         now: datetime = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
         issued = issued_at or now
         if issued > now:
@@ -171,11 +173,11 @@ async def issue_attestation(
 
 
 async def revoke_attestation(
-    engine: AsyncEngine, attestation_id: int, *, actor: Actor, reason: str
+    ledger: Ledger, attestation_id: int, *, actor: Actor, reason: str
 ) -> Attestation:
     """Revoke at once: the next operation planned no longer counts it."""
     _guard(actor, reason, "revoke an attestation")
-    async with engine.begin() as conn:
+    async with ledger.engine.begin() as conn:
         row = (
             await conn.execute(text(_SELECT + "WHERE id = :id FOR UPDATE"), {"id": attestation_id})
         ).first()
@@ -205,10 +207,10 @@ async def revoke_attestation(
 
 
 async def list_attestations(
-    engine: AsyncEngine, subject_id: UUID, *, current_only: bool = False
+    ledger: Ledger, subject_id: UUID, *, current_only: bool = False
 ) -> list[Attestation]:
     """A user's attestations, newest first (``current_only``: those that count now)."""
-    async with engine.connect() as conn:
+    async with ledger.engine.connect() as conn:
         rows = await conn.execute(
             text(
                 _SELECT + "WHERE subject_id = :s AND (NOT :cur OR (revoked_at IS NULL "
@@ -220,9 +222,9 @@ async def list_attestations(
         return [_attestation(r) for r in rows]
 
 
-async def current_claims(engine: AsyncEngine, subject_id: UUID) -> dict[str, ClaimValue]:
+async def current_claims(ledger: Ledger, subject_id: UUID) -> dict[str, ClaimValue]:
     """The claims that count now: per claim, the latest issued current attestation."""
     claims: dict[str, ClaimValue] = {}
-    for a in await list_attestations(engine, subject_id, current_only=True):
+    for a in await list_attestations(ledger, subject_id, current_only=True):
         claims.setdefault(a.claim, a.value)
     return claims

@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import audit
-from core.accounts import Accounts
 from core.errors import Forbidden, LedgerError, ReasonRequired, UnknownAsset, UnknownPolicy
 from core.planner import PlannedOperation, plan_batch
 from core.policy import FeeRule, document_to_json, parse_document
@@ -69,7 +67,7 @@ def _guard(actor: Actor, reason: str, what: str) -> None:
 
 
 async def create_policy(
-    engine: AsyncEngine,
+    ledger: Ledger,
     *,
     asset: str,
     operation_type: OperationType,
@@ -81,7 +79,7 @@ async def create_policy(
     _guard(actor, reason, "create a policy")
     operation_type = OperationType(operation_type)
     parsed = document_to_json(parse_document(document))
-    async with engine.begin() as conn:
+    async with ledger.engine.begin() as conn:
         await conn.execute(
             text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
             {"k": f"policy:{asset}:{operation_type.value}"},
@@ -113,19 +111,19 @@ async def create_policy(
 
 
 async def activate_policy(
-    engine: AsyncEngine, policy_id: int, *, actor: Actor, reason: str
+    ledger: Ledger, policy_id: int, *, actor: Actor, reason: str
 ) -> PolicyRecord:
     """Make a version THE policy of its (asset, operation type); the previous active one
     is retired. Takes effect for operations planned after this commits."""
     _guard(actor, reason, "activate a policy")
-    current = await get_policy(engine, policy_id)
+    current = await get_policy(ledger, policy_id)
     document = parse_document(json.dumps(current.document))  # validated on load too
     fee_account = None
     if any(isinstance(r, FeeRule) for r in document.rules):
-        fee_account = await Accounts(engine).system_account(
+        fee_account = await ledger.accounts.system_account(
             current.asset, SystemAccount.FEES, actor=actor
         )
-    async with engine.begin() as conn:
+    async with ledger.engine.begin() as conn:
         row = (
             await conn.execute(
                 text("SELECT status FROM policies WHERE id = :id FOR UPDATE"), {"id": policy_id}
@@ -158,11 +156,11 @@ async def activate_policy(
             after={"status": "ACTIVE", "version": current.version},
             reason=reason,
         )  # fmt: skip
-    return await get_policy(engine, policy_id)
+    return await get_policy(ledger, policy_id)
 
 
 async def retire_policy(
-    engine: AsyncEngine,
+    ledger: Ledger,
     *,
     asset: str,
     operation_type: OperationType,
@@ -171,7 +169,7 @@ async def retire_policy(
 ) -> PolicyRecord | None:
     """Leave (asset, operation type) without a policy. Returns the retired version."""
     _guard(actor, reason, "retire a policy")
-    async with engine.begin() as conn:
+    async with ledger.engine.begin() as conn:
         row = (
             await conn.execute(
                 text(
@@ -188,11 +186,11 @@ async def retire_policy(
             conn, actor, "policy.retired", "policy", row.id,
             before={"status": "ACTIVE"}, after={"status": "RETIRED"}, reason=reason,
         )  # fmt: skip
-    return await get_policy(engine, row.id)
+    return await get_policy(ledger, row.id)
 
 
-async def get_policy(engine: AsyncEngine, policy_id: int) -> PolicyRecord:
-    async with engine.connect() as conn:
+async def get_policy(ledger: Ledger, policy_id: int) -> PolicyRecord:
+    async with ledger.engine.connect() as conn:
         row = (await conn.execute(text(_RECORD + "WHERE id = :id"), {"id": policy_id})).first()
     if row is None:
         raise UnknownPolicy(f"policy {policy_id} does not exist", policy_id=policy_id)
@@ -200,13 +198,13 @@ async def get_policy(engine: AsyncEngine, policy_id: int) -> PolicyRecord:
 
 
 async def list_policies(
-    engine: AsyncEngine,
+    ledger: Ledger,
     *,
     asset: str | None = None,
     operation_type: OperationType | None = None,
     active_only: bool = False,
 ) -> list[PolicyRecord]:
-    async with engine.connect() as conn:
+    async with ledger.engine.connect() as conn:
         rows = await conn.execute(
             text(
                 _RECORD + "WHERE (CAST(:a AS text) IS NULL OR asset = :a) "

@@ -37,6 +37,7 @@ from chain.evm.outbox import Finality, Outbox
 from core import chain_txs
 from core.anchors import (
     AnchorRecord,
+    AnchorStatus,
     adopt,
     anchor_lock,
     anchor_targets,
@@ -64,7 +65,7 @@ class AnchorConfigMismatch(RuntimeError):
 class PassResult:
     sealed: int | None = None
     built: list[int] = field(default_factory=list)
-    steps: list[tuple[int, str]] = field(default_factory=list)
+    steps: list[tuple[int, AnchorStatus | None]] = field(default_factory=list)
     locked_out: bool = False
 
 
@@ -153,7 +154,7 @@ class AnchorJob:
                 for record in await unfinished_anchors(self.engine):
                     if await self.advance(record):
                         after = await get_anchor(self.engine, record.epoch)
-                        result.steps.append((record.epoch, after.status if after else "?"))
+                        result.steps.append((record.epoch, after.status if after else None))
                         break
                 else:
                     return result
@@ -192,7 +193,7 @@ class AnchorJob:
         r = record.roots
         if r.epoch > 1:
             prev = await get_anchor(self.engine, r.epoch - 1)
-            if prev is None or prev.status not in ("CONFIRMED", "FINALIZED"):
+            if prev is None or prev.status not in (AnchorStatus.CONFIRMED, AnchorStatus.FINALIZED):
                 return False  # the contract takes epochs in order: wait for the previous one
         onchain = await self.client.onchain_epoch(r.epoch)
         if onchain.anchored:

@@ -61,7 +61,7 @@ class AttestationController(Controller):
             await ctx.svc.credentials.get_user(data.subject_id)  # 404 UNKNOWN_USER
             return read(
                 await compliance.issue_attestation(
-                    ctx.svc.ledger.engine,
+                    ctx.svc.ledger,
                     actor=ctx.actor,
                     subject_id=data.subject_id,
                     claim=data.claim,
@@ -92,7 +92,7 @@ class AttestationController(Controller):
         revocation is 409 ALREADY_REVOKED."""
         return read(
             await compliance.revoke_attestation(
-                ctx.svc.ledger.engine, attestation_id, actor=ctx.actor, reason=data.reason
+                ctx.svc.ledger, attestation_id, actor=ctx.actor, reason=data.reason
             )
         )
 
@@ -112,7 +112,7 @@ class SubjectController(Controller):
         ``current_only``."""
         await ctx.svc.credentials.get_user(user_id)
         found = await compliance.list_attestations(
-            ctx.svc.ledger.engine, user_id, current_only=current_only
+            ctx.svc.ledger, user_id, current_only=current_only
         )
         return [read(a) for a in found]
 
@@ -121,7 +121,7 @@ class SubjectController(Controller):
         """The claims that count now (a USER: their own only)."""
         ctx.check_user(user_id)
         await ctx.svc.credentials.get_user(user_id)
-        return ClaimsRead(user_id, await compliance.current_claims(ctx.svc.ledger.engine, user_id))
+        return ClaimsRead(user_id, await compliance.current_claims(ctx.svc.ledger, user_id))
 
 
 ROUTES = [AttestationController, SubjectController]

@@ -69,7 +69,7 @@ class PolicyController(Controller):
             await ctx.svc.asset(data.asset)  # 404 UNKNOWN_ASSET
             try:
                 record = await policies.create_policy(
-                    ctx.svc.ledger.engine,
+                    ctx.svc.ledger,
                     asset=data.asset,
                     operation_type=data.operation_type,
                     document=data.document,
@@ -95,7 +95,7 @@ class PolicyController(Controller):
     ) -> list[PolicyRead]:
         """Every version, by asset, operation type and version."""
         found = await policies.list_policies(
-            ctx.svc.ledger.engine,
+            ctx.svc.ledger,
             asset=asset,
             operation_type=operation_type,
             active_only=active_only,
@@ -109,7 +109,7 @@ class PolicyController(Controller):
 
     @get("/{policy_id:int}", guards=[allow(STAFF_READERS, scope="read")])
     async def get_policy(self, ctx: NamedDependency[Ctx], policy_id: PolicyId) -> PolicyRead:
-        return read(await policies.get_policy(ctx.svc.ledger.engine, policy_id))
+        return read(await policies.get_policy(ctx.svc.ledger, policy_id))
 
     @post(
         "/{policy_id:int}/activate",
@@ -125,7 +125,7 @@ class PolicyController(Controller):
 
         async def run(_: Attempt) -> PolicyRead:
             record = await policies.activate_policy(
-                ctx.svc.ledger.engine, policy_id, actor=ctx.actor, reason=data.reason
+                ctx.svc.ledger, policy_id, actor=ctx.actor, reason=data.reason
             )
             return read(record)
 
@@ -145,7 +145,7 @@ class PolicyController(Controller):
 
         async def run(_: Attempt) -> PolicyRead:
             record = await policies.retire_policy(
-                ctx.svc.ledger.engine,
+                ctx.svc.ledger,
                 asset=data.asset,
                 operation_type=data.operation_type,
                 actor=ctx.actor,

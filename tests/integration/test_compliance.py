@@ -29,32 +29,32 @@ async def _now(world: World):  # type: ignore[no-untyped-def]
 
 
 async def test_only_compliance_and_admin_issue_and_revoke(world: World) -> None:
-    engine = world.ledger.engine
+    led = world.ledger
     user = await world.ledger.accounts.create_user(email=None, actor=ADMIN)
     for role in (Role.USER, Role.OPS, Role.AUDITOR, Role.READ_ONLY, Role.SYSTEM):
         with pytest.raises(Forbidden):
             await issue_attestation(
-                engine, actor=Actor("x", role), subject_id=user, claim="kyc.level", value=2,
+                led, actor=Actor("x", role), subject_id=user, claim="kyc.level", value=2,
                 evidence_hash=EVIDENCE, reason="r",
             )  # fmt: skip
     with pytest.raises(ReasonRequired):
         await issue_attestation(
-            engine, actor=OFFICER, subject_id=user, claim="kyc.level", value=2,
+            led, actor=OFFICER, subject_id=user, claim="kyc.level", value=2,
             evidence_hash=EVIDENCE, reason=" ",
         )  # fmt: skip
     att = await issue_attestation(
-        engine, actor=OFFICER, subject_id=user, claim="kyc.level", value=2,
+        led, actor=OFFICER, subject_id=user, claim="kyc.level", value=2,
         evidence_hash=EVIDENCE, reason="passed level 2", issuer="onfido",
     )  # fmt: skip
     assert (att.issuer, att.issued_by, att.value) == ("onfido", OFFICER.id, 2)
     with pytest.raises(Forbidden):
-        await revoke_attestation(engine, att.id, actor=Actor("u", Role.USER), reason="r")
-    revoked = await revoke_attestation(engine, att.id, actor=ADMIN, reason="fraud")
+        await revoke_attestation(led, att.id, actor=Actor("u", Role.USER), reason="r")
+    revoked = await revoke_attestation(led, att.id, actor=ADMIN, reason="fraud")
     assert revoked.revoked_by == ADMIN.id
     assert revoked.revoke_reason == "fraud"
     with pytest.raises(AlreadyRevoked):
-        await revoke_attestation(engine, att.id, actor=ADMIN, reason="again")
-    async with engine.connect() as conn:
+        await revoke_attestation(led, att.id, actor=ADMIN, reason="again")
+    async with led.engine.connect() as conn:
         audited = (
             await conn.execute(
                 text(
@@ -71,7 +71,7 @@ async def test_only_compliance_and_admin_issue_and_revoke(world: World) -> None:
 
 
 async def test_claims_are_validated(world: World) -> None:
-    engine = world.ledger.engine
+    led = world.ledger
     user = await world.ledger.accounts.create_user(email=None, actor=ADMIN)
     bad = [
         {"claim": "KYC", "value": 1, "evidence_hash": EVIDENCE},
@@ -80,24 +80,24 @@ async def test_claims_are_validated(world: World) -> None:
     ]
     for args in bad:
         with pytest.raises(ValidationError):
-            await issue_attestation(engine, actor=OFFICER, subject_id=user, reason="r", **args)  # type: ignore[arg-type]
+            await issue_attestation(led, actor=OFFICER, subject_id=user, reason="r", **args)  # type: ignore[arg-type]
     now = await _now(world)
     with pytest.raises(ValidationError):
         await issue_attestation(
-            engine, actor=OFFICER, subject_id=user, claim="age.over18", value=True,
+            led, actor=OFFICER, subject_id=user, claim="age.over18", value=True,
             evidence_hash=EVIDENCE, reason="r", issued_at=now - timedelta(days=1),
             expires_at=now - timedelta(days=2),
         )  # fmt: skip
 
 
 async def test_current_claims_latest_unexpired_unrevoked(world: World) -> None:
-    engine = world.ledger.engine
+    led = world.ledger
     user = await world.ledger.accounts.create_user(email=None, actor=ADMIN)
     now = await _now(world)
 
     async def issue(claim: str, value: object, **kw: object) -> int:
         att = await issue_attestation(
-            engine, actor=OFFICER, subject_id=user, claim=claim, value=value,  # type: ignore[arg-type]
+            led, actor=OFFICER, subject_id=user, claim=claim, value=value,  # type: ignore[arg-type]
             evidence_hash=EVIDENCE, reason="r", **kw,  # type: ignore[arg-type]
         )  # fmt: skip
         return att.id
@@ -108,33 +108,32 @@ async def test_current_claims_latest_unexpired_unrevoked(world: World) -> None:
         "age.over18", True, issued_at=now - timedelta(days=400), expires_at=now - timedelta(days=35)
     )
     screened = await issue("sanctions.screened", True, expires_at=now + timedelta(days=30))
-    assert await current_claims(engine, user) == {"kyc.level": 1, "sanctions.screened": True}
-    await revoke_attestation(engine, screened, actor=OFFICER, reason="stale screening")
-    assert await current_claims(engine, user) == {"kyc.level": 1}
-    assert len(await list_attestations(engine, user)) == 4
-    assert len(await list_attestations(engine, user, current_only=True)) == 2
+    assert await current_claims(led, user) == {"kyc.level": 1, "sanctions.screened": True}
+    await revoke_attestation(led, screened, actor=OFFICER, reason="stale screening")
+    assert await current_claims(led, user) == {"kyc.level": 1}
+    assert len(await list_attestations(led, user)) == 4
+    assert len(await list_attestations(led, user, current_only=True)) == 2
 
 
 async def test_revoked_and_expired_attestations_stop_counting_at_once(world: World) -> None:
     led = world.ledger
-    engine = led.engine
     alice = await world.funded(1_000)
     bob = (await world.user_wallet())[AccountKind.AVAILABLE]
     owner = (await led.accounts.get_account(alice)).owner_id
     assert owner is not None
     record = await create_policy(
-        engine, asset=world.asset, operation_type=OperationType.TRANSFER, actor=OFFICER,
+        led, asset=world.asset, operation_type=OperationType.TRANSFER, actor=OFFICER,
         reason="kyc required",
         document={"rules": [{"id": "kyc", "kind": "claims",
                              "require": [{"claim": "kyc.level", "op": ">=", "value": 2}]}]},
     )  # fmt: skip
-    await activate_policy(engine, record.id, actor=OFFICER, reason="go live")
+    await activate_policy(led, record.id, actor=OFFICER, reason="go live")
     att = await issue_attestation(
-        engine, actor=OFFICER, subject_id=owner, claim="kyc.level", value=2,
+        led, actor=OFFICER, subject_id=owner, claim="kyc.level", value=2,
         evidence_hash=EVIDENCE, reason="passed",
     )  # fmt: skip
     await led.transfer(source=alice, destination=bob, asset=world.asset, amount=1)
-    await revoke_attestation(engine, att.id, actor=OFFICER, reason="document forged")
+    await revoke_attestation(led, att.id, actor=OFFICER, reason="document forged")
     with pytest.raises(PolicyDenied) as denied:  # the very next operation
         await led.transfer(source=alice, destination=bob, asset=world.asset, amount=1)
     assert denied.value.details["claim"] == "kyc.level"
@@ -142,14 +141,14 @@ async def test_revoked_and_expired_attestations_stop_counting_at_once(world: Wor
     # the batch compares expiry with its own clock, read inside its transaction
     now = await _now(world)
     await issue_attestation(
-        engine, actor=OFFICER, subject_id=owner, claim="kyc.level", value=3,
+        led, actor=OFFICER, subject_id=owner, claim="kyc.level", value=3,
         evidence_hash=EVIDENCE, reason="old check", issued_at=now - timedelta(days=2),
         expires_at=now - timedelta(microseconds=1),
     )  # fmt: skip
     with pytest.raises(PolicyDenied):
         await led.transfer(source=alice, destination=bob, asset=world.asset, amount=1)
     await issue_attestation(
-        engine, actor=OFFICER, subject_id=owner, claim="kyc.level", value=2,
+        led, actor=OFFICER, subject_id=owner, claim="kyc.level", value=2,
         evidence_hash=EVIDENCE, reason="re-checked", expires_at=now + timedelta(days=365),
     )  # fmt: skip
     await led.transfer(source=alice, destination=bob, asset=world.asset, amount=1)

@@ -1,4 +1,4 @@
-"""Policy engine in the write path, against the real PostgreSQL."""
+"""Policy led in the write path, against the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ EVIDENCE = "ab" * 32
 async def attach(
     world: World, rules: list[dict[str, Any]], type_: OperationType = OperationType.TRANSFER
 ) -> int:
-    engine = world.ledger.engine
+    led = world.ledger
     record = await create_policy(
-        engine, asset=world.asset, operation_type=type_, document={"rules": rules},
+        led, asset=world.asset, operation_type=type_, document={"rules": rules},
         actor=ADMIN, reason="test policy",
     )  # fmt: skip
-    return (await activate_policy(engine, record.id, actor=ADMIN, reason="go live")).id
+    return (await activate_policy(led, record.id, actor=ADMIN, reason="go live")).id
 
 
 async def owner_of(world: World, account: int) -> uuid.UUID:
@@ -59,7 +59,7 @@ async def owner_of(world: World, account: int) -> uuid.UUID:
 
 async def kyc(world: World, account: int, level: int = 2) -> int:
     att = await issue_attestation(
-        world.ledger.engine, actor=ADMIN, subject_id=await owner_of(world, account),
+        world.ledger, actor=ADMIN, subject_id=await owner_of(world, account),
         claim="kyc.level", value=level, evidence_hash=EVIDENCE, reason="kyc passed",
     )  # fmt: skip
     return att.id
@@ -145,9 +145,9 @@ async def test_policy_change_affects_new_operations_only(world: World) -> None:
     assert await versions_of(world, first.operation_id) == [{"policy_id": v1, "version": 1}]
     assert await versions_of(world, second.operation_id) == [{"policy_id": v2, "version": 2}]
     assert (await led.queries.balance(alice)).posted == 10_000 - 200 - 5 - 7
-    statuses = {p.version: p.status for p in await list_policies(led.engine, asset=world.asset)}
+    statuses = {p.version: p.status for p in await list_policies(led, asset=world.asset)}
     assert statuses == {1: "RETIRED", 2: "ACTIVE"}
-    await retire_policy(led.engine, asset=world.asset, operation_type=OperationType.TRANSFER,
+    await retire_policy(led, asset=world.asset, operation_type=OperationType.TRANSFER,
                         actor=ADMIN, reason="no more fees")  # fmt: skip
     third = await led.transfer(source=alice, destination=bob, asset=world.asset, amount=100)
     assert len(third.entries) == 2
@@ -155,16 +155,16 @@ async def test_policy_change_affects_new_operations_only(world: World) -> None:
 
 
 async def test_policy_admin_is_guarded_and_validated(world: World) -> None:
-    engine = world.ledger.engine
+    led = world.ledger
     with pytest.raises(Forbidden):
         await create_policy(
-            engine, asset=world.asset, operation_type=OperationType.TRANSFER,
+            led, asset=world.asset, operation_type=OperationType.TRANSFER,
             document={"rules": [{"id": "f", "kind": "fee", "fixed": 1}]},
             actor=Actor("u", Role.USER), reason="x",
         )  # fmt: skip
     with pytest.raises(InvalidPolicy) as bad:
         await create_policy(
-            engine, asset=world.asset, operation_type=OperationType.TRANSFER,
+            led, asset=world.asset, operation_type=OperationType.TRANSFER,
             document={"rules": [{"id": "l", "kind": "limit", "window": "week", "max_count": 1}]},
             actor=ADMIN, reason="x",
         )  # fmt: skip

@@ -25,7 +25,7 @@ async def test_text_the_database_cannot_store_is_a_validation_error_not_a_driver
     user = await creds.create_user(email=None, role=Role.USER, actor=OFFICER)
     with pytest.raises(LedgerError) as caught:  # jsonb refuses \\u0000
         await issue_attestation(
-            ledger.engine, actor=OFFICER, subject_id=user.id, claim="kyc.note",
+            ledger, actor=OFFICER, subject_id=user.id, claim="kyc.note",
             value="a\x00b", evidence_hash="ab" * 32, reason="checked",
         )  # fmt: skip
     assert (caught.value.code, caught.value.status) == ("VALIDATION_ERROR", 422)
