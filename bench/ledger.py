@@ -24,7 +24,7 @@ from typing import Any
 
 from core.compliance import issue_attestation
 from core.ledger import Ledger
-from core.policies import activate_policy, create_policy
+from core.policy.versions import activate_policy, create_policy
 from core.types import (
     AccountKind,
     Actor,

@@ -3,7 +3,7 @@
 Only COMPLIANCE and ADMIN actors issue or revoke; every change is audited with a reason.
 A user's current claims are the attestations that are issued, unexpired and unrevoked;
 for one claim the latest issued wins. The write path reads them per batch at the batch's
-own clock (``core.policy_store``), never from a cache: an expiry or a revocation counts
+own clock (``core.policy.store``), never from a cache: an expiry or a revocation counts
 for the very next operation.
 """
 
@@ -29,7 +29,7 @@ from core.errors import (
     ValidationError,
 )
 from core.money import check_int64
-from core.policy import ClaimValue
+from core.policy.rules import ClaimValue
 from core.storage_errors import translate
 from core.types import Actor, Role
 

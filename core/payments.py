@@ -23,7 +23,7 @@ from sqlalchemy import text
 from core.accounts import Account
 from core.directory import Directory
 from core.errors import UnknownAccount, ValidationError
-from core.policies import DryRun, dry_run
+from core.policy.versions import DryRun, dry_run
 from core.types import (
     AccountKind,
     Actor,

@@ -31,7 +31,7 @@ from core.errors import (
     error_from_dict,
 )
 from core.money import INT64_MAX, check_int64
-from core.policy import Applied, PolicyContext
+from core.policy.rules import Applied, PolicyContext
 from core.posting import BalanceBook, validate_entries
 from core.types import (
     REASON_REQUIRED,

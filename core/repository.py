@@ -48,7 +48,7 @@ from core.planner import (
     referenced_operations,
     touched_accounts,
 )
-from core.policy_store import PolicyCache, denial_audit, policy_versions, write_usage
+from core.policy.store import PolicyCache, denial_audit, policy_versions, write_usage
 from core.posting import AccountState, BalanceBook
 from core.sagas import TransactionStatus, TransactionType, derive_status
 from core.storage_errors import CONNECTION_LOST, translate

@@ -4,7 +4,7 @@
 * :func:`p2p_housekeeping`: expire due P2P requests (:func:`core.p2p.expire_due`) and finish
   settlements a crash interrupted (:func:`core.p2p.resume_settling`);
 * :func:`prune_policy_usage`: delete the rolling-limit buckets no window counts any more
-  (:func:`core.policy_store.prune_usage`).
+  (:func:`core.policy.store.prune_usage`).
 
 Each returns what it did (counts), for the log and the tests.
 """
@@ -16,7 +16,7 @@ import logging
 from core import p2p
 from core.epochs import raw_connection
 from core.ledger import Ledger
-from core.policy_store import prune_usage
+from core.policy.store import prune_usage
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from api.schemas_policy import (
     PostingRead,
     ReasonCreate,
 )
-from core import policies
 from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy
-from core.policies import PolicyRecord
-from core.policy import json_schema
+from core.policy import versions
+from core.policy.rules import json_schema
+from core.policy.versions import PolicyRecord
 from core.types import OperationType
 
 PolicyId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
@@ -68,7 +68,7 @@ class PolicyController(Controller):
         async def run(_: Attempt) -> PolicyRead:
             await ctx.svc.asset(data.asset)  # 404 UNKNOWN_ASSET
             try:
-                record = await policies.create_policy(
+                record = await versions.create_policy(
                     ctx.svc.ledger,
                     asset=data.asset,
                     operation_type=data.operation_type,
@@ -94,7 +94,7 @@ class PolicyController(Controller):
         active_only: FromQuery[bool] = False,
     ) -> list[PolicyRead]:
         """Every version, by asset, operation type and version."""
-        found = await policies.list_policies(
+        found = await versions.list_policies(
             ctx.svc.ledger,
             asset=asset,
             operation_type=operation_type,
@@ -109,7 +109,7 @@ class PolicyController(Controller):
 
     @get("/{policy_id:int}", guards=[allow(STAFF_READERS, scope="read")])
     async def get_policy(self, ctx: NamedDependency[Ctx], policy_id: PolicyId) -> PolicyRead:
-        return read(await policies.get_policy(ctx.svc.ledger, policy_id))
+        return read(await versions.get_policy(ctx.svc.ledger, policy_id))
 
     @post(
         "/{policy_id:int}/activate",
@@ -124,7 +124,7 @@ class PolicyController(Controller):
         is retired. Operations planned after this see it; none before."""
 
         async def run(_: Attempt) -> PolicyRead:
-            record = await policies.activate_policy(
+            record = await versions.activate_policy(
                 ctx.svc.ledger, policy_id, actor=ctx.actor, reason=data.reason
             )
             return read(record)
@@ -144,7 +144,7 @@ class PolicyController(Controller):
         (404 UNKNOWN_POLICY when none is active)."""
 
         async def run(_: Attempt) -> PolicyRead:
-            record = await policies.retire_policy(
+            record = await versions.retire_policy(
                 ctx.svc.ledger,
                 asset=data.asset,
                 operation_type=data.operation_type,

@@ -14,7 +14,7 @@ from core.compliance import (
     revoke_attestation,
 )
 from core.errors import AlreadyRevoked, Forbidden, PolicyDenied, ReasonRequired, ValidationError
-from core.policies import activate_policy, create_policy
+from core.policy.versions import activate_policy, create_policy
 from core.types import AccountKind, Actor, OperationType, Role
 from tests.conftest import ADMIN, World
 

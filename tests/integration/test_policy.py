@@ -22,8 +22,14 @@ from core.errors import (
     PolicyDenied,
 )
 from core.ledger import Ledger
-from core.policies import activate_policy, create_policy, dry_run, list_policies, retire_policy
-from core.policy_store import prune_usage
+from core.policy.store import prune_usage
+from core.policy.versions import (
+    activate_policy,
+    create_policy,
+    dry_run,
+    list_policies,
+    retire_policy,
+)
 from core.types import (
     AccountKind,
     AccountStatus,

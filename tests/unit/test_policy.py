@@ -10,9 +10,9 @@ import pytest
 
 from core.compliance import Attestation
 from core.errors import InsufficientFunds, InvalidPolicy, LedgerError, PolicyDenied
-from core.limits import LimitBook, UsageRow, bucket_of
 from core.planner import PlannedOperation, plan_batch
-from core.policy import AccountInfo, Policy, PolicyContext, UserFacts, parse_document
+from core.policy.limits import LimitBook, UsageRow, bucket_of
+from core.policy.rules import AccountInfo, Policy, PolicyContext, UserFacts, parse_document
 from core.posting import AccountState, BalanceBook
 from core.types import (
     AccountKind,

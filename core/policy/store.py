@@ -24,7 +24,8 @@ from uuid import UUID
 
 import asyncpg
 
-from core.limits import (
+from core.planner import HoldRow, Plan, PlannedOperation
+from core.policy.limits import (
     WINDOW_HOURS,
     LimitBook,
     LimitKey,
@@ -33,8 +34,7 @@ from core.limits import (
     counted_since,
     window_start,
 )
-from core.planner import HoldRow, Plan, PlannedOperation
-from core.policy import (
+from core.policy.rules import (
     AccountInfo,
     FeeRule,
     LimitRule,

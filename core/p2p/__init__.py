@@ -10,15 +10,15 @@ State machine (also enforced by a trigger in the database)::
 The code lives in two modules; this one is the stable import path (``from core import
 p2p``) for the API, the jobs and the tests:
 
-- ``core.p2p_requests``: the rules, states and rows; create, get, list.
-- ``core.p2p_transitions``: everything that leaves PENDING, above all the exactly-once
+- ``core.p2p.requests``: the rules, states and rows; create, get, list.
+- ``core.p2p.transitions``: everything that leaves PENDING, above all the exactly-once
   settlement path (claim, post, finish, ``resume_settling``), and decline, cancel,
   expiry.
 """
 
 from __future__ import annotations
 
-from core.p2p_requests import (
+from core.p2p.requests import (
     COLUMNS,
     MAX_MEMO,
     P2PPage,
@@ -32,7 +32,7 @@ from core.p2p_requests import (
     read_request,
     validate_request,
 )
-from core.p2p_transitions import (
+from core.p2p.transitions import (
     Settlement,
     cancel,
     decline,

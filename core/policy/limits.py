@@ -3,7 +3,7 @@
 Usage is kept per (user, asset, operation type) in one-hour buckets (UTC). A window of
 ``N`` hours is the current bucket plus the ``N - 1`` before it: a daily limit counts
 what the user did in the current hour and the 23 hours before. The repository locks the
-user's limit row before it reads the buckets (see ``core.policy_store``), so the sums
+user's limit row before it reads the buckets (see ``core.policy.store``), so the sums
 this book starts from are exact for the whole batch transaction.
 """
 

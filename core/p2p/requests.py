@@ -6,7 +6,7 @@ and is idempotent per requester key. ``get_request`` / ``list_requests`` answer 
 two parties; anyone else gets the same 404 as for a request that does not exist.
 
 What moves a request out of PENDING (settle, decline, cancel, expiry) is in
-``core.p2p_transitions``; ``core.p2p`` re-exports both modules.
+``core.p2p.transitions``; ``core.p2p`` re-exports both modules.
 """
 
 from __future__ import annotations

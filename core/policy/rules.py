@@ -1,7 +1,7 @@
 """The policy engine — pure: document schema, validation and evaluation. No I/O.
 
 A policy is a JSON document attached to an (asset, operation type), stored versioned in
-the database (``core.policy_store``). Its rules are checked in document order; the first
+the database (``core.policy.store``). Its rules are checked in document order; the first
 that fails denies the operation with ``PolicyDenied`` naming the policy version and the
 rule. Rule kinds (``kind``):
 
@@ -32,8 +32,8 @@ from uuid import UUID
 import msgspec
 
 from core.errors import InvalidPolicy, PolicyDenied, UnknownAccount
-from core.limits import LimitBook, LimitKey, Window
 from core.money import INT64_MAX, check_int64
+from core.policy.limits import LimitBook, LimitKey, Window
 from core.types import AccountKind, AccountStatus, EntrySpec, OperationType, Side
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Policy versions (create, activate, retire, list — role-checked, audited) and dry run.
 
-The API layer calls these; the write path's side lives in ``core.policy_store``.
+The API layer calls these; the write path's side lives in ``core.policy.store``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from sqlalchemy import text
 from core import audit
 from core.errors import Forbidden, LedgerError, ReasonRequired, UnknownAsset, UnknownPolicy
 from core.planner import PlannedOperation, plan_batch
-from core.policy import FeeRule, document_to_json, parse_document
-from core.policy_store import READ_BALANCES, account_state
+from core.policy.rules import FeeRule, document_to_json, parse_document
+from core.policy.store import READ_BALANCES, account_state
 from core.posting import BalanceBook
 from core.types import Actor, OperationType, PostOperation, Role, SystemAccount
 

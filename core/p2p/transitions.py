@@ -40,7 +40,7 @@ from core.errors import (
     StorageError,
 )
 from core.ledger import Ledger
-from core.p2p_requests import (
+from core.p2p.requests import (
     COLUMNS,
     NOT_EXPIRED,
     P2PRequest,
