@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from api.schemas import (
-    EntryRead,
-    HistoryEntryRead,
-    HistoryRead,
-    HoldRead,
-    OperationRead,
-    SagaOperationRead,
-    TransactionRead,
-)
+from api.schemas.accounts import HistoryEntryRead, HistoryRead
+from api.schemas.credits import EntryRead, OperationRead
+from api.schemas.deposits import SagaOperationRead, TransactionRead
+from api.schemas.holds import HoldRead
 from api.services import Services
 from core.flows import Transaction
 from core.queries import HistoryPage, HoldView, OperationView

@@ -13,7 +13,7 @@ from litestar.params import FromQuery, PathParameter, QueryParameter
 from api import render
 from api.auth import EVERYONE, allow
 from api.context import Ctx
-from api.schemas import AccountRead, BalanceAtRead, BalanceRead, HistoryRead
+from api.schemas.accounts import AccountRead, BalanceAtRead, BalanceRead, HistoryRead
 from core.errors import ValidationError
 
 READ = [allow(EVERYONE, scope="read")]

@@ -17,7 +17,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from api.auth import ADMIN, AUDITOR, COMPLIANCE, READ_ONLY, USER, allow
 from api.context import Ctx
-from api.schemas_proofs import AnchorListRead, AnchorRead, ProofBundleRead
+from api.schemas.anchors import AnchorListRead, AnchorRead, ProofBundleRead
 from core import proofs
 from core.errors import UnknownEntry
 

@@ -9,7 +9,7 @@ from litestar.params import FromPath, JSONBody
 from api.auth import ADMIN, EVERYONE, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import AssetCreate, AssetRead
+from api.schemas.assets import AssetCreate, AssetRead
 from core.accounts import Asset
 
 

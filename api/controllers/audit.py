@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 
 from api.auth import ADMIN, AUDITOR, COMPLIANCE, allow
 from api.context import Ctx
-from api.schemas_proofs import AuditPageRead, AuditRecordRead
+from api.schemas.audit import AuditPageRead, AuditRecordRead
 from core import audit
 
 #: printable ASCII: what ids, actor ids and action names are made of

@@ -17,7 +17,8 @@ from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
 from api.auth import ADMIN, AUDITOR, COMPLIANCE, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas_policy import AttestationCreate, AttestationRead, ClaimsRead, ReasonCreate
+from api.schemas.common import ReasonCreate
+from api.schemas.compliance import AttestationCreate, AttestationRead, ClaimsRead
 from core import compliance
 from core.compliance import Attestation
 from core.errors import ValidationError

@@ -14,7 +14,7 @@ from litestar.params import JSONBody, PathParameter
 from api.auth import ADMIN, EVERYONE, SCOPES, allow, issue_token
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import ApiKeyCreate, ApiKeyRead, TokenRead
+from api.schemas.users import ApiKeyCreate, ApiKeyRead, TokenRead
 from core.credentials import ApiKey
 from core.errors import ValidationError
 

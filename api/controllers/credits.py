@@ -13,7 +13,7 @@ from api import render
 from api.auth import ADMIN, OPS, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import BurnCreate, MintCreate, MoveCreate, OperationRead, TransferCreate
+from api.schemas.credits import BurnCreate, MintCreate, MoveCreate, OperationRead, TransferCreate
 from core.errors import ReasonRequired, ValidationError
 from core.types import AccountKind, OperationType, PostOperation, SystemAccount, transfer_legs
 

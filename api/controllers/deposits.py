@@ -25,7 +25,8 @@ from api.auth import COMPLIANCE, EVERYONE, PUBLIC, allow
 from api.context import Ctx, client_ip
 from api.errors import ApiError
 from api.idempotency import Attempt, idempotent
-from api.schemas import DepositCreate, DepositRead, OperationRead, ReleaseCreate, TransactionRead
+from api.schemas.credits import OperationRead
+from api.schemas.deposits import DepositCreate, DepositRead, ReleaseCreate, TransactionRead
 from api.services import Services
 from core import flows
 from core.errors import UnknownOperation

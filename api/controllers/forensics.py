@@ -19,8 +19,8 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import EVERYONE, allow
 from api.context import Ctx
 from api.controllers.vaults import MAX_ID
-from api.schemas import AssetCode
-from api.schemas_vaults import ForensicEntryRead, ForensicPageRead
+from api.schemas.common import AssetCode
+from api.schemas.forensics import ForensicEntryRead, ForensicPageRead
 from core.forensics import forensic_ledger
 
 READ = [allow(EVERYONE, scope="read")]

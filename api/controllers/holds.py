@@ -17,7 +17,9 @@ from api import render
 from api.auth import ADMIN, EVERYONE, OPS, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import CaptureCreate, HoldCreate, HoldRead, OperationRead, SweepRead, VoidCreate
+from api.schemas.common import SweepRead
+from api.schemas.credits import OperationRead
+from api.schemas.holds import CaptureCreate, HoldCreate, HoldRead, VoidCreate
 from core.errors import UnknownHold
 from core.queries import HoldView
 from core.types import CaptureHold, HoldResult, OperationResult, VoidHold

@@ -13,7 +13,8 @@ from api import render
 from api.auth import ADMIN, EVERYONE, OPS, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import AdjustmentCreate, OperationRead, ReverseCreate
+from api.schemas.credits import OperationRead
+from api.schemas.operations import AdjustmentCreate, ReverseCreate
 from core.errors import UnknownOperation
 from core.types import EntrySpec
 

@@ -31,8 +31,8 @@ from api.auth import ADMIN, EVERYONE, OPS, USER, allow
 from api.context import Ctx
 from api.controllers.vaults import MAX_ID, UserParam, viewer
 from api.idempotency import Attempt
-from api.schemas import SweepRead
-from api.schemas_vaults import (
+from api.schemas.common import SweepRead
+from api.schemas.p2p import (
     P2PCloseCreate,
     P2PPageRead,
     P2PRequestCreate,

@@ -21,7 +21,8 @@ from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from api.auth import ADMIN, COMPLIANCE, EVERYONE, STAFF_READERS, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas_policy import (
+from api.schemas.common import ReasonCreate
+from api.schemas.policies import (
     DenialRead,
     DryRunCreate,
     DryRunRead,
@@ -31,7 +32,6 @@ from api.schemas_policy import (
     PolicyRetire,
     PolicyVersionRead,
     PostingRead,
-    ReasonCreate,
 )
 from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy
 from core.policy import versions

@@ -9,7 +9,7 @@ from litestar import Request, get
 
 from api.auth import PUBLIC
 from api.errors import ApiError
-from api.schemas import HealthRead, ReadyRead
+from api.schemas.system import HealthRead, ReadyRead
 from api.services import Services
 from core.db import schema_revision
 from core.errors import StorageError

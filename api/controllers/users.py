@@ -13,7 +13,8 @@ from litestar.params import FromPath, JSONBody
 from api.auth import ADMIN, EVERYONE, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import CompartmentRead, MeRead, UserCreate, UserRead, WalletRead
+from api.schemas.accounts import CompartmentRead, WalletRead
+from api.schemas.users import MeRead, UserCreate, UserRead
 from core.credentials import User
 
 

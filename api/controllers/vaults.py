@@ -30,8 +30,10 @@ from api import render
 from api.auth import EVERYONE, USER, allow
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas import AssetCode, HistoryRead, OperationRead
-from api.schemas_vaults import (
+from api.schemas.accounts import HistoryRead
+from api.schemas.common import AssetCode
+from api.schemas.credits import OperationRead
+from api.schemas.vaults import (
     VaultCreate,
     VaultMemberRead,
     VaultMemberSet,

@@ -1,15 +1,11 @@
-"""Bodies of the auditor's endpoints: anchors, proof bundles, the audit log.
+"""Bodies of the anchor and proof endpoints.
 
 A proof bundle is the self-contained JSON ``valueos verify BUNDLE.json`` checks
 (``core.proofs``, ``chain.evm.verify``): bytes are 0x-prefixed lowercase hex; leaf amounts and
-balances are *integer* strings in minor units (exactly what the leaf hashes), not
-decimal strings in the asset's scale.
-"""
+balances are *integer* strings in minor units (exactly what the leaf hashes), not decimal
+strings in the asset's scale."""
 
 from __future__ import annotations
-
-from datetime import datetime
-from typing import Any
 
 from msgspec import Struct
 
@@ -77,23 +73,3 @@ class ProofBundleRead(Struct):
     proof: list[str]
     header: HeaderRead
     anchor: BundleAnchorRead
-
-
-class AuditRecordRead(Struct):
-    id: int
-    at: datetime
-    actor_id: str
-    actor_role: str
-    ip: str | None
-    action: str
-    entity_type: str
-    entity_id: str | None
-    before: Any
-    after: Any
-    reason: str | None
-
-
-class AuditPageRead(Struct):
-    records: list[AuditRecordRead]
-    #: pass as ``cursor`` for the next (older) page; null at the end
-    next_cursor: int | None
