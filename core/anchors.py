@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import chain_txs
-from core.chain_txs import TxPurpose, TxStatus
+from core.chain_txs import TxPurpose, TxStatus, opt_bytes
 from core.epochs import EpochRoots, raw_connection, roots_from_row
 
 #: Session advisory lock held by the one worker that advances anchors (they go in epoch order).
@@ -59,10 +58,6 @@ class AnchorRecord:
         return self.roots.epoch
 
 
-def _opt_bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
-
-
 def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
     return AnchorRecord(
         roots=roots_from_row(row),
@@ -72,10 +67,10 @@ def anchor_from_row(row: asyncpg.Record) -> AnchorRecord:
         contract_address=row["contract_address"],
         sender=row["sender"],
         nonce=row["nonce"],
-        raw_tx=_opt_bytes(row["raw_tx"]),
-        tx_hash=_opt_bytes(row["tx_hash"]),
+        raw_tx=opt_bytes(row["raw_tx"]),
+        tx_hash=opt_bytes(row["tx_hash"]),
         block_number=row["block_number"],
-        block_hash=_opt_bytes(row["block_hash"]),
+        block_hash=opt_bytes(row["block_hash"]),
         gas_used=row["gas_used"],
         attempts=row["attempts"],
         last_error=row["last_error"],

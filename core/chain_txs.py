@@ -30,6 +30,7 @@ __all__ = [
     "enqueue",
     "get_tx",
     "get_tx_by_ref",
+    "opt_bytes",
     "sign_and_store",
     "transition",
     "tx_hashes",
@@ -81,7 +82,8 @@ class ChainTx:
     age_s: float
 
 
-def _opt_bytes(value: Any) -> bytes | None:
+def opt_bytes(value: Any) -> bytes | None:
+    """A nullable bytea column as bytes."""
     return None if value is None else bytes(value)
 
 
@@ -97,10 +99,10 @@ def _from_row(row: asyncpg.Record) -> ChainTx:
         value_wei=int(row["value_wei"]),
         status=TxStatus(row["status"]),
         nonce=row["nonce"],
-        raw_tx=_opt_bytes(row["raw_tx"]),
-        tx_hash=_opt_bytes(row["tx_hash"]),
+        raw_tx=opt_bytes(row["raw_tx"]),
+        tx_hash=opt_bytes(row["tx_hash"]),
         block_number=row["block_number"],
-        block_hash=_opt_bytes(row["block_hash"]),
+        block_hash=opt_bytes(row["block_hash"]),
         gas_used=row["gas_used"],
         attempts=row["attempts"],
         last_error=row["last_error"],

@@ -148,8 +148,9 @@ def dev_keys(anvil_node: AnvilNode | None) -> list[str]:
     return [str(k) for k in anvil_node.config()["private_keys"]]
 
 
-def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:
-    response = w3.provider.make_request(RPCEndpoint(method), params)
+def rpc(w3: Web3, method: str, *params: Any) -> Any:
+    """A raw JSON-RPC call (anvil's own methods too); an error answer fails the test."""
+    response = w3.provider.make_request(RPCEndpoint(method), list(params))
     if "error" in response:
         raise AssertionError(f"{method} failed: {response['error']}")
     return response["result"]
@@ -162,7 +163,7 @@ def _isolation(w3: Web3) -> Iterator[None]:
     Session-scoped fixtures are set up before function-scoped ones, so whatever they deploy is
     part of the snapshot and survives the revert.
     """
-    snapshot = _rpc(w3, "evm_snapshot", [])
+    snapshot = rpc(w3, "evm_snapshot")
     try:
         yield
     finally:
@@ -172,8 +173,8 @@ def _isolation(w3: Web3) -> Iterator[None]:
 def revert_to(w3: Web3, snapshot: str) -> None:
     """Back to ``snapshot``, with an empty mempool: anvil's ``evm_revert`` keeps the pending
     transactions, which the next test would then find mined in its own chain."""
-    _rpc(w3, "anvil_dropAllTransactions", [])
-    assert _rpc(w3, "evm_revert", [snapshot]) is True, "evm_revert failed"
+    rpc(w3, "anvil_dropAllTransactions")
+    assert rpc(w3, "evm_revert", snapshot) is True, "evm_revert failed"
 
 
 @pytest.fixture(scope="session")

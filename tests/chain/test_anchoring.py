@@ -21,7 +21,6 @@ from hexbytes import HexBytes
 from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
-from web3.types import RPCEndpoint
 
 from chain.evm.anchor import AnchorClient, AnchorConflict
 from chain.evm.client import InsufficientFunds, connect
@@ -34,17 +33,11 @@ from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
 from jobs.cli import main as cli_main
-from tests.chain.conftest import Deploy, await_automine, revert_to
+from tests.chain.conftest import Deploy, await_automine, revert_to, rpc
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
 pytestmark = pytest.mark.chain
-
-
-def rpc(w3: Web3, method: str, *params: Any) -> Any:
-    response = w3.provider.make_request(RPCEndpoint(method), list(params))
-    assert "error" not in response, response
-    return response["result"]
 
 
 @pytest.fixture

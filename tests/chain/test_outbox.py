@@ -23,7 +23,6 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.types import RPCEndpoint
 
 from chain.evm.client import EvmClient, connect
 from chain.evm.outbox import Outbox
@@ -31,7 +30,7 @@ from core import chain_txs
 from core.chain_txs import TxStatus
 from core.epochs import raw_connection
 from core.ledger import Ledger
-from tests.chain.conftest import await_automine
+from tests.chain.conftest import await_automine, rpc
 from tests.chain.outbox_driver import PURPOSE, RECIPIENT, VALUE_WEI
 from tests.conftest import settings_for
 from tests.support import create_database, drop_database
@@ -40,12 +39,6 @@ pytestmark = pytest.mark.chain
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("enqueued", "signed", "sent", "broadcast", "confirmed")
-
-
-def rpc(w3: Web3, method: str, *params: Any) -> Any:
-    response = w3.provider.make_request(RPCEndpoint(method), list(params))
-    assert "error" not in response, response
-    return response["result"]
 
 
 @pytest.fixture
