@@ -76,7 +76,7 @@ async def blocked_backend(
         for _ in range(500):  # bounded poll for the statement to be blocked on the lock
             pid: int | None = await watcher.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE $1 AND pid <> pg_backend_pid()",
+                "AND query LIKE $1 AND pid <> pg_backend_pid() AND datname = current_database()",
                 query_like,
             )
             if pid is not None or task.done():
@@ -98,7 +98,7 @@ async def wait_until_blocked(
         for _ in range(1000):  # bounded poll for the statements to be blocked on the lock
             blocked: int = await watcher.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE $1 AND pid <> pg_backend_pid()",
+                "AND query LIKE $1 AND pid <> pg_backend_pid() AND datname = current_database()",
                 query_like,
             )
             if blocked >= count:
