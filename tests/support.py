@@ -6,6 +6,7 @@ import asyncio
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,38 @@ async def blocked_backend(
         for _ in range(500):  # bounded poll for the statement to be blocked on the lock
             pid: int | None = await watcher.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE $1 AND pid <> pg_backend_pid()",
+                "AND query LIKE $1 AND pid <> pg_backend_pid() AND datname = current_database()",
                 query_like,
             )
             if pid is not None or task.done():
                 return pid
             await asyncio.sleep(0.01)
         raise AssertionError(f"no backend running {query_like!r} blocked, and {task} runs on")
+    finally:
+        await watcher.close()
+
+
+async def wait_until_blocked(
+    database_url: str, tasks: Sequence[asyncio.Task[Any]], query_like: str, count: int
+) -> None:
+    """Wait (bounded) until ``count`` backends running a query ``LIKE query_like`` wait on a
+    lock: every one of ``tasks`` is then in flight at the same point. Fails if a task
+    finishes first (it never had to wait) or they never all block."""
+    watcher = await raw_connect(database_url)
+    try:
+        for _ in range(1000):  # bounded poll for the statements to be blocked on the lock
+            blocked: int = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE $1 AND pid <> pg_backend_pid() AND datname = current_database()",
+                query_like,
+            )
+            if blocked >= count:
+                return
+            done = [t for t in tasks if t.done()]
+            if done:
+                raise AssertionError(f"{done[0]} finished without waiting ({blocked} blocked)")
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"only {blocked} of {count} backends running {query_like!r} blocked")
     finally:
         await watcher.close()
 

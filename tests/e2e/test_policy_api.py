@@ -309,13 +309,28 @@ async def test_policy_denied_on_mint(api: Api) -> None:
 
 
 async def test_remembered_failures_replay_with_their_details(api: Api) -> None:
-    """A remembered 404 whose details carry a ``code`` key replays as the same problem."""
-    body = {"asset": "NOSUCH", "operation_type": "TRANSFER", "reason": "x",
+    """A remembered 404 whose details carry a ``code`` key replays as the same problem: once
+    the asset exists, the same key still answers the remembered UNKNOWN_ASSET (a replay, not
+    a re-run), while a new key creates the policy."""
+    asset = "N" + uuid.uuid4().hex[:10].upper()
+    body = {"asset": asset, "operation_type": "TRANSFER", "reason": "x",
             "document": {"rules": [{"id": "f", "kind": "fee", "fixed": 1}]}}  # fmt: skip
     key = {"Idempotency-Key": f"p-{uuid.uuid4()}"}
-    for _ in range(2):
-        r = await api.http.post("/api/v1/policies", json=body, headers=api.admin.headers | key)
-        problem(r, 404, "UNKNOWN_ASSET")
+    r = await api.http.post("/api/v1/policies", json=body, headers=api.admin.headers | key)
+    first = problem(r, 404, "UNKNOWN_ASSET")
+    r = await api.http.post(
+        "/api/v1/assets",
+        json={"code": asset, "name": "late", "scale": 2, "kind": "POINTS"},
+        headers=api.admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    r = await api.http.post("/api/v1/policies", json=body, headers=api.admin.headers | key)
+    replay = problem(r, 404, "UNKNOWN_ASSET")
+    assert replay.pop("trace_id") != first.pop("trace_id")
+    assert replay == first
+    other = {"Idempotency-Key": f"p-{uuid.uuid4()}"}
+    r = await api.http.post("/api/v1/policies", json=body, headers=api.admin.headers | other)
+    assert r.status_code == 201, r.text
 
 
 async def test_policy_schema_route(api: Api) -> None:

@@ -15,9 +15,11 @@ import pytest
 from core.anchors import get_anchor
 from core.epochs import (
     EPOCH_LOCK_KEY,
+    EpochRoots,
     build_epoch,
     compute_pending_roots,
     compute_roots,
+    load_leaves,
     open_epoch,
     raw_connection,
     seal_open_epoch,
@@ -61,6 +63,38 @@ async def _pay_around(world: World, accounts: list[int], n: int, seed: int) -> N
     for _ in range(n):
         a, b = rng.sample(accounts, 2)
         await world.ledger.transfer(source=a, destination=b, asset=world.asset, amount=1)
+
+
+async def _balances_at(ledger: Ledger, cut: int) -> dict[int, int]:
+    """Every account's balance at ``cut``, summed from the entries (not from balance_after)."""
+    async with raw_connection(ledger.engine) as conn:
+        rows = await conn.fetch(
+            "SELECT account_id, sum(amount) FROM ledger_entries WHERE seq <= $1 GROUP BY 1", cut
+        )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+async def _assert_balance_leaves_at_cut(ledger: Ledger, roots: EpochRoots) -> None:
+    """The balance leaves of a sealed epoch, as loaded and as stored in its root, are the
+    balances at the epoch's own cut, recomputed independently from the entries: the sum of
+    each account's entries with seq <= cut, and its last such seq."""
+    async with raw_connection(ledger.engine) as conn:
+        cut = await conn.fetchval("SELECT last_seq FROM epochs WHERE id = $1", roots.epoch)
+        rows = await conn.fetch(
+            "SELECT e.account_id, a.asset, max(e.seq), sum(e.amount) FROM ledger_entries e "
+            "JOIN accounts a ON a.id = e.account_id WHERE e.seq <= $1 "
+            "GROUP BY e.account_id, a.asset ORDER BY e.account_id",
+            cut,
+        )
+        _, loaded = await load_leaves(conn, LEDGER_ID, roots.epoch)
+    expected = [
+        BalanceLeaf(LEDGER_ID, roots.epoch, seq, account, asset, int(total))
+        for account, asset, seq, total in rows
+    ]
+    assert roots.cut_seq == cut
+    assert loaded == expected, f"epoch {roots.epoch}: balance leaves are not those at seq {cut}"
+    assert roots.balance_count == len(expected)
+    assert roots.balances_root == balance_tree(expected).root, f"epoch {roots.epoch}"
 
 
 def test_epoch_lock_key_matches_migration() -> None:
@@ -148,6 +182,31 @@ async def test_bundle_errors(fresh: Ledger) -> None:
         await balance_proof_bundle(fresh.engine, untouched, 1)
 
 
+async def test_roots_computed_late_hold_the_balances_at_each_epoch_cut(fresh: Ledger) -> None:
+    """Roots are computed after later epochs were written to (the worker lags, or
+    recovers after a crash): each epoch's balance leaves must still be the balances at
+    its own cut, not the live ones."""
+    world = await make_world(fresh)
+    accounts = [await world.funded(1_000) for _ in range(4)]
+    await _pay_around(world, accounts, 5, seed=3)
+    assert await seal_open_epoch(fresh.engine) == 1
+    await _pay_around(world, accounts, 6, seed=4)
+    await fresh.transfer(source=accounts[0], destination=accounts[1], asset=world.asset, amount=9)
+    assert await seal_open_epoch(fresh.engine) == 2
+    # writes of the open epoch 3, before any root exists; one account is new in epoch 3
+    await _pay_around(world, accounts, 4, seed=5)
+    newcomer = await world.funded(7)
+    roots = await compute_pending_roots(fresh.engine, LEDGER_ID)
+    assert [r.epoch for r in roots] == [1, 2]
+    live = {a: (await fresh.queries.balance(a)).posted for a in [*accounts, newcomer]}
+    for r in roots:
+        at_cut = await _balances_at(fresh, r.cut_seq)
+        # the test means something only if the live balances moved on since the cut
+        assert {a: at_cut.get(a, 0) for a in live} != live
+        assert newcomer not in at_cut
+        await _assert_balance_leaves_at_cut(fresh, r)
+
+
 async def test_empty_epoch_anchors_zero_entries_root_and_unchanged_balances(fresh: Ledger) -> None:
     world = await make_world(fresh)
     await world.funded(5)
@@ -233,6 +292,10 @@ async def test_writers_during_repeated_sealing_every_entry_in_exactly_one_epoch(
         assert len(entries) == r.leaf_count
         expected = entry_tree(entries).root if entries else EMPTY_ROOT
         assert expected == r.entries_root
+    # every epoch's balances tree holds the balances at its own cut (computed after all
+    # the writes, so a root built from later balances would show here)
+    for r in roots:
+        await _assert_balance_leaves_at_cut(fresh, r)
     # the last balances tree matches the live balances of every touched account
     last = roots[-1]
     for acc in accounts:

@@ -123,6 +123,44 @@ async def test_idempotency_same_key_same_effect_once(world: World) -> None:
         )
 
 
+async def test_fast_path_transfer_respects_pending_holds_and_remembers_the_refusal(
+    world: World,
+) -> None:
+    """A plain two-leg transfer (the planner's fast path) that fits the posted balance but
+    not the available one (posted - pending) is refused by the planner with its details,
+    and that refusal is stored under the key: funding the account later does not turn a
+    replay of the same request into a success."""
+    led = world.ledger
+    alice = await world.funded(100)
+    shop = (await world.user_wallet())[AccountKind.AVAILABLE]
+    bob = (await world.user_wallet())[AccountKind.AVAILABLE]
+    await led.hold(source=alice, destination=shop, asset=world.asset, amount=70)
+    key = f"fast-{alice}"
+    expected = {"account_id": alice, "available": "30", "needed": "50"}
+    with pytest.raises(InsufficientFunds) as first:
+        await led.transfer(
+            source=alice, destination=bob, asset=world.asset, amount=50, idempotency_key=key
+        )
+    assert first.value.details == expected
+    await led.transfer(source=world.issuance, destination=alice, asset=world.asset, amount=1_000)
+    with pytest.raises(InsufficientFunds) as replay:
+        await led.transfer(
+            source=alice, destination=bob, asset=world.asset, amount=50, idempotency_key=key
+        )
+    assert (replay.value.message, replay.value.details) == (first.value.message, expected)
+    balance = await led.queries.balance(alice)
+    assert (balance.posted, balance.pending) == (1_100, 70)
+    assert (await led.queries.balance(bob)).posted == 0
+    async with led.engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text("SELECT outcome->'error'->>'code' FROM idempotency_keys WHERE key = :k"),
+                {"k": key},
+            )
+        ).scalar_one()
+    assert stored == "INSUFFICIENT_FUNDS"
+
+
 async def test_holds_reserve_capture_void_expire(world: World) -> None:
     led = world.ledger
     alice = await world.funded(100)
@@ -261,24 +299,32 @@ async def test_reference_flows_with_derived_status(world: World) -> None:
         led, owner_id=owner, asset=world.asset, amount=2_000, actor=ADMIN
     )
     assert (await flows.get_transaction(led, itx)).status is TransactionStatus.COMPLIANCE_REVIEW
-    failed_tx = None
+    reference = f"too-much-{tx_ref()}"
     with pytest.raises(InsufficientFunds):
-        failed_tx, _ = await flows.lock_funds_for_investment(
+        await flows.lock_funds_for_investment(
             led,
             owner_id=owner,
             asset=world.asset,
             amount=99_999,
             actor=ADMIN,
-            external_reference="too-much",
+            external_reference=reference,
         )
-    assert failed_tx is None
+    # the saga the refused lock started is recorded, FAILED, with its refused operation
     async with led.engine.connect() as conn:
-        status = (
+        failed = (
             await conn.execute(
-                text("SELECT status FROM transactions WHERE external_reference = 'too-much'")
+                text("SELECT id, owner_id, status FROM transactions WHERE external_reference = :r"),
+                {"r": reference},
             )
-        ).scalar()
-    assert status == TransactionStatus.FAILED
+        ).all()
+    assert len(failed) == 1
+    failed_tx, failed_owner, status = failed[0]
+    assert (failed_owner, status) == (owner, TransactionStatus.FAILED)
+    view = await flows.get_transaction(led, failed_tx)
+    assert view.status is TransactionStatus.FAILED
+    assert [(t, s) for _, t, s in view.operations] == [("LOCK", "FAILED")]
+    assert (await led.queries.balance(wallet[AccountKind.AVAILABLE])).posted == 3_000
+    assert (await led.queries.balance(wallet[AccountKind.LOCKED])).posted == 2_000
 
 
 def tx_ref() -> str:

@@ -31,6 +31,7 @@ from core.p2p import P2PStatus
 from core.types import OperationType
 from tests.conftest import ADMIN, World
 from tests.integration.test_vaults import Person, audit_actions, person, posted
+from tests.support import raw_connect, wait_until_blocked
 
 pytestmark = pytest.mark.integration
 
@@ -317,7 +318,9 @@ async def claim_as_crashed_settler(led: Ledger, request_id: int) -> p2p.P2PReque
     return p2p._request(row)
 
 
-async def test_settlement_interrupted_by_a_crash_completes_once(world: World) -> None:
+async def test_settlement_interrupted_by_a_crash_completes_once(
+    world: World, database_url: str
+) -> None:
     led = world.ledger
     requester, payer = await person(world), await person(world, 1_000)
     # crash after the posting committed, before the request was marked SETTLED
@@ -336,12 +339,26 @@ async def test_settlement_interrupted_by_a_crash_completes_once(world: World) ->
             await p2p.cancel(led, user=requester.id, request_id=request_id,
                              actor=requester.actor)  # fmt: skip
 
-    # the recovery job (twice, concurrently) finishes both, paying each exactly once
-    counts = await asyncio.gather(
-        p2p.resume_settling(led, older_than=timedelta(0)),
-        p2p.resume_settling(led, older_than=timedelta(0)),
-    )
-    assert sum(counts) >= 2
+    # the recovery job, twice and truly at once, finishes both, paying each exactly once:
+    # a blocker holds both request rows locked, so both runs read the two SETTLING requests,
+    # post (or replay) the first payment and queue on its row before either marks it SETTLED
+    blocker = await raw_connect(database_url)
+    tx = blocker.transaction()
+    await tx.start()
+    try:
+        await blocker.execute(
+            "SELECT 1 FROM p2p_requests WHERE id = ANY($1::bigint[]) FOR UPDATE",
+            [posted_first.id, not_posted.id],
+        )
+        runs = [
+            asyncio.create_task(p2p.resume_settling(led, older_than=timedelta(0))) for _ in range(2)
+        ]
+        await wait_until_blocked(database_url, runs, "%UPDATE p2p_requests%", 2)
+    finally:
+        await tx.rollback()
+        await blocker.close()
+    counts = await asyncio.gather(*runs)
+    assert counts == [2, 2]  # each run saw both requests SETTLING and left them SETTLED
     first = await p2p.get_request(led, user=payer.id, request_id=posted_first.id)
     second = await p2p.get_request(led, user=payer.id, request_id=not_posted.id)
     assert (first.status, first.operation_id) == (P2PStatus.SETTLED, paid.operation_id)
@@ -350,6 +367,9 @@ async def test_settlement_interrupted_by_a_crash_completes_once(world: World) ->
     assert await settlements_of(led, not_posted.id) == 1
     assert [await posted(led, a) for a in (payer.available, requester.available)] == [700, 300]
     assert await p2p.resume_settling(led, older_than=timedelta(0)) == 0
+    for request_id in (posted_first.id, not_posted.id):
+        actions = [a[0] for a in await audit_actions(led, "p2p_request", request_id)]
+        assert actions.count("p2p.settled") == 1, actions
     assert await world.total() == 0
 
 
@@ -380,7 +400,7 @@ async def test_database_refuses_illegal_transitions(world: World) -> None:
     )
 
 
-async def test_create_validation_and_idempotency(world: World) -> None:
+async def test_create_validation_and_idempotency(world: World, database_url: str) -> None:
     led = world.ledger
     requester, payer, other = await person(world), await person(world), await person(world)
     for kwargs, error in (
@@ -400,13 +420,31 @@ async def test_create_validation_and_idempotency(world: World) -> None:
         await p2p.create_request(led, user=requester.id, payer=payer.id, asset="NOPE", amount=1,
                                  actor=ADMIN)  # fmt: skip
 
-    first = await request(world, requester, payer, 42, idempotency_key="r1")
-    again, concurrent = await asyncio.gather(
-        request(world, requester, payer, 42, idempotency_key="r1"),
-        request(world, requester, payer, 42, idempotency_key="r1"),
-    )
-    assert {again.id, concurrent.id} == {first.id}
-    assert again.replayed and not first.replayed
+    # two creates under a fresh key, truly concurrent: a blocker's uncommitted row holds
+    # the key, so both reach the insert and queue on the key's unique index before either
+    # commits; once it rolls back exactly one creates, the other answers that same request
+    blocker = await raw_connect(database_url)
+    tx = blocker.transaction()
+    await tx.start()
+    try:
+        await blocker.execute(
+            "INSERT INTO p2p_requests (requester_id, payer_id, asset, amount, idempotency_key, "
+            "request_hash) VALUES ($1, $2, $3, 42, 'r1', '\\x00')",
+            requester.id, payer.id, world.asset,
+        )  # fmt: skip
+        creates = [
+            asyncio.create_task(request(world, requester, payer, 42, idempotency_key="r1"))
+            for _ in range(2)
+        ]
+        await wait_until_blocked(database_url, creates, "%INSERT INTO p2p_requests%", 2)
+    finally:
+        await tx.rollback()
+        await blocker.close()
+    one, two = await asyncio.gather(*creates)
+    assert one.id == two.id and sorted([one.replayed, two.replayed]) == [False, True]
+    first = one if not one.replayed else two
+    again = await request(world, requester, payer, 42, idempotency_key="r1")
+    assert again.replayed and again.id == first.id
     with pytest.raises(IdempotencyConflict):
         await request(world, requester, payer, 43, idempotency_key="r1")
     theirs = await request(world, other, payer, 42, idempotency_key="r1")

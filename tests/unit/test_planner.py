@@ -1,8 +1,12 @@
+import importlib
+import pkgutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+import core
 from core.errors import (
+    ERRORS_BY_CODE,
     AlreadyReversed,
     HoldExceeded,
     HoldNotPending,
@@ -11,6 +15,7 @@ from core.errors import (
     LedgerError,
     LinkedOperationFailed,
     NotReversible,
+    P2PRequestExpired,
     ReasonRequired,
 )
 from core.planner import (
@@ -183,9 +188,41 @@ def test_reversal_once_with_reason_and_never_of_a_reversal() -> None:
     assert isinstance(run([ReverseOperation(6, "x")], originals={6: reversal})[0], NotReversible)
 
 
+def error_tree(root: type[LedgerError] = LedgerError) -> list[type[LedgerError]]:
+    """``root`` and every class below it, at any depth (``__subclasses__`` is one level)."""
+    found = [root]
+    for sub in root.__subclasses__():
+        found += error_tree(sub)
+    return found
+
+
 def test_every_error_has_a_stable_code() -> None:
-    codes = [cls.code for cls in LedgerError.__subclasses__()]
-    assert len(codes) == len(set(codes))
+    """Every class of core's error tree names its own code (none inherits its parent's),
+    no two share one, and the replay registry maps each code back to exactly its class."""
+    classes = [c for c in error_tree() if c.__module__ == "core.errors"]
+    assert {HoldNotPending, LinkedOperationFailed, P2PRequestExpired} <= set(classes)
+    inherited = [c.__name__ for c in classes if "code" not in vars(c)]
+    assert not inherited, f"classes without a code of their own: {inherited}"
+    codes = [c.code for c in classes]
+    assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
+    assert {c.code: c for c in classes} == ERRORS_BY_CODE
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core.credentials defines its own UnknownUser with the code UNKNOWN_USER of "
+    "core.errors.UnknownUser, and its UnknownApiKey is not in ERRORS_BY_CODE (a remembered "
+    "failure with either code replays as another class)",
+)
+def test_error_codes_are_unique_across_all_of_core() -> None:
+    """Same rule for error classes defined anywhere in core, not only in core.errors."""
+    for module in pkgutil.walk_packages(core.__path__, "core."):
+        if ".migrations" not in module.name:
+            importlib.import_module(module.name)
+    classes = [c for c in error_tree() if c.__module__.startswith("core.")]
+    codes = [c.code for c in classes]
+    assert len(codes) == len(set(codes)), sorted(c for c in codes if codes.count(c) > 1)
+    assert {c.code: c for c in classes} == ERRORS_BY_CODE
 
 
 def test_validation_failures_are_not_stored_under_the_key() -> None:
