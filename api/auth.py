@@ -23,7 +23,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-from core.credentials import Credentials, UnknownUser, User
+from core.credentials import Credentials, User
+from core.errors import UnknownUser
 from core.types import Actor, Role
 
 API_KEY_HEADER = "X-API-Key"

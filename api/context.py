@@ -16,8 +16,7 @@ from api.auth import Principal
 from api.idempotency import Attempt, idempotent
 from api.services import Services
 from core.accounts import Account
-from core.credentials import UnknownUser
-from core.errors import UnknownAccount
+from core.errors import UnknownAccount, UnknownUser
 from core.types import Actor, Role
 
 

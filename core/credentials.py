@@ -19,21 +19,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import audit
-from core.errors import AlreadyExists, NotFound, ValidationError
+from core.errors import AlreadyExists, UnknownApiKey, UnknownUser, ValidationError
 from core.storage_errors import translate
 from core.types import Actor, Role
 
 KEY_PREFIX = "vo_"
 #: roles a person or service can hold (SYSTEM is the ledger's own actor, never a login)
 GRANTABLE_ROLES = frozenset(Role) - {Role.SYSTEM}
-
-
-class UnknownUser(NotFound):
-    code = "UNKNOWN_USER"
-
-
-class UnknownApiKey(NotFound):
-    code = "UNKNOWN_API_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,15 +228,6 @@ class Credentials:
             return None
         user = User(row.user_id, row.email, Role(row.user_role), row.status, row.user_created_at)
         return _key(row), user
-
-    async def get_api_key(self, key_id: str) -> ApiKey:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(text("SELECT * FROM api_keys WHERE id = :id"), {"id": key_id})
-            ).first()
-        if row is None:
-            raise UnknownApiKey(f"API key {key_id} does not exist", key_id=key_id)
-        return _key(row)
 
     async def revoke_api_key(self, key_id: str, *, actor: Actor) -> ApiKey:
         async with self.engine.begin() as conn:

@@ -186,6 +186,10 @@ class UnknownUser(NotFound):
     code = "UNKNOWN_USER"
 
 
+class UnknownApiKey(NotFound):
+    code = "UNKNOWN_API_KEY"
+
+
 class VaultNotFound(NotFound):
     """No such vault, or the actor is not a member (both answer the same: no leak)."""
 

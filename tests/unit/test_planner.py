@@ -208,12 +208,6 @@ def test_every_error_has_a_stable_code() -> None:
     assert {c.code: c for c in classes} == ERRORS_BY_CODE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.credentials defines its own UnknownUser with the code UNKNOWN_USER of "
-    "core.errors.UnknownUser, and its UnknownApiKey is not in ERRORS_BY_CODE (a remembered "
-    "failure with either code replays as another class)",
-)
 def test_error_codes_are_unique_across_all_of_core() -> None:
     """Same rule for error classes defined anywhere in core, not only in core.errors."""
     for module in pkgutil.walk_packages(core.__path__, "core."):
