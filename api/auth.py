@@ -54,10 +54,6 @@ class Principal:
     def may(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
 
-    @property
-    def is_staff_reader(self) -> bool:
-        return self.role in STAFF_READERS
-
     def actor(self, ip: str | None) -> Actor:
         who = f"user:{self.user_id}" + (f"/key:{self.key_id}" if self.key_id else "")
         return Actor(who, self.role, ip)

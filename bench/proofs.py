@@ -93,12 +93,12 @@ async def bench_serving(
     serve_ms, bundles = [], []
     for seq in picks:
         t = time.perf_counter()
-        bundles.append(await entry_proof_bundle(ledger.engine, seq))
+        bundles.append(await entry_proof_bundle(ledger, seq))
         serve_ms.append(1000 * (time.perf_counter() - t))
     balance_ms = []
     for account in accounts:
         t = time.perf_counter()
-        await balance_proof_bundle(ledger.engine, account, epoch)
+        await balance_proof_bundle(ledger, account, epoch)
         balance_ms.append(1000 * (time.perf_counter() - t))
     serve = statistics.median(serve_ms)
     line("entry proof bundle from stored levels", f"{serve:9.3f} ms median ({len(picks)})")

@@ -219,40 +219,6 @@ class Accounts:
             metadata=metadata,
         )
 
-    async def open_account(
-        self,
-        *,
-        asset: str,
-        kind: AccountKind,
-        actor: Actor,
-        owner_id: uuid.UUID | None = None,
-        code: str | None = None,
-        floor: int | None = 0,
-    ) -> int:
-        """Open one account. ``floor=None`` is unbounded; a credit line has ``-limit``."""
-        if floor is not None:
-            check_int64(floor, "floor")
-        try:
-            async with self.engine.begin() as conn:
-                return await self._insert(
-                    conn,
-                    asset=asset,
-                    kind=AccountKind(kind),
-                    owner_id=owner_id,
-                    code=code,
-                    floor=floor,
-                    actor=actor,
-                )
-        except DBAPIError as exc:
-            err = translate(exc)
-            if isinstance(err, AlreadyExists):
-                raise AlreadyExists(
-                    "that account already exists", asset=asset, kind=str(kind)
-                ) from exc
-            if "asset" in str(exc) and "assets" in str(exc):
-                raise UnknownAsset(f"asset {asset} does not exist", code=asset) from exc
-            raise err from exc
-
     async def ensure_wallet(
         self, owner_id: uuid.UUID, asset: str, *, actor: Actor
     ) -> dict[AccountKind, int]:

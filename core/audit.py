@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.errors import ValidationError
 from core.types import Actor
+
+if TYPE_CHECKING:
+    from core.ledger import Ledger
 
 _INSERT = text(
     "INSERT INTO audit_log (actor_id, actor_role, ip, action, entity_type, entity_id, "
@@ -79,7 +82,7 @@ def _audit_record(r: Any) -> AuditRecord:
 
 
 async def list_records(
-    engine: AsyncEngine,
+    ledger: Ledger,
     *,
     entity_type: str | None = None,
     entity_id: str | None = None,
@@ -114,6 +117,6 @@ async def list_records(
         + ("WHERE " + " AND ".join(where) + " " if where else "")
         + "ORDER BY id DESC LIMIT :limit"
     )
-    async with engine.connect() as conn:
+    async with ledger.engine.connect() as conn:
         rows = await conn.execute(text(sql), params)
         return [_audit_record(r) for r in rows]

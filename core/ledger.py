@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.accounts import Accounts
 from core.batcher import Batcher
-from core.db import create_engine, resolve_url
+from core.db import create_engine, resolve_url, schema_revision
 from core.errors import LedgerError
 from core.queries import Queries
 from core.reconcile import reconcile
@@ -223,5 +223,9 @@ class Ledger:
         return sum(1 for r in results if isinstance(r, HoldResult))
 
     # -- checks ---------------------------------------------------------------------------
+    async def schema_revision(self) -> str | None:
+        """The migration the schema is at (:class:`StorageError` when unreachable)."""
+        return await schema_revision(self.engine)
+
     async def reconcile(self) -> list[Drift]:
         return await reconcile(self.engine)

@@ -16,10 +16,9 @@ ledger, so a row changed after sealing yields a bundle that does not verify; wit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.anchors import ANCHOR_SELECT, AnchorRecord, anchor_from_row
 from core.epochs import BALANCE_TREE, ENTRY_TREE, EpochRoots, raw_connection, roots_from_row
@@ -34,6 +33,9 @@ from core.errors import (
 )
 from merkle.leaves import BalanceLeaf, EntryLeaf
 from merkle.tree import verify
+
+if TYPE_CHECKING:
+    from core.ledger import Ledger
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -67,12 +69,12 @@ def anchor_view(record: AnchorRecord) -> dict[str, Any]:
 
 
 async def list_anchors(
-    engine: AsyncEngine, *, limit: int = 100, before_epoch: int | None = None
+    ledger: Ledger, *, limit: int = 100, before_epoch: int | None = None
 ) -> list[dict[str, Any]]:
     """Sealed epochs with their anchors, newest first; page with ``before_epoch``."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationError(f"limit must be between 1 and {MAX_PAGE}", limit=limit)
-    async with raw_connection(engine) as conn:
+    async with raw_connection(ledger.engine) as conn:
         rows = await conn.fetch(
             ANCHOR_SELECT + "WHERE $1::bigint IS NULL OR a.epoch < $1 "
             "ORDER BY a.epoch DESC LIMIT $2",
@@ -82,10 +84,10 @@ async def list_anchors(
     return [anchor_view(anchor_from_row(r)) for r in rows]
 
 
-async def entry_account(engine: AsyncEngine, seq: int) -> int | None:
+async def entry_account(ledger: Ledger, seq: int) -> int | None:
     """The account of the entry ``seq`` (None: no such entry) -- the API's ownership check
     runs before the bundle is built, so a stranger learns nothing about the entry's epoch."""
-    async with raw_connection(engine) as conn:
+    async with raw_connection(ledger.engine) as conn:
         found: int | None = await conn.fetchval(
             "SELECT account_id FROM ledger_entries WHERE seq = $1", seq
         )
@@ -151,15 +153,13 @@ def _check(
         raise LedgerIntegrityError(f"{what} no longer matches the sealed root")
 
 
-async def entry_proof_bundle(
-    engine: AsyncEngine, seq: int, *, check: bool = True
-) -> dict[str, Any]:
+async def entry_proof_bundle(ledger: Ledger, seq: int, *, check: bool = True) -> dict[str, Any]:
     """The proof bundle of the entry ``seq`` against its epoch's ``entriesRoot``.
 
     Raises UNKNOWN_ENTRY (404), EPOCH_NOT_SEALED (409) while its epoch is open or not hashed
     yet, LEDGER_INTEGRITY (500, only with ``check``) if the entry changed since sealing.
     """
-    async with raw_connection(engine) as conn:
+    async with raw_connection(ledger.engine) as conn:
         row = await conn.fetchrow(
             "SELECT seq, operation_id, account_id, asset, amount, balance_after, epoch "
             "FROM ledger_entries WHERE seq = $1",
@@ -193,14 +193,14 @@ async def entry_proof_bundle(
 
 
 async def balance_proof_bundle(
-    engine: AsyncEngine, account_id: int, epoch: int, *, check: bool = True
+    ledger: Ledger, account_id: int, epoch: int, *, check: bool = True
 ) -> dict[str, Any]:
     """The proof bundle of ``account_id``'s balance at the end of ``epoch`` (``balancesRoot``).
 
     Raises UNKNOWN_ACCOUNT / UNKNOWN_EPOCH / NOT_FOUND (404: the account had no entry by the
     end of the epoch, so it has no leaf), EPOCH_NOT_SEALED (409), LEDGER_INTEGRITY (500).
     """
-    async with raw_connection(engine) as conn:
+    async with raw_connection(ledger.engine) as conn:
         asset = await conn.fetchval("SELECT asset FROM accounts WHERE id = $1", account_id)
         if asset is None:
             raise UnknownAccount(f"account {account_id} does not exist", account_id=account_id)

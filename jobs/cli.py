@@ -30,7 +30,7 @@ async def _anchor_now(ns: argparse.Namespace) -> int:
     settings = anchor_settings()
     async with wiring.ledger() as led, wiring.anchoring(led, settings, ns.confirmations) as job:
         records, pending = await anchor_until_final(
-            job, wait_s=0 if ns.no_wait else settings.wait_timeout_s, force_seal=ns.allow_empty
+            led, job, wait_s=0 if ns.no_wait else settings.wait_timeout_s, force_seal=ns.allow_empty
         )
     print(json.dumps(records, indent=2))
     if pending:

@@ -4,7 +4,7 @@
 * :func:`p2p_housekeeping`: expire due P2P requests (:func:`core.p2p.expire_due`) and finish
   settlements a crash interrupted (:func:`core.p2p.resume_settling`);
 * :func:`prune_policy_usage`: delete the rolling-limit buckets no window counts any more
-  (:func:`core.policy.store.prune_usage`).
+  (:func:`core.policy.versions.prune_expired_usage`).
 
 Each returns what it did (counts), for the log and the tests.
 """
@@ -14,9 +14,8 @@ from __future__ import annotations
 import logging
 
 from core import p2p
-from core.epochs import raw_connection
 from core.ledger import Ledger
-from core.policy.store import prune_usage
+from core.policy.versions import prune_expired_usage
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ async def p2p_housekeeping(ledger: Ledger) -> tuple[int, int]:
 
 
 async def prune_policy_usage(ledger: Ledger) -> int:
-    async with raw_connection(ledger.engine) as conn:
-        pruned = await prune_usage(conn)
+    pruned = await prune_expired_usage(ledger)
     if pruned:
         log.warning("pruned %d expired policy usage buckets", pruned)
     return pruned

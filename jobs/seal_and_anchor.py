@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from chain.evm.client import ChainError
+from core.ledger import Ledger
 from core.proofs import list_anchors
 from jobs.anchor import AnchorJob
 
@@ -37,8 +38,8 @@ async def confirm_anchors(job: AnchorJob) -> None:
 
 
 async def anchor_until_final(
-    job: AnchorJob, *, wait_s: float, force_seal: bool
+    ledger: Ledger, job: AnchorJob, *, wait_s: float, force_seal: bool
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """(the latest anchors, the epochs not final yet when ``wait_s`` ran out)."""
     pending = await job.run_until_final(deadline_s=wait_s, poll=1.0, force_seal=force_seal)
-    return await list_anchors(job.engine, limit=5), [p.epoch for p in pending]
+    return await list_anchors(ledger, limit=5), [p.epoch for p in pending]

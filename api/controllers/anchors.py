@@ -39,9 +39,7 @@ class AnchorController(Controller):
     ) -> AnchorListRead:
         """Sealed epochs with their roots, header and anchor (tx hash, block, status),
         newest first; the next page: ``before_epoch=<next_cursor>``."""
-        found = await proofs.list_anchors(
-            ctx.svc.ledger.engine, limit=limit, before_epoch=before_epoch
-        )
+        found = await proofs.list_anchors(ctx.svc.ledger, limit=limit, before_epoch=before_epoch)
         anchors = msgspec.convert(found, list[AnchorRead])
         last = anchors[-1].epoch if anchors else None
         more = len(anchors) == limit and last is not None and last > 1
@@ -56,12 +54,12 @@ class ProofController(Controller):
     async def entry_proof(self, ctx: NamedDependency[Ctx], seq: BigId) -> ProofBundleRead:
         """The proof bundle of one ledger entry against its epoch's ``entriesRoot``
         (409 EPOCH_NOT_SEALED while its epoch is open or not hashed yet)."""
-        engine = ctx.svc.ledger.engine
+        ledger = ctx.svc.ledger
         if ctx.is_user:
-            account_id = await proofs.entry_account(engine, seq)
+            account_id = await proofs.entry_account(ledger, seq)
             if account_id is None or not ctx.owns(await ctx.svc.account(account_id)):
                 raise UnknownEntry(f"entry {seq} does not exist", seq=seq)
-        bundle = await proofs.entry_proof_bundle(engine, seq)
+        bundle = await proofs.entry_proof_bundle(ledger, seq)
         return msgspec.convert(bundle, ProofBundleRead)
 
     @get("/balances/{account_id:int}", guards=[allow(PROOF_READERS | {USER}, scope="read")])
@@ -74,7 +72,7 @@ class ProofController(Controller):
         """The proof bundle of an account's balance at the end of ``epoch`` against that
         epoch's ``balancesRoot``."""
         await ctx.readable_account(account_id)
-        bundle = await proofs.balance_proof_bundle(ctx.svc.ledger.engine, account_id, epoch)
+        bundle = await proofs.balance_proof_bundle(ctx.svc.ledger, account_id, epoch)
         return msgspec.convert(bundle, ProofBundleRead)
 
 

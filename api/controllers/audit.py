@@ -44,7 +44,7 @@ class AuditController(Controller):
         """Audit records, e.g. ``?entity_type=policy&entity_id=7`` or
         ``?actor_id=user:<uuid>``."""
         found = await audit.list_records(
-            ctx.svc.ledger.engine,
+            ctx.svc.ledger,
             entity_type=entity_type,
             entity_id=entity_id,
             actor_id=actor_id,

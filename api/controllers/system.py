@@ -11,7 +11,6 @@ from api.auth import PUBLIC
 from api.errors import ApiError
 from api.schemas.system import HealthRead, ReadyRead
 from api.services import Services
-from core.db import schema_revision
 from core.errors import StorageError
 
 OPT = {**PUBLIC, "rate_group": None}
@@ -27,7 +26,7 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
     svc: Services = request.app.state.services
     expected: str | None = request.app.state.schema_head
     try:
-        current = await schema_revision(svc.ledger.engine)
+        current = await svc.ledger.schema_revision()
     except StorageError as exc:
         raise ApiError(503, "NOT_READY", "database unreachable") from exc
     if current != expected:

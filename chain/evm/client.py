@@ -22,7 +22,7 @@ from typing import Any, cast
 
 from eth_account.signers.local import LocalAccount
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
-from eth_typing import ChecksumAddress, HexStr
+from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
 from web3.exceptions import TransactionNotFound, Web3Exception
@@ -294,7 +294,3 @@ class EvmClient:
             return int(await self.w3.eth.get_transaction_count(self._signer.address, "latest"))
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"eth_getTransactionCount failed: {exc}") from exc
-
-
-def checksum(address: str) -> ChecksumAddress:
-    return AsyncWeb3.to_checksum_address(address)

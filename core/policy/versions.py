@@ -14,10 +14,11 @@ import asyncpg
 from sqlalchemy import text
 
 from core import audit
+from core.epochs import raw_connection
 from core.errors import Forbidden, LedgerError, ReasonRequired, UnknownAsset, UnknownPolicy
 from core.planner import PlannedOperation, plan_batch
 from core.policy.rules import FeeRule, document_to_json, parse_document
-from core.policy.store import READ_BALANCES, account_state
+from core.policy.store import READ_BALANCES, account_state, prune_usage
 from core.posting import BalanceBook
 from core.types import Actor, OperationType, PostOperation, Role, SystemAccount
 
@@ -276,3 +277,9 @@ async def dry_run(ledger: Ledger, command: PostOperation) -> DryRun:
         tuple(applied.fees) if applied else (),
         tuple(outcome.entries),
     )
+
+
+async def prune_expired_usage(ledger: Ledger) -> int:
+    """Delete the rolling-limit buckets no window counts any more; returns how many."""
+    async with raw_connection(ledger.engine) as conn:
+        return await prune_usage(conn)

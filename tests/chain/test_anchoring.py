@@ -148,14 +148,14 @@ async def test_seal_anchor_confirm_finalize_and_verify_bundles(
     r2 = await get_roots(ledger.engine, 2)
     r1 = await get_roots(ledger.engine, 1)
     assert r1 is not None and r2 is not None and r2.prev_header == r1.header
-    assert [a["status"] for a in await list_anchors(ledger.engine)] == ["FINALIZED"] * 2
+    assert [a["status"] for a in await list_anchors(ledger)] == ["FINALIZED"] * 2
 
     # bundles verify offline and on chain, through the CLI
-    bundles = [await entry_proof_bundle(ledger.engine, s) for s in (seqs[0], seqs2[-1])]
+    bundles = [await entry_proof_bundle(ledger, s) for s in (seqs[0], seqs2[-1])]
     record2 = await get_anchor(ledger.engine, 2)
     assert record2 is not None
     account = record2.roots.balance_count and bundles[1]["leaf"]["account_id"]
-    bundles.append(await balance_proof_bundle(ledger.engine, account, 2))
+    bundles.append(await balance_proof_bundle(ledger, account, 2))
     for i, bundle in enumerate(bundles):
         assert bundle["anchor"]["tx_hash"] is not None
         assert bundle["anchor"]["chain_id"] == w3.eth.chain_id
@@ -182,7 +182,7 @@ async def test_tampered_entry_bundle_fails_verification(
         await conn.execute("ALTER TABLE ledger_entries ENABLE TRIGGER USER")
     finally:
         await conn.close()
-    bundle = await entry_proof_bundle(ledger.engine, seqs[1], check=False)
+    bundle = await entry_proof_bundle(ledger, seqs[1], check=False)
     path = tmp_path / "tampered.json"
     path.write_text(json.dumps(bundle))
     assert verify_main("verify", [str(path)]) == 1

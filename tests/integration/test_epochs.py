@@ -141,7 +141,7 @@ async def test_seal_computes_roots_header_chain_and_proofs(fresh: Ledger) -> Non
 
     # every entry's proof, served from the stored levels, verifies against the root
     for e in entries:
-        bundle = await entry_proof_bundle(fresh.engine, e.seq)
+        bundle = await entry_proof_bundle(fresh, e.seq)
         assert bundle["leaf_hash"] == "0x" + e.hash().hex()
         proof = [bytes.fromhex(p[2:]) for p in bundle["proof"]]
         assert proof == entry_tree(entries).proof(entries.index(e))
@@ -149,14 +149,14 @@ async def test_seal_computes_roots_header_chain_and_proofs(fresh: Ledger) -> Non
         assert bundle["header"]["header_hash"] == "0x" + r1.header.hex()
         assert bundle["anchor"]["status"] == "SEALED"
     for acc in accounts:
-        bundle = await balance_proof_bundle(fresh.engine, acc, 2)
+        bundle = await balance_proof_bundle(fresh, acc, 2)
         leaf = bundle["leaf"]
         assert leaf["epoch"] == 2
         assert int(leaf["balance"]) == (await fresh.queries.balance(acc)).posted
         proof = [bytes.fromhex(p[2:]) for p in bundle["proof"]]
         assert verify(r2.balances_root, bytes.fromhex(bundle["leaf_hash"][2:]), proof)
 
-    anchors = await list_anchors(fresh.engine)
+    anchors = await list_anchors(fresh)
     assert [a["epoch"] for a in anchors] == [2, 1]
     record = await get_anchor(fresh.engine, 1)
     assert record is not None and record.status == "SEALED"
@@ -166,20 +166,20 @@ async def test_bundle_errors(fresh: Ledger) -> None:
     world = await make_world(fresh)
     acc = await world.funded(10)
     with pytest.raises(UnknownEntry):
-        await entry_proof_bundle(fresh.engine, 10**12)
+        await entry_proof_bundle(fresh, 10**12)
     async with raw_connection(fresh.engine) as conn:
         seq = await conn.fetchval("SELECT max(seq) FROM ledger_entries")
     with pytest.raises(EpochNotSealed) as info:
-        await entry_proof_bundle(fresh.engine, seq)
+        await entry_proof_bundle(fresh, seq)
     assert (info.value.code, info.value.status) == ("EPOCH_NOT_SEALED", 409)
     await seal_open_epoch(fresh.engine)
     with pytest.raises(EpochNotSealed):  # sealed, roots not computed yet
-        await balance_proof_bundle(fresh.engine, acc, 1)
+        await balance_proof_bundle(fresh, acc, 1)
     await compute_pending_roots(fresh.engine, LEDGER_ID)
     fresh_wallet = await world.user_wallet()
     untouched = next(iter(fresh_wallet.values()))
     with pytest.raises(NotFound):
-        await balance_proof_bundle(fresh.engine, untouched, 1)
+        await balance_proof_bundle(fresh, untouched, 1)
 
 
 async def test_roots_computed_late_hold_the_balances_at_each_epoch_cut(fresh: Ledger) -> None:
@@ -299,7 +299,7 @@ async def test_writers_during_repeated_sealing_every_entry_in_exactly_one_epoch(
     # the last balances tree matches the live balances of every touched account
     last = roots[-1]
     for acc in accounts:
-        bundle = await balance_proof_bundle(fresh.engine, acc, last.epoch)
+        bundle = await balance_proof_bundle(fresh, acc, last.epoch)
         assert int(bundle["leaf"]["balance"]) == (await fresh.queries.balance(acc)).posted
     assert await world.total() == 0
 
@@ -311,7 +311,7 @@ async def test_tampered_entry_no_longer_matches_the_sealed_root(fresh: Ledger) -
     await seal_open_epoch(fresh.engine)
     await compute_pending_roots(fresh.engine, LEDGER_ID)
     seq = op.entries[0].seq
-    good = await entry_proof_bundle(fresh.engine, seq)
+    good = await entry_proof_bundle(fresh, seq)
     conn = await raw_connect(await _url(fresh))
     try:
         await conn.execute("SET session_replication_role = replica")
@@ -319,8 +319,8 @@ async def test_tampered_entry_no_longer_matches_the_sealed_root(fresh: Ledger) -
     finally:
         await conn.close()
     with pytest.raises(LedgerIntegrityError):
-        await entry_proof_bundle(fresh.engine, seq)
-    bad = await entry_proof_bundle(fresh.engine, seq, check=False)
+        await entry_proof_bundle(fresh, seq)
+    bad = await entry_proof_bundle(fresh, seq, check=False)
     assert bad["proof"] == good["proof"] and bad["leaf_hash"] != good["leaf_hash"]
     root = bytes.fromhex(bad["header"]["entries_root"][2:])
     proof = [bytes.fromhex(p[2:]) for p in bad["proof"]]
