@@ -21,6 +21,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.epochs import raw_connection
+from core.types import ChainIntent
 
 __all__ = [
     "UNFINISHED",
@@ -30,6 +31,7 @@ __all__ = [
     "enqueue",
     "get_tx",
     "get_tx_by_ref",
+    "insert_intent",
     "opt_bytes",
     "sign_and_store",
     "transition",
@@ -156,6 +158,19 @@ async def enqueue(
     if not same:
         raise ValueError(f"chain tx {purpose}/{ref} exists with another call")
     return int(existing["id"])
+
+
+async def insert_intent(conn: asyncpg.Connection, intent: ChainIntent, *, detail: str) -> int:
+    """Store ``intent`` (BUILT) on ``conn``, in the caller's transaction; a ``purpose`` +
+    ``ref`` already taken is a unique violation (the caller's whole transaction fails)."""
+    tx_id: int = await conn.fetchval(
+        "INSERT INTO chain_txs (purpose, ref, chain_id, to_address, data, value_wei, status) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'BUILT') RETURNING id",
+        intent.purpose, intent.ref, intent.chain_id, intent.to_address, intent.data,
+        intent.value_wei,
+    )  # fmt: skip
+    await conn.execute(_EVENT, tx_id, None, TxStatus.BUILT, None, detail)
+    return tx_id
 
 
 async def get_tx(engine: AsyncEngine, tx_id: int) -> ChainTx | None:

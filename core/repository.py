@@ -32,6 +32,7 @@ import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.chain_txs import insert_intent
 from core.errors import (
     LedgerError,
     StorageError,
@@ -59,6 +60,7 @@ from core.types import (
     HoldStatus,
     OperationStatus,
     OperationType,
+    PostOperation,
     Result,
     VoidHold,
 )
@@ -484,6 +486,7 @@ class LedgerStore:
                 columns=["key", "request_hash", "outcome", "created_at"],
             )
         await self._update_sagas(conn, plan, now)
+        await _write_chain_intents(conn, plan, commands)
         return results
 
     @staticmethod
@@ -662,3 +665,16 @@ async def recompute_sagas(conn: asyncpg.Connection, ids: Sequence[UUID], now: da
             [c[1] for c in changes],
             now,
         )
+
+
+async def _write_chain_intents(
+    conn: asyncpg.Connection, plan: Plan, commands: Sequence[Command]
+) -> None:
+    """The outbox rows the batch's new operations commit to (a replay writes none: its row
+    exists since the first time). A taken ``purpose`` + ``ref`` fails that command alone
+    (ALREADY_EXISTS, see ``_isolate``)."""
+    for op in plan.operations:
+        command = commands[op.item]
+        intent = command.chain_intent if isinstance(command, PostOperation) else None
+        if intent is not None:
+            await insert_intent(conn, intent, detail=f"operation {op.id}")

@@ -71,6 +71,9 @@ class OperationType(StrEnum):
     FEE = "FEE"
     INTERNAL_MOVE = "INTERNAL_MOVE"  # between one's own compartments and vaults
     P2P_SETTLEMENT = "P2P_SETTLEMENT"  # a payer accepting a peer's request for funds
+    BRIDGE_OUT = "BRIDGE_OUT"  # a user's credits leave for a chain: AVAILABLE -> IN_FLIGHT
+    BRIDGE_OUT_FINAL = "BRIDGE_OUT_FINAL"  # the mint is final: IN_FLIGHT -> BRIDGED_OUT
+    BRIDGE_OUT_REFUND = "BRIDGE_OUT_REFUND"  # the mint proved impossible: IN_FLIGHT -> user
 
 
 #: Operation types that need a written reason (audited as sensitive).
@@ -150,6 +153,24 @@ def request_hash(kind: str, payload: Any) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainIntent:
+    """An on-chain transaction an operation commits to: stored as a BUILT row of the outbox
+    (``core.chain_txs``) in the same database transaction as the operation, so the two exist
+    together or not at all; ``purpose`` + ``ref`` name it."""
+
+    purpose: str
+    ref: str
+    chain_id: int
+    to_address: str
+    data: bytes
+    value_wei: int = 0
+
+    def hash_fields(self) -> list[Any]:
+        return [self.purpose, self.ref, self.chain_id, self.to_address.lower(),
+                self.data.hex(), self.value_wei]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class PostOperation:
     type: OperationType
     entries: tuple[EntrySpec, ...]
@@ -158,18 +179,20 @@ class PostOperation:
     metadata: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     transaction_id: UUID | None = None
+    #: an outbox row written with the operation (a bridge's mint)
+    chain_intent: ChainIntent | None = None
 
     def request_hash(self) -> bytes:
-        return request_hash(
-            "post",
-            {
-                "type": self.type.value,
-                "entries": [[e.account_id, e.asset, e.amount, e.side.value] for e in self.entries],
-                "metadata": self.metadata,
-                "reason": self.reason,
-                "transaction_id": str(self.transaction_id) if self.transaction_id else None,
-            },
-        )
+        payload: dict[str, Any] = {
+            "type": self.type.value,
+            "entries": [[e.account_id, e.asset, e.amount, e.side.value] for e in self.entries],
+            "metadata": self.metadata,
+            "reason": self.reason,
+            "transaction_id": str(self.transaction_id) if self.transaction_id else None,
+        }
+        if self.chain_intent is not None:  # absent: the hash of every earlier command holds
+            payload["chain_intent"] = self.chain_intent.hash_fields()
+        return request_hash("post", payload)
 
 
 @dataclass(frozen=True, slots=True)
