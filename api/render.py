@@ -8,10 +8,13 @@ from api.schemas.accounts import HistoryEntryRead, HistoryRead
 from api.schemas.credits import EntryRead, OperationRead
 from api.schemas.deposits import SagaOperationRead, TransactionRead
 from api.schemas.holds import HoldRead
+from api.schemas.policies import DenialRead, DryRunRead, FeeRead, PolicyVersionRead, PostingRead
 from api.services import Services
+from core.errors import PolicyDenied
 from core.flows import Transaction
+from core.policy.versions import DryRun
 from core.queries import HistoryPage, HoldView, OperationView
-from core.types import HoldResult, OperationResult
+from core.types import HoldResult, OperationResult, OperationType
 
 POSTINGS = Counter("valueos_api_postings", "Ledger operations posted through the API", ["type"])
 
@@ -102,4 +105,35 @@ def transaction(tx: Transaction) -> TransactionRead:
         external_reference=tx.external_reference,
         created_at=tx.created_at,
         operations=[SagaOperationRead(i, t, s) for i, t, s in tx.operations],
+    )
+
+
+async def dry_run(svc: Services, type_: OperationType, outcome: DryRun) -> DryRunRead:
+    """What an operation would do: allowed or the denial (code, rule, policy version), its
+    fees and postings."""
+    denial = None
+    if outcome.error is not None:
+        err = outcome.error
+        denied = isinstance(err, PolicyDenied)
+        denial = DenialRead(
+            err.code,
+            err.message,
+            err.details.get("policy_id") if denied else None,
+            err.details.get("version") if denied else None,
+            err.details.get("rule") if denied else None,
+            err.details.get("rule_kind") if denied else None,
+        )
+    return DryRunRead(
+        allowed=outcome.allowed,
+        operation_type=type_,
+        denial=denial,
+        policies=[PolicyVersionRead(p, v) for p, v in outcome.policies],
+        fees=[
+            FeeRead(asset, await svc.fmt(fee, asset), account)
+            for asset, fee, account in outcome.fees
+        ],
+        postings=[
+            PostingRead(account, asset, await svc.fmt(amt, asset), await svc.fmt(after, asset))
+            for account, asset, amt, after in outcome.entries
+        ],
     )

@@ -5,6 +5,7 @@ writer."""
 from __future__ import annotations
 
 from api.settings import ApiSettings
+from core.bridges.erc20 import BridgeOuts
 from core.credentials import Credentials
 from core.directory import Directory
 from core.ledger import Ledger
@@ -18,6 +19,7 @@ class Services(Directory):
         self.settings = settings
         self.credentials = Credentials(ledger.engine)
         self.payments = Payments(self)
+        self.bridge_outs = BridgeOuts(self)
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
 

@@ -216,6 +216,23 @@ class P2PRequestExpired(P2PRequestNotPending):
     code = "P2P_REQUEST_EXPIRED"
 
 
+# -- bridges ----------------------------------------------------------------------------------
+class UnknownBridgeToken(NotFound):
+    code = "UNKNOWN_BRIDGE_TOKEN"
+
+
+class BridgePaused(Conflict):
+    code = "BRIDGE_PAUSED"
+
+
+class InvalidAddress(ValidationError):
+    code = "INVALID_ADDRESS"
+
+
+class UnknownBridgeOut(NotFound):
+    code = "UNKNOWN_BRIDGE_OUT"
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

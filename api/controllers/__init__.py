@@ -30,6 +30,7 @@ MODULES: tuple[str, ...] = (
     "policies",
     "anchors",
     "audit",
+    "bridges",
 )
 
 

@@ -18,22 +18,19 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
+from api import render
 from api.auth import ADMIN, COMPLIANCE, EVERYONE, STAFF_READERS, allow
 from api.context import Ctx
 from api.idempotency import Attempt
 from api.schemas.common import ReasonCreate
 from api.schemas.policies import (
-    DenialRead,
     DryRunCreate,
     DryRunRead,
-    FeeRead,
     PolicyCreate,
     PolicyRead,
     PolicyRetire,
-    PolicyVersionRead,
-    PostingRead,
 )
-from core.errors import InvalidPolicy, PolicyDenied, UnknownPolicy
+from core.errors import InvalidPolicy, UnknownPolicy
 from core.policy import versions
 from core.policy.rules import json_schema
 from core.policy.versions import PolicyRecord
@@ -168,34 +165,7 @@ class PolicyController(Controller):
         recipient's wallet is opened if they have none, as a transfer would)."""
         payer = ctx.principal.user_id if ctx.is_user else None
         outcome = await ctx.svc.payments.dry_run(payer, ctx.actor, data.order())
-        denial = None
-        if outcome.error is not None:
-            err = outcome.error
-            denied = isinstance(err, PolicyDenied)
-            denial = DenialRead(
-                err.code,
-                err.message,
-                err.details.get("policy_id") if denied else None,
-                err.details.get("version") if denied else None,
-                err.details.get("rule") if denied else None,
-                err.details.get("rule_kind") if denied else None,
-            )
-        return DryRunRead(
-            allowed=outcome.allowed,
-            operation_type=OperationType.TRANSFER,
-            denial=denial,
-            policies=[PolicyVersionRead(p, v) for p, v in outcome.policies],
-            fees=[
-                FeeRead(asset, await ctx.svc.fmt(fee, asset), account)
-                for asset, fee, account in outcome.fees
-            ],
-            postings=[
-                PostingRead(
-                    account, asset, await ctx.svc.fmt(amt, asset), await ctx.svc.fmt(after, asset)
-                )
-                for account, asset, amt, after in outcome.entries
-            ],
-        )
+        return await render.dry_run(ctx.svc, OperationType.TRANSFER, outcome)
 
 
 ROUTES = [PolicyController]

@@ -1,0 +1,153 @@
+"""The ERC-20 bridge: bridge-outs (a USER's vCredits leave for their token on Ethereum), their
+dry run and state, and the tokens (registered and paused by staff).
+
+A bridge-out answers 201 once the debit and its mint are stored together; the mint is then
+sent, confirmed and finalized by the worker (``GET .../out/{id}`` follows it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+
+from api import render
+from api.auth import ADMIN, EVERYONE, OPS, STAFF_READERS, USER, allow
+from api.context import Ctx
+from api.idempotency import Attempt
+from api.schemas.bridges import (
+    BridgeOutCreate,
+    BridgeOutPageRead,
+    BridgeOutRead,
+    BridgePause,
+    BridgeTokenCreate,
+    BridgeTokenRead,
+)
+from api.schemas.policies import DryRunRead
+from core.bridges import erc20, tokens
+from core.bridges.erc20 import BridgeOutView
+from core.bridges.tokens import BridgeToken
+from core.types import OperationType
+
+BridgeId = Annotated[str, PathParameter(pattern=r"^[0-9a-f]{64}$")]
+Asset = Annotated[str, PathParameter(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
+STAFF = [allow({ADMIN, OPS}, scope="admin")]
+
+
+async def out_read(ctx: Ctx, v: BridgeOutView) -> BridgeOutRead:
+    return BridgeOutRead(
+        v.id, v.user, v.asset, await ctx.svc.fmt(v.amount, v.asset), str(v.token_amount),
+        v.to_address, v.chain_id, v.token, v.state, v.tx_status,
+        None if v.tx_hash is None else "0x" + v.tx_hash.hex(), v.block_number,
+        v.debit_operation, v.settle_operation, v.created_at,
+    )  # fmt: skip
+
+
+def token_read(t: BridgeToken) -> BridgeTokenRead:
+    return BridgeTokenRead(t.asset, t.chain_id, t.address, t.decimals, t.paused, t.pause_reason)
+
+
+class BridgeOutController(Controller):
+    path = "/api/v1/bridges/erc20"
+    tags = ["bridges"]
+
+    @post("/out", guards=[allow({USER}, scope="payments")])
+    async def bridge_out(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[BridgeOutCreate]
+    ) -> Response[BridgeOutRead]:
+        """Debit the caller's AVAILABLE account into the asset's in-flight account and store
+        the mint of the same amount to ``to_address``, together; the policy engine evaluates
+        it as a BRIDGE_OUT operation first."""
+
+        async def run(a: Attempt) -> BridgeOutRead:
+            view = await ctx.svc.bridge_outs.bridge_out(
+                ctx.principal.user_id, ctx.actor, data.order(), key=a.core_key
+            )
+            return await out_read(ctx, view)
+
+        return await ctx.once(data, run)
+
+    @post("/out/dry-run", guards=[allow({USER}, scope="read")], status_code=200)
+    async def dry_run(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[BridgeOutCreate]
+    ) -> DryRunRead:
+        """What this bridge-out would do now (policies, fees, postings); writes nothing."""
+        outcome = await ctx.svc.bridge_outs.dry_run(ctx.principal.user_id, ctx.actor, data.order())
+        return await render.dry_run(ctx.svc, OperationType.BRIDGE_OUT, outcome)
+
+    @get("/out/{bridge_id:str}", guards=[allow(EVERYONE, scope="read")])
+    async def get_out(self, ctx: NamedDependency[Ctx], bridge_id: BridgeId) -> BridgeOutRead:
+        """A bridge-out's state (a USER: only their own)."""
+        user = ctx.principal.user_id if ctx.is_user else None
+        return await out_read(ctx, await erc20.get_bridge_out(ctx.svc.ledger, bridge_id, user=user))
+
+    @get("/out", guards=[allow({USER}, scope="read")])
+    async def list_out(
+        self,
+        ctx: NamedDependency[Ctx],
+        cursor: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=erc20.MAX_PAGE)] = 50,
+    ) -> BridgeOutPageRead:
+        """The caller's bridge-outs, newest first (``cursor``: the last page's next_cursor)."""
+        found = await erc20.list_bridge_outs(
+            ctx.svc.ledger, ctx.principal.user_id, before_operation=cursor, limit=limit
+        )
+        more = len(found) == limit
+        return BridgeOutPageRead(
+            [await out_read(ctx, v) for v in found], found[-1].debit_operation if more else None
+        )
+
+
+class BridgeTokenController(Controller):
+    path = "/api/v1/bridges/erc20/tokens"
+    tags = ["bridges"]
+
+    @post("/", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
+    async def register(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[BridgeTokenCreate]
+    ) -> Response[BridgeTokenRead]:
+        """Record the token contract of an asset (deployed by ``valueos deploy-token``)."""
+
+        async def run(_: Attempt) -> BridgeTokenRead:
+            token = await tokens.register_token(
+                ctx.svc.ledger, asset=data.asset, chain_id=data.chain_id,
+                address=erc20.check_address(data.address), decimals=data.decimals,
+                actor=ctx.actor,
+            )  # fmt: skip
+            return token_read(token)
+
+        return await ctx.once(data, run)
+
+    @get("/{asset:str}", guards=[allow(STAFF_READERS | {USER}, scope="read")])
+    async def get_token(self, ctx: NamedDependency[Ctx], asset: Asset) -> BridgeTokenRead:
+        return token_read(await tokens.get_token(ctx.svc.ledger, asset))
+
+    @post("/{asset:str}/pause", guards=STAFF, status_code=200, opt={"rate_group": "admin"})
+    async def pause(
+        self, ctx: NamedDependency[Ctx], asset: Asset, data: JSONBody[BridgePause]
+    ) -> Response[BridgeTokenRead]:
+        """Stop bridge-outs of ``asset`` (the mints already stored still complete)."""
+
+        async def run(_: Attempt) -> BridgeTokenRead:
+            token = await tokens.set_paused(
+                ctx.svc.ledger, asset, paused=True, reason=data.reason, actor=ctx.actor
+            )
+            return token_read(token)
+
+        return await ctx.once(data, run, status_code=200)
+
+    @post("/{asset:str}/resume", guards=STAFF, status_code=200, opt={"rate_group": "admin"})
+    async def resume(
+        self, ctx: NamedDependency[Ctx], asset: Asset, data: JSONBody[BridgePause]
+    ) -> Response[BridgeTokenRead]:
+        async def run(_: Attempt) -> BridgeTokenRead:
+            token = await tokens.set_paused(
+                ctx.svc.ledger, asset, paused=False, reason=data.reason, actor=ctx.actor
+            )
+            return token_read(token)
+
+        return await ctx.once(data, run, status_code=200)
+
+
+ROUTES = [BridgeOutController, BridgeTokenController]
