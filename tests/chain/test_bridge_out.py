@@ -1,0 +1,213 @@
+"""ERC-20 bridge-out end to end on a real anvil with the real BridgeToken: the debit and its
+mint stored together, the outbox sending it, the settlement; a reverted mint refunded; and a
+real worker process SIGKILLed after each step of a bridge-out -> exactly one mint, one
+settlement, value conserved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chain.evm.bridge_token import BridgeTokenClient, deploy_bridge_token
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from chain.evm.client import EvmClient, connect
+from chain.evm.outbox import Outbox
+from core.bridges.erc20 import BridgeOutOrder, BridgeOuts, BridgeOutState, get_bridge_out
+from core.bridges.tokens import register_token
+from core.directory import Directory
+from core.ledger import Ledger
+from core.types import AccountKind, OperationType, SystemAccount
+from jobs.bridge_out import bridge_out_pass
+from merkle.tree import keccak256
+from tests.chain.bridge_driver import AMOUNT, TO, USER_ACTOR
+from tests.chain.conftest import await_automine, rpc
+from tests.conftest import ADMIN, World, make_world, settings_for
+from tests.support import create_database, drop_database
+
+pytestmark = pytest.mark.chain
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNDED = 100_00  # 100.00 at scale 2
+MOVED = 12_34
+TOKEN_UNITS = 12_340_000  # 6 decimals
+
+
+@pytest.fixture
+async def db_url() -> AsyncIterator[str]:
+    url = await create_database()
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def ledger(db_url: str) -> AsyncIterator[Ledger]:
+    led = Ledger.connect(settings_for(db_url))
+    try:
+        yield led
+    finally:
+        await led.close()
+
+
+@pytest.fixture
+def minter(dev_keys: list[str]) -> LocalAccount:
+    account: LocalAccount = Account.from_key(dev_keys[1])
+    return account
+
+
+@pytest.fixture
+def admin(dev_keys: list[str]) -> LocalAccount:
+    account: LocalAccount = Account.from_key(dev_keys[0])
+    return account
+
+
+@pytest.fixture
+async def token(anvil: str, admin: LocalAccount, minter: LocalAccount) -> AsyncIterator[str]:
+    w3 = connect(anvil)
+    try:
+        yield await deploy_bridge_token(
+            w3, admin, name="Bridged", symbol="BRG", decimals=6, admin=admin.address,
+            minter=minter.address, pauser=admin.address, per_transfer_cap=10**15,
+            window_cap=10**16, window_seconds=3600,
+        )  # fmt: skip
+    finally:
+        await w3.provider.disconnect()
+
+
+@pytest.fixture
+async def world(ledger: Ledger, token: str) -> World:
+    found = await make_world(ledger)
+    await register_token(
+        ledger, asset=found.asset, chain_id=31337, address=token, decimals=6, actor=ADMIN
+    )
+    return found
+
+
+async def funded_user(world: World) -> tuple[uuid.UUID, int]:
+    owner = await world.ledger.accounts.create_user(email=None, actor=ADMIN)
+    wallet = await world.ledger.accounts.ensure_wallet(owner, world.asset, actor=ADMIN)
+    await world.ledger.transfer(
+        source=world.issuance, destination=wallet[AccountKind.AVAILABLE], asset=world.asset,
+        amount=FUNDED, type_=OperationType.MINT,
+    )  # fmt: skip
+    return owner, wallet[AccountKind.AVAILABLE]
+
+
+async def ledger_side(world: World, account: int) -> tuple[int, int, int]:
+    led = world.ledger
+    flight = await led.accounts.system_account(world.asset, SystemAccount.IN_FLIGHT, actor=ADMIN)
+    out = await led.accounts.system_account(world.asset, SystemAccount.BRIDGED_OUT, actor=ADMIN)
+    got = await led.queries.balances([account, flight, out])
+    return got[account].posted, got[flight].posted, got[out].posted
+
+
+def minted_events(w3: Web3, token: str, bridge_id: bytes) -> int:
+    topic = "0x" + keccak256(b"Minted(bytes32,address,uint256)").hex()
+    logs = w3.eth.get_logs(
+        {"address": token, "fromBlock": 0, "topics": [topic, "0x" + bridge_id.hex()]}
+    )
+    return len(logs)
+
+
+def total_supply(w3: Web3, token: str) -> int:
+    selector = keccak256(b"totalSupply()")[:4]
+    return int.from_bytes(w3.eth.call({"to": token, "data": "0x" + selector.hex()}), "big")
+
+
+async def run_passes(
+    ledger: Ledger, anvil: str, minter: LocalAccount, ref: str, w3: Web3
+) -> BridgeOutState:
+    client = EvmClient(await_automine(connect(anvil)), minter)
+    outbox = Outbox(ledger.engine, client, confirmations=1, bump_after_s=None)
+
+    async def minted(address: str, bridge_id: bytes) -> bool:
+        return await BridgeTokenClient(client.w3, address, minter).is_minted(bridge_id)
+
+    try:
+        for _ in range(10):
+            await bridge_out_pass(ledger, outbox, minted)
+            state = (await get_bridge_out(ledger, ref, user=None)).state
+            if state is not BridgeOutState.IN_FLIGHT:
+                return state
+            rpc(w3, "evm_mine")
+        return state
+    finally:
+        await client.w3.provider.disconnect()
+
+
+async def test_a_bridge_out_mints_once_and_settles(
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
+) -> None:
+    user, account = await funded_user(world)
+    bridge = BridgeOuts(Directory(world.ledger))
+    view = await bridge.bridge_out(
+        user, USER_ACTOR, BridgeOutOrder(world.asset, AMOUNT, TO), key="k1"
+    )
+    assert await ledger_side(world, account) == (FUNDED - MOVED, MOVED, 0)
+    assert await run_passes(world.ledger, anvil, minter, view.id, w3) is BridgeOutState.MINTED
+    assert await ledger_side(world, account) == (FUNDED - MOVED, 0, MOVED)
+    balance_of = keccak256(b"balanceOf(address)")[:4] + bytes(12) + bytes.fromhex(TO[2:])
+    assert (
+        int.from_bytes(w3.eth.call({"to": token, "data": "0x" + balance_of.hex()}), "big")
+        == TOKEN_UNITS
+    )
+    assert total_supply(w3, token) == TOKEN_UNITS  # == BRIDGED_OUT, in token units
+    assert minted_events(w3, token, bytes.fromhex(view.id)) == 1
+
+
+async def test_a_reverted_mint_is_refunded(
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, admin: LocalAccount, token: str
+) -> None:
+    user, account = await funded_user(world)
+    bridge = BridgeOuts(Directory(world.ledger))
+    view = await bridge.bridge_out(
+        user, USER_ACTOR, BridgeOutOrder(world.asset, AMOUNT, TO), key="k2"
+    )
+    pause = keccak256(b"pause()")[:4]
+    tx = w3.eth.send_transaction({"from": admin.address, "to": token, "data": "0x" + pause.hex()})
+    assert w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+    assert await run_passes(world.ledger, anvil, minter, view.id, w3) is BridgeOutState.REFUNDED
+    assert await ledger_side(world, account) == (FUNDED, 0, 0)
+    assert total_supply(w3, token) == 0
+
+
+def drive(
+    db: str, anvil: str, key: str, asset: str, ref_key: str, user: str | None, die: str | None
+) -> int:
+    command = [sys.executable, "-m", "tests.chain.bridge_driver", "--db", db, "--rpc", anvil,
+               "--asset", asset, "--key", ref_key]  # fmt: skip
+    command += (["--user", user] if user else []) + (["--die-after", die] if die else [])
+    env = {**os.environ, "BRIDGE_TEST_KEY": key, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, env=env, cwd=ROOT, timeout=120, check=False).returncode  # noqa: S603
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["debited", "signed", "sent", "confirmed", "finalized"])
+async def test_a_worker_killed_after_any_step_mints_once_and_settles_once(
+    point: str, db_url: str, world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
+) -> None:
+    user, account = await funded_user(world)
+    key = "0x" + bytes(minter.key).hex()
+    args: dict[str, Any] = {"asset": world.asset, "ref_key": f"crash-{point}"}
+    killed = await asyncio.to_thread(drive, db_url, anvil, key, user=str(user), die=point, **args)
+    assert killed == -signal.SIGKILL, f"the worker was to die after {point}"
+    assert await asyncio.to_thread(drive, db_url, anvil, key, user=None, die=None, **args) == 0
+
+    ref = keccak256(f"valueos:bridge-out:crash-{point}".encode()).hex()
+    view = await get_bridge_out(world.ledger, ref, user=None)
+    assert view.state is BridgeOutState.MINTED and view.settle_operation is not None
+    assert minted_events(w3, token, bytes.fromhex(ref)) == 1, "exactly one mint"
+    assert total_supply(w3, token) == TOKEN_UNITS
+    assert await ledger_side(world, account) == (FUNDED - MOVED, 0, MOVED)  # conserved
