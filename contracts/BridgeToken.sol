@@ -15,21 +15,26 @@ import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 ///      `perTransferCap`, `windowCap` or `windowSeconds` blocks every mint.
 ///
 ///      Rate limit: a token bucket of size `windowCap` that refills linearly at
-///      `windowCap / windowSeconds` tokens per second. It is kept as `used` (the drained part of
-///      the bucket) and `updatedAt` (the timestamp of the last mint or cap change). At time `t`:
+///      `windowCap / windowSeconds` tokens per second (the CCIP rate limiter's shape). It is kept
+///      as `tokens` (what was available at `updatedAt`, the timestamp of the last mint or cap
+///      change). At time `t`:
 ///
-///          elapsed = t - updatedAt
-///          usedNow = elapsed >= windowSeconds ? 0
-///                  : max(0, used - floor(elapsed * windowCap / windowSeconds))
-///          available = windowSeconds == 0 ? 0 : max(0, windowCap - usedNow)
+///          elapsed   = t - updatedAt
+///          tokensNow = elapsed >= windowSeconds ? windowCap
+///                    : min(windowCap, tokens + floor(elapsed * windowCap / windowSeconds))
+///          available = windowSeconds == 0 ? 0 : tokensNow
 ///
-///      A mint of `amount` needs `amount <= available`; it then stores `used = usedNow + amount`,
-///      `updatedAt = t`. So at most `windowCap` can be minted at once, and after that only what
-///      has refilled since; a whole `windowSeconds` without a mint makes the full `windowCap`
-///      available again. The refill is rounded down at every update (never more than the linear
-///      rate; less by under one base unit per update). {setCaps} first settles the bucket under
-///      the old caps (`used = usedNow`, `updatedAt = t`), then the new caps apply from `t`: lowering
-///      `windowCap` below `used` leaves nothing available until the bucket has drained below it.
+///      A mint of `amount` needs `amount <= available`; it then stores `tokens = tokensNow -
+///      amount`, `updatedAt = t` (a batch stores once, after all its items). So at most
+///      `windowCap` can be minted at once, and after that only what has refilled since; a whole
+///      `windowSeconds` without a mint makes the full `windowCap` available again. The refill is
+///      rounded down at every update: never faster than the linear rate, slower by under one base
+///      unit per update. The bucket starts full.
+///
+///      {setCaps} keeps what was drained: with `used = oldWindowCap - tokensNow` (under the old
+///      caps) it stores `tokens = max(0, newWindowCap - used)`, `updatedAt = t`. Raising
+///      `windowCap` by d makes d more available at once, lowering it by d makes d less (not below
+///      zero); the new rate applies from `t`.
 ///
 ///      {pause} stops {mint}, {mintBatch} and {redeem} only; transfers and permits go on.
 contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
@@ -49,7 +54,10 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
     uint256 public perTransferCap;
     /// @notice The bucket size: the most that can be minted at once after a full window.
     uint256 public windowCap;
-    uint256 private _windowUsed;
+    // What the bucket held at `_windowUpdatedAt`. Kept as the tokens left rather than the tokens
+    // used: it is usually non-zero, so a mint rewrites a non-zero slot (2,900 gas), not a zero one
+    // (20,000) as a drained-amount counter would after every idle refill.
+    uint256 private _windowTokens;
 
     mapping(bytes32 bridgeId => bool) private _minted;
 
@@ -97,9 +105,9 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
     {
         uint256 cap = windowCap;
         uint64 secs = windowSeconds;
-        uint256 used = _usedNow(cap, secs);
-        used = _mintOne(to, amount, bridgeId, perTransferCap, cap, secs, used);
-        _windowUsed = used;
+        uint256 tokens = _tokensNow(cap, secs);
+        tokens = _mintOne(to, amount, bridgeId, perTransferCap, secs, tokens);
+        _windowTokens = tokens;
         _windowUpdatedAt = uint64(block.timestamp);
     }
 
@@ -115,11 +123,11 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
         uint256 perCap = perTransferCap;
         uint256 cap = windowCap;
         uint64 secs = windowSeconds;
-        uint256 used = _usedNow(cap, secs);
+        uint256 tokens = _tokensNow(cap, secs);
         for (uint256 i; i < n; ++i) {
-            used = _mintOne(to[i], amounts[i], bridgeIds[i], perCap, cap, secs, used);
+            tokens = _mintOne(to[i], amounts[i], bridgeIds[i], perCap, secs, tokens);
         }
-        _windowUsed = used;
+        _windowTokens = tokens;
         _windowUpdatedAt = uint64(block.timestamp);
     }
 
@@ -130,9 +138,8 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
 
     /// @notice What the rate-limit window lets mint now (the per-transfer cap applies as well).
     function windowAvailable() external view returns (uint256) {
-        uint256 cap = windowCap;
         uint64 secs = windowSeconds;
-        return _available(cap, secs, _usedNow(cap, secs));
+        return secs == 0 ? 0 : _tokensNow(windowCap, secs);
     }
 
     // -- redeeming --------------------------------------------------------------------------
@@ -166,7 +173,9 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
     // -- internals --------------------------------------------------------------------------
 
     function _setCaps(uint256 perTransferCap_, uint256 windowCap_, uint64 windowSeconds_) private {
-        _windowUsed = _usedNow(windowCap, windowSeconds);
+        uint256 oldCap = windowCap;
+        uint256 used = oldCap - _tokensNow(oldCap, windowSeconds);
+        _windowTokens = windowCap_ > used ? windowCap_ - used : 0;
         _windowUpdatedAt = uint64(block.timestamp);
         perTransferCap = perTransferCap_;
         windowCap = windowCap_;
@@ -174,39 +183,33 @@ contract BridgeToken is ERC20, ERC20Permit, AccessControl, Pausable {
         emit CapsChanged(perTransferCap_, windowCap_, windowSeconds_);
     }
 
-    /// @dev The drained part of the bucket at this block's timestamp (see the contract's notes).
-    function _usedNow(uint256 cap, uint64 secs) private view returns (uint256) {
+    /// @dev The bucket's content at this block's timestamp (see the contract's notes). With
+    ///      `secs == 0` the bucket counts as full; {_mintOne} blocks that case on its own.
+    function _tokensNow(uint256 cap, uint64 secs) private view returns (uint256) {
         uint256 elapsed = block.timestamp - _windowUpdatedAt;
-        if (elapsed >= secs) return 0;
-        uint256 used = _windowUsed;
-        uint256 refill = Math.mulDiv(elapsed, cap, secs);
-        return used > refill ? used - refill : 0;
+        if (elapsed >= secs) return cap;
+        uint256 tokens = _windowTokens + Math.mulDiv(elapsed, cap, secs);
+        return tokens < cap ? tokens : cap;
     }
 
-    function _available(uint256 cap, uint64 secs, uint256 used) private pure returns (uint256) {
-        if (secs == 0 || used >= cap) return 0;
-        return cap - used;
-    }
-
-    /// @dev Checks and mints one item; returns the window's `used` after it.
+    /// @dev Checks and mints one item; returns the bucket's content after it.
     function _mintOne(
         address to,
         uint256 amount,
         bytes32 bridgeId,
         uint256 perCap,
-        uint256 cap,
         uint64 secs,
-        uint256 used
+        uint256 tokens
     ) private returns (uint256) {
         if (to == address(0)) revert ZeroAddress();
         if (amount == 0) revert ZeroAmount();
         if (_minted[bridgeId]) revert BridgeIdUsed(bridgeId);
         if (amount > perCap) revert PerTransferCapExceeded(amount, perCap);
-        uint256 available = _available(cap, secs, used);
+        uint256 available = secs == 0 ? 0 : tokens;
         if (amount > available) revert WindowCapExceeded(amount, available);
         _minted[bridgeId] = true;
         _mint(to, amount);
         emit Minted(bridgeId, to, amount);
-        return used + amount;
+        return tokens - amount;
     }
 }
