@@ -43,8 +43,10 @@ __all__ = [
 class TxStatus(StrEnum):
     """BUILT: the call is stored, nothing signed. SIGNED: raw bytes and hash stored (before any
     broadcast). BROADCAST: handed to the node. CONFIRMED: in a block (hash recorded).
-    FINALIZED: deep enough, block re-checked. FAILED: mined, but reverted (the nonce is spent;
-    the client decides what follows, e.g. :func:`transition` back to BUILT)."""
+    FINALIZED: deep enough, block re-checked. FAILED: mined, but reverted (the nonce is spent).
+    REJECTED: the node says the call reverts, so it was never signed (no nonce used). After
+    FAILED or REJECTED the client decides what follows (e.g. :func:`transition` back to
+    BUILT, or a refund)."""
 
     BUILT = "BUILT"
     SIGNED = "SIGNED"
@@ -52,6 +54,7 @@ class TxStatus(StrEnum):
     CONFIRMED = "CONFIRMED"
     FINALIZED = "FINALIZED"
     FAILED = "FAILED"
+    REJECTED = "REJECTED"
 
 
 UNFINISHED = (TxStatus.BUILT, TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.CONFIRMED)

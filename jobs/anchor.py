@@ -177,7 +177,7 @@ class AnchorJob:
     async def advance(self, record: AnchorRecord) -> bool:
         """Make at most one transition of ``record``; False when it has to wait."""
         tx = None if record.tx_id is None else await chain_txs.get_tx(self.engine, record.tx_id)
-        if tx is None or tx.status in (TxStatus.BUILT, TxStatus.FAILED):
+        if tx is None or tx.status in (TxStatus.BUILT, TxStatus.FAILED, TxStatus.REJECTED):
             return await self._unsigned(record, tx)
         return await self.outbox.advance(tx)
 
@@ -189,7 +189,7 @@ class AnchorJob:
         )  # fmt: skip
 
     async def _unsigned(self, record: AnchorRecord, tx: ChainTx | None) -> bool:
-        """SEALED: nothing of this epoch is signed (no outbox row, BUILT, or FAILED)."""
+        """SEALED: nothing of this epoch is signed (no outbox row, BUILT, FAILED, REJECTED)."""
         r = record.roots
         if r.epoch > 1:
             prev = await get_anchor(self.engine, r.epoch - 1)
@@ -212,9 +212,9 @@ class AnchorJob:
                 contract=self.client.address, calldata=self._calldata(r),
             )  # fmt: skip
             return True
-        if tx.status is TxStatus.FAILED:
+        if tx.status in (TxStatus.FAILED, TxStatus.REJECTED):
             await chain_txs.transition(
-                self.engine, tx.id, TxStatus.FAILED, TxStatus.BUILT,
+                self.engine, tx.id, tx.status, TxStatus.BUILT,
                 detail="reverted; build again", data=self._calldata(r),
             )  # fmt: skip
             return False  # signed again on the next pass, not in a hot loop

@@ -5,7 +5,8 @@ One pass:
 1. the outbox advances every mint row (purpose ``erc20_mint``): sign with the minter's key,
    send, re-send, bump, follow reorgs, finalize (:class:`chain.evm.outbox.Outbox`);
 2. each bridge-out whose mint the outbox is done with is settled
-   (:func:`core.bridges.erc20.settle`): FINALIZED -> BRIDGED_OUT; FAILED -> refunded only when
+   (:func:`core.bridges.erc20.settle`): FINALIZED -> BRIDGED_OUT; FAILED or REJECTED (the
+   contract refuses the mint) -> refunded only when
    the token says the bridge id was never minted (``minted(bridgeId)`` is false), else it
    counts as minted.
 
@@ -42,7 +43,7 @@ async def bridge_out_pass(ledger: Ledger, outbox: Outbox, minted: MintedCheck) -
     result = BridgeOutPass(steps=len(await outbox.run_pass(MINT_PURPOSE)))
     for tx in await unsettled_mints(ledger):
         proven = None
-        if tx.status is TxStatus.FAILED:
+        if tx.status in (TxStatus.FAILED, TxStatus.REJECTED):
             proven = await minted(tx.to_address, bytes.fromhex(tx.ref))
         kind = await settle(ledger, tx, minted=proven, actor=BRIDGE_ACTOR)
         if kind is not None:

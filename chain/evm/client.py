@@ -25,10 +25,11 @@ from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3
-from web3.exceptions import TransactionNotFound, Web3Exception
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception
 from web3.types import TxParams
 
 __all__ = [
+    "CallReverted",
     "ChainError",
     "EvmClient",
     "InsufficientFunds",
@@ -47,6 +48,11 @@ FEE_BUMP_DENOMINATOR = 8
 
 class ChainError(RuntimeError):
     """An Ethereum RPC call failed (node down, rejected transaction, ...)."""
+
+
+class CallReverted(ChainError):
+    """The node simulated the call and it reverts (the contract refuses it now: paused, a cap,
+    a reused id...); nothing was signed."""
 
 
 class InsufficientFunds(ChainError):
@@ -168,6 +174,8 @@ class EvmClient:
             call = {"from": sender, "to": target, "data": HexBytes(data), "value": value}
             gas = await self.w3.eth.estimate_gas(cast(TxParams, call))
             chain_id = await self.chain_id()
+        except ContractLogicError as exc:
+            raise CallReverted(f"a call of {to} reverts: {exc}") from exc
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"preparing a call of {to} failed: {exc}") from exc
         gas_limit, max_fee = int(gas * GAS_HEADROOM), 2 * base_fee + tip

@@ -10,7 +10,8 @@ the chain:
 status     what the next step does
 =========  ==================================================================================
 BUILT      price the call, take the signer's next nonce (shared by every worker, see
-           :func:`core.chain_txs.sign_and_store`), sign, store the raw bytes -> SIGNED
+           :func:`core.chain_txs.sign_and_store`), sign, store the raw bytes -> SIGNED; the
+           node says the call reverts -> REJECTED (nothing signed; the client decides)
 SIGNED     broadcast the stored bytes (the same hash on every retry) -> BROADCAST
 BROADCAST  receipt? success -> CONFIRMED (block number + hash); reverted -> FAILED (the client
            decides); an earlier transaction of the row (one a fee bump replaced) mined instead
@@ -41,7 +42,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chain.evm.client import EvmClient, InsufficientFunds, Mined
+from chain.evm.client import CallReverted, EvmClient, InsufficientFunds, Mined
 from core import chain_txs
 from core.chain_txs import ChainTx, TxStatus
 
@@ -152,6 +153,8 @@ class Outbox:
         except InsufficientFunds as exc:
             await self._unfunded(tx, exc)
             raise
+        except CallReverted as exc:  # the contract refuses it: nothing to sign
+            return await self._move(tx, TxStatus.REJECTED, str(exc), last_error=str(exc))
 
         async def sign(nonce: int) -> tuple[bytes, bytes]:
             signed = self.client.sign(prepared, nonce)

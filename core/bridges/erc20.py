@@ -8,7 +8,8 @@ account), evaluated by the policy engine like any operation, whose mint
 signs, sends and finalizes the mint; :func:`settle` ends it:
 
 * the mint FINALIZED -> IN_FLIGHT -> BRIDGED_OUT (key ``bridge-final:<id>``);
-* the mint proven impossible (reverted: paused, cap) and the bridge id unminted on-chain ->
+* the mint proven impossible (reverted when mined, or refused by the contract before it was
+  signed: paused, cap) and the bridge id unminted on-chain ->
   IN_FLIGHT -> the user, audited with the reason (key ``bridge-refund:<id>``).
 
 The bridge id is derived from the request's idempotency key, so a retry builds the very same
@@ -167,12 +168,14 @@ class BridgeOuts:
 async def settle(
     ledger: Ledger, tx: ChainTx, *, minted: bool | None, actor: Actor
 ) -> Settlement | None:
-    """End bridge-out ``tx.ref`` once its mint is FINALIZED (-> BRIDGED_OUT) or FAILED with the
-    bridge id unminted on-chain (``minted`` False: refunded to the user); None while neither.
+    """End bridge-out ``tx.ref`` once its mint is FINALIZED (-> BRIDGED_OUT), or FAILED or
+    REJECTED with the bridge id unminted on-chain (``minted`` False: refunded to the user);
+    None while neither.
     Idempotent: settling again answers the stored result."""
-    if tx.status is TxStatus.FINALIZED or (tx.status is TxStatus.FAILED and minted):
+    ended = tx.status in (TxStatus.FAILED, TxStatus.REJECTED)
+    if tx.status is TxStatus.FINALIZED or (ended and minted):
         kind, reason = Settlement.FINAL, None
-    elif tx.status is TxStatus.FAILED and minted is False:
+    elif ended and minted is False:
         kind, reason = Settlement.REFUND, f"mint impossible: {tx.last_error or 'reverted'}"
     else:
         return None
@@ -288,12 +291,12 @@ async def list_bridge_outs(
 
 
 async def unsettled_mints(ledger: Ledger, *, limit: int = 500) -> list[ChainTx]:
-    """Mint rows the outbox has finished with (FINALIZED, FAILED) whose bridge-out is not
+    """Mint rows the outbox has finished with (FINALIZED, FAILED, REJECTED) whose bridge-out is not
     settled yet, oldest first."""
     async with raw_connection(ledger.engine) as conn:
         ids = await conn.fetch(
             "SELECT t.id FROM chain_txs t WHERE t.purpose = $1 "
-            "AND t.status IN ('FINALIZED', 'FAILED') AND NOT EXISTS ("
+            "AND t.status IN ('FINALIZED', 'FAILED', 'REJECTED') AND NOT EXISTS ("
             "  SELECT 1 FROM operations s WHERE s.idempotency_key = ANY(ARRAY["
             "    'bridge-final:' || t.ref, 'bridge-refund:' || t.ref])) "
             "ORDER BY t.id LIMIT $2",

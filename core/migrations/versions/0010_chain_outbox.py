@@ -2,7 +2,8 @@
 
 * ``chain_txs``: one row per intent (``purpose`` + ``ref``, e.g. ``anchor`` / ``7``): the call
   (``to_address``, ``data``, ``value_wei``) and the state of the transaction that carries it
-  (BUILT -> SIGNED -> BROADCAST -> CONFIRMED -> FINALIZED, or FAILED when mined but reverted).
+  (BUILT -> SIGNED -> BROADCAST -> CONFIRMED -> FINALIZED; FAILED when mined but reverted;
+  REJECTED when the node says the call reverts before anything is signed).
   The raw signed bytes are stored before any broadcast. A nonce belongs to one row per
   (chain, sender): the unique index is the database's own guard against a nonce used twice.
 * ``chain_tx_events``: every transition, with the transaction hash current after it (so the
@@ -38,7 +39,8 @@ CREATE TABLE chain_txs (
     data          bytea NOT NULL,
     value_wei     numeric(78, 0) NOT NULL DEFAULT 0 CHECK (value_wei >= 0),
     status        text NOT NULL CHECK (status IN
-                    ('BUILT', 'SIGNED', 'BROADCAST', 'CONFIRMED', 'FINALIZED', 'FAILED')),
+                    ('BUILT', 'SIGNED', 'BROADCAST', 'CONFIRMED', 'FINALIZED', 'FAILED',
+                     'REJECTED')),
     nonce         bigint CHECK (nonce >= 0),
     raw_tx        bytea,
     tx_hash       bytea,
@@ -52,14 +54,14 @@ CREATE TABLE chain_txs (
     UNIQUE (purpose, ref),
     CHECK (nonce IS NULL OR sender IS NOT NULL),
     -- a transaction adopted from the chain (found by its event) has a hash but no raw bytes
-    CHECK (status = 'BUILT' OR tx_hash IS NOT NULL),
+    CHECK (status IN ('BUILT', 'REJECTED') OR tx_hash IS NOT NULL),
     CHECK (status <> 'SIGNED' OR (raw_tx IS NOT NULL AND nonce IS NOT NULL)),
     CHECK (status NOT IN ('CONFIRMED', 'FINALIZED', 'FAILED') OR block_hash IS NOT NULL)
 );
 CREATE UNIQUE INDEX chain_txs_nonce ON chain_txs (chain_id, sender, nonce)
     WHERE nonce IS NOT NULL;
 CREATE INDEX chain_txs_unfinished ON chain_txs (purpose, id)
-    WHERE status NOT IN ('FINALIZED', 'FAILED');
+    WHERE status NOT IN ('FINALIZED', 'FAILED', 'REJECTED');
 
 CREATE TABLE chain_tx_events (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -97,7 +99,7 @@ ALTER TABLE epoch_anchors
 
 CREATE VIEW anchor_state AS
 SELECT a.epoch,
-       CASE WHEN t.status IS NULL OR t.status IN ('BUILT', 'FAILED') THEN 'SEALED'
+       CASE WHEN t.status IS NULL OR t.status IN ('BUILT', 'FAILED', 'REJECTED') THEN 'SEALED'
             ELSE t.status END AS status,
        t.id AS tx_id, t.chain_id, t.to_address AS contract_address, t.sender, t.nonce,
        t.raw_tx, t.tx_hash, t.block_number, t.block_hash, t.gas_used,
@@ -117,11 +119,12 @@ ALTER TABLE epoch_anchors
     ADD COLUMN block_number bigint, ADD COLUMN block_hash bytea, ADD COLUMN gas_used bigint,
     ADD COLUMN attempts integer NOT NULL DEFAULT 0;
 UPDATE epoch_anchors a SET
-    status = CASE WHEN t.status IN ('BUILT', 'FAILED') THEN 'SEALED' ELSE t.status END,
+    status = CASE WHEN t.status IN ('BUILT', 'FAILED', 'REJECTED') THEN 'SEALED'
+                  ELSE t.status END,
     chain_id = t.chain_id, contract_address = t.to_address, sender = t.sender, nonce = t.nonce,
     raw_tx = t.raw_tx, tx_hash = t.tx_hash, block_number = t.block_number,
     block_hash = t.block_hash, gas_used = t.gas_used, attempts = t.attempts
-FROM chain_txs t WHERE t.id = a.tx_id AND t.status NOT IN ('BUILT', 'FAILED');
+FROM chain_txs t WHERE t.id = a.tx_id AND t.status NOT IN ('BUILT', 'FAILED', 'REJECTED');
 CREATE INDEX epoch_anchors_pending ON epoch_anchors (epoch) WHERE status <> 'FINALIZED';
 ALTER TABLE epoch_anchors DROP COLUMN tx_id;
 DROP TABLE chain_tx_events;
