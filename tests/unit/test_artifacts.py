@@ -134,3 +134,47 @@ def test_build_check_detects_a_stale_artifact(tmp_path: Path) -> None:
         artifact.read_bytes()
         == (ROOT / "chain" / "evm" / "artifacts" / "LedgerAnchor.json").read_bytes()
     )
+
+
+@pytest.mark.unit
+def test_bridge_token_artifact_has_the_agreed_interface() -> None:
+    art = load_artifact("BridgeToken")
+    assert art.deployable
+    assert art.source_name == "contracts/BridgeToken.sol"
+    assert {
+        # the ledger side encodes mint(address,uint256,bytes32) by hand: it must not change
+        "mint(address,uint256,bytes32)",
+        "mintBatch(address[],uint256[],bytes32[])",
+        "minted(bytes32)",
+        "redeem(uint256,bytes32)",
+        "setCaps(uint256,uint256,uint64)",
+        "pause()",
+        "unpause()",
+        "decimals()",
+        "permit(address,address,uint256,uint256,uint8,bytes32,bytes32)",
+        "MINTER_ROLE()",
+        "PAUSER_ROLE()",
+    } <= _signatures(art.entries("function"))
+    assert {
+        "Minted(bytes32,address,uint256)",
+        "Redeemed(address,uint256,bytes32)",
+        "CapsChanged(uint256,uint256,uint64)",
+    } <= _signatures(art.entries("event"))
+    assert {
+        "ZeroAddress()",
+        "ZeroAmount()",
+        "BridgeIdUsed(bytes32)",
+        "LengthMismatch()",
+        "PerTransferCapExceeded(uint256,uint256)",
+        "WindowCapExceeded(uint256,uint256)",
+    } <= _signatures(art.entries("error"))
+    (ctor,) = art.entries("constructor")
+    assert [i["type"] for i in ctor["inputs"]] == [
+        "string",
+        "string",
+        "uint8",
+        "address",
+        "uint256",
+        "uint256",
+        "uint64",
+    ]
