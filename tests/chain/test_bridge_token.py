@@ -35,6 +35,7 @@ from chain.evm.bridge_token import (
     mint_batch_calldata,
 )
 from chain.evm.client import ChainError, connect
+from core.bridges.erc20 import mint_calldata
 from merkle.tree import keccak256
 from tests.chain.conftest import Deploy, await_automine, rpc
 
@@ -865,8 +866,8 @@ def test_permit_signed_with_a_dev_key_lets_the_spender_pull(
 def test_hand_encoded_mint_calldata_matches_the_abi_and_mints(
     w3: Web3, token: Contract, actors: Actors
 ) -> None:
-    """What core/bridges encodes by hand: keccak256("mint(address,uint256,bytes32)")[:4] plus
-    abi_encode(["address","uint256","bytes32"], ...)."""
+    """What the ledger side encodes by hand (core.bridges.erc20.mint_calldata) is the
+    contract's own mint call, and a MINTER sending it mints."""
     selector = keccak256(b"mint(address,uint256,bytes32)")[:4]
     assert (
         selector
@@ -877,7 +878,8 @@ def test_hand_encoded_mint_calldata_matches_the_abi_and_mints(
     (mint_abi,) = [e for e in token.abi if e.get("type") == "function" and e["name"] == "mint"]
     assert [i["type"] for i in mint_abi["inputs"]] == ["address", "uint256", "bytes32"]
 
-    data = selector + encode(["address", "uint256", "bytes32"], [actors.holder, 42, bid(7)])
+    data = mint_calldata(actors.holder, 42, bid(7))
+    assert data[:4] == selector
     assert data == bytes(
         HexBytes(token.functions.mint(actors.holder, 42, bid(7))._encode_transaction_data())
     )
