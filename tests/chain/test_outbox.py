@@ -219,3 +219,24 @@ async def test_workers_sharing_a_signer_never_use_one_nonce_twice(
     async with raw_connection(ledger.engine) as conn:  # the database refuses a reused nonce
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute("UPDATE chain_txs SET nonce = $1 WHERE id = $2", start, ids[1])
+
+
+async def test_a_call_the_contract_refuses_is_rejected_unsigned(
+    ledger: Ledger, outbox: Outbox, w3: Web3, signer: LocalAccount, ledger_anchor: Any
+) -> None:
+    """anchor() of epoch 5 on a fresh LedgerAnchor reverts (EpochOutOfOrder): the outbox asks
+    the node first, so nothing is signed, no nonce is spent, and the row says why."""
+    data = bytes(HexBytes(ledger_anchor.encode_abi("anchor", args=[5, b"\0" * 32, b"\1" * 32,
+                                                                     b"\2" * 32, 1, 1, 1])))  # fmt: skip
+    nonce = w3.eth.get_transaction_count(signer.address)
+    async with raw_connection(ledger.engine) as conn:
+        tx_id = await chain_txs.enqueue(
+            conn, purpose=PURPOSE, ref="refused", chain_id=w3.eth.chain_id,
+            to_address=ledger_anchor.address, data=data,
+        )  # fmt: skip
+    assert await outbox.run_pass(PURPOSE) == [(tx_id, TxStatus.REJECTED)]
+    refused = await row(ledger, tx_id)
+    assert refused.nonce is None and refused.raw_tx is None and refused.tx_hash is None
+    assert refused.last_error is not None and "reverts" in refused.last_error
+    assert w3.eth.get_transaction_count(signer.address, "pending") == nonce
+    assert await outbox.run_pass(PURPOSE) == []  # terminal: its client decides
