@@ -2,7 +2,8 @@
 
 :func:`worker_jobs` is pure (it only names the bodies and their intervals), so the list
 is tested without a scheduler; :func:`start_scheduler` hands it to APScheduler (asyncio).
-Without an anchor job (``VALUEOS_ANCHORING=off``) only the housekeeping jobs are listed.
+Without an anchor job (``VALUEOS_ANCHORING=off``) only the housekeeping jobs are listed; the
+bridge-out job is listed when the worker has a bridge minter key.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def worker_jobs(
     anchor_interval_s: float,
     housekeeping_interval_s: float,
     prune_interval_s: float,
+    bridge_out: Callable[[], Awaitable[object]] | None = None,
+    bridge_interval_s: float = 5.0,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -54,6 +57,8 @@ def worker_jobs(
                 min(CONFIRM_MAX_INTERVAL_S, anchor_interval_s),
             ),
         ]
+    if bridge_out is not None:
+        jobs.append(ScheduledJob("bridge_out", bridge_out, bridge_interval_s, at_start=True))
     return [
         *jobs,
         ScheduledJob(

@@ -8,6 +8,9 @@
                                      default 60
 ``VALUEOS_PRUNE_INTERVAL_S``         seconds between prunings of expired rolling-limit
                                      buckets; default 3600
+``VALUEOS_BRIDGE_INTERVAL_S``        seconds between bridge-out passes (send mints, settle);
+                                     default 5; the job runs only with a bridge minter key
+                                     (``VALUEOS_BRIDGE_KEY``, see chain.evm.settings)
 
 The anchoring settings (``ETH_RPC_URL``, ``VALUEOS_ANCHOR_*``) are
 :class:`chain.evm.settings.AnchorSettings`, read only when anchoring is on.
@@ -39,6 +42,7 @@ class WorkerSettings:
     anchoring: bool = True
     housekeeping_interval_s: float = 60.0
     prune_interval_s: float = 3600.0
+    bridge_interval_s: float = 5.0
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -47,6 +51,7 @@ class WorkerSettings:
             anchoring=parse_switch("VALUEOS_ANCHORING", env.get("VALUEOS_ANCHORING", "on")),
             housekeeping_interval_s=float(env.get("VALUEOS_EXPIRE_HOLDS_INTERVAL_S", "60")),
             prune_interval_s=float(env.get("VALUEOS_PRUNE_INTERVAL_S", "3600")),
+            bridge_interval_s=float(env.get("VALUEOS_BRIDGE_INTERVAL_S", "5")),
         )
 
 

@@ -9,7 +9,9 @@
   in ``.valueos/anvil-state.json``, 1 s blocks) with LedgerAnchor deployed once (address kept
   in ``.valueos/anchor-contract``), signing with anvil's first dev key unless a key is
   configured: a development convenience, not production;
-* :func:`anchor_job`: the one place that builds the anchor client and job.
+* :func:`anchor_job`: the one place that builds the anchor client and job;
+* :func:`bridge_out_job`: the bridge-out pass (mints through the outbox, then settlement) on
+  the anchoring chain, signed by the bridge minter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,15 @@ from web3 import AsyncWeb3
 
 from chain.evm.anchor import AnchorClient
 from chain.evm.anvil import AnvilNode, start_anvil
-from chain.evm.client import connect
+from chain.evm.bridge_token import BridgeTokenClient
+from chain.evm.client import ChainError, EvmClient, connect
+from chain.evm.outbox import Finality, Outbox
 from chain.evm.settings import AnchorSettings, SignerError, load_signer
 from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.settings import DatabaseSettings, database_settings, epoch_settings
 from jobs.anchor import AnchorJob
+from jobs.bridge_out import bridge_out_pass
 from jobs.deploy import ensure_ledger_anchor
 
 log = logging.getLogger(__name__)
@@ -140,3 +145,27 @@ async def anchoring(
             yield job
         finally:
             await job.client.w3.provider.disconnect()
+
+
+def bridge_out_job(
+    led: Ledger, anchor: AnchorJob, minter: LocalAccount
+) -> Callable[[], Awaitable[object]]:
+    """One bridge-out pass on the anchoring chain, with its finality and fee settings."""
+    w3 = anchor.client.w3
+    outbox = Outbox(
+        led.engine, EvmClient(w3, minter), confirmations=anchor.confirmations,
+        bump_after_s=anchor.bump_after_s, max_fee_cap=anchor.max_fee_cap,
+        finality=Finality(anchor.finality),
+    )  # fmt: skip
+
+    async def minted(token: str, bridge_id: bytes) -> bool:
+        return await BridgeTokenClient(w3, token, minter).is_minted(bridge_id)
+
+    async def body() -> object:
+        try:
+            return await bridge_out_pass(led, outbox, minted)
+        except ChainError:
+            log.exception("bridge_out failed; retried on the next run")
+            return None
+
+    return body

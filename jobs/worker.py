@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 
-from chain.evm.settings import anchor_settings
+from chain.evm.settings import anchor_settings, bridge_signer
 from jobs import wiring
 from jobs.anchor import AnchorJob
 from jobs.schedule import start_scheduler, worker_jobs
@@ -34,6 +34,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
     settings = options.settings
     async with wiring.ledger() as led, contextlib.AsyncExitStack() as stack:
         job: AnchorJob | None = None
+        bridge_out = None
         interval = 0.0
         if settings.anchoring:
             chain = anchor_settings()
@@ -41,12 +42,17 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             job = await stack.enter_async_context(
                 wiring.anchoring(led, chain, options.confirmations)
             )
+            minter = bridge_signer()
+            if minter is not None:
+                bridge_out = wiring.bridge_out_job(led, job, minter)
         jobs = worker_jobs(
             led,
             job,
             anchor_interval_s=interval,
             housekeeping_interval_s=settings.housekeeping_interval_s,
             prune_interval_s=settings.prune_interval_s,
+            bridge_out=bridge_out,
+            bridge_interval_s=settings.bridge_interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:

@@ -18,6 +18,9 @@
 ``VALUEOS_ANCHOR_KEYSTORE``       an encrypted keystore JSON file, with its password in
 ``VALUEOS_ANCHOR_KEYSTORE_PASSWORD`` or the file ``VALUEOS_ANCHOR_KEYSTORE_PASSWORD_FILE``
 
+``VALUEOS_BRIDGE_KEY``            the ERC-20 bridge's minter key (0x hex), or
+``VALUEOS_BRIDGE_KEY_FILE``       a file holding it; unset: the worker runs no bridge-out job
+
 The key is never logged: :class:`Signer` does not show it in ``repr`` and nothing here
 formats it into a message.
 """
@@ -117,3 +120,25 @@ def load_signer(settings: AnchorSettings) -> LocalAccount:
         keystore_account: LocalAccount = Account.from_key(key)
         return keystore_account
     raise SignerError("no anchor signer: set VALUEOS_ANCHOR_KEY or VALUEOS_ANCHOR_KEYSTORE")
+
+
+def bridge_signer(env: dict[str, str] | None = None) -> LocalAccount | None:
+    """The bridge minter from ``VALUEOS_BRIDGE_KEY`` or ``VALUEOS_BRIDGE_KEY_FILE``; None when
+    neither is set (no bridge-out job)."""
+    env = dict(os.environ) if env is None else env
+    key = env.get("VALUEOS_BRIDGE_KEY") or None
+    path = env.get("VALUEOS_BRIDGE_KEY_FILE") or None
+    if key is None and path is not None:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise SignerError(
+                f"cannot read VALUEOS_BRIDGE_KEY_FILE: {type(exc).__name__}"
+            ) from None
+    if key is None:
+        return None
+    try:
+        account: LocalAccount = Account.from_key(key)
+    except (ValueError, TypeError):
+        raise SignerError("the bridge key is not a valid private key") from None
+    return account

@@ -16,22 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chain.evm.bridge_token import BridgeTokenClient, deploy_bridge_token
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.contract import Contract
 
-from chain.evm.client import EvmClient, connect
-from chain.evm.outbox import Outbox
+from chain.evm.anchor import AnchorClient
+from chain.evm.bridge_token import deploy_bridge_token
+from chain.evm.client import connect
 from core.bridges.erc20 import BridgeOutOrder, BridgeOuts, BridgeOutState, get_bridge_out
 from core.bridges.tokens import register_token
 from core.directory import Directory
 from core.ledger import Ledger
 from core.types import AccountKind, OperationType, SystemAccount
-from jobs.bridge_out import bridge_out_pass
+from jobs.anchor import AnchorJob
+from jobs.wiring import bridge_out_job
 from merkle.tree import keccak256
 from tests.chain.bridge_driver import AMOUNT, TO, USER_ACTOR
-from tests.chain.conftest import await_automine, rpc
+from tests.chain.conftest import LEDGER_ID, await_automine, rpc
 from tests.conftest import ADMIN, World, make_world, settings_for
 from tests.support import create_database, drop_database
 
@@ -127,17 +129,17 @@ def total_supply(w3: Web3, token: str) -> int:
 
 
 async def run_passes(
-    ledger: Ledger, anvil: str, minter: LocalAccount, ref: str, w3: Web3
+    ledger: Ledger, anvil: str, minter: LocalAccount, ref: str, w3: Web3, anchor_address: str
 ) -> BridgeOutState:
-    client = EvmClient(await_automine(connect(anvil)), minter)
-    outbox = Outbox(ledger.engine, client, confirmations=1, bump_after_s=None)
-
-    async def minted(address: str, bridge_id: bytes) -> bool:
-        return await BridgeTokenClient(client.w3, address, minter).is_minted(bridge_id)
-
+    """The worker's bridge-out job as ``valueos worker`` wires it (on the anchoring chain's
+    connection and settings), run until the bridge-out is settled."""
+    client = AnchorClient(await_automine(connect(anvil)), anchor_address, minter)
+    body = bridge_out_job(
+        ledger, AnchorJob(ledger.engine, client, LEDGER_ID, confirmations=1), minter
+    )
     try:
         for _ in range(10):
-            await bridge_out_pass(ledger, outbox, minted)
+            await body()
             state = (await get_bridge_out(ledger, ref, user=None)).state
             if state is not BridgeOutState.IN_FLIGHT:
                 return state
@@ -148,7 +150,7 @@ async def run_passes(
 
 
 async def test_a_bridge_out_mints_once_and_settles(
-    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str, ledger_anchor: Contract
 ) -> None:
     user, account = await funded_user(world)
     bridge = BridgeOuts(Directory(world.ledger))
@@ -156,7 +158,10 @@ async def test_a_bridge_out_mints_once_and_settles(
         user, USER_ACTOR, BridgeOutOrder(world.asset, AMOUNT, TO), key="k1"
     )
     assert await ledger_side(world, account) == (FUNDED - MOVED, MOVED, 0)
-    assert await run_passes(world.ledger, anvil, minter, view.id, w3) is BridgeOutState.MINTED
+    assert (
+        await run_passes(world.ledger, anvil, minter, view.id, w3, ledger_anchor.address)
+        is BridgeOutState.MINTED
+    )
     assert await ledger_side(world, account) == (FUNDED - MOVED, 0, MOVED)
     balance_of = keccak256(b"balanceOf(address)")[:4] + bytes(12) + bytes.fromhex(TO[2:])
     assert (
@@ -167,8 +172,14 @@ async def test_a_bridge_out_mints_once_and_settles(
     assert minted_events(w3, token, bytes.fromhex(view.id)) == 1
 
 
-async def test_a_reverted_mint_is_refunded(
-    world: World, anvil: str, w3: Web3, minter: LocalAccount, admin: LocalAccount, token: str
+async def test_a_refused_mint_is_refunded(
+    world: World,
+    anvil: str,
+    w3: Web3,
+    minter: LocalAccount,
+    admin: LocalAccount,
+    token: str,
+    ledger_anchor: Contract,
 ) -> None:
     user, account = await funded_user(world)
     bridge = BridgeOuts(Directory(world.ledger))
@@ -178,7 +189,10 @@ async def test_a_reverted_mint_is_refunded(
     pause = keccak256(b"pause()")[:4]
     tx = w3.eth.send_transaction({"from": admin.address, "to": token, "data": "0x" + pause.hex()})
     assert w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
-    assert await run_passes(world.ledger, anvil, minter, view.id, w3) is BridgeOutState.REFUNDED
+    assert (
+        await run_passes(world.ledger, anvil, minter, view.id, w3, ledger_anchor.address)
+        is BridgeOutState.REFUNDED
+    )
     assert await ledger_side(world, account) == (FUNDED, 0, 0)
     assert total_supply(w3, token) == 0
 

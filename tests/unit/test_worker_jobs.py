@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from chain.evm.settings import SignerError, bridge_signer
 from core.ledger import Ledger
 from jobs.anchor import AnchorJob
 from jobs.schedule import worker_jobs
@@ -31,6 +33,32 @@ def test_with_a_chain_every_job_is_listed_and_anchoring_starts_at_once() -> None
     assert jobs["seal_and_anchor"].at_start and jobs["seal_and_anchor"].every_s == 3600
     assert jobs["confirm"].every_s == 60  # never longer than a minute
     assert [jobs[h].every_s for h in HOUSEKEEPING] == [5, 5, 600]
+
+
+def test_with_a_bridge_minter_the_bridge_out_job_is_listed() -> None:
+    async def body() -> None:
+        return None
+
+    listed = worker_jobs(
+        LEDGER, JOB, anchor_interval_s=3600, housekeeping_interval_s=5, prune_interval_s=600,
+        bridge_out=body, bridge_interval_s=3,
+    )  # fmt: skip
+    jobs = {j.id: j for j in listed}
+    assert list(jobs) == ["seal_and_anchor", "confirm", "bridge_out", *HOUSEKEEPING]
+    assert jobs["bridge_out"].body is body and jobs["bridge_out"].every_s == 3
+
+
+def test_the_bridge_minter_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    key = "0x" + "11" * 32
+    assert bridge_signer({}) is None
+    from_env = bridge_signer({"VALUEOS_BRIDGE_KEY": key})
+    (tmp_path / "minter.key").write_text(key + "\n")
+    from_file = bridge_signer({"VALUEOS_BRIDGE_KEY_FILE": str(tmp_path / "minter.key")})
+    assert from_env is not None and from_file is not None
+    assert from_env.address == from_file.address
+    with pytest.raises(SignerError) as caught:
+        bridge_signer({"VALUEOS_BRIDGE_KEY": "0x1234"})
+    assert "1234" not in str(caught.value)  # never the key material
 
 
 def test_without_a_chain_only_housekeeping_is_listed() -> None:
