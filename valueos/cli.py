@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("jobs.cli", "run the scheduled jobs (seal and anchor, expire holds, ...)"),
     "anchor": ("jobs.cli", "seal the open epoch and anchor it now"),
     "deploy-anchor": ("jobs.deploy", "deploy LedgerAnchor on ETH_RPC_URL (address to --out FILE)"),
+    "deploy-token": ("jobs.deploy_token", "deploy an asset's ERC-20 bridge token and record it"),
     "verify": ("chain.evm.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
 }
 

@@ -20,9 +20,9 @@ import signal
 import uuid
 from typing import Any
 
-from chain.evm.bridge_token import BridgeTokenClient
 from eth_account import Account
 
+from chain.evm.bridge_token import BridgeTokenClient
 from chain.evm.client import EvmClient, connect
 from chain.evm.outbox import Outbox
 from core import chain_txs
