@@ -20,7 +20,7 @@ from eth_account import Account
 from eth_typing import ChecksumAddress
 from eth_utils import keccak
 from hexbytes import HexBytes
-from web3 import Web3
+from web3 import AsyncWeb3, Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError
@@ -1012,8 +1012,11 @@ async def test_binding_refuses_a_signer_that_is_not_the_admin(
 
 
 async def test_binding_wraps_rpc_failures(dev_keys: list[str]) -> None:
-    # Port 9 (discard) on loopback: nothing listens, the connection is refused.
-    aw3 = connect("http://127.0.0.1:9", timeout=5)
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused (no retries:
+    # web3's provider would otherwise back off for ~2 s per call before giving up).
+    aw3 = AsyncWeb3(
+        AsyncWeb3.AsyncHTTPProvider("http://127.0.0.1:9", exception_retry_configuration=None)
+    )
     client = BridgeTokenClient(aw3, "0x" + "11" * 20, Account.from_key(dev_keys[0]))
     try:
         for call in (
