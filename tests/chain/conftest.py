@@ -20,7 +20,7 @@ the node has mined the transaction. Tests with automine off (``manual_mining``) 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +33,9 @@ from web3.types import RPCEndpoint, RPCResponse
 
 from chain.evm.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
 from chain.evm.artifacts import load_artifact
+from core.ledger import Ledger
+from tests.conftest import settings_for
+from tests.support import create_database, drop_database
 
 # anvil's well-known public test keys (mnemonic "test test ... junk"); used only when the node is
 # an external one ($ANVIL_RPC_URL) whose own --config-out output we cannot read. Not secrets.
@@ -203,3 +206,24 @@ def ledger_id() -> bytes:
 def ledger_anchor(deploy: Deploy, deployer: ChecksumAddress, ledger_id: bytes) -> Contract:
     """LedgerAnchor deployed once per session; the deployer is admin and anchorer."""
     return deploy("LedgerAnchor", ledger_id, deployer)
+
+
+@pytest.fixture
+async def db_url() -> AsyncIterator[str]:
+    """A database of its own per chain test: anvil's state is reverted after each test, so the
+    rows that describe it (anchors, outbox rows and the nonces they hold) must go with it."""
+    url = await create_database()
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def ledger(db_url: str) -> AsyncIterator[Ledger]:
+    """The ledger on the test's own database (overrides the session-wide one of tests/)."""
+    led = Ledger.connect(settings_for(db_url))
+    try:
+        yield led
+    finally:
+        await led.close()

@@ -34,21 +34,10 @@ from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
 from jobs.cli import main as cli_main
 from tests.chain.conftest import Deploy, await_automine, revert_to, rpc
-from tests.conftest import make_world, settings_for
-from tests.support import create_database, drop_database, raw_connect
+from tests.conftest import make_world
+from tests.support import raw_connect
 
 pytestmark = pytest.mark.chain
-
-
-@pytest.fixture
-async def ledger() -> AsyncIterator[Ledger]:
-    url = await create_database()
-    led = Ledger.connect(settings_for(url))
-    try:
-        yield led
-    finally:
-        await led.close()
-        await drop_database(url)
 
 
 #: RPC clients the test built (every "restarted worker" opens its own HTTP session).

@@ -34,8 +34,7 @@ from jobs.wiring import bridge_out_job
 from merkle.tree import keccak256
 from tests.chain.bridge_driver import AMOUNT, TO, USER_ACTOR
 from tests.chain.conftest import LEDGER_ID, await_automine, rpc
-from tests.conftest import ADMIN, World, make_world, settings_for
-from tests.support import create_database, drop_database
+from tests.conftest import ADMIN, World, make_world
 
 pytestmark = pytest.mark.chain
 
@@ -43,24 +42,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FUNDED = 100_00  # 100.00 at scale 2
 MOVED = 12_34
 TOKEN_UNITS = 12_340_000  # 6 decimals
-
-
-@pytest.fixture
-async def db_url() -> AsyncIterator[str]:
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
-
-
-@pytest.fixture
-async def ledger(db_url: str) -> AsyncIterator[Ledger]:
-    led = Ledger.connect(settings_for(db_url))
-    try:
-        yield led
-    finally:
-        await led.close()
 
 
 @pytest.fixture

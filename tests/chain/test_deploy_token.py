@@ -4,7 +4,7 @@ once, with the caps given, the minter and pauser granted, and records it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from eth_account import Account
@@ -17,21 +17,9 @@ from core.ledger import Ledger
 from core.settings import database_settings
 from core.types import AssetKind
 from jobs.deploy_token import main
-from tests.conftest import ADMIN, settings_for
-from tests.support import create_database, drop_database
+from tests.conftest import ADMIN
 
 pytestmark = pytest.mark.chain
-
-
-@pytest.fixture
-async def ledger() -> AsyncIterator[Ledger]:
-    url = await create_database()
-    led = Ledger.connect(settings_for(url))
-    try:
-        yield led
-    finally:
-        await led.close()
-        await drop_database(url)
 
 
 @pytest.fixture

@@ -33,32 +33,11 @@ from core.ledger import Ledger
 from tests.chain.conftest import await_automine, rpc
 from tests.chain.outbox_driver import PURPOSE, RECIPIENT, VALUE_WEI
 from tests.conftest import settings_for
-from tests.support import create_database, drop_database
 
 pytestmark = pytest.mark.chain
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("enqueued", "signed", "sent", "broadcast", "confirmed")
-
-
-@pytest.fixture
-async def db_url() -> AsyncIterator[str]:
-    """A database of its own per test: anvil's state is reverted after each test, so the rows
-    (and the nonces they hold) must not outlive it either."""
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
-
-
-@pytest.fixture
-async def ledger(db_url: str) -> AsyncIterator[Ledger]:
-    led = Ledger.connect(settings_for(db_url))
-    try:
-        yield led
-    finally:
-        await led.close()
 
 
 @pytest.fixture
