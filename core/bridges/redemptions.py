@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,11 +67,11 @@ from core.types import (
 )
 
 if TYPE_CHECKING:
-    from chain.evm.bridge_token import Redemption
     from core.ledger import Ledger
 
 __all__ = [
     "Outcome",
+    "Redeemed",
     "RedemptionKey",
     "RedemptionView",
     "advance_cursor",
@@ -152,6 +152,26 @@ def to_minor_units(units: int, scale: int, decimals: int) -> tuple[int, int]:
     return units * 10 ** (scale - decimals), 0
 
 
+class Redeemed(Protocol):
+    """A ``Redeemed(from, amount, ledgerRef)`` event as read from the chain (the shape of
+    ``chain.evm.bridge_token.Redemption``; core does not import the chain layer)."""
+
+    @property
+    def tx_hash(self) -> bytes: ...
+    @property
+    def log_index(self) -> int: ...
+    @property
+    def block_number(self) -> int: ...
+    @property
+    def block_hash(self) -> bytes: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def ledger_ref(self) -> bytes: ...
+
+
 # -- the cursor -------------------------------------------------------------------------------
 
 
@@ -214,7 +234,7 @@ _RECORD = text(
 
 
 async def record_redemptions(
-    ledger: Ledger, chain_id: int, token: str, page: Sequence[Redemption]
+    ledger: Ledger, chain_id: int, token: str, page: Sequence[Redeemed]
 ) -> int:
     """Store ``page`` (one transaction); returns how many were new. An event already stored is
     left as it is, unless it was re-included in another block before it was settled (or after
