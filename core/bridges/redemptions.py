@@ -402,6 +402,8 @@ async def credit_final(
         for view in map(_view, rows):
             if view.block_number not in hashes:
                 hashes[view.block_number] = await canonical(view.block_number)
+            if hashes[view.block_number] is None:  # the node is behind: no evidence either way
+                continue
             if hashes[view.block_number] != view.block_hash:
                 await _finish(ledger, view, _Decision(Outcome.DROPPED, None, None), actor)
                 done[view.key] = Outcome.DROPPED

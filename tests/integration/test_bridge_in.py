@@ -170,3 +170,18 @@ async def test_a_credit_bridged_out_cannot_cover_waits_pending(world: World) -> 
     )  # fmt: skip
     assert await settle(world, token, chain) == {key: Outcome.CREDITED}
     assert (await world.ledger.queries.balances([user]))[user].posted == 4
+
+
+async def test_a_node_behind_the_event_proves_nothing_the_event_waits(world: World) -> None:
+    """Only another hash at the event's height drops it; no block there (a lagging node) does
+    not."""
+    token, chain = await bridged(world, 100_00), Chain()
+    user = await world.funded(0)
+    (event,) = page = [chain.event(5, 1 * UNIT, user)]
+    await record_redemptions(world.ledger, CHAIN_ID, token.address, page)
+    del chain.hashes[5]
+    assert await settle(world, token, chain) == {}
+    key = RedemptionKey(CHAIN_ID, event.tx_hash, 0)
+    assert (await get_redemption(world.ledger, key)).outcome is None
+    chain.hashes[5] = event.block_hash
+    assert await settle(world, token, chain) == {key: Outcome.CREDITED}
