@@ -19,7 +19,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import text
 from web3 import Web3
+from web3.contract import Contract
 
+from chain.evm.anchor import AnchorClient
 from chain.evm.bridge_token import BridgeTokenClient, deploy_bridge_token
 from chain.evm.client import EvmClient, connect
 from core.bridges.redemptions import (
@@ -35,9 +37,11 @@ from core.bridges.tokens import register_token
 from core.errors import Forbidden, SuspenseAlreadyResolved
 from core.ledger import Ledger
 from core.types import AccountKind, AccountStatus, Actor, OperationType, Role, SystemAccount
+from jobs.anchor import AnchorJob
 from jobs.bridge_in import BRIDGE_IN_ACTOR, BridgeInPass, bridge_in_pass
+from jobs.wiring import bridge_in_job
 from merkle.tree import keccak256
-from tests.chain.conftest import await_automine, rpc
+from tests.chain.conftest import LEDGER_ID, await_automine, rpc
 from tests.conftest import ADMIN, World, make_world, settings_for
 from tests.support import create_database, drop_database
 
@@ -204,21 +208,31 @@ def manual_mining(w3: Web3) -> Iterator[None]:
 
 
 async def test_a_redemption_is_credited_once_only_at_finality(
-    world: World, w3: Web3, holder: LocalAccount, token: str, chain: EvmClient
+    world: World, w3: Web3, holder: LocalAccount, token: str, anvil: str, ledger_anchor: Contract
 ) -> None:
+    """Through the worker's wiring (the anchoring chain's connection and confirmations)."""
     user = await world.funded(0)
     redeem(w3, holder, token, 12_34 * UNIT, user)
-    for _ in range(2):  # the redemption's block has 1, then 2 of the 3 confirmations
-        result = await run_pass(world.ledger, chain, confirmations=3)
-        assert result.settled == {} and result.recorded == 0
-        assert await posted(world, user) == [0], "credited before finality"
-        rpc(w3, "evm_mine")
-    result = await run_pass(world.ledger, chain, confirmations=3)
-    assert list(result.settled.values()) == [Outcome.CREDITED]
-    assert await posted(world, user) == [12_34]
-    assert (await run_pass(world.ledger, chain, confirmations=3)).settled == {}
-    rpc(w3, "evm_mine")
-    assert (await run_pass(world.ledger, chain, confirmations=3)).settled == {}
+    client = AnchorClient(await_automine(connect(anvil)), ledger_anchor.address, Account.create())
+    anchor = AnchorJob(world.ledger.engine, client, LEDGER_ID, confirmations=3)
+    body = bridge_in_job(world.ledger, anchor, page_blocks=1000, start_block=0)
+    try:
+        for _ in range(2):  # the redemption's block has 1, then 2 of the 3 confirmations
+            result = await body()
+            assert isinstance(result, BridgeInPass)
+            assert result.settled == {} and result.recorded == 0
+            assert await posted(world, user) == [0], "credited before finality"
+            rpc(w3, "evm_mine")
+        result = await body()
+        assert isinstance(result, BridgeInPass)
+        assert list(result.settled.values()) == [Outcome.CREDITED]
+        assert await posted(world, user) == [12_34]
+        for _ in range(2):
+            again = await body()
+            assert isinstance(again, BridgeInPass) and again.settled == {}
+            rpc(w3, "evm_mine")
+    finally:
+        await client.w3.provider.disconnect()
     assert await posted(world, user) == [12_34]
     assert await operations(world, OperationType.BRIDGE_IN) == 1
     assert total_supply(w3, token) == (MINTED - 12_34) * UNIT
