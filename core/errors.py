@@ -233,6 +233,23 @@ class UnknownBridgeOut(NotFound):
     code = "UNKNOWN_BRIDGE_OUT"
 
 
+class UnknownRedemption(NotFound):
+    """No ``Redeemed`` event recorded under that (chain, transaction, log index)."""
+
+    code = "UNKNOWN_REDEMPTION"
+
+
+class RedemptionNotSuspended(Conflict):
+    """The redemption is not parked in suspense (credited, dropped, still pending, or only
+    token dust that maps onto no minor unit)."""
+
+    code = "REDEMPTION_NOT_SUSPENDED"
+
+
+class SuspenseAlreadyResolved(Conflict):
+    code = "SUSPENSE_ALREADY_RESOLVED"
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

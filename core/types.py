@@ -39,6 +39,7 @@ class SystemAccount(StrEnum):
     FEES = "FEES"
     IN_FLIGHT = "IN_FLIGHT"
     BRIDGED_OUT = "BRIDGED_OUT"
+    SUSPENSE = "SUSPENSE"  # floor 0: what came back over a bridge for no valid account
 
 
 #: System accounts that may go negative without bound.
@@ -74,6 +75,9 @@ class OperationType(StrEnum):
     BRIDGE_OUT = "BRIDGE_OUT"  # a user's credits leave for a chain: AVAILABLE -> IN_FLIGHT
     BRIDGE_OUT_FINAL = "BRIDGE_OUT_FINAL"  # the mint is final: IN_FLIGHT -> BRIDGED_OUT
     BRIDGE_OUT_REFUND = "BRIDGE_OUT_REFUND"  # the mint proved impossible: IN_FLIGHT -> user
+    BRIDGE_IN = "BRIDGE_IN"  # tokens burnt for the user, final: BRIDGED_OUT -> user AVAILABLE
+    BRIDGE_IN_SUSPENSE = "BRIDGE_IN_SUSPENSE"  # burnt for no valid account: BRIDGED_OUT -> SUSPENSE
+    SUSPENSE_RESOLVED = "SUSPENSE_RESOLVED"  # staff, with a reason: SUSPENSE -> user AVAILABLE
 
 
 #: Operation types that need a written reason (audited as sensitive).

@@ -3,7 +3,8 @@
 :func:`worker_jobs` is pure (it only names the bodies and their intervals), so the list
 is tested without a scheduler; :func:`start_scheduler` hands it to APScheduler (asyncio).
 Without an anchor job (``VALUEOS_ANCHORING=off``) only the housekeeping jobs are listed; the
-bridge-out job is listed when the worker has a bridge minter key.
+bridge-out job is listed when the worker has a bridge minter key, the bridge-in job whenever it
+has a chain.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def worker_jobs(
     prune_interval_s: float,
     bridge_out: Callable[[], Awaitable[object]] | None = None,
     bridge_interval_s: float = 5.0,
+    bridge_in: Callable[[], Awaitable[object]] | None = None,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -59,6 +61,8 @@ def worker_jobs(
         ]
     if bridge_out is not None:
         jobs.append(ScheduledJob("bridge_out", bridge_out, bridge_interval_s, at_start=True))
+    if bridge_in is not None:
+        jobs.append(ScheduledJob("bridge_in", bridge_in, bridge_interval_s, at_start=True))
     return [
         *jobs,
         ScheduledJob(

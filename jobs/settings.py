@@ -10,7 +10,14 @@
                                      buckets; default 3600
 ``VALUEOS_BRIDGE_INTERVAL_S``        seconds between bridge-out passes (send mints, settle);
                                      default 5; the job runs only with a bridge minter key
-                                     (``VALUEOS_BRIDGE_KEY``, see chain.evm.settings)
+                                     (``VALUEOS_BRIDGE_KEY``, see chain.evm.settings);
+                                     also between bridge-in passes (final ``Redeemed``
+                                     events credited back), which run whenever the worker
+                                     has a chain (reading needs no key)
+``VALUEOS_BRIDGE_IN_PAGE_BLOCKS``    blocks per ``eth_getLogs`` page of the bridge-in job;
+                                     default 1000 (keep it within the node's log-range limit)
+``VALUEOS_BRIDGE_IN_START_BLOCK``    first block read for a token never read before
+                                     (e.g. its deployment block); default 0
 
 The anchoring settings (``ETH_RPC_URL``, ``VALUEOS_ANCHOR_*``) are
 :class:`chain.evm.settings.AnchorSettings`, read only when anchoring is on.
@@ -43,6 +50,15 @@ class WorkerSettings:
     housekeeping_interval_s: float = 60.0
     prune_interval_s: float = 3600.0
     bridge_interval_s: float = 5.0
+    bridge_in_page_blocks: int = 1000
+    bridge_in_start_block: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bridge_in_page_blocks < 1 or self.bridge_in_start_block < 0:
+            raise ValueError(
+                "VALUEOS_BRIDGE_IN_PAGE_BLOCKS must be at least 1 and "
+                "VALUEOS_BRIDGE_IN_START_BLOCK not negative"
+            )
 
     @classmethod
     def from_env(cls) -> WorkerSettings:
@@ -52,6 +68,8 @@ class WorkerSettings:
             housekeeping_interval_s=float(env.get("VALUEOS_EXPIRE_HOLDS_INTERVAL_S", "60")),
             prune_interval_s=float(env.get("VALUEOS_PRUNE_INTERVAL_S", "3600")),
             bridge_interval_s=float(env.get("VALUEOS_BRIDGE_INTERVAL_S", "5")),
+            bridge_in_page_blocks=int(env.get("VALUEOS_BRIDGE_IN_PAGE_BLOCKS", "1000")),
+            bridge_in_start_block=int(env.get("VALUEOS_BRIDGE_IN_START_BLOCK", "0")),
         )
 
 

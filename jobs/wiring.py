@@ -11,7 +11,9 @@
   configured: a development convenience, not production;
 * :func:`anchor_job`: the one place that builds the anchor client and job;
 * :func:`bridge_out_job`: the bridge-out pass (mints through the outbox, then settlement) on
-  the anchoring chain, signed by the bridge minter.
+  the anchoring chain, signed by the bridge minter;
+* :func:`bridge_in_job`: the bridge-in pass (final ``Redeemed`` events credited back) on the
+  anchoring chain, with the anchoring's finality rule; it only reads, so it needs no key.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.settings import DatabaseSettings, database_settings, epoch_settings
 from jobs.anchor import AnchorJob
+from jobs.bridge_in import bridge_in_pass
 from jobs.bridge_out import bridge_out_pass
 from jobs.deploy import ensure_ledger_anchor
 
@@ -166,6 +169,32 @@ def bridge_out_job(
             return await bridge_out_pass(led, outbox, minted)
         except ChainError:
             log.exception("bridge_out failed; retried on the next run")
+            return None
+
+    return body
+
+
+def bridge_in_job(
+    led: Ledger, anchor: AnchorJob, *, page_blocks: int, start_block: int
+) -> Callable[[], Awaitable[object]]:
+    """One bridge-in pass on the anchoring chain, with its confirmations and finality rule.
+    Reading needs no key: the token clients get a throwaway signer that never signs."""
+    w3 = anchor.client.w3
+    reader_key: LocalAccount = Account.create()
+    chain = EvmClient(w3, reader_key)
+
+    def reader(token: str) -> BridgeTokenClient:
+        return BridgeTokenClient(w3, token, reader_key)
+
+    async def body() -> object:
+        try:
+            return await bridge_in_pass(
+                led, chain, reader, confirmations=anchor.confirmations,
+                finality=Finality(anchor.finality), page_blocks=page_blocks,
+                start_block=start_block,
+            )  # fmt: skip
+        except ChainError:
+            log.exception("bridge_in failed; retried on the next run")
             return None
 
     return body

@@ -34,7 +34,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
     settings = options.settings
     async with wiring.ledger() as led, contextlib.AsyncExitStack() as stack:
         job: AnchorJob | None = None
-        bridge_out = None
+        bridge_out = bridge_in = None
         interval = 0.0
         if settings.anchoring:
             chain = anchor_settings()
@@ -42,6 +42,10 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             job = await stack.enter_async_context(
                 wiring.anchoring(led, chain, options.confirmations)
             )
+            bridge_in = wiring.bridge_in_job(
+                led, job, page_blocks=settings.bridge_in_page_blocks,
+                start_block=settings.bridge_in_start_block,
+            )  # fmt: skip
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
@@ -53,6 +57,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             prune_interval_s=settings.prune_interval_s,
             bridge_out=bridge_out,
             bridge_interval_s=settings.bridge_interval_s,
+            bridge_in=bridge_in,
         )
         scheduler = start_scheduler(jobs)
         try:
