@@ -43,6 +43,8 @@ def worker_jobs(
     bridge_out: Callable[[], Awaitable[object]] | None = None,
     bridge_interval_s: float = 5.0,
     bridge_in: Callable[[], Awaitable[object]] | None = None,
+    bridge_supply: Callable[[], Awaitable[object]] | None = None,
+    bridge_supply_interval_s: float = 60.0,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -63,6 +65,8 @@ def worker_jobs(
         jobs.append(ScheduledJob("bridge_out", bridge_out, bridge_interval_s, at_start=True))
     if bridge_in is not None:
         jobs.append(ScheduledJob("bridge_in", bridge_in, bridge_interval_s, at_start=True))
+    if bridge_supply is not None:
+        jobs.append(ScheduledJob("bridge_supply", bridge_supply, bridge_supply_interval_s))
     return [
         *jobs,
         ScheduledJob(

@@ -18,6 +18,8 @@
                                      default 1000 (keep it within the node's log-range limit)
 ``VALUEOS_BRIDGE_IN_START_BLOCK``    first block read for a token never read before
                                      (e.g. its deployment block); default 0
+``VALUEOS_BRIDGE_SUPPLY_INTERVAL_S`` seconds between supply invariant checks of the bridge
+                                     tokens (with a chain); default 60
 
 The anchoring settings (``ETH_RPC_URL``, ``VALUEOS_ANCHOR_*``) are
 :class:`chain.evm.settings.AnchorSettings`, read only when anchoring is on.
@@ -52,6 +54,7 @@ class WorkerSettings:
     bridge_interval_s: float = 5.0
     bridge_in_page_blocks: int = 1000
     bridge_in_start_block: int = 0
+    bridge_supply_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.bridge_in_page_blocks < 1 or self.bridge_in_start_block < 0:
@@ -70,6 +73,7 @@ class WorkerSettings:
             bridge_interval_s=float(env.get("VALUEOS_BRIDGE_INTERVAL_S", "5")),
             bridge_in_page_blocks=int(env.get("VALUEOS_BRIDGE_IN_PAGE_BLOCKS", "1000")),
             bridge_in_start_block=int(env.get("VALUEOS_BRIDGE_IN_START_BLOCK", "0")),
+            bridge_supply_interval_s=float(env.get("VALUEOS_BRIDGE_SUPPLY_INTERVAL_S", "60")),
         )
 
 

@@ -10,6 +10,7 @@
   in ``.valueos/anchor-contract``), signing with anvil's first dev key unless a key is
   configured: a development convenience, not production;
 * :func:`anchor_job`: the one place that builds the anchor client and job;
+* :func:`bridge_supply_job`: the supply invariant check of the bridge tokens (reads only);
 * :func:`bridge_out_job`: the bridge-out pass (mints through the outbox, then settlement) on
   the anchoring chain, signed by the bridge minter;
 * :func:`bridge_in_job`: the bridge-in pass (final ``Redeemed`` events credited back) on the
@@ -39,8 +40,9 @@ from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.settings import DatabaseSettings, database_settings, epoch_settings
 from jobs.anchor import AnchorJob
-from jobs.bridge_in import bridge_in_pass
+from jobs.bridge_in import TokenReader, bridge_in_pass
 from jobs.bridge_out import bridge_out_pass
+from jobs.bridge_supply import supply_pass
 from jobs.deploy import ensure_ledger_anchor
 
 log = logging.getLogger(__name__)
@@ -174,17 +176,23 @@ def bridge_out_job(
     return body
 
 
-def bridge_in_job(
-    led: Ledger, anchor: AnchorJob, *, page_blocks: int, start_block: int
-) -> Callable[[], Awaitable[object]]:
-    """One bridge-in pass on the anchoring chain, with its confirmations and finality rule.
-    Reading needs no key: the token clients get a throwaway signer that never signs."""
+def _readers(anchor: AnchorJob) -> tuple[EvmClient, TokenReader]:
+    """The anchoring chain and its token clients for reading: they need no key, so they get a
+    throwaway signer that never signs."""
     w3 = anchor.client.w3
     reader_key: LocalAccount = Account.create()
-    chain = EvmClient(w3, reader_key)
 
     def reader(token: str) -> BridgeTokenClient:
         return BridgeTokenClient(w3, token, reader_key)
+
+    return EvmClient(w3, reader_key), reader
+
+
+def bridge_in_job(
+    led: Ledger, anchor: AnchorJob, *, page_blocks: int, start_block: int
+) -> Callable[[], Awaitable[object]]:
+    """One bridge-in pass on the anchoring chain, with its confirmations and finality rule."""
+    chain, reader = _readers(anchor)
 
     async def body() -> object:
         try:
@@ -195,6 +203,25 @@ def bridge_in_job(
             )  # fmt: skip
         except ChainError:
             log.exception("bridge_in failed; retried on the next run")
+            return None
+
+    return body
+
+
+def bridge_supply_job(
+    led: Ledger, anchor: AnchorJob, *, start_block: int
+) -> Callable[[], Awaitable[object]]:
+    """One supply invariant check of every bridge token on the anchoring chain (reads only)."""
+    chain, reader = _readers(anchor)
+
+    async def body() -> object:
+        try:
+            return await supply_pass(
+                led, chain, reader, confirmations=anchor.confirmations,
+                finality=Finality(anchor.finality), start_block=start_block,
+            )  # fmt: skip
+        except ChainError:
+            log.exception("bridge_supply failed; retried on the next run")
             return None
 
     return body

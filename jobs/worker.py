@@ -34,7 +34,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
     settings = options.settings
     async with wiring.ledger() as led, contextlib.AsyncExitStack() as stack:
         job: AnchorJob | None = None
-        bridge_out = bridge_in = None
+        bridge_out = bridge_in = bridge_supply = None
         interval = 0.0
         if settings.anchoring:
             chain = anchor_settings()
@@ -46,6 +46,9 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
                 led, job, page_blocks=settings.bridge_in_page_blocks,
                 start_block=settings.bridge_in_start_block,
             )  # fmt: skip
+            bridge_supply = wiring.bridge_supply_job(
+                led, job, start_block=settings.bridge_in_start_block
+            )
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
@@ -58,6 +61,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_out=bridge_out,
             bridge_interval_s=settings.bridge_interval_s,
             bridge_in=bridge_in,
+            bridge_supply=bridge_supply,
+            bridge_supply_interval_s=settings.bridge_supply_interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:

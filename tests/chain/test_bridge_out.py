@@ -18,19 +18,27 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 
 from chain.evm.anchor import AnchorClient
 from chain.evm.bridge_token import deploy_bridge_token
 from chain.evm.client import connect
-from core.bridges.erc20 import BridgeOutOrder, BridgeOuts, BridgeOutState, get_bridge_out
-from core.bridges.tokens import register_token
+from core.bridges.erc20 import (
+    BridgeOutOrder,
+    BridgeOuts,
+    BridgeOutState,
+    get_bridge_out,
+    mint_calldata,
+)
+from core.bridges.tokens import get_token, register_token
 from core.directory import Directory
+from core.errors import BridgePaused
 from core.ledger import Ledger
 from core.types import AccountKind, OperationType, SystemAccount
 from jobs.anchor import AnchorJob
-from jobs.wiring import bridge_out_job
+from jobs.wiring import bridge_in_job, bridge_out_job, bridge_supply_job
 from merkle.tree import keccak256
 from tests.chain.bridge_driver import AMOUNT, TO, USER_ACTOR
 from tests.chain.conftest import LEDGER_ID, await_automine, rpc
@@ -206,3 +214,45 @@ async def test_a_worker_killed_after_any_step_mints_once_and_settles_once(
     assert minted_events(w3, token, bytes.fromhex(ref)) == 1, "exactly one mint"
     assert total_supply(w3, token) == TOKEN_UNITS
     assert await ledger_side(world, account) == (FUNDED - MOVED, 0, MOVED)  # conserved
+
+
+async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str, ledger_anchor: Contract
+) -> None:
+    user, _ = await funded_user(world)
+    view = await BridgeOuts(Directory(world.ledger)).bridge_out(
+        user, USER_ACTOR, BridgeOutOrder(world.asset, AMOUNT, TO), key="supply"
+    )
+    assert await run_passes(world.ledger, anvil, minter, view.id, w3, ledger_anchor.address) is (
+        BridgeOutState.MINTED
+    )
+    client = AnchorClient(await_automine(connect(anvil)), ledger_anchor.address, minter)
+    anchor = AnchorJob(world.ledger.engine, client, LEDGER_ID, confirmations=1)
+    read_redemptions = bridge_in_job(world.ledger, anchor, page_blocks=1000, start_block=0)
+    check_supply = bridge_supply_job(world.ledger, anchor, start_block=0)
+    broken = ("valueos_bridge_supply_broken_total", {"asset": world.asset})
+    try:
+        await read_redemptions()  # the cursor reaches the final block: the check can look
+        [held] = await check_supply()  # type: ignore[misc]
+        assert held.holds and held.on_chain == held.bounds.low == held.bounds.high == TOKEN_UNITS
+
+        # the minter's key mints behind the ledger's back
+        data = mint_calldata(TO, 1, b"\x99" * 32)
+        sent = w3.eth.send_transaction(
+            {"from": minter.address, "to": token, "data": "0x" + data.hex()}
+        )
+        assert w3.eth.wait_for_transaction_receipt(sent)["status"] == 1
+        rpc(w3, "evm_mine")
+        before = REGISTRY.get_sample_value(*broken) or 0.0
+        await read_redemptions()
+        [failed] = await check_supply()  # type: ignore[misc]
+        assert not failed.holds and failed.on_chain == TOKEN_UNITS + 1
+        assert REGISTRY.get_sample_value(*broken) == before + 1
+        paused = await get_token(world.ledger, world.asset)
+        assert paused.paused and "supply invariant broken" in (paused.pause_reason or "")
+        with pytest.raises(BridgePaused):
+            await BridgeOuts(Directory(world.ledger)).bridge_out(
+                user, USER_ACTOR, BridgeOutOrder(world.asset, "1.00", TO), key="after"
+            )
+    finally:
+        await client.w3.provider.disconnect()
