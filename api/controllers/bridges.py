@@ -1,5 +1,6 @@
 """The ERC-20 bridge: bridge-outs (a USER's vCredits leave for their token on Ethereum), their
-dry run and state, and the tokens (registered and paused by staff).
+dry run and state, the tokens (registered and paused by staff), and the redemptions parked in
+suspense (listed and resolved by staff).
 
 A bridge-out answers 201 once the debit and its mint are stored together; the mint is then
 sent, confirmed and finalized by the worker (``GET .../out/{id}`` follows it)."""
@@ -23,10 +24,13 @@ from api.schemas.bridges import (
     BridgePause,
     BridgeTokenCreate,
     BridgeTokenRead,
+    RedemptionRead,
+    SuspenseResolve,
 )
 from api.schemas.policies import DryRunRead
-from core.bridges import erc20, tokens
+from core.bridges import erc20, redemptions, tokens
 from core.bridges.erc20 import BridgeOutView
+from core.bridges.redemptions import RedemptionKey, RedemptionView
 from core.bridges.tokens import BridgeToken
 from core.types import OperationType
 
@@ -150,4 +154,49 @@ class BridgeTokenController(Controller):
         return await ctx.once(data, run, status_code=200)
 
 
-ROUTES = [BridgeOutController, BridgeTokenController]
+def redemption_read(v: RedemptionView) -> RedemptionRead:
+    return RedemptionRead(
+        v.key.chain_id, "0x" + v.key.tx_hash.hex(), v.key.log_index, v.token, v.block_number,
+        v.sender, str(v.amount), "0x" + v.ledger_ref.hex(),
+        None if v.outcome is None else str(v.outcome), v.reason, v.credit_operation,
+        v.suspense_operation, v.resolved_operation, v.recorded_at,
+    )  # fmt: skip
+
+
+class SuspenseController(Controller):
+    """Redemptions the bridge-in could not credit (unknown or unusable ledgerRef, an amount
+    that does not map): parked in the asset's SUSPENSE account until staff resolve them."""
+
+    path = "/api/v1/bridges/erc20/suspense"
+    tags = ["bridges"]
+
+    @get("/", guards=[allow(STAFF_READERS, scope="read")])
+    async def list_suspense(
+        self,
+        ctx: NamedDependency[Ctx],
+        unresolved_only: Annotated[bool, QueryParameter()] = True,
+        limit: Annotated[int, QueryParameter(ge=1, le=redemptions.MAX_PAGE)] = 50,
+    ) -> list[RedemptionRead]:
+        """Suspended redemptions, oldest first (by default only those still to resolve)."""
+        found = await redemptions.suspended_redemptions(
+            ctx.svc.ledger, unresolved_only=unresolved_only, limit=limit
+        )
+        return [redemption_read(v) for v in found]
+
+    @post("/resolve", guards=STAFF, status_code=200, opt={"rate_group": "admin"})
+    async def resolve(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[SuspenseResolve]
+    ) -> Response[RedemptionRead]:
+        """Credit a suspended redemption to a named account, once (audited, with a reason)."""
+
+        async def run(_: Attempt) -> RedemptionRead:
+            key = RedemptionKey(data.chain_id, bytes.fromhex(data.tx_hash[2:]), data.log_index)
+            view = await redemptions.resolve_suspense(
+                ctx.svc.ledger, key, data.account_id, ctx.actor, data.reason
+            )
+            return redemption_read(view)
+
+        return await ctx.once(data, run, status_code=200)
+
+
+ROUTES = [BridgeOutController, BridgeTokenController, SuspenseController]

@@ -77,3 +77,33 @@ class BridgeTokenRead(Struct):
     decimals: int
     paused: bool
     pause_reason: str | None
+
+
+class RedemptionRead(Struct):
+    chain_id: int
+    tx_hash: str
+    log_index: int
+    token_address: str
+    block_number: int
+    sender: str
+    #: token units (integer string)
+    amount: str
+    ledger_ref: str
+    #: None while pending, then CREDITED, SUSPENDED or DROPPED
+    outcome: str | None
+    reason: str | None
+    credit_operation_id: int | None
+    suspense_operation_id: int | None
+    resolved_operation_id: int | None
+    recorded_at: datetime
+
+
+class SuspenseResolve(Create):
+    """Move a suspended redemption's parked amount to ``account_id`` (an AVAILABLE account of
+    the token's asset), once."""
+
+    chain_id: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    tx_hash: Annotated[str, Meta(pattern=r"^0x[0-9a-f]{64}$")]
+    log_index: Annotated[int, Meta(ge=0, le=2**31 - 1)]
+    account_id: Annotated[int, Meta(ge=1, le=2**63 - 1)]
+    reason: Reason

@@ -93,6 +93,8 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/bridges/erc20/tokens/{asset:str}"): EVERYONE,
     ("POST", "/api/v1/bridges/erc20/tokens/{asset:str}/pause"): {A, OP},
     ("POST", "/api/v1/bridges/erc20/tokens/{asset:str}/resume"): {A, OP},
+    ("GET", "/api/v1/bridges/erc20/suspense"): {A, OP, C, R, AU},
+    ("POST", "/api/v1/bridges/erc20/suspense/resolve"): {A, OP},
     ("GET", "/api/v1/anchors"): {A, C, R, AU},
     ("GET", "/api/v1/proofs/entries/{seq:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/proofs/balances/{account_id:int}"): {U, A, C, R, AU},
