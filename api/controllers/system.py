@@ -11,6 +11,7 @@ from api.auth import PUBLIC
 from api.errors import ApiError
 from api.schemas.system import HealthRead, ReadyRead
 from api.services import Services
+from core.bridges.status import bridge_status
 from core.errors import StorageError
 
 OPT = {**PUBLIC, "rate_group": None}
@@ -33,7 +34,8 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
         raise ApiError(
             503, "NOT_READY", f"schema at {current}, expected {expected}: run valueos migrate"
         )
-    return ReadyRead("ready", "ok", current, expected)
+    paused = [t.asset for t in await bridge_status(svc.ledger) if t.paused]
+    return ReadyRead("ready", "ok", current, expected, paused)
 
 
 ROUTES = [health, ready]

@@ -14,3 +14,5 @@ class ReadyRead(Struct):
     database: str
     schema_revision: str | None
     expected_revision: str | None
+    #: assets whose outbound bridging is paused (e.g. a broken supply invariant)
+    bridges_paused: list[str]

@@ -32,6 +32,7 @@ from core.bridges.erc20 import (
     get_bridge_out,
     mint_calldata,
 )
+from core.bridges.status import bridge_status
 from core.bridges.tokens import get_token, register_token
 from core.directory import Directory
 from core.errors import BridgePaused
@@ -250,6 +251,8 @@ async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
         assert REGISTRY.get_sample_value(*broken) == before + 1
         paused = await get_token(world.ledger, world.asset)
         assert paused.paused and "supply invariant broken" in (paused.pause_reason or "")
+        [status] = [s for s in await bridge_status(world.ledger) if s.asset == world.asset]
+        assert status.paused and status.outs == {"MINTED": 1} and status.ins == {}
         with pytest.raises(BridgePaused):
             await BridgeOuts(Directory(world.ledger)).bridge_out(
                 user, USER_ACTOR, BridgeOutOrder(world.asset, "1.00", TO), key="after"

@@ -4,6 +4,7 @@ once, with the caps given, the minter and pauser granted, and records it."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,7 @@ from core.bridges.tokens import get_token
 from core.ledger import Ledger
 from core.settings import database_settings
 from core.types import AssetKind
+from jobs.bridge_status import main as status_main
 from jobs.deploy_token import main
 from tests.conftest import ADMIN
 
@@ -42,7 +44,7 @@ CAPS = ["--per-transfer-cap", "1000.00", "--window-cap", "50000.00", "--window-s
 
 
 async def test_deploys_once_with_its_caps_and_roles(
-    env: tuple[str, str], ledger: Ledger, w3: Web3
+    env: tuple[str, str], ledger: Ledger, w3: Web3, capsys: pytest.CaptureFixture[str]
 ) -> None:
     admin, minter = env
     await ledger.accounts.create_asset(
@@ -62,10 +64,17 @@ async def test_deploys_once_with_its_caps_and_roles(
     assert not contract.functions.hasRole(minter_role, admin).call()
 
     nonce = w3.eth.get_transaction_count(admin)
-    assert (
-        await asyncio.to_thread(main, "deploy-token", ["MILESX", *CAPS]) == 0
-    )  # already recorded: nothing deployed
-    assert w3.eth.get_transaction_count(admin) == nonce
+    again = await asyncio.to_thread(main, "deploy-token", ["MILESX", *CAPS])
+    assert again == 0 and w3.eth.get_transaction_count(admin) == nonce  # nothing deployed
+
+    capsys.readouterr()
+    assert await asyncio.to_thread(status_main, "bridge", ["status"]) == 0  # nothing paused
+    [listed] = json.loads(capsys.readouterr().out)
+    assert (listed["asset"], listed["address"], listed["paused"]) == (
+        "MILESX",
+        token.address,
+        False,
+    )
 
 
 async def test_refuses_without_a_minter_or_an_asset(

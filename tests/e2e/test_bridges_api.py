@@ -101,6 +101,8 @@ async def test_a_paused_bridge_refuses_until_resumed(api: Api) -> None:
     assert paused.status_code == 200 and paused.json()["pause_reason"] == "incident"
     body = {"asset": asset, "amount": "1.00", "to_address": TO}
     problem(await out(api, alice, body), 409, "BRIDGE_PAUSED")
+    ready = await api.http.get("/ready")
+    assert ready.status_code == 200 and asset in ready.json()["bridges_paused"]
     plan = await api.http.post(
         "/api/v1/bridges/erc20/out/dry-run", json=body, headers=alice.headers
     )
@@ -109,6 +111,7 @@ async def test_a_paused_bridge_refuses_until_resumed(api: Api) -> None:
         f"{url}/resume", json={"reason": "fixed"}, headers=api.admin.headers
     )
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert asset not in (await api.http.get("/ready")).json()["bridges_paused"]
     plan = await api.http.post(
         "/api/v1/bridges/erc20/out/dry-run", json=body, headers=alice.headers
     )
