@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from eth_typing import ChecksumAddress
 from eth_utils import keccak
 from web3 import AsyncWeb3, Web3
@@ -33,6 +35,8 @@ from web3.types import RPCEndpoint, RPCResponse
 
 from chain.evm.anvil import AnvilError, AnvilNode, find_anvil, start_anvil, wait_for_rpc
 from chain.evm.artifacts import load_artifact
+from chain.evm.bridge_token import deploy_bridge_token
+from chain.evm.client import connect
 from core.ledger import Ledger
 from tests.conftest import settings_for
 from tests.support import create_database, drop_database
@@ -227,3 +231,31 @@ async def ledger(db_url: str) -> AsyncIterator[Ledger]:
         yield led
     finally:
         await led.close()
+
+
+@pytest.fixture
+def admin(dev_keys: list[str]) -> LocalAccount:
+    """The bridge token's admin and pauser (anvil's first dev account)."""
+    account: LocalAccount = Account.from_key(dev_keys[0])
+    return account
+
+
+@pytest.fixture
+def minter(dev_keys: list[str]) -> LocalAccount:
+    """The bridge token's minter (anvil's second dev account)."""
+    account: LocalAccount = Account.from_key(dev_keys[1])
+    return account
+
+
+@pytest.fixture
+async def token(anvil: str, admin: LocalAccount, minter: LocalAccount) -> AsyncIterator[str]:
+    """A BridgeToken (6 decimals, roomy caps) deployed for the test; its address."""
+    w3 = connect(anvil)
+    try:
+        yield await deploy_bridge_token(
+            w3, admin, name="Bridged", symbol="BRG", decimals=6, admin=admin.address,
+            minter=minter.address, pauser=admin.address, per_transfer_cap=10**15,
+            window_cap=10**16, window_seconds=3600,
+        )  # fmt: skip
+    finally:
+        await w3.provider.disconnect()

@@ -22,7 +22,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from chain.evm.anchor import AnchorClient
-from chain.evm.bridge_token import BridgeTokenClient, deploy_bridge_token
+from chain.evm.bridge_token import BridgeTokenClient
 from chain.evm.client import EvmClient, connect
 from core.bridges.redemptions import (
     ChainToken,
@@ -42,8 +42,7 @@ from jobs.bridge_in import BRIDGE_IN_ACTOR, BridgeInPass, bridge_in_pass
 from jobs.wiring import bridge_in_job
 from merkle.tree import keccak256
 from tests.chain.conftest import LEDGER_ID, await_automine, rpc
-from tests.conftest import ADMIN, World, make_world, settings_for
-from tests.support import create_database, drop_database
+from tests.conftest import ADMIN, World, make_world
 
 pytestmark = pytest.mark.chain
 
@@ -55,52 +54,9 @@ STAFF = Actor("ops-1", Role.OPS)
 
 
 @pytest.fixture
-async def db_url() -> AsyncIterator[str]:
-    url = await create_database()
-    try:
-        yield url
-    finally:
-        await drop_database(url)
-
-
-@pytest.fixture
-async def ledger(db_url: str) -> AsyncIterator[Ledger]:
-    led = Ledger.connect(settings_for(db_url))
-    try:
-        yield led
-    finally:
-        await led.close()
-
-
-@pytest.fixture
-def admin(dev_keys: list[str]) -> LocalAccount:
-    account: LocalAccount = Account.from_key(dev_keys[0])
-    return account
-
-
-@pytest.fixture
-def minter(dev_keys: list[str]) -> LocalAccount:
-    account: LocalAccount = Account.from_key(dev_keys[1])
-    return account
-
-
-@pytest.fixture
 def holder(dev_keys: list[str]) -> LocalAccount:
     account: LocalAccount = Account.from_key(dev_keys[2])
     return account
-
-
-@pytest.fixture
-async def token(anvil: str, admin: LocalAccount, minter: LocalAccount) -> AsyncIterator[str]:
-    w3 = connect(anvil)
-    try:
-        yield await deploy_bridge_token(
-            w3, admin, name="Bridged", symbol="BRG", decimals=6, admin=admin.address,
-            minter=minter.address, pauser=admin.address, per_transfer_cap=10**15,
-            window_cap=10**16, window_seconds=3600,
-        )  # fmt: skip
-    finally:
-        await w3.provider.disconnect()
 
 
 @pytest.fixture

@@ -11,19 +11,16 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 
 from chain.evm.anchor import AnchorClient
-from chain.evm.bridge_token import deploy_bridge_token
 from chain.evm.client import connect
 from core.bridges.erc20 import (
     BridgeOutOrder,
@@ -51,31 +48,6 @@ ROOT = Path(__file__).resolve().parents[2]
 FUNDED = 100_00  # 100.00 at scale 2
 MOVED = 12_34
 TOKEN_UNITS = 12_340_000  # 6 decimals
-
-
-@pytest.fixture
-def minter(dev_keys: list[str]) -> LocalAccount:
-    account: LocalAccount = Account.from_key(dev_keys[1])
-    return account
-
-
-@pytest.fixture
-def admin(dev_keys: list[str]) -> LocalAccount:
-    account: LocalAccount = Account.from_key(dev_keys[0])
-    return account
-
-
-@pytest.fixture
-async def token(anvil: str, admin: LocalAccount, minter: LocalAccount) -> AsyncIterator[str]:
-    w3 = connect(anvil)
-    try:
-        yield await deploy_bridge_token(
-            w3, admin, name="Bridged", symbol="BRG", decimals=6, admin=admin.address,
-            minter=minter.address, pauser=admin.address, per_transfer_cap=10**15,
-            window_cap=10**16, window_seconds=3600,
-        )  # fmt: skip
-    finally:
-        await w3.provider.disconnect()
 
 
 @pytest.fixture
