@@ -12,7 +12,7 @@ ever giving one nonce to two rows; the unique index ``chain_txs_nonce`` enforces
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,6 +28,10 @@ __all__ = [
     "ChainTx",
     "TxPurpose",
     "TxStatus",
+    "batch",
+    "batchable_rows",
+    "chain_txs_select",
+    "end_carried",
     "enqueue",
     "get_tx",
     "get_tx_by_ref",
@@ -35,6 +39,7 @@ __all__ = [
     "opt_bytes",
     "sign_and_store",
     "transition",
+    "tx_from_row",
     "tx_hashes",
     "unfinished_txs",
 ]
@@ -44,7 +49,8 @@ class TxStatus(StrEnum):
     """BUILT: the call is stored, nothing signed. SIGNED: raw bytes and hash stored (before any
     broadcast). BROADCAST: handed to the node. CONFIRMED: in a block (hash recorded).
     FINALIZED: deep enough, block re-checked. FAILED: mined, but reverted (the nonce is spent).
-    REJECTED: the node says the call reverts, so it was never signed (no nonce used). After
+    REJECTED: the node says the call reverts, so it was never signed (no nonce used).
+    BATCHED: another row's transaction carries this call (``carrier_id``). After
     FAILED or REJECTED the client decides what follows (e.g. :func:`transition` back to
     BUILT, or a refund)."""
 
@@ -55,6 +61,7 @@ class TxStatus(StrEnum):
     FINALIZED = "FINALIZED"
     FAILED = "FAILED"
     REJECTED = "REJECTED"
+    BATCHED = "BATCHED"
 
 
 UNFINISHED = (TxStatus.BUILT, TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.CONFIRMED)
@@ -85,6 +92,8 @@ class ChainTx:
     last_error: str | None
     #: seconds since the last transition (database clock)
     age_s: float
+    #: the row whose transaction carries this one's call (BATCHED)
+    carrier_id: int | None = None
 
 
 def opt_bytes(value: Any) -> bytes | None:
@@ -92,7 +101,7 @@ def opt_bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-def _from_row(row: asyncpg.Record) -> ChainTx:
+def tx_from_row(row: asyncpg.Record) -> ChainTx:
     return ChainTx(
         id=row["id"],
         purpose=row["purpose"],
@@ -110,14 +119,21 @@ def _from_row(row: asyncpg.Record) -> ChainTx:
         block_hash=opt_bytes(row["block_hash"]),
         gas_used=row["gas_used"],
         attempts=row["attempts"],
+        carrier_id=row["carrier_id"],
         last_error=row["last_error"],
         age_s=float(row["age_s"]),
     )
 
 
-_SELECT = (
-    "SELECT *, extract(epoch FROM clock_timestamp() - updated_at)::float8 AS age_s FROM chain_txs "
-)
+def chain_txs_select(alias: str = "chain_txs") -> str:
+    """``SELECT`` of whole rows (as :func:`tx_from_row` reads them); callers add the rest."""
+    return (
+        f"SELECT {alias}.*, extract(epoch FROM clock_timestamp() - {alias}.updated_at)::float8 "
+        f"AS age_s FROM chain_txs {alias} "
+    )
+
+
+_SELECT = chain_txs_select()
 _EVENT = (
     "INSERT INTO chain_tx_events (tx_id, from_status, to_status, tx_hash, detail) "
     "VALUES ($1, $2, $3, $4, $5)"
@@ -176,16 +192,91 @@ async def insert_intent(conn: asyncpg.Connection, intent: ChainIntent, *, detail
     return tx_id
 
 
+class _Taken(Exception):
+    """A row to batch was moved by another worker meanwhile (rolls the batch back)."""
+
+
+async def batch(
+    engine: AsyncEngine, members: Sequence[ChainTx], carrier: ChainIntent
+) -> int | None:
+    """Put BUILT ``members`` under one new carrier row (BUILT) whose call does all of theirs, in
+    one database transaction; None (nothing changed) when one of them is not BUILT any more."""
+    ids = [m.id for m in members]
+    try:
+        async with raw_connection(engine) as conn, conn.transaction():
+            carrier_id = await insert_intent(conn, carrier, detail=f"carries {len(ids)} rows")
+            moved = await conn.fetch(
+                "UPDATE chain_txs SET status = 'BATCHED', carrier_id = $1, "
+                "updated_at = clock_timestamp() WHERE id = ANY($2::bigint[]) AND status = 'BUILT' "
+                "RETURNING id",
+                carrier_id,
+                ids,
+            )
+            if len(moved) != len(ids):
+                raise _Taken
+            await conn.executemany(
+                _EVENT, [(i, TxStatus.BUILT, TxStatus.BATCHED, None, f"carried by {carrier_id}")
+                         for i in ids],
+            )  # fmt: skip
+    except _Taken:
+        return None
+    return carrier_id
+
+
+_CARRIED_FINAL = """
+UPDATE chain_txs m SET status = 'FINALIZED', tx_hash = c.tx_hash, block_number = c.block_number,
+       block_hash = c.block_hash, updated_at = clock_timestamp()
+FROM chain_txs c
+WHERE m.carrier_id = c.id AND m.status = 'BATCHED' AND c.status = 'FINALIZED'
+RETURNING m.id, c.tx_hash
+"""
+_CARRIED_BACK = """
+UPDATE chain_txs m SET status = 'BUILT', updated_at = clock_timestamp()
+FROM chain_txs c
+WHERE m.carrier_id = c.id AND m.status = 'BATCHED' AND c.status IN ('FAILED', 'REJECTED')
+RETURNING m.id, c.id AS carrier
+"""
+
+
+async def end_carried(engine: AsyncEngine) -> int:
+    """Rows whose carrier has ended: FINALIZED -> they are FINALIZED too (its hash and block);
+    FAILED or REJECTED -> BUILT again, keeping ``carrier_id`` so they are never batched again
+    and go alone (one bad call cannot hold the others back). Returns how many rows moved."""
+    async with raw_connection(engine) as conn, conn.transaction():
+        final = await conn.fetch(_CARRIED_FINAL)
+        back = await conn.fetch(_CARRIED_BACK)
+        await conn.executemany(
+            _EVENT,
+            [(r["id"], TxStatus.BATCHED, TxStatus.FINALIZED, r["tx_hash"], "carrier final")
+             for r in final]
+            + [(r["id"], TxStatus.BATCHED, TxStatus.BUILT, None,
+                f"carrier {r['carrier']} failed: sent alone") for r in back],
+        )  # fmt: skip
+    return len(final) + len(back)
+
+
+async def batchable_rows(engine: AsyncEngine, purpose: str, *, limit: int) -> list[ChainTx]:
+    """BUILT rows of ``purpose`` never carried before, oldest first."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            _SELECT + "WHERE purpose = $1 AND status = 'BUILT' AND carrier_id IS NULL "
+            "ORDER BY id LIMIT $2",
+            purpose,
+            limit,
+        )
+    return [tx_from_row(r) for r in rows]
+
+
 async def get_tx(engine: AsyncEngine, tx_id: int) -> ChainTx | None:
     async with raw_connection(engine) as conn:
         row = await conn.fetchrow(_SELECT + "WHERE id = $1", tx_id)
-    return _from_row(row) if row else None
+    return tx_from_row(row) if row else None
 
 
 async def get_tx_by_ref(engine: AsyncEngine, purpose: str, ref: str) -> ChainTx | None:
     async with raw_connection(engine) as conn:
         row = await conn.fetchrow(_SELECT + "WHERE purpose = $1 AND ref = $2", purpose, ref)
-    return _from_row(row) if row else None
+    return tx_from_row(row) if row else None
 
 
 async def unfinished_txs(engine: AsyncEngine, purpose: str) -> list[ChainTx]:
@@ -196,7 +287,7 @@ async def unfinished_txs(engine: AsyncEngine, purpose: str) -> list[ChainTx]:
             purpose,
             list(UNFINISHED),
         )
-    return [_from_row(r) for r in rows]
+    return [tx_from_row(r) for r in rows]
 
 
 async def tx_hashes(engine: AsyncEngine, tx_id: int) -> list[bytes]:

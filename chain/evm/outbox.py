@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.evm.client import CallReverted, EvmClient, InsufficientFunds, Mined
 from core import chain_txs
-from core.chain_txs import ChainTx, TxStatus
+from core.chain_txs import UNFINISHED, ChainTx, TxStatus
 
 __all__ = ["Finality", "Outbox"]
 
@@ -98,17 +98,21 @@ class Outbox:
         self._bumped.clear()
 
     async def run_pass(self, purpose: str) -> list[tuple[int, TxStatus]]:
-        """Advance every unfinished row of ``purpose`` as far as it goes without waiting;
-        returns the transitions made as (row id, new status)."""
+        """Advance every unfinished row of ``purpose`` as far as it goes without waiting, one
+        row after the other (oldest first); returns the transitions made as (row id, new
+        status)."""
         self.begin_pass()
         steps: list[tuple[int, TxStatus]] = []
         for _ in range(MAX_STEPS):
+            moved = False
             for tx in await chain_txs.unfinished_txs(self.engine, purpose):
-                if await self.advance(tx):
-                    after = await chain_txs.get_tx(self.engine, tx.id)
-                    steps.append((tx.id, after.status if after else tx.status))
-                    break
-            else:
+                current: ChainTx | None = tx
+                while current is not None and await self.advance(current):
+                    moved = True
+                    after = await chain_txs.get_tx(self.engine, current.id)
+                    steps.append((current.id, after.status if after else current.status))
+                    current = after if after is not None and after.status in UNFINISHED else None
+            if not moved:
                 return steps
         return steps
 

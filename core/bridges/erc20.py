@@ -21,24 +21,33 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from sqlalchemy import text
 
 from core.bridges.tokens import BridgeToken, get_token, to_token_units
-from core.chain_txs import ChainTx, TxStatus, get_tx, opt_bytes
+from core.chain_txs import ChainTx, TxStatus, chain_txs_select, opt_bytes, tx_from_row
 from core.directory import Directory
 from core.epochs import raw_connection
-from core.errors import BridgePaused, InvalidAddress, UnknownBridgeOut, ValidationError
+from core.errors import (
+    BridgePaused,
+    InvalidAddress,
+    LedgerError,
+    UnknownBridgeOut,
+    ValidationError,
+)
 from core.policy.versions import DryRun, dry_run
 from core.types import (
     AccountKind,
     Actor,
     ChainIntent,
+    Command,
     OperationType,
     PostOperation,
     SystemAccount,
@@ -50,6 +59,7 @@ if TYPE_CHECKING:
     from core.ledger import Ledger
 
 __all__ = [
+    "BATCH_PURPOSE",
     "MINT_PURPOSE",
     "BridgeOutOrder",
     "BridgeOutState",
@@ -61,10 +71,13 @@ __all__ = [
     "list_bridge_outs",
     "mint_calldata",
     "settle",
+    "settle_many",
     "unsettled_mints",
 ]
 
 MINT_PURPOSE = "erc20_mint"
+#: one transaction carrying the mints of many bridge-outs (``mintBatch``)
+BATCH_PURPOSE = "erc20_mint_batch"
 _MINT_SELECTOR = keccak256(b"mint(address,uint256,bytes32)")[:4]
 _ZERO = "0x" + "0" * 40
 MAX_PAGE = 200
@@ -97,6 +110,14 @@ def check_address(address: str) -> str:
 def mint_calldata(to: str, amount: int, bridge_id: bytes) -> bytes:
     """ABI-encoded ``mint(address to, uint256 amount, bytes32 bridgeId)``."""
     return _MINT_SELECTOR + abi_encode(["address", "uint256", "bytes32"], [to, amount, bridge_id])
+
+
+def decode_mint(data: bytes) -> tuple[str, int, bytes]:
+    """(to, amount, bridge id) of calldata made by :func:`mint_calldata`."""
+    if data[:4] != _MINT_SELECTOR:
+        raise ValueError("not a mint(address,uint256,bytes32) call")
+    to, amount, bridge_id = abi_decode(["address", "uint256", "bytes32"], data[4:])
+    return str(to), int(amount), bytes(bridge_id)
 
 
 def bridge_id_of(idempotency_key: str | None) -> bytes:
@@ -165,36 +186,76 @@ class BridgeOuts:
         return await dry_run(self.ledger, await self.plan(user, actor, order, key=None))
 
 
-async def settle(
-    ledger: Ledger, tx: ChainTx, *, minted: bool | None, actor: Actor
-) -> Settlement | None:
-    """End bridge-out ``tx.ref`` once its mint is FINALIZED (-> BRIDGED_OUT), or FAILED or
-    REJECTED with the bridge id unminted on-chain (``minted`` False: refunded to the user);
-    None while neither.
-    Idempotent: settling again answers the stored result."""
+def _settlement(tx: ChainTx, minted: bool | None) -> tuple[Settlement, str | None] | None:
     ended = tx.status in (TxStatus.FAILED, TxStatus.REJECTED)
     if tx.status is TxStatus.FINALIZED or (ended and minted):
-        kind, reason = Settlement.FINAL, None
-    elif ended and minted is False:
-        kind, reason = Settlement.REFUND, f"mint impossible: {tx.last_error or 'reverted'}"
-    else:
-        return None
-    out = await get_bridge_out(ledger, tx.ref, user=None)
-    asset = out.asset
-    in_flight = await ledger.accounts.system_account(asset, SystemAccount.IN_FLIGHT, actor=actor)
-    if kind is Settlement.FINAL:
-        target = await ledger.accounts.system_account(asset, SystemAccount.BRIDGED_OUT, actor=actor)
-        type_ = OperationType.BRIDGE_OUT_FINAL
-    else:
-        target, type_ = out.source_account, OperationType.BRIDGE_OUT_REFUND
-    await ledger.post(
-        PostOperation(
-            type_, transfer_legs(in_flight, target, asset, out.amount), actor,
-            f"{kind}:{tx.ref}", {"bridge": {"id": tx.ref, "debit": out.debit_operation}},
-            reason=reason,
-        )
-    )  # fmt: skip
-    return kind
+        return Settlement.FINAL, None
+    if ended and minted is False:
+        return Settlement.REFUND, f"mint impossible: {tx.last_error or 'reverted'}"
+    return None
+
+
+async def settle_many(
+    ledger: Ledger,
+    ended: Sequence[tuple[ChainTx, bool | None]],
+    *,
+    actor: Actor,
+    directory: Directory | None = None,
+) -> dict[str, Settlement | LedgerError]:
+    """End the bridge-outs of ``ended`` (each mint row with whether the token says its id was
+    minted; None: not asked) in one ledger batch: FINALIZED (or ended but minted) -> BRIDGED_OUT;
+    FAILED or REJECTED and unminted -> refunded to the user; the others wait. Each settlement
+    is an operation under a deterministic key, so settling again answers the stored result.
+    Returns bridge id -> what became of it (or the ledger's refusal), for those settled."""
+    decided = {tx.ref: d for tx, minted in ended if (d := _settlement(tx, minted)) is not None}
+    if not decided:
+        return {}
+    async with ledger.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(_VIEW + "AND o.metadata -> 'bridge' ->> 'id' = ANY(:refs)"),
+                {"refs": list(decided)},
+            )
+        ).all()
+    accounts = directory or Directory(ledger)
+    refs: list[str] = []
+    commands: list[Command] = []
+    for out in (_view(r) for r in rows):
+        kind, reason = decided[out.id]
+        in_flight = await accounts.system(out.asset, SystemAccount.IN_FLIGHT, actor)
+        if kind is Settlement.FINAL:
+            target = await accounts.system(out.asset, SystemAccount.BRIDGED_OUT, actor)
+            type_ = OperationType.BRIDGE_OUT_FINAL
+        else:
+            target, type_ = out.source_account, OperationType.BRIDGE_OUT_REFUND
+        refs.append(out.id)
+        commands.append(
+            PostOperation(
+                type_, transfer_legs(in_flight, target, out.asset, out.amount), actor,
+                f"{kind}:{out.id}", {"bridge": {"id": out.id, "debit": out.debit_operation}},
+                reason=reason,
+            )
+        )  # fmt: skip
+    results = await ledger.post_many(commands)
+    return {
+        ref: result if isinstance(result, LedgerError) else decided[ref][0]
+        for ref, result in zip(refs, results, strict=True)
+    }
+
+
+async def settle(
+    ledger: Ledger,
+    tx: ChainTx,
+    *,
+    minted: bool | None,
+    actor: Actor,
+    directory: Directory | None = None,
+) -> Settlement | None:
+    """:func:`settle_many` of one bridge-out; a refusal raises."""
+    done = (await settle_many(ledger, [(tx, minted)], actor=actor, directory=directory)).get(tx.ref)
+    if isinstance(done, LedgerError):
+        raise done
+    return done
 
 
 class BridgeOutState(StrEnum):
@@ -294,8 +355,8 @@ async def unsettled_mints(ledger: Ledger, *, limit: int = 500) -> list[ChainTx]:
     """Mint rows the outbox has finished with (FINALIZED, FAILED, REJECTED) whose bridge-out is not
     settled yet, oldest first."""
     async with raw_connection(ledger.engine) as conn:
-        ids = await conn.fetch(
-            "SELECT t.id FROM chain_txs t WHERE t.purpose = $1 "
+        rows = await conn.fetch(
+            chain_txs_select("t") + "WHERE t.purpose = $1 "
             "AND t.status IN ('FINALIZED', 'FAILED', 'REJECTED') AND NOT EXISTS ("
             "  SELECT 1 FROM operations s WHERE s.idempotency_key = ANY(ARRAY["
             "    'bridge-final:' || t.ref, 'bridge-refund:' || t.ref])) "
@@ -303,5 +364,4 @@ async def unsettled_mints(ledger: Ledger, *, limit: int = 500) -> list[ChainTx]:
             MINT_PURPOSE,
             limit,
         )
-    found = [await get_tx(ledger.engine, r["id"]) for r in ids]
-    return [tx for tx in found if tx is not None]
+    return [tx_from_row(r) for r in rows]

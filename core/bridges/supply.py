@@ -4,7 +4,8 @@ At a block ``B`` the bridge-in job has fully read (so every ``Redeemed`` event u
 recorded), in token units:
 
 * ``low``  = the mints known mined by ``B`` (outbox rows CONFIRMED or FINALIZED at or below
-  ``B``) - the redemptions recorded up to ``B`` (all but those whose block was dropped);
+  ``B``, a batched one by its carrier) - the redemptions recorded up to ``B`` (all but those
+  whose block was dropped);
 * ``high`` = ``low`` + the mints signed but not yet seen mined (SIGNED, BROADCAST): the outbox
   may simply not have looked yet.
 
@@ -38,13 +39,17 @@ class SupplyBounds:
         return self.low <= on_chain <= self.high
 
 
+#: a BATCHED row's mint is where its carrier (one mintBatch transaction) is
 _MINTS = """
 SELECT
   COALESCE(SUM((o.metadata -> 'bridge' ->> 'token_amount')::numeric)
-           FILTER (WHERE t.status IN ('CONFIRMED', 'FINALIZED') AND t.block_number <= $4), 0),
+           FILTER (WHERE s.status IN ('CONFIRMED', 'FINALIZED') AND s.block_number <= $4), 0),
   COALESCE(SUM((o.metadata -> 'bridge' ->> 'token_amount')::numeric)
-           FILTER (WHERE t.status IN ('SIGNED', 'BROADCAST')), 0)
+           FILTER (WHERE s.status IN ('SIGNED', 'BROADCAST')), 0)
 FROM chain_txs t
+LEFT JOIN chain_txs c ON t.status = 'BATCHED' AND c.id = t.carrier_id
+CROSS JOIN LATERAL (SELECT COALESCE(c.status, t.status) AS status,
+                           COALESCE(c.block_number, t.block_number) AS block_number) s
 JOIN operations o ON o.type = 'BRIDGE_OUT' AND o.status = 'COMPLETED'
      AND o.metadata -> 'bridge' ->> 'id' = t.ref
 WHERE t.purpose = $1 AND t.chain_id = $2 AND lower(t.to_address) = lower($3)

@@ -32,6 +32,7 @@ from core.bridges.erc20 import (
 from core.bridges.status import bridge_status
 from core.bridges.tokens import get_token, register_token
 from core.directory import Directory
+from core.epochs import raw_connection
 from core.errors import BridgePaused
 from core.ledger import Ledger
 from core.types import AccountKind, OperationType, SystemAccount
@@ -231,3 +232,59 @@ async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
             )
     finally:
         await client.w3.provider.disconnect()
+
+
+async def bridge_outs(world: World, n: int, prefix: str) -> list[str]:
+    refs = []
+    for i in range(n):
+        user, _ = await funded_user(world)
+        view = await BridgeOuts(Directory(world.ledger)).bridge_out(
+            user, USER_ACTOR, BridgeOutOrder(world.asset, AMOUNT, TO), key=f"{prefix}-{i}"
+        )
+        refs.append(view.id)
+    return refs
+
+
+def minted_in(w3: Web3, token: str) -> dict[str, str]:
+    """bridge id -> the transaction that minted it."""
+    topic = "0x" + keccak256(b"Minted(bytes32,address,uint256)").hex()
+    logs = w3.eth.get_logs({"address": token, "fromBlock": 0, "topics": [topic]})
+    found: dict[str, str] = {}
+    for log in logs:
+        bridge_id = bytes(log["topics"][1]).hex()
+        assert bridge_id not in found, "minted twice"
+        found[bridge_id] = bytes(log["transactionHash"]).hex()
+    return found
+
+
+async def test_waiting_mints_go_in_one_batch_transaction(
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str, ledger_anchor: Contract
+) -> None:
+    refs = await bridge_outs(world, 5, "batched")
+    for ref in refs:
+        state = await run_passes(world.ledger, anvil, minter, ref, w3, ledger_anchor.address)
+        assert state is BridgeOutState.MINTED
+    minted = minted_in(w3, token)
+    assert set(minted) == set(refs) and len(set(minted.values())) == 1  # one mintBatch
+    assert total_supply(w3, token) == 5 * TOKEN_UNITS
+
+
+async def test_a_failed_batch_sends_its_mints_alone_and_each_mints_once(
+    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str, ledger_anchor: Contract
+) -> None:
+    refs = await bridge_outs(world, 4, "clash")
+    # one id already minted (the same minter, earlier): mintBatch reverts BridgeIdUsed
+    data = mint_calldata(TO, TOKEN_UNITS, bytes.fromhex(refs[2]))
+    sent = w3.eth.send_transaction({"from": minter.address, "to": token, "data": "0x" + data.hex()})
+    assert w3.eth.wait_for_transaction_receipt(sent)["status"] == 1
+    for ref in refs:
+        state = await run_passes(world.ledger, anvil, minter, ref, w3, ledger_anchor.address)
+        assert state is BridgeOutState.MINTED  # the clashing one counts as minted
+    minted = minted_in(w3, token)
+    assert set(minted) == set(refs)  # each exactly once (minted_in refuses a second)
+    assert len(set(minted.values())) == 4  # alone: the batch never went through
+    async with raw_connection(world.ledger.engine) as conn:
+        carriers = await conn.fetch(
+            "SELECT status FROM chain_txs WHERE purpose = 'erc20_mint_batch'"
+        )
+    assert [r["status"] for r in carriers] == ["REJECTED"]

@@ -3,7 +3,9 @@
 * ``chain_txs``: one row per intent (``purpose`` + ``ref``, e.g. ``anchor`` / ``7``): the call
   (``to_address``, ``data``, ``value_wei``) and the state of the transaction that carries it
   (BUILT -> SIGNED -> BROADCAST -> CONFIRMED -> FINALIZED; FAILED when mined but reverted;
-  REJECTED when the node says the call reverts before anything is signed).
+  REJECTED when the node says the call reverts before anything is signed; BATCHED while
+  another row's transaction carries its call: ``carrier_id``, e.g. one ``mintBatch`` for
+  many bridge-out mints).
   The raw signed bytes are stored before any broadcast. A nonce belongs to one row per
   (chain, sender): the unique index is the database's own guard against a nonce used twice.
 * ``chain_tx_events``: every transition, with the transaction hash current after it (so the
@@ -40,13 +42,14 @@ CREATE TABLE chain_txs (
     value_wei     numeric(78, 0) NOT NULL DEFAULT 0 CHECK (value_wei >= 0),
     status        text NOT NULL CHECK (status IN
                     ('BUILT', 'SIGNED', 'BROADCAST', 'CONFIRMED', 'FINALIZED', 'FAILED',
-                     'REJECTED')),
+                     'REJECTED', 'BATCHED')),
     nonce         bigint CHECK (nonce >= 0),
     raw_tx        bytea,
     tx_hash       bytea,
     block_number  bigint,
     block_hash    bytea,
     gas_used      bigint,
+    carrier_id    bigint REFERENCES chain_txs (id),
     attempts      integer NOT NULL DEFAULT 0,
     last_error    text,
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -54,7 +57,8 @@ CREATE TABLE chain_txs (
     UNIQUE (purpose, ref),
     CHECK (nonce IS NULL OR sender IS NOT NULL),
     -- a transaction adopted from the chain (found by its event) has a hash but no raw bytes
-    CHECK (status IN ('BUILT', 'REJECTED') OR tx_hash IS NOT NULL),
+    CHECK (status IN ('BUILT', 'REJECTED', 'BATCHED') OR tx_hash IS NOT NULL),
+    CHECK (status <> 'BATCHED' OR carrier_id IS NOT NULL),
     CHECK (status <> 'SIGNED' OR (raw_tx IS NOT NULL AND nonce IS NOT NULL)),
     CHECK (status NOT IN ('CONFIRMED', 'FINALIZED', 'FAILED') OR block_hash IS NOT NULL)
 );
@@ -62,6 +66,7 @@ CREATE UNIQUE INDEX chain_txs_nonce ON chain_txs (chain_id, sender, nonce)
     WHERE nonce IS NOT NULL;
 CREATE INDEX chain_txs_unfinished ON chain_txs (purpose, id)
     WHERE status NOT IN ('FINALIZED', 'FAILED', 'REJECTED');
+CREATE INDEX chain_txs_carried ON chain_txs (carrier_id) WHERE status = 'BATCHED';
 
 CREATE TABLE chain_tx_events (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
