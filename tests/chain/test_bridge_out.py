@@ -161,10 +161,17 @@ async def test_a_refused_mint_is_refunded(
 
 
 def drive(
-    db: str, anvil: str, key: str, asset: str, ref_key: str, user: str | None, die: str | None
+    db: str,
+    anvil: str,
+    key: str,
+    asset: str,
+    ref_key: str,
+    user: str | None,
+    die: str | None,
+    count: int = 1,
 ) -> int:
     command = [sys.executable, "-m", "tests.chain.bridge_driver", "--db", db, "--rpc", anvil,
-               "--asset", asset, "--key", ref_key]  # fmt: skip
+               "--asset", asset, "--key", ref_key, "--count", str(count)]  # fmt: skip
     command += (["--user", user] if user else []) + (["--die-after", die] if die else [])
     env = {**os.environ, "BRIDGE_TEST_KEY": key, "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, env=env, cwd=ROOT, timeout=120, check=False).returncode  # noqa: S603
@@ -288,3 +295,25 @@ async def test_a_failed_batch_sends_its_mints_alone_and_each_mints_once(
             "SELECT status FROM chain_txs WHERE purpose = 'erc20_mint_batch'"
         )
     assert [r["status"] for r in carriers] == ["REJECTED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["batched", "signed", "sent", "finalized", "carried"])
+async def test_a_worker_killed_mid_batch_mints_each_once_and_settles_each_once(
+    point: str, db_url: str, world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
+) -> None:
+    user, account = await funded_user(world)
+    key = "0x" + bytes(minter.key).hex()
+    args: dict[str, Any] = {"asset": world.asset, "ref_key": f"batch-{point}", "count": 3}
+    killed = await asyncio.to_thread(drive, db_url, anvil, key, user=str(user), die=point, **args)
+    assert killed == -signal.SIGKILL, f"the worker was to die after {point}"
+    assert await asyncio.to_thread(drive, db_url, anvil, key, user=None, die=None, **args) == 0
+
+    refs = [keccak256(f"valueos:bridge-out:batch-{point}/{i}".encode()).hex() for i in range(3)]
+    for ref in refs:
+        view = await get_bridge_out(world.ledger, ref, user=None)
+        assert view.state is BridgeOutState.MINTED and view.settle_operation is not None
+    minted = minted_in(w3, token)  # refuses an id minted twice
+    assert set(minted) == set(refs) and len(set(minted.values())) == 1  # one mintBatch
+    assert total_supply(w3, token) == 3 * TOKEN_UNITS
+    assert (await ledger_side(world, account))[1:] == (0, 3 * MOVED)  # in flight, bridged out
