@@ -5,7 +5,9 @@ last block the bridge-in job has fully read, ``totalSupply()`` at ``B`` must lie
 :func:`core.bridges.supply.supply_bounds`. When it does not, outbound bridging of the asset is
 paused with the figures as the reason (audited), the job logs an ERROR, and
 ``valueos_bridge_supply_broken_total{asset}`` counts it; ``valueos_bridge_supply_holds{asset}``
-shows the last result (1 holds, 0 broken). Staff resume the asset once it is understood.
+shows the last result (1 holds, 0 broken); with the tokens' PAUSER at hand (the worker's anchor
+signer, which ``valueos deploy-token`` makes the pauser) the token's ``pause()`` is sent too,
+through the outbox. Staff resume the asset (and unpause the token) once it is understood.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
+from chain.evm.bridge_token import pause_calldata
 from chain.evm.client import EvmClient
-from chain.evm.outbox import Finality
+from chain.evm.outbox import Finality, Outbox
 from core.bridges.redemptions import chain_tokens, next_block
-from core.bridges.supply import SupplyBounds, supply_bounds
+from core.bridges.supply import (
+    PAUSE_PURPOSE,
+    SupplyBounds,
+    request_token_pause,
+    supply_bounds,
+)
 from core.bridges.tokens import get_token, set_paused
 from core.ledger import Ledger
 from core.types import Actor, Role
@@ -55,8 +63,10 @@ async def supply_pass(
     confirmations: int,
     finality: Finality,
     start_block: int = 0,
+    pauser: Outbox | None = None,
 ) -> list[SupplyCheck]:
-    """Check every token of the chain once; pause the assets whose invariant is broken."""
+    """Check every token of the chain once; pause the assets whose invariant is broken, and
+    with a ``pauser`` (the outbox of the tokens' PAUSER) the tokens themselves."""
     chain_id = await chain.chain_id()
     final = await final_block(chain, confirmations, finality)
     checks: list[SupplyCheck] = []
@@ -83,4 +93,8 @@ async def supply_pass(
         log.error("bridge token %s (%s): %s", token.asset, token.address, reason)
         if not (await get_token(ledger, token.asset)).paused:
             await set_paused(ledger, token.asset, paused=True, reason=reason, actor=SUPPLY_ACTOR)
+        if pauser is not None:
+            await request_token_pause(ledger, chain_id, token.address, pause_calldata())
+    if pauser is not None:  # sends, and follows what earlier passes stored
+        await pauser.run_pass(PAUSE_PURPOSE)
     return checks

@@ -211,14 +211,20 @@ def bridge_in_job(
 def bridge_supply_job(
     led: Ledger, anchor: AnchorJob, *, start_block: int
 ) -> Callable[[], Awaitable[object]]:
-    """One supply invariant check of every bridge token on the anchoring chain (reads only)."""
+    """One supply invariant check of every bridge token on the anchoring chain; a broken one
+    is also paused on-chain by the anchor signer (the tokens' PAUSER, see deploy-token)."""
     chain, reader = _readers(anchor)
+    pauser = Outbox(
+        led.engine, anchor.client, confirmations=anchor.confirmations,
+        bump_after_s=anchor.bump_after_s, max_fee_cap=anchor.max_fee_cap,
+        finality=Finality(anchor.finality),
+    )  # fmt: skip
 
     async def body() -> object:
         try:
             return await supply_pass(
                 led, chain, reader, confirmations=anchor.confirmations,
-                finality=Finality(anchor.finality), start_block=start_block,
+                finality=Finality(anchor.finality), start_block=start_block, pauser=pauser,
             )  # fmt: skip
         except ChainError:
             log.exception("bridge_supply failed; retried on the next run")

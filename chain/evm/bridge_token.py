@@ -202,3 +202,8 @@ async def _send(w3: AsyncWeb3[Any], signer: LocalAccount, tx: Any, what: str) ->
     if receipt["status"] != 1:
         raise ChainError(f"{what} reverted (tx 0x{bytes(tx_hash).hex()})")
     return receipt
+
+
+def pause_calldata() -> bytes:
+    """The ABI-encoded ``pause()`` call (PAUSER_ROLE only)."""
+    return bytes(HexBytes(_encoder().encode_abi("pause", args=[])))

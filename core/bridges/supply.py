@@ -12,7 +12,8 @@ recorded), in token units:
 ``low <= totalSupply(B) <= high`` must hold. Above ``high`` means tokens exist that the ledger
 never debited for (an unbacked mint: a leaked minter key, a bug); below ``low`` means tokens
 were burned that the ledger has not seen. Either way outbound bridging of the asset stops
-(:func:`core.bridges.tokens.set_paused`) and the job alarms.
+(:func:`core.bridges.tokens.set_paused`), the job alarms, and the token's ``pause()`` is
+sent through the outbox (:func:`request_token_pause`) by the service's PAUSER.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from core.bridges.erc20 import MINT_PURPOSE
+from core.chain_txs import enqueue
 from core.epochs import raw_connection
 
 if TYPE_CHECKING:
     from core.ledger import Ledger
 
-__all__ = ["SupplyBounds", "supply_bounds"]
+__all__ = ["PAUSE_PURPOSE", "SupplyBounds", "request_token_pause", "supply_bounds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +70,17 @@ async def supply_bounds(ledger: Ledger, chain_id: int, token: str, block: int) -
         redeemed = await conn.fetchval(_REDEEMED, chain_id, token, block)
     low = int(mined) - int(redeemed)
     return SupplyBounds(block, low, low + int(pending))
+
+
+#: the outbox rows pausing a token on-chain after its invariant broke
+PAUSE_PURPOSE = "token_pause"
+
+
+async def request_token_pause(ledger: Ledger, chain_id: int, token: str, calldata: bytes) -> int:
+    """Store the token's ``pause()`` call in the outbox, once per token (a second request
+    returns the first row)."""
+    async with raw_connection(ledger.engine) as conn:
+        return await enqueue(
+            conn, purpose=PAUSE_PURPOSE, ref=f"{chain_id}:{token.lower()}", chain_id=chain_id,
+            to_address=token, data=calldata, detail="supply invariant broken",
+        )  # fmt: skip

@@ -86,6 +86,11 @@ def minted_events(w3: Web3, token: str, bridge_id: bytes) -> int:
     return len(logs)
 
 
+def token_paused(w3: Web3, token: str) -> bool:
+    selector = keccak256(b"paused()")[:4]
+    return int.from_bytes(w3.eth.call({"to": token, "data": "0x" + selector.hex()}), "big") == 1
+
+
 def total_supply(w3: Web3, token: str) -> int:
     selector = keccak256(b"totalSupply()")[:4]
     return int.from_bytes(w3.eth.call({"to": token, "data": "0x" + selector.hex()}), "big")
@@ -198,7 +203,13 @@ async def test_a_worker_killed_after_any_step_mints_once_and_settles_once(
 
 
 async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
-    world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str, ledger_anchor: Contract
+    world: World,
+    anvil: str,
+    w3: Web3,
+    minter: LocalAccount,
+    admin: LocalAccount,
+    token: str,
+    ledger_anchor: Contract,
 ) -> None:
     user, _ = await funded_user(world)
     view = await BridgeOuts(Directory(world.ledger)).bridge_out(
@@ -207,7 +218,8 @@ async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
     assert await run_passes(world.ledger, anvil, minter, view.id, w3, ledger_anchor.address) is (
         BridgeOutState.MINTED
     )
-    client = AnchorClient(await_automine(connect(anvil)), ledger_anchor.address, minter)
+    # the worker's anchoring signer is the token's PAUSER (as valueos deploy-token makes it)
+    client = AnchorClient(await_automine(connect(anvil)), ledger_anchor.address, admin)
     anchor = AnchorJob(world.ledger.engine, client, LEDGER_ID, confirmations=1)
     read_redemptions = bridge_in_job(world.ledger, anchor, page_blocks=1000, start_block=0)
     check_supply = bridge_supply_job(world.ledger, anchor, start_block=0)
@@ -216,6 +228,7 @@ async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
         await read_redemptions()  # the cursor reaches the final block: the check can look
         [held] = await check_supply()  # type: ignore[misc]
         assert held.holds and held.on_chain == held.bounds.low == held.bounds.high == TOKEN_UNITS
+        assert not token_paused(w3, token)
 
         # the minter's key mints behind the ledger's back
         data = mint_calldata(TO, 1, b"\x99" * 32)
@@ -231,6 +244,13 @@ async def test_the_supply_invariant_holds_and_an_unbacked_mint_pauses_the_asset(
         assert REGISTRY.get_sample_value(*broken) == before + 1
         paused = await get_token(world.ledger, world.asset)
         assert paused.paused and "supply invariant broken" in (paused.pause_reason or "")
+        assert token_paused(w3, token), "the token itself is paused, by its PAUSER"
+        await check_supply()  # broken again: the pause is requested once
+        async with raw_connection(world.ledger.engine) as conn:
+            pauses = await conn.fetchval(
+                "SELECT count(*) FROM chain_txs WHERE purpose = 'token_pause'"
+            )
+        assert pauses == 1
         [status] = [s for s in await bridge_status(world.ledger) if s.asset == world.asset]
         assert status.paused and status.outs == {"MINTED": 1} and status.ins == {}
         with pytest.raises(BridgePaused):
