@@ -4,7 +4,13 @@ writer."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from web3 import AsyncWeb3
+from web3.exceptions import Web3Exception
+
 from api.settings import ApiSettings
+from chain.evm.client import connect
 from core.bridges.erc20 import BridgeOuts
 from core.credentials import Credentials
 from core.directory import Directory
@@ -22,6 +28,21 @@ class Services(Directory):
         self.bridge_outs = BridgeOuts(self)
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
+        self._chain: AsyncWeb3[Any] | None = (
+            connect(settings.eth_rpc_url, timeout=5.0) if settings.eth_rpc_url else None
+        )
 
     async def close(self) -> None:
         await self.idempotency.close()
+        if self._chain is not None:
+            await self._chain.provider.disconnect()
+
+    async def chain_head(self) -> int | None:
+        """The chain's latest block number; None without ``ETH_RPC_URL`` or when the node does
+        not answer (what needs it then shows nothing rather than failing)."""
+        if self._chain is None:
+            return None
+        try:
+            return int(await self._chain.eth.block_number)
+        except (Web3Exception, OSError):
+            return None

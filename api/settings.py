@@ -63,6 +63,8 @@ class ApiSettings:
     metrics_token: str | None = None
     #: ``VALUEOS_WORKERS``: uvicorn worker processes of ``valueos serve``
     workers: int = 1
+    #: ``ETH_RPC_URL``: the chain head, for a bridge-out's confirmations; unset: not shown
+    eth_rpc_url: str | None = None
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -75,6 +77,7 @@ class ApiSettings:
             database=database_settings(),
             token_ttl_seconds=_int("VALUEOS_TOKEN_TTL", 3600),
             redis_url=os.environ.get("REDIS_URL") or None,
+            eth_rpc_url=os.environ.get("ETH_RPC_URL") or None,
             rate_limits=RateLimits(
                 api=_int("VALUEOS_RATE_API", 600),
                 admin=_int("VALUEOS_RATE_ADMIN", 120),

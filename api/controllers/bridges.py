@@ -28,6 +28,7 @@ from api.schemas.bridges import (
     SuspenseResolve,
 )
 from api.schemas.policies import DryRunRead
+from api.services import Services
 from core.bridges import erc20, redemptions, tokens
 from core.bridges.erc20 import BridgeOutView
 from core.bridges.redemptions import RedemptionKey, RedemptionView
@@ -39,11 +40,14 @@ Asset = Annotated[str, PathParameter(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
 STAFF = [allow({ADMIN, OPS}, scope="admin")]
 
 
-async def out_read(ctx: Ctx, v: BridgeOutView) -> BridgeOutRead:
+async def out_read(svc: Services, v: BridgeOutView, head: int | None = None) -> BridgeOutRead:
+    """``head``: the chain's latest block (:meth:`Services.chain_head`), for confirmations."""
+    confirmations = None if head is None or v.block_number is None else head - v.block_number + 1
     return BridgeOutRead(
-        v.id, v.user, v.asset, await ctx.svc.fmt(v.amount, v.asset), str(v.token_amount),
+        v.id, v.user, v.asset, await svc.fmt(v.amount, v.asset), str(v.token_amount),
         v.to_address, v.chain_id, v.token, v.state, v.tx_status,
         None if v.tx_hash is None else "0x" + v.tx_hash.hex(), v.block_number,
+        max(confirmations, 0) if confirmations is not None else None,
         v.debit_operation, v.settle_operation, v.created_at,
     )  # fmt: skip
 
@@ -68,7 +72,7 @@ class BridgeOutController(Controller):
             view = await ctx.svc.bridge_outs.bridge_out(
                 ctx.principal.user_id, ctx.actor, data.order(), key=a.core_key
             )
-            return await out_read(ctx, view)
+            return await out_read(ctx.svc, view)
 
         return await ctx.once(data, run)
 
@@ -84,7 +88,8 @@ class BridgeOutController(Controller):
     async def get_out(self, ctx: NamedDependency[Ctx], bridge_id: BridgeId) -> BridgeOutRead:
         """A bridge-out's state (a USER: only their own)."""
         user = ctx.principal.user_id if ctx.is_user else None
-        return await out_read(ctx, await erc20.get_bridge_out(ctx.svc.ledger, bridge_id, user=user))
+        view = await erc20.get_bridge_out(ctx.svc.ledger, bridge_id, user=user)
+        return await out_read(ctx.svc, view, await ctx.svc.chain_head())
 
     @get("/out", guards=[allow({USER}, scope="read")])
     async def list_out(
@@ -98,8 +103,10 @@ class BridgeOutController(Controller):
             ctx.svc.ledger, ctx.principal.user_id, before_operation=cursor, limit=limit
         )
         more = len(found) == limit
+        head = await ctx.svc.chain_head() if found else None
         return BridgeOutPageRead(
-            [await out_read(ctx, v) for v in found], found[-1].debit_operation if more else None
+            [await out_read(ctx.svc, v, head) for v in found],
+            found[-1].debit_operation if more else None,
         )
 
 

@@ -49,6 +49,8 @@ class BridgeOutRead(Struct):
     tx_status: TxStatus | None
     tx_hash: str | None
     block_number: int | None
+    #: blocks on top of and including the mint's (with the API's ``ETH_RPC_URL``; else null)
+    confirmations: int | None
     operation_id: int
     settle_operation_id: int | None
     created_at: datetime

@@ -20,6 +20,9 @@ from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 
+from api.controllers.bridges import out_read
+from api.services import Services
+from api.settings import ApiSettings
 from chain.evm.anchor import AnchorClient
 from chain.evm.client import connect
 from core.bridges.erc20 import (
@@ -138,6 +141,17 @@ async def test_a_bridge_out_mints_once_and_settles(
     )
     assert total_supply(w3, token) == TOKEN_UNITS  # == BRIDGED_OUT, in token units
     assert minted_events(w3, token, bytes.fromhex(view.id)) == 1
+
+    # the API with ETH_RPC_URL shows the mint's confirmations
+    services = Services(world.ledger, ApiSettings("k" * 64, None, eth_rpc_url=anvil))
+    try:
+        final = await get_bridge_out(world.ledger, view.id, user=None)
+        rpc(w3, "anvil_mine", 2)
+        read = await out_read(services, final, await services.chain_head())
+        assert final.block_number is not None
+        assert read.confirmations == w3.eth.block_number - final.block_number + 1 >= 3
+    finally:
+        await services.close()
 
 
 async def test_a_refused_mint_is_refunded(

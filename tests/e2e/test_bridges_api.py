@@ -56,6 +56,7 @@ async def test_a_bridge_out_is_stored_and_followed(api: Api) -> None:
         "12500000",
     )
     assert made["tx_status"] == "BUILT" and made["to_address"] == TO
+    assert made["confirmations"] is None  # not mined (and this API has no ETH_RPC_URL)
     again = await out(api, alice, body, key="bridge-1")
     assert again.status_code == 201 and again.json() == made  # replayed, not bridged twice
     assert (await api.balance(account))["posted"] == "37.50"
