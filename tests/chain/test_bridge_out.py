@@ -24,6 +24,7 @@ from api.controllers.bridges import out_read
 from api.services import Services
 from api.settings import ApiSettings
 from chain.evm.anchor import AnchorClient
+from chain.evm.bridge_token import deploy_bridge_token
 from chain.evm.client import connect
 from core.bridges.erc20 import (
     BridgeOutOrder,
@@ -34,6 +35,7 @@ from core.bridges.erc20 import (
 )
 from core.bridges.status import bridge_status
 from core.bridges.tokens import get_token, register_token
+from core.chain_txs import TxStatus
 from core.directory import Directory
 from core.epochs import raw_connection
 from core.errors import BridgePaused
@@ -351,3 +353,33 @@ async def test_a_worker_killed_mid_batch_mints_each_once_and_settles_each_once(
     assert set(minted) == set(refs) and len(set(minted.values())) == 1  # one mintBatch
     assert total_supply(w3, token) == 3 * TOKEN_UNITS
     assert (await ledger_side(world, account))[1:] == (0, 3 * MOVED)  # in flight, bridged out
+
+
+async def test_a_mint_above_the_token_cap_is_refunded(
+    ledger: Ledger, anvil: str, w3: Web3, minter: LocalAccount, admin: LocalAccount,
+    ledger_anchor: Contract,
+) -> None:  # fmt: skip
+    """The token's per-transfer cap refuses the mint before it is signed: refunded, unminted."""
+    deployer = connect(anvil)
+    try:
+        capped = await deploy_bridge_token(
+            deployer, admin, name="Capped", symbol="CAP", decimals=6, admin=admin.address,
+            minter=minter.address, pauser=admin.address, per_transfer_cap=TOKEN_UNITS - 1,
+            window_cap=10**16, window_seconds=3600,
+        )  # fmt: skip
+    finally:
+        await deployer.provider.disconnect()
+    found = await make_world(ledger)
+    await register_token(
+        ledger, asset=found.asset, chain_id=31337, address=capped, decimals=6, actor=ADMIN
+    )
+    user, account = await funded_user(found)
+    view = await BridgeOuts(Directory(ledger)).bridge_out(
+        user, USER_ACTOR, BridgeOutOrder(found.asset, AMOUNT, TO), key="capped"
+    )
+    state = await run_passes(ledger, anvil, minter, view.id, w3, ledger_anchor.address)
+    assert state is BridgeOutState.REFUNDED
+    assert await ledger_side(found, account) == (FUNDED, 0, 0)
+    assert total_supply(w3, capped) == 0
+    refunded = await get_bridge_out(ledger, view.id, user=None)
+    assert refunded.tx_status is TxStatus.REJECTED
