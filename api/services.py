@@ -13,6 +13,7 @@ from api.settings import ApiSettings
 from chain.evm.client import connect
 from core.bridges.erc20 import BridgeOuts
 from core.credentials import Credentials
+from core.credits import Credits
 from core.directory import Directory
 from core.ledger import Ledger
 from core.payments import Payments
@@ -25,6 +26,7 @@ class Services(Directory):
         self.settings = settings
         self.credentials = Credentials(ledger.engine)
         self.payments = Payments(self)
+        self.credits = Credits(self)
         self.bridge_outs = BridgeOuts(self)
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
