@@ -56,6 +56,18 @@ def token_read(t: BridgeToken) -> BridgeTokenRead:
     return BridgeTokenRead(t.asset, t.chain_id, t.address, t.decimals, t.paused, t.pause_reason)
 
 
+async def _set_paused(
+    ctx: Ctx, asset: str, data: BridgePause, *, paused: bool
+) -> Response[BridgeTokenRead]:
+    async def run(_: Attempt) -> BridgeTokenRead:
+        token = await tokens.set_paused(
+            ctx.svc.ledger, asset, paused=paused, reason=data.reason, actor=ctx.actor
+        )
+        return token_read(token)
+
+    return await ctx.once(data, run, status_code=200)
+
+
 class BridgeOutController(Controller):
     path = "/api/v1/bridges/erc20"
     tags = ["bridges"]
@@ -139,26 +151,13 @@ class BridgeTokenController(Controller):
         self, ctx: NamedDependency[Ctx], asset: Asset, data: JSONBody[BridgePause]
     ) -> Response[BridgeTokenRead]:
         """Stop bridge-outs of ``asset`` (the mints already stored still complete)."""
-
-        async def run(_: Attempt) -> BridgeTokenRead:
-            token = await tokens.set_paused(
-                ctx.svc.ledger, asset, paused=True, reason=data.reason, actor=ctx.actor
-            )
-            return token_read(token)
-
-        return await ctx.once(data, run, status_code=200)
+        return await _set_paused(ctx, asset, data, paused=True)
 
     @post("/{asset:str}/resume", guards=STAFF, status_code=200, opt={"rate_group": "admin"})
     async def resume(
         self, ctx: NamedDependency[Ctx], asset: Asset, data: JSONBody[BridgePause]
     ) -> Response[BridgeTokenRead]:
-        async def run(_: Attempt) -> BridgeTokenRead:
-            token = await tokens.set_paused(
-                ctx.svc.ledger, asset, paused=False, reason=data.reason, actor=ctx.actor
-            )
-            return token_read(token)
-
-        return await ctx.once(data, run, status_code=200)
+        return await _set_paused(ctx, asset, data, paused=False)
 
 
 def redemption_read(v: RedemptionView) -> RedemptionRead:

@@ -198,17 +198,24 @@ def drive(
     return subprocess.run(command, env=env, cwd=ROOT, timeout=120, check=False).returncode  # noqa: S603
 
 
+async def kill_then_finish(
+    db_url: str, anvil: str, minter: LocalAccount, user: uuid.UUID, point: str, args: dict[str, Any]
+) -> None:
+    """A worker that stores the bridge-out(s) dies after ``point``; a fresh one finishes."""
+    key = "0x" + bytes(minter.key).hex()
+    killed = await asyncio.to_thread(drive, db_url, anvil, key, user=str(user), die=point, **args)
+    assert killed == -signal.SIGKILL, f"the worker was to die after {point}"
+    assert await asyncio.to_thread(drive, db_url, anvil, key, user=None, die=None, **args) == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["debited", "signed", "sent", "confirmed", "finalized"])
 async def test_a_worker_killed_after_any_step_mints_once_and_settles_once(
     point: str, db_url: str, world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
 ) -> None:
     user, account = await funded_user(world)
-    key = "0x" + bytes(minter.key).hex()
     args: dict[str, Any] = {"asset": world.asset, "ref_key": f"crash-{point}"}
-    killed = await asyncio.to_thread(drive, db_url, anvil, key, user=str(user), die=point, **args)
-    assert killed == -signal.SIGKILL, f"the worker was to die after {point}"
-    assert await asyncio.to_thread(drive, db_url, anvil, key, user=None, die=None, **args) == 0
+    await kill_then_finish(db_url, anvil, minter, user, point, args)
 
     ref = keccak256(f"valueos:bridge-out:crash-{point}".encode()).hex()
     view = await get_bridge_out(world.ledger, ref, user=None)
@@ -339,11 +346,8 @@ async def test_a_worker_killed_mid_batch_mints_each_once_and_settles_each_once(
     point: str, db_url: str, world: World, anvil: str, w3: Web3, minter: LocalAccount, token: str
 ) -> None:
     user, account = await funded_user(world)
-    key = "0x" + bytes(minter.key).hex()
     args: dict[str, Any] = {"asset": world.asset, "ref_key": f"batch-{point}", "count": 3}
-    killed = await asyncio.to_thread(drive, db_url, anvil, key, user=str(user), die=point, **args)
-    assert killed == -signal.SIGKILL, f"the worker was to die after {point}"
-    assert await asyncio.to_thread(drive, db_url, anvil, key, user=None, die=None, **args) == 0
+    await kill_then_finish(db_url, anvil, minter, user, point, args)
 
     refs = [keccak256(f"valueos:bridge-out:batch-{point}/{i}".encode()).hex() for i in range(3)]
     for ref in refs:
