@@ -4,7 +4,8 @@ the one error mapping, rate limits, metrics, OpenAPI and the edge layer.
 Layers of a request, outermost first: ``Edge`` (trace id, security headers, access
 log; it sees every request, routed or not) → Litestar's exception handling (errors →
 problem+json) → Prometheus → authentication (API key or JWT) → rate limit of the
-route's group → guards (role and scope) → the controller.
+route's group → guards (role and scope) → the request screen (``api.body``: content
+type, hostile bytes) → the controller.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from litestar.stores.memory import MemoryStore
 from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from api.auth import API_KEY_HEADER, PUBLIC, Authenticator, Principal, access_of, jwt_auth
+from api.body import screen_request
 from api.context import provide_ctx
 from api.controllers import all_routes
 from api.edge import Edge
@@ -180,6 +182,7 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
         route_handlers=[*all_routes(), _metrics(settings.metrics_token)],
         dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False)},
         exception_handlers={Exception: handle_exception},
+        before_request=screen_request,
         middleware=[prometheus.middleware, jwt.middleware, *limiters],
         stores={"rate_limit": _rate_store(settings)},
         openapi_config=openapi,

@@ -23,7 +23,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-from core.credentials import Credentials, User
+from core.credentials import ApiKey, Credentials, User
 from core.errors import UnknownUser
 from core.types import Actor, Role
 
@@ -50,6 +50,10 @@ class Principal:
     #: the idempotency / rate-limit namespace of this caller
     client: str
     key_id: str | None = None
+    #: when the credential this principal comes from stops (an API key's ``expires_at``,
+    #: a person's first token's ``exp``); None: until revoked. A token minted for this
+    #: principal never outlives it.
+    expires_at: datetime | None = None
 
     def may(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
@@ -141,6 +145,8 @@ class Authenticator:
         self.credentials = credentials
         self.users = _TtlCache(ttl)
         self.keys = _TtlCache(ttl)
+        #: key id → (key, user) while the key is live, False once it is not
+        self.key_states = _TtlCache(ttl)
         #: bearer tokens whose signature and claims were verified, until they expire
         #: (at most ``TOKEN_CACHE_SECONDS``): a client reuses its token, and HS256
         #: verification was the largest CPU item of an authenticated request
@@ -176,23 +182,61 @@ class Authenticator:
             if found is None:
                 return None
             key, user = found
-            cached = Principal(user.id, key.role, frozenset(key.scopes), f"k:{key.id}", key.id)
+            cached = Principal(
+                user.id, key.role, frozenset(key.scopes), f"k:{key.id}", key.id, key.expires_at
+            )
             self.keys.put(digest, cached)
         return cached if isinstance(cached, Principal) else None
 
+    async def live_key(self, key_id: str) -> tuple[ApiKey, User] | None:
+        cached = self.key_states.get(key_id)
+        if cached is None:
+            cached = await self.credentials.live_key(key_id) or False
+            self.key_states.put(key_id, cached)
+        return cached or None
+
+    def forget(self) -> None:
+        """Drop what this process remembers of users and keys (after a change made here;
+        other processes follow within ``ttl``)."""
+        self.users.items.clear()
+        self.keys.items.clear()
+        self.key_states.items.clear()
+
     async def from_token(self, token: Token) -> Principal | None:
+        """The principal of a verified token, as its origin stands NOW: a token minted from
+        an API key lives only while the key does (revoked, expired, its user suspended or
+        demoted: refused) and holds at most the key's current scopes; a person's token
+        only while the user is ACTIVE in a role the token names."""
         try:
             user_id = uuid.UUID(token.sub)
             role = Role(token.extras.get("role", ""))
         except ValueError:
             return None
+        scopes = frozenset(map(str, token.extras.get("scopes") or ["*"]))
+        key_id = token.extras.get("kid")
+        if key_id:
+            live = await self.live_key(str(key_id))
+            if live is None:
+                return None
+            key, owner = live
+            scopes = _narrowed(scopes, frozenset(key.scopes))
+            if owner.id != user_id or role not in {key.role, Role.READ_ONLY} or not scopes:
+                return None
+            return Principal(user_id, role, scopes, f"k:{key_id}", str(key_id), key.expires_at)
         user = await self.user(user_id)
         if user is None or role not in {user.role, Role.READ_ONLY}:
             return None
-        scopes = token.extras.get("scopes") or ["*"]
-        key_id = token.extras.get("kid")
-        client = f"k:{key_id}" if key_id else f"u:{user_id}"
-        return Principal(user_id, role, frozenset(map(str, scopes)), client, key_id)
+        origin = token.extras.get("oexp")
+        expires = datetime.fromtimestamp(origin, UTC) if isinstance(origin, int) else token.exp
+        return Principal(user_id, role, scopes, f"u:{user_id}", None, expires)
+
+
+def _narrowed(held: frozenset[str], allowed: frozenset[str]) -> frozenset[str]:
+    if "*" in allowed:
+        return held
+    if "*" in held:
+        return allowed
+    return held & allowed
 
 
 class AuthMiddleware(JWTAuthenticationMiddleware):
@@ -264,6 +308,17 @@ def jwt_auth(secret: str, ttl_seconds: int) -> JWTAuth[Principal, Token]:
 def issue_token(
     config: JWTAuth[Principal, Token], principal: Principal, ttl: timedelta | None = None
 ) -> str:
+    """A bearer token for ``principal``, living ``ttl`` (default: the configured lifetime)
+    but never past ``principal.expires_at``; that end travels in the token (``oexp``), so
+    refreshing with it can never extend it. Raises ``NotAuthorizedException`` when the
+    origin has already ended."""
+    ttl = ttl or config.default_token_expiration
+    origin = principal.expires_at
+    if origin is not None:
+        left = origin - datetime.now(UTC)
+        if left.total_seconds() < 1:
+            raise NotAuthorizedException("the credential has expired")
+        ttl = min(ttl, left)
     return config.create_token(
         identifier=str(principal.user_id),
         token_expiration=ttl,
@@ -272,5 +327,6 @@ def issue_token(
             "role": principal.role.value,
             "scopes": sorted(principal.scopes),
             **({"kid": principal.key_id} if principal.key_id else {}),
+            **({"oexp": int(origin.timestamp())} if origin is not None else {}),
         },
     )

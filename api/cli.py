@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import signal
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -106,6 +106,7 @@ def serve(argv: list[str], settings: ApiSettings) -> int:
         port=args.port,
         log_config=None,
         access_log=False,
+        server_header=False,
         proxy_headers=settings.trusted_proxy,
     )
     return 0
@@ -119,7 +120,8 @@ async def _create_user(
         user = await creds.create_user(email=email, role=role, actor=OPERATOR)
     finally:
         await creds.engine.dispose()
-    principal = Principal(user.id, user.role, frozenset({"*"}), f"u:{user.id}")
+    expires = datetime.now(UTC) + timedelta(seconds=ttl)
+    principal = Principal(user.id, user.role, frozenset({"*"}), f"u:{user.id}", None, expires)
     token = issue_token(
         jwt_auth(settings.jwt_secret, settings.token_ttl_seconds), principal, timedelta(seconds=ttl)
     )

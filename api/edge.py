@@ -28,6 +28,8 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
+#: answers under /api/ are per caller (balances, keys): no shared or private cache keeps them
+NO_STORE = (b"cache-control", b"no-store")
 
 
 def trace_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -68,6 +70,8 @@ class Edge:
         started = time.perf_counter()
         status = 500
         extra = (*self.extra, (b"x-request-id", trace.encode()))
+        if scope["path"].startswith("/api/"):
+            extra = (*extra, NO_STORE)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

@@ -26,6 +26,7 @@ from core.types import Actor, Role
 KEY_PREFIX = "vo_"
 #: roles a person or service can hold (SYSTEM is the ledger's own actor, never a login)
 GRANTABLE_ROLES = frozenset(Role) - {Role.SYSTEM}
+USER_STATUSES = frozenset({"ACTIVE", "SUSPENDED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,16 @@ def _key(row: Any) -> ApiKey:
         row.expires_at,
         row.revoked_at,
     )
+
+
+def _live(row: Any) -> tuple[ApiKey, User] | None:
+    if row.revoked_at is not None or row.expired or row.status != "ACTIVE":
+        return None
+    user = User(row.user_id, row.email, Role(row.user_role), row.status, row.user_created_at)
+    key = _key(row)
+    if key.role not in {user.role, Role.READ_ONLY}:
+        return None
+    return key, user
 
 
 def _hash(secret: str) -> bytes:
@@ -205,13 +216,27 @@ class Credentials:
         return _key(row), f"{KEY_PREFIX}{key_id}_{secret}"
 
     async def verify_api_key(self, presented: str) -> tuple[ApiKey, User] | None:
-        """The key and its user if ``presented`` is a live key of an active user."""
+        """The key and its user if ``presented`` is a live key (``live_key``)."""
         parts = split_key(presented)
         if parts is None:
             return None
         key_id, secret = parts
+        row = await self._key_row(key_id)
+        if row is None or not hmac.compare_digest(bytes(row.secret_hash), _hash(secret)):
+            return None
+        return _live(row)
+
+    async def live_key(self, key_id: str) -> tuple[ApiKey, User] | None:
+        """The key ``key_id`` and its user while the key may still be used: not revoked,
+        not expired, its user ACTIVE, and its role still one the user may grant (a key of
+        a demoted user dies). Bearer tokens minted from a key ask this on every request
+        (through a short cache), so they die with their key."""
+        row = await self._key_row(key_id)
+        return None if row is None else _live(row)
+
+    async def _key_row(self, key_id: str) -> Any:
         async with self.engine.connect() as conn:
-            row = (
+            return (
                 await conn.execute(
                     text(
                         "SELECT k.*, u.email, u.role AS user_role, u.status, "
@@ -222,12 +247,6 @@ class Credentials:
                     {"id": key_id},
                 )
             ).first()
-        if row is None or not hmac.compare_digest(bytes(row.secret_hash), _hash(secret)):
-            return None
-        if row.revoked_at is not None or row.expired or row.status != "ACTIVE":
-            return None
-        user = User(row.user_id, row.email, Role(row.user_role), row.status, row.user_created_at)
-        return _key(row), user
 
     async def revoke_api_key(self, key_id: str, *, actor: Actor) -> ApiKey:
         async with self.engine.begin() as conn:
@@ -244,3 +263,95 @@ class Credentials:
                 raise UnknownApiKey(f"API key {key_id} does not exist", key_id=key_id)
             await audit.record(conn, actor, "api_key.revoked", "api_key", key_id)
         return _key(row)
+
+    async def narrow_api_key(
+        self, key_id: str, scopes: tuple[str, ...], *, reason: str, actor: Actor
+    ) -> ApiKey:
+        """Keep only ``scopes`` of the key's scopes (a key can be narrowed, never widened;
+        tokens minted from it lose the dropped scopes too)."""
+        if not scopes:
+            raise ValidationError(
+                "a key keeps at least one scope (revoke it instead)", field="scopes"
+            )
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT * FROM api_keys WHERE id = :id FOR UPDATE"), {"id": key_id}
+                )
+            ).first()
+            if row is None:
+                raise UnknownApiKey(f"API key {key_id} does not exist", key_id=key_id)
+            held = set(row.scopes)
+            if "*" not in held and not set(scopes) <= held:
+                raise ValidationError(
+                    f"a key can only be narrowed: it holds {sorted(held)}", field="scopes"
+                )
+            row = (
+                await conn.execute(
+                    text("UPDATE api_keys SET scopes = :scopes WHERE id = :id RETURNING *"),
+                    {"id": key_id, "scopes": sorted(set(scopes))},
+                )
+            ).one()
+            await audit.record(
+                conn,
+                actor,
+                "api_key.narrowed",
+                "api_key",
+                key_id,
+                before={"scopes": sorted(held)},
+                after={"scopes": sorted(set(scopes))},
+                reason=reason,
+            )
+        return _key(row)
+
+    async def update_user(
+        self,
+        user_id: uuid.UUID,
+        *,
+        status: str | None,
+        role: Role | None,
+        reason: str,
+        actor: Actor,
+    ) -> User:
+        """Suspend or reactivate a user, or change their role (audited with the reason).
+        Their keys and tokens follow within the authentication cache window."""
+        if status is not None and status not in USER_STATUSES:
+            raise ValidationError(f"status is one of {sorted(USER_STATUSES)}", field="status")
+        new_role = None if role is None else _check_role(role)
+        async with self.engine.begin() as conn:
+            before = (
+                await conn.execute(
+                    text(
+                        "SELECT id, email, role, status, created_at FROM users "
+                        "WHERE id = :id FOR UPDATE"
+                    ),
+                    {"id": user_id},
+                )
+            ).first()
+            if before is None:
+                raise UnknownUser(f"user {user_id} does not exist", user_id=str(user_id))
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE users SET status = COALESCE(:status, status), "
+                        "role = COALESCE(:role, role) WHERE id = :id "
+                        "RETURNING id, email, role, status, created_at"
+                    ),
+                    {
+                        "id": user_id,
+                        "status": status,
+                        "role": None if new_role is None else new_role.value,
+                    },
+                )
+            ).one()
+            await audit.record(
+                conn,
+                actor,
+                "user.updated",
+                "user",
+                user_id,
+                before={"role": before.role, "status": before.status},
+                after={"role": row.role, "status": row.status},
+                reason=reason,
+            )
+        return _user(row)

@@ -3,18 +3,18 @@ terminals and services (created by an admin, shown once, revocable)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, post
+from litestar import Controller, Response, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter
 
 from api.auth import ADMIN, EVERYONE, SCOPES, allow, issue_token
 from api.context import Ctx
 from api.idempotency import Attempt
-from api.schemas.users import ApiKeyCreate, ApiKeyRead, TokenRead
+from api.schemas.users import ApiKeyCreate, ApiKeyNarrow, ApiKeyRead, TokenRead
 from core.credentials import ApiKey
 from core.errors import ValidationError
 
@@ -50,10 +50,15 @@ class CredentialController(Controller):
         opt={"rate_group": "auth"},
     )
     async def token(self, ctx: NamedDependency[Ctx]) -> TokenRead:
-        """A bearer token for the calling credential (same user, role and scopes)."""
-        ttl = ctx.svc.settings.token_ttl_seconds
+        """A bearer token for the calling credential (same user, role and scopes), living
+        the configured lifetime but never past the credential's own end: a key's
+        ``expires_at``, or the first token's ``exp`` when a token is refreshed."""
+        ttl = timedelta(seconds=ctx.svc.settings.token_ttl_seconds)
+        if ctx.principal.expires_at is not None:
+            ttl = min(ttl, ctx.principal.expires_at - datetime.now(UTC))
         jwt = ctx.request.app.state.jwt_auth
-        return TokenRead(issue_token(jwt, ctx.principal, timedelta(seconds=ttl)), "bearer", ttl)
+        token = issue_token(jwt, ctx.principal, ttl)
+        return TokenRead(token, "bearer", max(0, int(ttl.total_seconds())))
 
     @post("/api-keys", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
     async def create_key(
@@ -85,7 +90,25 @@ class CredentialController(Controller):
     )
     async def revoke_key(self, ctx: NamedDependency[Ctx], key_id: KeyId) -> ApiKeyRead:
         key = await ctx.svc.credentials.revoke_api_key(key_id, actor=ctx.actor)
-        ctx.request.app.state.authenticator.keys.items.clear()
+        ctx.request.app.state.authenticator.forget()
+        return _read(key)
+
+    @patch(
+        "/api-keys/{key_id:str}",
+        guards=[allow({ADMIN}, scope="admin")],
+        opt={"rate_group": "admin"},
+    )
+    async def narrow_key(
+        self, ctx: NamedDependency[Ctx], key_id: KeyId, data: JSONBody[ApiKeyNarrow]
+    ) -> ApiKeyRead:
+        """Narrow a key's scopes; tokens minted from it lose the dropped scopes too."""
+        unknown = sorted(set(data.scopes) - SCOPES)
+        if unknown:
+            raise ValidationError(f"unknown scopes {unknown}", field="scopes")
+        key = await ctx.svc.credentials.narrow_api_key(
+            key_id, tuple(data.scopes), reason=data.reason, actor=ctx.actor
+        )
+        ctx.request.app.state.authenticator.forget()
         return _read(key)
 
 

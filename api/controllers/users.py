@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -14,7 +14,7 @@ from api.auth import ADMIN, EVERYONE, allow
 from api.context import Ctx
 from api.idempotency import Attempt
 from api.schemas.accounts import CompartmentRead, WalletRead
-from api.schemas.users import MeRead, UserCreate, UserRead
+from api.schemas.users import MeRead, UserCreate, UserRead, UserUpdate
 from core.credentials import User
 
 
@@ -42,6 +42,19 @@ class UserController(Controller):
             return user_read(user)
 
         return await ctx.once(data, run)
+
+    @patch(
+        "/users/{user_id:uuid}", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"}
+    )
+    async def update_user(
+        self, ctx: NamedDependency[Ctx], user_id: FromPath[uuid.UUID], data: JSONBody[UserUpdate]
+    ) -> UserRead:
+        """Suspend or reactivate a user or change their role (audited with the reason)."""
+        user = await ctx.svc.credentials.update_user(
+            user_id, status=data.status, role=data.role, reason=data.reason, actor=ctx.actor
+        )
+        ctx.request.app.state.authenticator.forget()
+        return user_read(user)
 
     @get("/users/{user_id:uuid}", guards=[allow(EVERYONE, scope="read")])
     async def get_user(self, ctx: NamedDependency[Ctx], user_id: FromPath[uuid.UUID]) -> UserRead:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from api.schemas.common import Create
+from api.schemas.common import Create, Reason
 from core.types import Role
 
 
 class UserCreate(Create):
     role: Role = Role.USER
     email: Annotated[str, Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+
+
+class UserUpdate(Create):
+    """Suspend or reactivate a user, or change their role; their keys and tokens follow
+    within the authentication cache window (5 s)."""
+
+    reason: Reason
+    status: Literal["ACTIVE", "SUSPENDED"] | None = None
+    role: Role | None = None
 
 
 class UserRead(Struct):
@@ -38,6 +47,13 @@ class ApiKeyCreate(Create):
     scopes: Annotated[list[str], Meta(min_length=1, max_length=8)]
     role: Role | None = None
     expires_at: datetime | None = None
+
+
+class ApiKeyNarrow(Create):
+    """The scopes the key keeps (a subset of what it holds)."""
+
+    scopes: Annotated[list[str], Meta(min_length=1, max_length=8)]
+    reason: Reason
 
 
 class ApiKeyRead(Struct):

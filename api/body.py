@@ -1,0 +1,147 @@
+"""The screen every request passes before a controller sees it: bytes a client can send
+that no route can honour get a 4xx problem+json with a stable code here, so nothing the
+database would refuse (a NUL, a lone surrogate) and nothing that exhausts the parser (deep
+nesting) gets further.
+
+- a body on a route must be declared JSON (``application/json`` or ``application/*+json``):
+  else 415 ``UNSUPPORTED_MEDIA_TYPE``;
+- the body must be UTF-8 without a byte-order mark, one JSON value, no object with a
+  repeated key, no ``NaN``/``Infinity``, no integer of more than ``MAX_DIGITS`` digits,
+  nested at most ``MAX_DEPTH`` deep: else 400 ``BAD_REQUEST``;
+- no string (key or value) in the body, path or query may hold a NUL, another C0 control
+  character other than tab, newline and carriage return, or a lone surrogate: else 422
+  ``INVALID_CHARACTER`` naming where.
+
+``screen_body`` and ``screen_text`` are pure; ``screen_request`` is the app's
+``before_request`` hook (it runs after authentication and the guards, so an anonymous
+caller never makes us parse their body).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from litestar import Request
+
+from api.errors import ApiError
+
+#: deepest nesting of arrays and objects any route accepts (the deepest schema is ~4)
+MAX_DEPTH = 32
+#: longest integer literal accepted (amounts travel as decimal strings)
+MAX_DIGITS = 40
+_BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class MalformedBody(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "BAD_REQUEST", message)
+
+
+class InvalidCharacter(ApiError):
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            422,
+            "INVALID_CHARACTER",
+            f"{where} holds a NUL, a control character or a lone surrogate",
+            field=where,
+        )
+
+
+def screen_text(value: str, where: str) -> None:
+    if _BAD_CHAR.search(value):
+        raise InvalidCharacter(where)
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise MalformedBody(f"the key {repeated!r} appears twice in one object")
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise MalformedBody(f"{name} is not a JSON number")
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_DIGITS:
+        raise MalformedBody(f"an integer of more than {MAX_DIGITS} digits")
+    return int(literal)
+
+
+def screen_body(raw: bytes) -> None:
+    """Raise ``MalformedBody`` or ``InvalidCharacter`` unless ``raw`` is a JSON document
+    every route could read (see the module docstring)."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise MalformedBody("the body starts with a byte-order mark")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"the body is not UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(
+            text,
+            object_pairs_hook=_no_repeats,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+        )
+    except RecursionError:
+        raise MalformedBody(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise MalformedBody(f"the body is not JSON: {exc}") from None
+    _walk(document)
+
+
+def _walk(document: Any) -> None:
+    """Depth and characters of every key and string, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[Any, int, str]] = [(document, 0, "body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, str):
+            screen_text(value, where)
+        elif isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise MalformedBody(f"the body is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    screen_text(key, f"a key of {where}")
+                    stack.append((item, depth + 1, f"{where}.{key}"))
+            else:
+                stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def screen_query(query_string: bytes, path: str) -> None:
+    """The raw query string and the decoded path: UTF-8, no NUL or control character."""
+    screen_text(path, "path")
+    if not query_string:
+        return
+    try:
+        decoded = unquote_to_bytes(query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBody("the query string is not UTF-8") from None
+    screen_text(decoded, "query")
+
+
+async def screen_request(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` of every route: the query, the content type and the body."""
+    screen_query(request.scope.get("query_string", b""), request.scope["path"])
+    if request.method not in _BODY_METHODS:
+        return
+    raw = await request.body()
+    if not raw:
+        return
+    content_type = request.headers.get("content-type", "")
+    if not _JSON_TYPE.match(content_type):
+        raise ApiError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"send the body as application/json, not {content_type or 'no content type'!r}",
+        )
+    screen_body(raw)
