@@ -66,6 +66,11 @@ class Ctx:
             stored=stored,
         )
 
+    async def sees(self, account_id: int) -> bool:
+        """Whether the caller may read the account's id and balance: staff readers every
+        account, a USER their own (``api.render.Sees``)."""
+        return not self.is_user or self.owns(await self.svc.account(account_id))
+
     async def readable_account(self, account_id: int) -> Account:
         account = await self.svc.account(account_id)
         if self.is_user and not self.owns(account):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import Counter
 
 from api.schemas.accounts import HistoryEntryRead, HistoryRead
@@ -18,18 +20,29 @@ from core.types import HoldResult, OperationResult, OperationType
 
 POSTINGS = Counter("valueos_api_postings", "Ledger operations posted through the API", ["type"])
 
+#: whether the caller may read an account (``Ctx.sees``): an entry of an account it may
+#: not read shows only the asset and the signed amount — no account id, no balance
+Sees = Callable[[int], Awaitable[bool]]
 
-async def operation(svc: Services, result: OperationResult) -> OperationRead:
+
+async def everything(_: int) -> bool:
+    """The viewer of a trusted system caller (the payment provider's webhook)."""
+    return True
+
+
+async def _entry(
+    svc: Services, sees: Sees, seq: int, account: int, asset: str, amount: int, after: int
+) -> EntryRead:
+    if not await sees(account):
+        return EntryRead(seq, None, asset, await svc.fmt(amount, asset), None)
+    return EntryRead(seq, account, asset, await svc.fmt(amount, asset), await svc.fmt(after, asset))
+
+
+async def operation(svc: Services, result: OperationResult, sees: Sees) -> OperationRead:
     if not result.replayed:
         POSTINGS.labels(result.type.value).inc()
     entries = [
-        EntryRead(
-            e.seq,
-            e.account_id,
-            e.asset,
-            await svc.fmt(e.amount, e.asset),
-            await svc.fmt(e.balance_after, e.asset),
-        )
+        await _entry(svc, sees, e.seq, e.account_id, e.asset, e.amount, e.balance_after)
         for e in result.entries
     ]
     return OperationRead(
@@ -64,9 +77,9 @@ async def history(svc: Services, account_id: int, asset: str, page: HistoryPage)
     )
 
 
-async def operation_view(svc: Services, view: OperationView) -> OperationRead:
+async def operation_view(svc: Services, view: OperationView, sees: Sees) -> OperationRead:
     entries = [
-        EntryRead(seq, account, asset, await svc.fmt(amount, asset), await svc.fmt(after, asset))
+        await _entry(svc, sees, seq, account, asset, amount, after)
         for seq, account, asset, amount, after in view.entries
     ]
     return OperationRead(
@@ -108,9 +121,9 @@ def transaction(tx: Transaction) -> TransactionRead:
     )
 
 
-async def dry_run(svc: Services, type_: OperationType, outcome: DryRun) -> DryRunRead:
+async def dry_run(svc: Services, type_: OperationType, outcome: DryRun, sees: Sees) -> DryRunRead:
     """What an operation would do: allowed or the denial (code, rule, policy version), its
-    fees and postings."""
+    fees and postings (of accounts the caller may not read: the asset and amount only)."""
     denial = None
     if outcome.error is not None:
         err = outcome.error
@@ -134,6 +147,8 @@ async def dry_run(svc: Services, type_: OperationType, outcome: DryRun) -> DryRu
         ],
         postings=[
             PostingRead(account, asset, await svc.fmt(amt, asset), await svc.fmt(after, asset))
+            if await sees(account)
+            else PostingRead(None, asset, await svc.fmt(amt, asset), None)
             for account, asset, amt, after in outcome.entries
         ],
     )

@@ -94,7 +94,7 @@ class BridgeOutController(Controller):
     ) -> DryRunRead:
         """What this bridge-out would do now (policies, fees, postings); writes nothing."""
         outcome = await ctx.svc.bridge_outs.dry_run(ctx.principal.user_id, ctx.actor, data.order())
-        return await render.dry_run(ctx.svc, OperationType.BRIDGE_OUT, outcome)
+        return await render.dry_run(ctx.svc, OperationType.BRIDGE_OUT, outcome, ctx.sees)
 
     @get("/out/{bridge_id:str}", guards=[allow(EVERYONE, scope="read")])
     async def get_out(self, ctx: NamedDependency[Ctx], bridge_id: BridgeId) -> BridgeOutRead:

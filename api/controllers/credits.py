@@ -29,7 +29,7 @@ class CreditController(Controller):
                 ctx.actor, user_id=data.user_id, asset=data.asset, amount=data.amount,
                 memo=data.memo, idempotency_key=a.core_key,
             )  # fmt: skip
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 
@@ -43,7 +43,7 @@ class CreditController(Controller):
             result = await ctx.svc.payments.transfer(
                 ctx.principal.user_id, ctx.actor, data.order(), idempotency_key=a.core_key
             )
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 
@@ -59,7 +59,7 @@ class CreditController(Controller):
                 from_kind=data.from_kind, to_kind=data.to_kind, amount=data.amount,
                 reason=data.reason, idempotency_key=a.core_key,
             )  # fmt: skip
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 
@@ -75,7 +75,7 @@ class CreditController(Controller):
                 ctx.principal.user_id, ctx.actor, account_id=data.account_id,
                 amount=data.amount, reason=data.reason, idempotency_key=a.core_key,
             )  # fmt: skip
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

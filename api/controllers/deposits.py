@@ -92,7 +92,9 @@ class DepositWebhook(Controller):
                 actor=actor,
             )
             tx = await flows.get_transaction(svc.ledger, tx_id)
-            return DepositRead(render.transaction(tx), await render.operation(svc, result))
+            return DepositRead(
+                render.transaction(tx), await render.operation(svc, result, render.everything)
+            )
 
         return await idempotent(request, svc.idempotency, "webhook:deposits", data, run)
 
@@ -139,7 +141,7 @@ class TransactionController(Controller):
                 reason=data.reason,
                 actor=ctx.actor,
             )
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

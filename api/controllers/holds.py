@@ -85,7 +85,7 @@ class HoldController(Controller):
             amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
             command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
             result = _expect(await ctx.svc.ledger.submit(command), OperationResult)
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

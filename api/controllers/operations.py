@@ -37,7 +37,7 @@ class OperationController(Controller):
                 raise UnknownOperation(
                     f"operation {operation_id} does not exist", operation_id=operation_id
                 )
-        return await render.operation_view(ctx.svc, view)
+        return await render.operation_view(ctx.svc, view, ctx.sees)
 
     @post(
         "/operations/{operation_id:int}/reverse",
@@ -53,7 +53,7 @@ class OperationController(Controller):
             result = await ctx.svc.ledger.reverse(
                 operation_id, reason=data.reason, actor=ctx.actor, idempotency_key=a.core_key
             )
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 
@@ -72,7 +72,7 @@ class OperationController(Controller):
             result = await ctx.svc.ledger.adjust(
                 legs, reason=data.reason, actor=ctx.actor, idempotency_key=a.core_key
             )
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

@@ -161,7 +161,7 @@ class P2PController(Controller):
             )
             return P2PSettlementRead(
                 await request_read(ctx, done.request),
-                await render.operation(ctx.svc, done.operation),
+                await render.operation(ctx.svc, done.operation, ctx.sees),
             )
 
         return await ctx.once(None, run, status_code=200)

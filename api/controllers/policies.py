@@ -165,7 +165,7 @@ class PolicyController(Controller):
         recipient's wallet is opened if they have none, as a transfer would)."""
         payer = ctx.principal.user_id if ctx.is_user else None
         outcome = await ctx.svc.payments.dry_run(payer, ctx.actor, data.order())
-        return await render.dry_run(ctx.svc, OperationType.TRANSFER, outcome)
+        return await render.dry_run(ctx.svc, OperationType.TRANSFER, outcome, ctx.sees)
 
 
 ROUTES = [PolicyController]

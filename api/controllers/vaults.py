@@ -225,7 +225,7 @@ class VaultController(Controller):
                 idempotency_key=a.core_key,
                 memo=data.memo,
             )
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

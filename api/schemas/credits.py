@@ -55,10 +55,12 @@ class BurnCreate(Create):
 
 class EntryRead(Struct):
     seq: int
-    account_id: int
+    #: null (and ``balance_after`` too) for an account the caller may not read
+    account_id: int | None
     asset: str
+    #: signed: negative for a debit
     amount: str
-    balance_after: str
+    balance_after: str | None
 
 
 class OperationRead(Struct):
