@@ -41,10 +41,13 @@ from api.errors import handle_exception
 from api.openapi import document_problems
 from api.services import Services
 from api.settings import ApiSettings, api_settings
+from api.throttle import FailureThrottle, WindowCounts
 from core.db import alembic_config, create_engine, resolve_url
 from core.ledger import Ledger
 
-RATE_GROUPS = ("api", "admin", "webhooks", "auth")
+#: route groups Litestar's limiter counts per client before the guards (webhooks count
+#: in their signature guard instead: ``api.controllers.deposits.webhook_signature``)
+RATE_GROUPS = ("api", "admin", "auth")
 
 
 class ValueOSApp(Litestar):
@@ -135,10 +138,11 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
     limiters = [
         _limiter(group, per_minute).middleware
         for group, per_minute in zip(
-            RATE_GROUPS, (limits.api, limits.admin, limits.webhooks, limits.auth), strict=True
+            RATE_GROUPS, (limits.api, limits.admin, limits.auth), strict=True
         )
         if per_minute > 0
     ]
+    rate_store = _rate_store(settings)
     prometheus = PrometheusConfig(
         app_name="valueos", prefix="valueos", group_path=True, exclude=["^/metrics"]
     )
@@ -184,10 +188,17 @@ def create_app(settings: ApiSettings | None = None) -> ValueOSApp:
         exception_handlers={Exception: handle_exception},
         before_request=screen_request,
         middleware=[prometheus.middleware, jwt.middleware, *limiters],
-        stores={"rate_limit": _rate_store(settings)},
+        stores={"rate_limit": rate_store},
         openapi_config=openapi,
         lifespan=[lifespan],
-        state=State({"jwt_auth": jwt, "schema_head": schema_head()}),
+        state=State(
+            {
+                "jwt_auth": jwt,
+                "schema_head": schema_head(),
+                "auth_failures": FailureThrottle(rate_store, limits.auth_failures),
+                "webhook_traffic": WindowCounts(rate_store, "webhooks", limits.webhooks),
+            }
+        ),
         request_max_body_size=1_048_576,
         debug=False,
         logging_config=None,

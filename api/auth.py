@@ -18,12 +18,17 @@ from functools import partial
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+    TooManyRequestsException,
+)
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-from core.credentials import ApiKey, Credentials, User
+from api.throttle import ABUSE_FAILURES, ABUSE_WINDOW, FailureThrottle
+from core.credentials import ApiKey, Credentials, User, split_key
 from core.errors import UnknownUser
 from core.types import Actor, Role
 
@@ -240,23 +245,38 @@ def _narrowed(held: frozenset[str], allowed: frozenset[str]) -> frozenset[str]:
 
 
 class AuthMiddleware(JWTAuthenticationMiddleware):
-    """``X-API-Key`` first, else ``Authorization: Bearer <JWT>`` (Litestar's JWT checks)."""
+    """``X-API-Key`` first, else ``Authorization: Bearer <JWT>`` (Litestar's JWT checks).
+
+    A presented credential that fails counts against the client address and the key id
+    (``api.throttle``): over the limit, the next attempt is 429 before any lookup."""
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         presented = connection.headers.get(API_KEY_HEADER)
-        if presented:
-            auth: Authenticator = connection.app.state.authenticator
-            principal = await auth.from_api_key(presented)
-            if principal is None:
-                raise NotAuthorizedException("invalid API key")
-            return AuthenticationResult(user=principal, auth=None)
         header = connection.headers.get(self.auth_header, "")
         scheme, _, _ = header.partition(" ")
-        if scheme.lower() != "bearer":
+        if not presented and scheme.lower() != "bearer":
             raise NotAuthorizedException("bearer token or API key required")
-        return await super().authenticate_request(connection)
+        ip = connection.client.host if connection.client else "unknown"
+        subjects = [f"ip:{ip}"]
+        parts = split_key(presented) if presented else None
+        if parts is not None:
+            subjects.append(f"key:{parts[0]}")
+        failures: FailureThrottle = connection.app.state.auth_failures
+        if await failures.blocked(*subjects):
+            raise TooManyRequestsException("too many failed authentications; wait a minute")
+        try:
+            if presented:
+                auth: Authenticator = connection.app.state.authenticator
+                principal = await auth.from_api_key(presented)
+                if principal is None:
+                    raise NotAuthorizedException("invalid API key")
+                return AuthenticationResult(user=principal, auth=None)
+            return await super().authenticate_request(connection)
+        except NotAuthorizedException:
+            await note_failures(connection, *subjects)
+            raise
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
@@ -283,6 +303,16 @@ class AuthMiddleware(JWTAuthenticationMiddleware):
         if principal is None:
             raise NotAuthorizedException()
         return AuthenticationResult(user=principal, auth=token)
+
+
+async def note_failures(connection: ASGIConnection[Any, Any, Any, Any], *subjects: str) -> None:
+    """Count a failed authentication of each subject; audit those that reached the abuse
+    threshold (``api.throttle``)."""
+    failures: FailureThrottle = connection.app.state.auth_failures
+    ip = connection.client.host if connection.client else "unknown"
+    for subject in await failures.failed(*subjects):
+        credentials: Credentials = connection.app.state.authenticator.credentials
+        await credentials.record_auth_failures(subject, ip, ABUSE_FAILURES, ABUSE_WINDOW)
 
 
 async def _retrieve_principal(

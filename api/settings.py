@@ -39,6 +39,8 @@ class RateLimits:
     admin: int = 120
     webhooks: int = 240
     auth: int = 30
+    #: failed authentications per client address and per key id (``api.throttle``)
+    auth_failures: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class ApiSettings:
                 admin=_int("VALUEOS_RATE_ADMIN", 120),
                 webhooks=_int("VALUEOS_RATE_WEBHOOKS", 240),
                 auth=_int("VALUEOS_RATE_AUTH", 30),
+                auth_failures=_int("VALUEOS_RATE_AUTH_FAILURES", 10),
             ),
             hsts=_flag("VALUEOS_HSTS"),
             trusted_proxy=_flag("VALUEOS_TRUSTED_PROXY"),

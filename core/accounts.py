@@ -219,6 +219,14 @@ class Accounts:
             metadata=metadata,
         )
 
+    async def user_status(self, user_id: uuid.UUID) -> str | None:
+        """ACTIVE or SUSPENDED; None for a user that does not exist."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(
+                text("SELECT status FROM users WHERE id = :id"), {"id": user_id}
+            )
+            return found.scalar_one_or_none()
+
     async def ensure_wallet(
         self, owner_id: uuid.UUID, asset: str, *, actor: Actor
     ) -> dict[AccountKind, int]:

@@ -355,3 +355,16 @@ class Credentials:
                 reason=reason,
             )
         return _user(row)
+
+    async def record_auth_failures(self, subject: str, ip: str, count: int, seconds: int) -> None:
+        """Audit repeated failed authentication of ``subject`` (``ip:<addr>`` or
+        ``key:<id>``): ``count`` failures within ``seconds``."""
+        async with self.engine.begin() as conn:
+            await audit.record(
+                conn,
+                Actor("api:authentication", Role.SYSTEM, ip),
+                "auth.failures",
+                "client",
+                subject,
+                after={"failures": count, "within_seconds": seconds},
+            )

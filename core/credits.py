@@ -55,7 +55,7 @@ class Credits:
     ) -> OperationResult:
         """Issue ``amount`` of ``asset`` into ``user_id``'s AVAILABLE compartment."""
         units = await self.directory.parse(amount, asset)
-        wallet = await self.directory.wallet(user_id, asset, actor)
+        wallet = await self.directory.recipient(user_id, asset, actor)
         issuance = await self.directory.system(asset, SystemAccount.ISSUANCE, actor)
         legs = transfer_legs(issuance, wallet[AccountKind.AVAILABLE], asset, units)
         metadata = {"memo": memo} if memo else {}

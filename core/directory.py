@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from core.accounts import Account, Asset
-from core.errors import InvalidAmount
+from core.errors import InvalidAmount, UnknownUser, UserSuspended
 from core.ledger import Ledger
 from core.money import format_amount, parse_amount
 from core.types import AccountKind, Actor, SystemAccount
@@ -47,6 +47,20 @@ class Directory:
                 self._wallets.clear()
             self._wallets[(owner, asset)] = found
         return found
+
+    async def recipient(
+        self, owner: uuid.UUID, asset: str, actor: Actor, *, suspended_ok: bool = False
+    ) -> dict[AccountKind, int]:
+        """The wallet of a user value is about to be paid to: UNKNOWN_ASSET, UNKNOWN_USER,
+        or USER_SUSPENDED (409; ``suspended_ok``: a deposit, which lands BLOCKED anyway)
+        before any account is opened. The status is read every time (it changes)."""
+        await self.asset(asset)
+        status = await self.ledger.accounts.user_status(owner)
+        if status is None:
+            raise UnknownUser(f"user {owner} does not exist", user_id=str(owner))
+        if status != "ACTIVE" and not suspended_ok:
+            raise UserSuspended(f"user {owner} is suspended", user_id=str(owner))
+        return await self.wallet(owner, asset, actor)
 
     async def system(self, asset: str, code: SystemAccount, actor: Actor) -> int:
         found = self._system.get((asset, code))

@@ -186,6 +186,10 @@ class UnknownUser(NotFound):
     code = "UNKNOWN_USER"
 
 
+class UserSuspended(Conflict):
+    code = "USER_SUSPENDED"
+
+
 class UnknownApiKey(NotFound):
     code = "UNKNOWN_API_KEY"
 

@@ -81,7 +81,7 @@ class Payments:
         """The TRANSFER operation ``order`` stands for (see the module's rules)."""
         source = await self.source(payer, order.from_account_id)
         amount = await self.directory.parse(order.amount, source.asset)
-        wallet = await self.directory.wallet(order.to_user_id, source.asset, actor)
+        wallet = await self.directory.recipient(order.to_user_id, source.asset, actor)
         destination = wallet[AccountKind.AVAILABLE]
         if destination == source.id:
             raise ValidationError("cannot transfer to the same account", field="to_user_id")

@@ -25,9 +25,12 @@ _ACTIVE = AccountStatus.ACTIVE
 
 
 def validate_entries(entries: Sequence[EntrySpec]) -> None:
-    """Shape rules that need no database: positive amounts, sum to zero per asset."""
+    """Shape rules that need no database: two accounts at least, positive amounts, sum to
+    zero per asset."""
     if len(entries) < 2:
         raise UnbalancedOperation("an operation needs at least two entries")
+    if len({entry.account_id for entry in entries}) < 2:
+        raise UnbalancedOperation("an operation moves value between at least two accounts")
     totals: dict[str, int] = {}
     for index, entry in enumerate(entries):
         check_int64(entry.amount, f"entries[{index}].amount")

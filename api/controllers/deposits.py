@@ -17,17 +17,19 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.exceptions import TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
 
 from api import render
-from api.auth import COMPLIANCE, EVERYONE, PUBLIC, allow
+from api.auth import COMPLIANCE, EVERYONE, PUBLIC, allow, note_failures
 from api.context import Ctx, client_ip
 from api.errors import ApiError
 from api.idempotency import Attempt, idempotent
 from api.schemas.credits import OperationRead
 from api.schemas.deposits import DepositCreate, DepositRead, ReleaseCreate, TransactionRead
 from api.services import Services
+from api.throttle import FailureThrottle, WindowCounts
 from core import flows
 from core.errors import UnknownOperation
 from core.types import Actor, Role
@@ -45,19 +47,33 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 async def webhook_signature(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    """Guard: the body must be signed by the provider (runs before the body is parsed)."""
+    """Guard: the body must be signed by the provider (runs before the body is parsed).
+
+    Rate limits count after the check, apart: a request whose signature fails counts
+    against its address as a failed authentication (``api.throttle``; 429 once over),
+    a verified one against the provider's budget (``VALUEOS_RATE_WEBHOOKS`` a minute) —
+    forged traffic, even from the provider's own address, cannot use up the provider's."""
     svc: Services = connection.app.state.services
     secret = svc.settings.webhook_secret
     if not secret:
         raise ApiError(503, "WEBHOOK_DISABLED", "VALUEOS_WEBHOOK_SECRET is not configured")
     stamp = connection.headers.get(TIMESTAMP_HEADER, "")
     given = connection.headers.get(SIGNATURE_HEADER, "")
-    if not stamp.isdigit() or abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
-        raise ApiError(401, "INVALID_SIGNATURE", "missing or stale webhook timestamp")
     assert isinstance(connection, Request)  # noqa: S101 - HTTP routes get a Request
     body = await connection.body()
-    if not hmac.compare_digest(given, sign(secret, stamp, body)):
-        raise ApiError(401, "INVALID_SIGNATURE", "webhook signature does not match")
+    fresh = stamp.isdigit() and abs(time.time() - int(stamp)) <= TOLERANCE_SECONDS
+    if not fresh or not hmac.compare_digest(given, sign(secret, stamp, body)):
+        failures: FailureThrottle = connection.app.state.auth_failures
+        ip = f"ip:{connection.client.host if connection.client else 'unknown'}"
+        if await failures.blocked(ip):
+            raise TooManyRequestsException("too many failed webhook signatures; wait a minute")
+        await note_failures(connection, ip)
+        problem = "webhook signature does not match" if fresh else "missing or stale timestamp"
+        raise ApiError(401, "INVALID_SIGNATURE", problem)
+    verified: WindowCounts = connection.app.state.webhook_traffic
+    if await verified.over("provider"):
+        raise TooManyRequestsException("webhook rate limit exceeded")
+    await verified.add("provider")
 
 
 class DepositWebhook(Controller):
@@ -67,7 +83,7 @@ class DepositWebhook(Controller):
     @post(
         "/deposits",
         guards=[webhook_signature],
-        opt={**PUBLIC, "public": False, "webhook": True, "rate_group": "webhooks"},
+        opt={**PUBLIC, "public": False, "webhook": True, "rate_group": None},
         security=[{"WebhookSignature": []}],
     )
     async def deposit(
@@ -82,7 +98,7 @@ class DepositWebhook(Controller):
 
         async def run(_: Attempt) -> DepositRead:
             amount = await svc.parse(data.amount, data.asset)
-            await svc.wallet(data.user_id, data.asset, actor)
+            await svc.recipient(data.user_id, data.asset, actor, suspended_ok=True)
             tx_id, result = await flows.record_deposit_blocked(
                 svc.ledger,
                 owner_id=data.user_id,

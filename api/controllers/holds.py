@@ -1,8 +1,9 @@
 """Holds (two-phase transfers): reserve, capture (fully or partly), void; expiry.
 
 A hold is created by the payer from their own AVAILABLE account to a user (e.g. a
-merchant); either party may capture or void it; staff (admin/ops) may too. A capture
-after the deadline is refused; the sweep marks past-deadline holds EXPIRED."""
+merchant); either party may capture or void it. Staff (admin/ops) may void one — the
+funds go back to the payer — but never capture one: staff never move users' money. A
+capture after the deadline is refused; the sweep marks past-deadline holds EXPIRED."""
 
 from __future__ import annotations
 
@@ -74,14 +75,14 @@ class HoldController(Controller):
         hold = await _party_hold(ctx, hold_id, staff=True)
         return await render.hold(ctx.svc, hold)
 
-    @post("/{hold_id:int}/capture", guards=PARTIES)
+    @post("/{hold_id:int}/capture", guards=[allow({USER}, scope="payments")])
     async def capture(
         self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[CaptureCreate]
     ) -> Response[OperationRead]:
         """Post the hold, fully or partly (the rest is released)."""
 
         async def run(a: Attempt) -> OperationRead:
-            hold = await _party_hold(ctx, hold_id, staff=True)
+            hold = await _party_hold(ctx, hold_id, staff=False)
             amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
             command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
             result = _expect(await ctx.svc.ledger.submit(command), OperationResult)

@@ -27,7 +27,7 @@ from tests.conftest import settings_for
 WEBHOOK_SECRET = "test-webhook-secret"  # noqa: S105 - a test fixture
 BOOTSTRAP = Actor("e2e-bootstrap", Role.SYSTEM)
 ROLES = (Role.USER, Role.ADMIN, Role.OPS, Role.COMPLIANCE, Role.READ_ONLY, Role.AUDITOR)
-HIGH = RateLimits(api=100_000, admin=100_000, webhooks=100_000, auth=100_000)
+HIGH = RateLimits(api=100_000, admin=100_000, webhooks=100_000, auth=100_000, auth_failures=100_000)
 
 
 def make_settings(database_url: str, **overrides: Any) -> ApiSettings:

@@ -101,7 +101,8 @@ async def sealed() -> AsyncIterator[Sealed]:
                 headers=bob.headers,
             )
             assert r.status_code == 201, r.text
-            later = next(e["seq"] for e in r.json()["entries"] if e["account_id"] == a)
+            # bob's answer hides alice's side; her own history shows it (newest first)
+            later = (await entries_of(api, alice, a))[0]["seq"]
             assert await seal(api) == 2
             yield Sealed(api, url, asset, alice, bob, a, b, alice_seqs, later)
     finally:
