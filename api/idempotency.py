@@ -8,9 +8,12 @@ so a corrected request may reuse its key.
 
 Ledger writes also carry the core's idempotency key ``http:<client>:<key>``: should the
 process die after the ledger committed but before the response was stored, the retry
-(allowed once the first attempt is ``STALE_AFTER_SECONDS`` old) gets the ledger's stored
-result and posts nothing twice. Values the API derives at the first attempt (a hold's
-deadline) are *pinned* with the record, so the retry builds the very same command.
+gets the ledger's stored result and posts nothing twice. A retry while the first attempt
+runs answers 409 ``IDEMPOTENCY_IN_PROGRESS`` (after waiting up to ``WAIT_SECONDS``) for as
+long as the process running it is alive — once it has died, the next retry takes over at
+once (``core.request_records``: each process holds a liveness lock in PostgreSQL).
+Values the API derives at the first attempt (a hold's deadline) are *pinned* with the
+record, so the retry builds the very same command.
 
 The records are stored by :class:`core.request_records.Records` (group-committed; each
 caller awaits its own row, so nothing is answered before its record is durable).

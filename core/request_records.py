@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import weakref
 from dataclasses import dataclass
 from functools import partial
@@ -20,29 +21,42 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.storage_errors import translate
 
 __all__ = ["STALE_AFTER_SECONDS", "Records"]
 
-#: an unfinished claim this old may be taken over by a retry (its process likely died)
-STALE_AFTER_SECONDS = 30.0
+#: an unfinished claim of a process that is still alive is taken over after this long (the
+#: first attempt is stuck); one whose process died is taken over at once (``owner``)
+STALE_AFTER_SECONDS = 600.0
+#: the same, for claims without an owner (written before owners were recorded)
+UNOWNED_STALE_AFTER_SECONDS = 30.0
+#: the advisory-lock class of the processes' liveness locks (``pg_advisory_lock(7301, id)``)
+LIVENESS_LOCK_CLASS = 7301
 
 
-async def _existing(engine: AsyncEngine, client: str, key: str, digest: bytes) -> tuple[str, Any]:
+async def _existing(
+    engine: AsyncEngine, client: str, key: str, digest: bytes, me: int
+) -> tuple[str, Any]:
     """The claim's slow path, when the record exists: ('done', (status, response)) |
     ('retry', pinned) | ('busy', None) | ('conflict', None) (another request under the key) |
-    ('gone', None) (deleted meanwhile: claim again)."""
+    ('gone', None) (deleted meanwhile: claim again).
+
+    An unfinished record is busy while the process that claimed it lives — its liveness
+    lock is held — and taken over (``owner`` becomes ``me``) once it does not."""
     async with engine.begin() as conn:
         row = (
             await conn.execute(
                 text(
-                    "SELECT request_hash, pinned, status, response, "
-                    "extract(epoch FROM now() - created_at) AS age "
+                    "SELECT request_hash, pinned, status, response, owner, "
+                    "extract(epoch FROM now() - created_at) AS age, "
+                    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                    "  AND classid = :class AND objid::bigint = owner AND objsubid = 2 "
+                    "  AND granted) AS owner_alive "
                     "FROM api_idempotency WHERE client = :c AND key = :k FOR UPDATE"
                 ),
-                {"c": client, "k": key},
+                {"c": client, "k": key, "class": LIVENESS_LOCK_CLASS},
             )
         ).first()
         if row is None:
@@ -51,12 +65,18 @@ async def _existing(engine: AsyncEngine, client: str, key: str, digest: bytes) -
             return "conflict", None
         if row.status is not None:
             return "done", (row.status, row.response)
-        if float(row.age) > STALE_AFTER_SECONDS:
+        age = float(row.age)
+        if row.owner is None:
+            stale = age > UNOWNED_STALE_AFTER_SECONDS
+        else:
+            stale = not row.owner_alive or age > STALE_AFTER_SECONDS
+        if stale:
             await conn.execute(
                 text(
-                    "UPDATE api_idempotency SET created_at = now() WHERE client = :c AND key = :k"
+                    "UPDATE api_idempotency SET created_at = now(), owner = :me "
+                    "WHERE client = :c AND key = :k"
                 ),
-                {"c": client, "k": key},
+                {"c": client, "k": key, "me": me},
             )
             return "retry", dict(row.pinned)
         return "busy", None
@@ -76,8 +96,8 @@ WITH done AS (
     USING unnest($5::text[], $6::text[]) AS u(client, key)
     WHERE i.client = u.client AND i.key = u.key
 )
-INSERT INTO api_idempotency (client, key, request_hash, pinned)
-SELECT * FROM unnest($7::text[], $8::text[], $9::bytea[], $10::jsonb[])
+INSERT INTO api_idempotency (client, key, request_hash, pinned, owner)
+SELECT *, $11::integer FROM unnest($7::text[], $8::text[], $9::bytea[], $10::jsonb[])
 ON CONFLICT DO NOTHING
 RETURNING client, key
 """
@@ -100,10 +120,18 @@ class Records:
     """The ``api_idempotency`` writes of one process, group-committed: one statement on one
     held connection for whatever is waiting, instead of a pool checkout and a transaction
     per write (so concurrent requests do not queue the ledger's own batches behind them).
+
+    Before its first claim the process takes its liveness lock, ``pg_advisory_lock(7301,
+    owner)`` on a connection it keeps: its claims are in progress exactly while that lock is
+    held, so after the process dies a retry elsewhere takes over at once (``_existing``).
     """
 
     def __init__(self, engine: AsyncEngine, *, workers: int = 1, batch_max: int = 500) -> None:
         self.engine = engine
+        #: this process's liveness lock id, written as the ``owner`` of its claims
+        self.owner = secrets.randbelow(2**31 - 1) + 1
+        self._liveness: AsyncConnection | None = None
+        self._liveness_lock = asyncio.Lock()
         self.batch_max = batch_max
         self._workers = workers
         self._queue: asyncio.Queue[_Write] = asyncio.Queue()
@@ -120,7 +148,33 @@ class Records:
             found = _BY_ENGINE[engine] = cls(engine)
         return found
 
+    async def _alive(self) -> None:
+        """Hold this process's liveness lock (taken once, kept until ``close``)."""
+        if self._liveness is not None and not self._liveness.closed:
+            return
+        async with self._liveness_lock:
+            if self._liveness is not None and not self._liveness.closed:
+                return
+            conn = await self.engine.connect()
+            try:
+                await conn.execute(
+                    text("SELECT pg_advisory_lock(:class, :owner)"),
+                    {"class": LIVENESS_LOCK_CLASS, "owner": self.owner},
+                )
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                await conn.close()
+                raise
+            self._liveness = conn
+
     async def close(self) -> None:
+        if self._liveness is not None:
+            # invalidate: the session ends (and its lock with it) instead of going back
+            # to the pool still holding the lock
+            await self._liveness.invalidate()
+            await self._liveness.close()
+            self._liveness = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -133,6 +187,10 @@ class Records:
     ) -> tuple[str, Any]:
         """('new', pinned) | ('done', (status, response)) | ('retry', pinned) | ('busy', None)
         | ('conflict', None)."""
+        try:
+            await self._alive()
+        except Exception as exc:
+            raise translate(exc) from exc
         while True:
             future = self._submit(client, key, digest, json.dumps(pinned), None)
             try:
@@ -143,7 +201,7 @@ class Records:
                 raise
             if inserted:
                 return "new", pinned
-            state, value = await _existing(self.engine, client, key, digest)
+            state, value = await _existing(self.engine, client, key, digest, self.owner)
             if state != "gone":
                 return state, value
 
@@ -220,8 +278,7 @@ class Records:
                 item.future.set_result((item.client, item.key) in inserted)
         return True
 
-    @staticmethod
-    async def _write(conn: asyncpg.Connection, batch: list[_Write]) -> set[tuple[str, str]]:
+    async def _write(self, conn: asyncpg.Connection, batch: list[_Write]) -> set[tuple[str, str]]:
         claims = [w for w in batch if w.digest is not None]
         done = [w for w in batch if w.digest is None and w.status is not None]
         dropped = [w for w in batch if w.digest is None and w.status is None]
@@ -231,7 +288,7 @@ class Records:
             [w.status for w in done], [w.payload for w in done],
             [w.client for w in dropped], [w.key for w in dropped],
             [w.client for w in claims], [w.key for w in claims],
-            [w.digest for w in claims], [w.payload for w in claims],
+            [w.digest for w in claims], [w.payload for w in claims], self.owner,
         )  # fmt: skip
         return {(r["client"], r["key"]) for r in rows}
 
