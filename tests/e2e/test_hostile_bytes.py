@@ -138,4 +138,6 @@ async def _row_counts(api: Api) -> dict[str, int]:
 async def _count(conn: Any, table: str) -> int:
     from sqlalchemy import text
 
-    return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+    # unsigned webhook calls are failed authentications: audited once past the threshold
+    where = " WHERE action <> 'auth.failures'" if table == "audit_log" else ""
+    return int((await conn.execute(text(f"SELECT count(*) FROM {table}{where}"))).scalar_one())
