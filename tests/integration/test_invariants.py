@@ -303,8 +303,8 @@ class LedgerModel:
 
     @staticmethod
     def shape(entries: Sequence[EntrySpec]) -> Outcome:
-        """core.posting.validate_entries: count, amounts, balance per asset."""
-        if len(entries) < 2:
+        """core.posting.validate_entries: count, two accounts, amounts, balance per asset."""
+        if len(entries) < 2 or len({e.account_id for e in entries}) < 2:
             return ("UNBALANCED_OPERATION", None)
         for e in entries:
             if e.amount > INT64_MAX:
