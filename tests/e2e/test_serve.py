@@ -67,6 +67,8 @@ def test_serve_on_embedded_postgres_prints_admin_key_and_stops_cleanly(tmp_path:
         me = httpx.get(f"http://127.0.0.1:{port}/api/v1/me", headers={"X-API-Key": key.group(0)})
         assert me.status_code == 200, (key.group(0), me.text, Path(log.name).read_text()[:1500])
         assert me.json()["role"] == "ADMIN"
+        # the real server names no software and lets no cache keep an answer
+        assert "server" not in me.headers and me.headers["cache-control"] == "no-store"
         assert (data / "postmaster.pid").exists()
 
         proc.send_signal(signal.SIGTERM)
