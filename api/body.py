@@ -34,16 +34,11 @@ MAX_DEPTH = 32
 #: longest integer literal accepted (amounts travel as decimal strings)
 MAX_DIGITS = 40
 _BAD_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
-#: in JSON text (after an even run of backslashes, so really an escape): a control
-#: character but tab, LF and CR; a high surrogate not followed by a low one; a low
-#: surrogate not preceded by a high one
-_BAD_ESCAPE = re.compile(
-    r"(?<!\\)(?:\\\\)*\\u(?:"
-    r"000[0-8bcefBCEF]|001[0-9a-fA-F]"
-    r"|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    r")"
-    r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)(?:\\\\)*\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
+#: a \\u escape in JSON text (``_bad_escape`` decides what it stands for)
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+#: an escaped colon: the cheap repeated-key count cannot see it (``screen_body``)
+_ESCAPED_COLON = re.compile(r"\\u003[aA]")
+_ALLOWED_CONTROLS = frozenset({0x09, 0x0A, 0x0D})
 #: integers this wide may have more than ``MAX_DIGITS`` digits (``_long`` decides)
 _MAX_BITS = int(MAX_DIGITS * 3.32)
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;.*)?$", re.IGNORECASE)
@@ -93,7 +88,8 @@ def screen_body(raw: bytes) -> None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedBody(f"the body is not UTF-8 (byte {exc.start})") from None
-    if "\\u" in text and _BAD_ESCAPE.search(text):
+    escaped = "\\u" in text
+    if escaped and _bad_escape(text):
         raise InvalidCharacter("body")
     try:
         document = msgspec.json.decode(raw)
@@ -101,29 +97,56 @@ def screen_body(raw: bytes) -> None:
         raise MalformedBody(f"the body is nested deeper than {MAX_DEPTH} levels") from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"the body is not JSON: {exc}") from None
-    keys = _shape(document)
-    if keys < text.count(":"):  # a repeated key, or a colon inside a string: make sure
+    keys, colons = _shape(document)
+    # every colon of the text is an object member's or a string's: with as many members
+    # decoded as that leaves, no key was repeated (a repeat keeps one member)
+    if keys + colons != text.count(":") or (escaped and _ESCAPED_COLON.search(text)):
         try:
             json.loads(text, object_pairs_hook=_no_repeats)
         except ValueError as exc:
             raise MalformedBody(f"the body is not JSON: {exc}") from None
 
 
-def _shape(document: Any) -> int:
-    """The number of object keys in ``document``; raises ``MalformedBody`` when it nests
-    deeper than ``MAX_DEPTH`` or holds an integer of more than ``MAX_DIGITS`` digits.
+def _bad_escape(text: str) -> bool:
+    """Whether a real ``\\u`` escape (after an even run of backslashes) stands for a control
+    character (but tab, LF, CR) or a surrogate that is not half of a pair."""
+    pending_high = -1  # end offset of a high surrogate still waiting for its low half
+    for match in _ESCAPE.finditer(text):
+        start = match.start()
+        run = len(text[:start]) - len(text[:start].rstrip("\\"))
+        if run % 2:  # "\\u0000": an escaped backslash, then text
+            continue
+        code = int(match[1], 16)
+        if pending_high >= 0 and (start != pending_high or not 0xDC00 <= code <= 0xDFFF):
+            return True  # the high half was not followed by a low one
+        if 0xDC00 <= code <= 0xDFFF:
+            if pending_high < 0:
+                return True  # a low half alone
+            pending_high = -1
+        elif 0xD800 <= code <= 0xDBFF:
+            pending_high = match.end()
+        elif code < 0x20 and code not in _ALLOWED_CONTROLS:
+            return True
+    return pending_high >= 0
 
-    Every member of an object in the text has its own structural colon, so with as many
-    keys decoded as colons in the text no key can have been repeated (a repeat keeps one)."""
-    keys = 0
+
+def _shape(document: Any) -> tuple[int, int]:
+    """The number of object keys in ``document`` and of colons in its strings and keys;
+    raises ``MalformedBody`` when it nests deeper than ``MAX_DEPTH`` or holds an integer
+    of more than ``MAX_DIGITS`` digits."""
+    keys = colons = 0
     stack: list[tuple[Any, int]] = [(document, 0)]
     while stack:
         value, depth = stack.pop()
         if isinstance(value, dict):
             keys += len(value)
+            colons += sum(key.count(":") for key in value)
             items: Any = value.values()
         elif isinstance(value, list):
             items = value
+        elif isinstance(value, str):
+            colons += value.count(":")
+            continue
         else:
             if isinstance(value, int) and value.bit_length() > _MAX_BITS and _long(value):
                 raise MalformedBody(f"an integer of more than {MAX_DIGITS} digits")
@@ -131,7 +154,7 @@ def _shape(document: Any) -> int:
         if depth >= MAX_DEPTH:
             raise MalformedBody(f"the body is nested deeper than {MAX_DEPTH} levels")
         stack.extend((item, depth + 1) for item in items)
-    return keys
+    return keys, colons
 
 
 def _long(value: int) -> bool:
