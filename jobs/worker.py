@@ -13,8 +13,10 @@ import dataclasses
 import logging
 
 from chain.evm.settings import anchor_settings, bridge_signer
+from core.settings import epoch_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
+from jobs.audit import audit_job
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings
 
@@ -63,6 +65,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_in=bridge_in,
             bridge_supply=bridge_supply,
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
+            audit=audit_job(led, job.client if job else None, epoch_settings().ledger_id),
+            audit_interval_s=settings.audit_interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:
