@@ -21,6 +21,7 @@ from core.errors import LedgerIntegrityError, ReasonRequired, UnknownEntry
 from core.ledger import Ledger
 from core.proofs import entry_proof_bundle
 from core.types import Actor, Role
+from jobs.bridge_out import bridge_out_pass
 from tests.conftest import World, make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
@@ -321,3 +322,20 @@ async def test_alarms_pause_until_acknowledged_with_a_reason_in_the_audit_log(
         str(first.id),
     )
     assert record == "operator:alice restored epoch 3 from backup"
+
+
+class _NoOutbox:
+    """Test double of the bridge's outbox: any use fails the test (nothing may be sent)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the outbox was used ({name}) while an integrity alarm is open")
+
+
+async def test_bridge_mints_pause_while_an_alarm_is_open(fresh: Ledger) -> None:
+    await integrity.raise_alarm(fresh.engine, "audit", "epoch 1: test", epoch=1)
+
+    async def minted(token: str, bridge_id: bytes) -> bool:
+        raise AssertionError("no mint is looked at")
+
+    result = await bridge_out_pass(fresh, _NoOutbox(), minted)  # type: ignore[arg-type]
+    assert result.paused and result.steps == 0 and result.carriers == 0
