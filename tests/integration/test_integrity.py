@@ -339,3 +339,20 @@ async def test_bridge_mints_pause_while_an_alarm_is_open(fresh: Ledger) -> None:
 
     result = await bridge_out_pass(fresh, _NoOutbox(), minted)  # type: ignore[arg-type]
     assert result.paused and result.steps == 0 and result.carriers == 0
+
+
+async def test_reconcile_checks_the_running_balance_after_sequence(sealed: Sealed) -> None:
+    """A middle entry's balance_after edited: the cache, the sums and the account's last
+    balance_after still agree, so only the running sequence shows it."""
+    ledger = sealed.world.ledger
+    assert await ledger.reconcile() == []
+    first: int = await fetchval(
+        ledger, "SELECT min(seq) FROM ledger_entries WHERE account_id = $1", sealed.b
+    )
+    await tamper(
+        ledger,
+        ("UPDATE ledger_entries SET balance_after = balance_after + 9 WHERE seq = $1", first),
+    )
+    drifts = await ledger.reconcile()
+    assert [(d.subject, d.id, d.field) for d in drifts] == [("entry", first, "balance_after")]
+    assert drifts[0].found == drifts[0].expected + 9
