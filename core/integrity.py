@@ -11,7 +11,7 @@ Alarms (``integrity_alarms``, migration 0013)
 
 Self-audit (:func:`audit`)
     Rebuilds sealed epochs from the stored rows, in epoch order, independently of what the
-    sealer stored: every entry of the epoch's seq range (and only those) with its
+    sealer stored: every entry of the epoch's seq range (each naming this epoch) with its
     ``balance_after`` continuing the running balance of its account from the epochs before,
     every operation summing to zero per asset; both trees rebuilt (balances from the running
     balances, not from ``balance_after`` look-ups) and compared level by level with the stored
@@ -246,7 +246,10 @@ async def _stored_rows(conn: asyncpg.Connection, epoch: int, tree: int) -> list[
 
 
 async def _compare_tree(
-    conn: asyncpg.Connection, epoch: int, built: StoredTree, computed: dict[int, bytes]
+    conn: asyncpg.Connection,
+    epoch: int,
+    built: StoredTree,
+    computed: Callable[[], dict[int, bytes]],
 ) -> Finding | None:
     name = "entries" if built.kind == ENTRY_TREE else "balances"
     t = await conn.fetchrow(
@@ -271,7 +274,8 @@ async def _compare_tree(
         what = f"the stored {name} tree's root, keys or positions differ from the rebuilt tree"
     if what is None:
         return None
-    key = first_difference(await stored_leaf_hashes(conn, epoch, built.kind), computed)
+    # leaf hashes by key, only on a mismatch: the trees above already hashed every leaf once
+    key = first_difference(await stored_leaf_hashes(conn, epoch, built.kind), computed())
     leaf = None
     if key is not None:
         leaf = f"entry seq {key}" if built.kind == ENTRY_TREE else f"balance of account {key}"
@@ -305,10 +309,11 @@ async def _audit_epoch(
     lo, hi = await epoch_bounds(conn, epoch)
     rows = await conn.fetch(
         "SELECT seq, operation_id, account_id, asset, amount, balance_after, epoch "
-        "FROM ledger_entries WHERE (seq > $1 AND seq <= $2) OR epoch = $3 ORDER BY seq",
-        lo, hi, epoch,
+        "FROM ledger_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        lo, hi,
     )  # fmt: skip
-    strays = [r[0] for r in rows if r[6] != epoch or not lo < r[0] <= hi]
+    # (a row naming this epoch from another epoch's range is that epoch's stray)
+    strays = [r[0] for r in rows if r[6] != epoch]
     if strays:
         findings.append(
             Finding(
@@ -320,7 +325,7 @@ async def _audit_epoch(
     entries = [
         EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5])
         for r in rows
-        if r[6] == epoch and lo < r[0] <= hi
+        if r[6] == epoch
     ]
     broken = _continuity(running, entries)
     if broken is not None:
@@ -343,10 +348,15 @@ async def _audit_epoch(
             balances=balances,
         )
     )
-    entry_hashes = dict(zip((e.seq for e in entries), hash_entry_leaves(entries), strict=True))
-    balance_hashes = dict(
-        zip((b.account_id for b in balances), hash_balance_leaves(balances), strict=True)
-    )
+
+    def entry_hashes() -> dict[int, bytes]:
+        return dict(zip((e.seq for e in entries), hash_entry_leaves(entries), strict=True))
+
+    def balance_hashes() -> dict[int, bytes]:
+        return dict(
+            zip((b.account_id for b in balances), hash_balance_leaves(balances), strict=True)
+        )
+
     for tree, hashes in ((built.entries, entry_hashes), (built.balances, balance_hashes)):
         found = await _compare_tree(conn, epoch, tree, hashes)
         if found is not None:
