@@ -26,6 +26,7 @@ from web3.contract import Contract
 
 from chain.evm.anchor import AnchorClient
 from chain.evm.client import connect
+from chain.evm.settings import anchor_settings
 from chain.evm.trust import Trust
 from chain.evm.verify import main as verify_main
 from core import integrity
@@ -184,11 +185,12 @@ def cli_env(
     monkeypatch.setenv("ETH_RPC_URL", anvil)
     monkeypatch.setenv("VALUEOS_ANCHOR_CONTRACT", ledger_anchor.address)
     monkeypatch.setenv("VALUEOS_LEDGER_ID", "0x" + ledger_id.hex())
-    database_settings.cache_clear()  # read once per process: re-read this test's
-    epoch_settings.cache_clear()
+    cached = (database_settings, epoch_settings, anchor_settings)  # read once per process
+    for settings in cached:
+        settings.cache_clear()
     yield
-    database_settings.cache_clear()
-    epoch_settings.cache_clear()
+    for settings in cached:
+        settings.cache_clear()
 
 
 async def test_valueos_audit_on_demand_reports_alarms_and_acknowledges(

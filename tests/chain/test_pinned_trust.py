@@ -24,6 +24,7 @@ from web3.contract import Contract
 
 from chain.evm.anchor import AnchorClient
 from chain.evm.client import connect
+from chain.evm.settings import anchor_settings
 from chain.evm.trust import Trust
 from chain.evm.verify import main as verify_main
 from core.ledger import Ledger
@@ -210,8 +211,9 @@ def test_trust_export_checks_the_contract_ledger_id(
     monkeypatch.setenv("VALUEOS_ANCHOR_CONTRACT", ledger_anchor.address)
     monkeypatch.setenv("VALUEOS_LEDGER_ID", "0x" + ledger_id.hex())
     monkeypatch.setenv("VALUEOS_ANCHOR_CONFIRMATIONS", "5")
-    epoch_settings.cache_clear()  # the settings are read once per process
-    request.addfinalizer(epoch_settings.cache_clear)
+    for cached in (epoch_settings, anchor_settings):  # settings are read once per process
+        cached.cache_clear()
+        request.addfinalizer(cached.cache_clear)
     out = tmp_path / "trust.json"
     assert trust_main("trust", ["export", "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == {
