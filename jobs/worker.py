@@ -2,7 +2,8 @@
 
 With anchoring on (the default) the worker needs a chain: ``ETH_RPC_URL``, or a local dev
 anvil it starts itself (:mod:`jobs.wiring`). With anchoring off (``VALUEOS_ANCHORING=off``
-or ``--no-anchoring``) it touches no chain and runs only the housekeeping jobs.
+or ``--no-anchoring``) it touches no chain and runs only the housekeeping jobs and the
+self-audit (against the stored rows and trees, without the chain).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             if job is not None:
                 what = f"seal+anchor every {interval:g}s, contract {job.client.address}"
             else:
-                what = "anchoring off, no chain: housekeeping only"
+                what = "anchoring off, no chain: housekeeping only (and the self-audit)"
             print(f"worker running: {what}; jobs: {', '.join(j.id for j in jobs)}", flush=True)
             await stop.wait()
         finally:
