@@ -13,10 +13,17 @@ Sealing (:func:`seal_open_epoch`)
 Roots (:func:`compute_roots`, in epoch order, idempotent, resumable after a crash)
     * ``entriesRoot``: the OpenZeppelin StandardMerkleTree over one ENTRY leaf per entry of E.
     * ``balancesRoot``: one BALANCE leaf per account that has at least one entry with
-      ``seq <= cut`` (cut = the last seq of the ledger at the end of E): its ``balance_after``
-      at its last such entry, and that entry's seq. An account that never had an entry has
+      ``seq <= cut`` (cut = the last seq of the ledger at the end of E): its balance after
+      its last such entry, and that entry's seq. An account that never had an entry has
       balance 0 and no leaf (its balance cannot be proven from this tree, only its absence
       from the ledger).
+      The balances are *derived from the anchored past*, never re-read from history: the
+      BALANCE leaves of E - 1 as the rows give them now must hash to E - 1's stored tree and
+      root (else the rows were rewritten after sealing), then each entry of E is applied in
+      seq order; every entry's ``balance_after`` must be the running balance, every operation
+      must sum to zero per asset, and every cached balance must be the derived one plus the
+      entries after E. Any disagreement is a :class:`LedgerIntegrityError` (an alarm, see
+      :mod:`core.integrity`): nothing is stored, nothing is anchored.
     * header: ``keccak(abi.encode(ledgerId, E, prevHeader, entriesRoot, balancesRoot,
       firstSeq, lastSeq, leafCount))`` with ``prevHeader`` the header of E - 1 (32 zero bytes
       for epoch 1) and ``leafCount`` the number of ENTRY leaves.
@@ -117,6 +124,15 @@ async def seal_open_epoch(engine: AsyncEngine, *, allow_empty: bool = True) -> i
         # every entry of E has a seq above E - 1's last and no entry of E + 1 exists yet,
         # so E ends at the largest seq now (the insert trigger of 0008 enforces this)
         last_seq: int = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM ledger_entries")
+        allocated: int = await conn.fetchval(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM ledger_seq"
+        )
+        if last_seq > allocated:  # the ledger never handed out this seq
+            raise LedgerIntegrityError(
+                f"an entry has seq {last_seq}, past the last seq the ledger allocated "
+                f"({allocated}): a row written outside the ledger; epoch {epoch} not sealed",
+                epoch=epoch,
+            )
         last_seq = max(last_seq, sealed_seq)
         if not allow_empty and last_seq == sealed_seq:
             return None
@@ -292,12 +308,8 @@ ORDER BY a.id
 """
 
 
-async def load_leaves(
-    conn: asyncpg.Connection, ledger_id: bytes, epoch: int
-) -> tuple[list[EntryLeaf], list[BalanceLeaf]]:
-    """The leaves of sealed ``epoch`` as the database holds them now: its entries are the
-    seqs after the previous epoch's ``last_seq`` up to its own, the balances are as of that
-    last seq."""
+async def epoch_bounds(conn: asyncpg.Connection, epoch: int) -> tuple[int, int]:
+    """(last seq of epoch - 1, last seq of epoch): the epoch's entries are the seqs between."""
     bounds = await conn.fetchrow(
         "SELECT coalesce(p.last_seq, 0) AS lo, e.last_seq AS hi FROM epochs e "
         "LEFT JOIN epochs p ON p.id = e.id - 1 WHERE e.id = $1",
@@ -305,19 +317,164 @@ async def load_leaves(
     )
     if bounds is None or bounds["hi"] is None:
         raise EpochNotSealed(f"epoch {epoch} is not sealed", epoch=epoch)
-    rows = await conn.fetch(_ENTRIES, bounds["lo"], bounds["hi"])
+    return bounds["lo"], bounds["hi"]
+
+
+async def load_entries(conn: asyncpg.Connection, ledger_id: bytes, epoch: int) -> list[EntryLeaf]:
+    """The ENTRY leaves of sealed ``epoch`` as the rows hold them now (its seq range)."""
+    lo, hi = await epoch_bounds(conn, epoch)
+    rows = await conn.fetch(_ENTRIES, lo, hi)
     strays = [r[0] for r in rows if r[6] != epoch]
     if strays:  # the insert trigger makes this impossible; never build a tree over it
         raise LedgerIntegrityError(
             f"entries {strays[:5]} lie in the seq range of epoch {epoch} but not in it",
             epoch=epoch,
         )
-    entries = [EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
-    balances = [
+    return [EntryLeaf(ledger_id, epoch, r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def balances_at(
+    conn: asyncpg.Connection, ledger_id: bytes, epoch: int, cut: int
+) -> list[BalanceLeaf]:
+    """The BALANCE leaves of ``epoch`` as the rows give them now: each account's
+    ``balance_after`` at its last entry with ``seq <= cut``."""
+    return [
         BalanceLeaf(ledger_id, epoch, r[2], r[0], r[1], r[3])
-        for r in await conn.fetch(_BALANCES, bounds["hi"])
+        for r in await conn.fetch(_BALANCES, cut)
     ]
-    return entries, balances
+
+
+async def load_leaves(
+    conn: asyncpg.Connection, ledger_id: bytes, epoch: int
+) -> tuple[list[EntryLeaf], list[BalanceLeaf]]:
+    """The leaves of sealed ``epoch`` as the database holds them now: its entries are the
+    seqs after the previous epoch's ``last_seq`` up to its own, the balances are as of that
+    last seq (read from the rows: the self-audit's and the tests' view, not the sealer's)."""
+    entries = await load_entries(conn, ledger_id, epoch)
+    _, hi = await epoch_bounds(conn, epoch)
+    return entries, await balances_at(conn, ledger_id, epoch, hi)
+
+
+#: a derived balance: (asset, seq of the account's last entry, balance)
+Running = dict[int, tuple[str, int, int]]
+
+
+def apply_entries(running: Running, entries: Sequence[EntryLeaf], epoch: int) -> None:
+    """Apply ``entries`` (ascending seq) to ``running`` in place; LedgerIntegrityError at the
+    first entry whose ``balance_after`` is not the running balance, or when an operation does
+    not sum to zero per asset (pure)."""
+    sums: dict[tuple[int, str], int] = {}
+    for e in entries:
+        asset, _, balance = running.get(e.account_id, (e.asset_code, 0, 0))
+        if asset != e.asset_code:
+            raise LedgerIntegrityError(
+                f"entry {e.seq} of epoch {epoch} is in {e.asset_code}, account {e.account_id} "
+                f"holds {asset}",
+                epoch=epoch, seq=e.seq,
+            )  # fmt: skip
+        balance += e.amount
+        if e.balance_after != balance:
+            raise LedgerIntegrityError(
+                f"entry {e.seq} of epoch {epoch}: balance_after {e.balance_after}, but account "
+                f"{e.account_id}'s anchored balance plus its entries give {balance}",
+                epoch=epoch, seq=e.seq, account_id=e.account_id,
+            )  # fmt: skip
+        running[e.account_id] = (asset, e.seq, balance)
+        key = (e.operation_id, asset)
+        sums[key] = sums.get(key, 0) + e.amount
+    unbalanced = sorted(k for k, v in sums.items() if v != 0)
+    if unbalanced:
+        op, asset = unbalanced[0]
+        raise LedgerIntegrityError(
+            f"operation {op} of epoch {epoch} does not sum to zero in {asset} "
+            f"({sums[unbalanced[0]]:+d})",
+            epoch=epoch, operation_id=op,
+        )  # fmt: skip
+
+
+def running_leaves(running: Running, ledger_id: bytes, epoch: int) -> list[BalanceLeaf]:
+    return [
+        BalanceLeaf(ledger_id, epoch, seq, account, asset, balance)
+        for account, (asset, seq, balance) in sorted(running.items())
+    ]
+
+
+async def stored_leaf_hashes(conn: asyncpg.Connection, epoch: int, tree: int) -> dict[int, bytes]:
+    """key -> leaf hash of a stored tree (read from its levels, keys and positions)."""
+    t = await conn.fetchrow(
+        "SELECT leaf_count, keys, positions FROM epoch_trees WHERE epoch = $1 AND tree = $2",
+        epoch,
+        tree,
+    )
+    if t is None:
+        return {}
+    levels = await conn.fetch(
+        "SELECT nodes FROM epoch_tree_levels WHERE epoch = $1 AND tree = $2 ORDER BY depth",
+        epoch,
+        tree,
+    )
+    nodes = b"".join(bytes(r[0]) for r in levels)
+    n, keys, positions = t["leaf_count"], bytes(t["keys"]), bytes(t["positions"])
+    out = {}
+    for i, key in enumerate(struct.unpack(f">{n}q", keys)):
+        pos = int.from_bytes(positions[4 * i : 4 * i + 4], "big")
+        out[key] = nodes[32 * pos : 32 * pos + 32]
+    return out
+
+
+def first_difference(stored: dict[int, bytes], computed: dict[int, bytes]) -> int | None:
+    """The smallest key whose leaf differs, is missing or is extra (None: the same leaves)."""
+    keys = sorted(k for k in stored.keys() | computed.keys() if stored.get(k) != computed.get(k))
+    return keys[0] if keys else None
+
+
+async def checked_balances(
+    conn: asyncpg.Connection, ledger_id: bytes, prev: asyncpg.Record
+) -> Running:
+    """The balances at the end of the sealed epoch ``prev`` (its epoch_roots row), read from
+    the rows and checked leaf by leaf against its stored tree and its (anchored) root."""
+    epoch = prev["epoch"]
+    leaves = await balances_at(conn, ledger_id, epoch, prev["cut_seq"])
+    tree = await asyncio.to_thread(balance_tree, leaves)
+    stored_root = await conn.fetchval(
+        "SELECT root FROM epoch_trees WHERE epoch = $1 AND tree = $2", epoch, BALANCE_TREE
+    )
+    if tree.root != bytes(prev["balances_root"]) or stored_root != tree.root:
+        stored = await stored_leaf_hashes(conn, epoch, BALANCE_TREE)
+        computed = {x.account_id: x.hash() for x in leaves}
+        account = first_difference(stored, computed)
+        where = (
+            f"first differing leaf: account {account}"
+            if account is not None
+            else ("every leaf matches its stored tree, the root does not")
+        )
+        raise LedgerIntegrityError(
+            f"the balances of epoch {epoch} as the rows hold them now do not hash to its "
+            f"anchored balances root ({where}): rows were changed after sealing",
+            epoch=epoch, account_id=account,
+        )  # fmt: skip
+    return {x.account_id: (x.asset_code, x.seq, x.balance) for x in leaves}
+
+
+_CACHED_AT_CUT = """
+SELECT b.account_id, b.posted - coalesce((
+    SELECT sum(le.amount) FROM ledger_entries le WHERE le.account_id = b.account_id AND le.seq > $1
+), 0)::bigint AS at_cut
+FROM balances b
+"""
+
+
+async def check_cached(conn: asyncpg.Connection, running: Running, cut: int, epoch: int) -> None:
+    """Every cached balance minus the entries after ``cut`` is the derived balance (one
+    statement: one snapshot, whatever writers commit meanwhile)."""
+    for account, at_cut in await conn.fetch(_CACHED_AT_CUT, cut):
+        derived = running[account][2] if account in running else 0
+        if at_cut != derived:
+            raise LedgerIntegrityError(
+                f"the cached balance of account {account} implies {at_cut} at the end of epoch "
+                f"{epoch}, the anchored past and the entries give {derived}",
+                epoch=epoch, account_id=account,
+            )  # fmt: skip
 
 
 async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> EpochRoots:
@@ -336,6 +493,7 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
         if row is not None:
             return roots_from_row(row)
         prev_header, prev_cut = EMPTY_ROOT, 0
+        prev: asyncpg.Record | None = None
         if epoch > 1:
             prev = await conn.fetchrow("SELECT * FROM epoch_roots WHERE epoch = $1", epoch - 1)
             if prev is None:
@@ -345,7 +503,11 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
                     "the configured ledger id differs from the one already anchored", epoch=epoch
                 )
             prev_header, prev_cut = bytes(prev["header"]), prev["cut_seq"]
-        entries, balances = await load_leaves(conn, ledger_id, epoch)
+        running: Running = {} if prev is None else await checked_balances(conn, ledger_id, prev)
+        entries = await load_entries(conn, ledger_id, epoch)
+        apply_entries(running, entries, epoch)
+        await check_cached(conn, running, (await epoch_bounds(conn, epoch))[1], epoch)
+        balances = running_leaves(running, ledger_id, epoch)
         built = await asyncio.to_thread(
             lambda: build_epoch(
                 ledger_id=ledger_id,

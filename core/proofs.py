@@ -157,7 +157,9 @@ async def entry_proof_bundle(ledger: Ledger, seq: int, *, check: bool = True) ->
     """The proof bundle of the entry ``seq`` against its epoch's ``entriesRoot``.
 
     Raises UNKNOWN_ENTRY (404), EPOCH_NOT_SEALED (409) while its epoch is open or not hashed
-    yet, LEDGER_INTEGRITY (500, only with ``check``) if the entry changed since sealing.
+    yet, LEDGER_INTEGRITY (500) when a sealed tree holds the seq but its row is gone, when a
+    row inside a sealed epoch's seq range names another epoch or is missing from the sealed
+    tree (an inserted row), and (only with ``check``) if the entry changed since sealing.
     """
     async with raw_connection(ledger.engine) as conn:
         row = await conn.fetchrow(
@@ -165,8 +167,22 @@ async def entry_proof_bundle(ledger: Ledger, seq: int, *, check: bool = True) ->
             "FROM ledger_entries WHERE seq = $1",
             seq,
         )
+        sealed_in = await conn.fetchval(
+            "SELECT min(id) FROM epochs WHERE status = 'SEALED' AND last_seq >= $1", seq
+        )
         if row is None:
+            if sealed_in is not None and await _proof(conn, sealed_in, ENTRY_TREE, seq):
+                raise LedgerIntegrityError(
+                    f"entry {seq} is in the sealed tree of epoch {sealed_in} but its row is gone",
+                    seq=seq, epoch=sealed_in,
+                )  # fmt: skip
             raise UnknownEntry(f"entry {seq} does not exist", seq=seq)
+        if sealed_in is not None and row["epoch"] != sealed_in:
+            raise LedgerIntegrityError(
+                f"entry {seq} says epoch {row['epoch']} but lies in the seq range of sealed "
+                f"epoch {sealed_in}",
+                seq=seq, epoch=sealed_in,
+            )  # fmt: skip
         roots, anchor = await _sealed(conn, row["epoch"])
         found = await _proof(conn, roots.epoch, ENTRY_TREE, seq)
     if found is None:

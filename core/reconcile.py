@@ -3,7 +3,10 @@
 For every account it checks ``posted == SUM(amount)``, ``posted == balance_after`` of
 its last entry, ``last_seq`` == its last entry's seq, and ``pending == SUM(remaining)``
 of its pending holds, and reports every drift (account, field, expected, found). It also
-checks that every completed operation sums to zero per asset. Read-only, one snapshot.
+checks that every completed operation sums to zero per asset, and that every entry's
+``balance_after`` is the running sum of its account's amounts up to it (an edit that keeps
+the cache and the last ``balance_after`` in step still breaks that sequence). Read-only, one
+snapshot.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ GROUP BY operation_id, asset HAVING SUM(amount) <> 0 ORDER BY operation_id
 """)
 
 
+_RUNNING = text("""
+SELECT seq, balance_after, running FROM (
+    SELECT seq, balance_after,
+           SUM(amount) OVER (PARTITION BY account_id ORDER BY seq) AS running
+    FROM ledger_entries
+) x WHERE balance_after <> running ORDER BY seq LIMIT 1000
+""")
+
+
 async def reconcile(engine: AsyncEngine) -> list[Drift]:
     drifts: list[Drift] = []
     async with engine.connect() as conn:
@@ -61,4 +73,6 @@ async def reconcile(engine: AsyncEngine) -> list[Drift]:
                 drifts.append(Drift("account", r.account_id, "pending", int(r.held), r.pending))
         for r in await conn.execute(_UNBALANCED):
             drifts.append(Drift("operation", r.operation_id, f"sum:{r.asset}", 0, int(r.total)))
+        for r in await conn.execute(_RUNNING):
+            drifts.append(Drift("entry", r.seq, "balance_after", int(r.running), r.balance_after))
     return drifts

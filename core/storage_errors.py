@@ -19,6 +19,7 @@ from core.errors import (
     AppendOnlyViolation,
     InsufficientFunds,
     LedgerError,
+    LedgerIntegrityError,
     NotFound,
     StorageError,
     ValidationError,
@@ -61,6 +62,13 @@ def translate(exc: BaseException) -> LedgerError:
         constraint = getattr(exc, "constraint_name", None)
         if sqlstate == "VO001":
             return AppendOnlyViolation(str(exc))
+        if isinstance(exc, asyncpg.UniqueViolationError) and constraint == "ledger_entries_pkey":
+            # the ledger allocates seqs from its own sequence: a row already there was written
+            # outside the ledger (an integrity breach, not the caller's conflict)
+            log.error("INTEGRITY: an entry row holds a seq the ledger just allocated: %s", exc)
+            return LedgerIntegrityError(
+                "a stored entry holds a seq the ledger never allocated to it; nothing was written"
+            )
         if isinstance(exc, asyncpg.UniqueViolationError):
             return AlreadyExists("already exists", constraint=constraint)
         if isinstance(exc, asyncpg.ForeignKeyViolationError):

@@ -331,8 +331,9 @@ class Balance:
 class Drift:
     """A reconciler finding: what the entries say (``expected``) versus what is stored.
 
-    ``subject`` is "account" (a cached balance field drifted) or "operation" (its entries
-    do not sum to zero for an asset; ``field`` is then ``sum:<ASSET>``).
+    ``subject`` is "account" (a cached balance field drifted), "operation" (its entries
+    do not sum to zero for an asset; ``field`` is then ``sum:<ASSET>``) or "entry" (``id`` is
+    the seq: its ``balance_after`` is not the running sum of its account's amounts).
     """
 
     subject: str

@@ -21,6 +21,10 @@ signature that the signer can pay ``gas * maxFeePerGas``
 (:class:`chain.evm.client.InsufficientFunds`, also stored as the row's ``last_error`` and
 counted in ``valueos_chain_tx_insufficient_funds_total``).
 
+While an integrity alarm is open (:mod:`core.integrity`) nothing is sealed, built or newly
+signed; a sealer that finds the rows disagreeing with the anchored past raises one instead of
+building (never a traceback).
+
 Exactly once: one worker at a time advances anchors (session advisory lock); the outbox gives
 a nonce to one row; the contract accepts each epoch once, only in order and only on the right
 previous header, so a duplicate send can never anchor twice or anchor a different root.
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 
 from chain.evm.anchor import AnchorClient, AnchorConflict
 from chain.evm.outbox import Finality, Outbox
-from core import chain_txs
+from core import chain_txs, integrity
 from core.anchors import (
     AnchorRecord,
     AnchorStatus,
@@ -49,6 +53,7 @@ from core.anchors import (
 from core.chain_txs import ChainTx, TxStatus
 from core.db import Engine
 from core.epochs import EpochRoots, compute_pending_roots, seal_open_epoch
+from core.errors import LedgerIntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,8 @@ class PassResult:
     built: list[int] = field(default_factory=list)
     steps: list[tuple[int, AnchorStatus | None]] = field(default_factory=list)
     locked_out: bool = False
+    #: an integrity alarm is open (or was raised by this run): nothing sealed, built or anchored
+    paused: bool = False
 
 
 @dataclass
@@ -135,9 +142,18 @@ class AnchorJob:
         """Seal (optionally), build missing trees, then advance every anchor as far as it goes
         without waiting."""
         result = PassResult()
-        if seal:
-            result.sealed = await self.seal(force=force_seal)
-        result.built = [r.epoch for r in await self.build()]
+        if await integrity.paused(self.engine):
+            log.error("sealing and anchoring paused: an integrity alarm is open (valueos audit)")
+            result.paused = True
+            return result
+        try:
+            if seal:
+                result.sealed = await self.seal(force=force_seal)
+            result.built = [r.epoch for r in await self.build()]
+        except LedgerIntegrityError as exc:
+            await integrity.alarm_from_error(self.engine, "sealer", exc)
+            result.paused = True
+            return result
         await self.anchor_pass(result)
         return result
 
@@ -191,6 +207,8 @@ class AnchorJob:
     async def _unsigned(self, record: AnchorRecord, tx: ChainTx | None) -> bool:
         """SEALED: nothing of this epoch is signed (no outbox row, BUILT, FAILED, REJECTED)."""
         r = record.roots
+        if await integrity.paused(self.engine):
+            return False  # an integrity alarm is open: anchor nothing new
         if r.epoch > 1:
             prev = await get_anchor(self.engine, r.epoch - 1)
             if prev is None or prev.status not in (AnchorStatus.CONFIRMED, AnchorStatus.FINALIZED):

@@ -15,6 +15,9 @@ One pass:
    the token says the bridge id was never minted (``minted(bridgeId)`` is false), else it
    counts as minted.
 
+While an integrity alarm is open (:mod:`core.integrity`) steps 1 and 2 are skipped: no mint is
+signed or sent until an operator acknowledges it.
+
 A pass can stop anywhere: the outbox resumes from its rows, and settling is idempotent.
 """
 
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 
 from chain.evm.bridge_token import mint_batch_calldata
 from chain.evm.outbox import Outbox
-from core import chain_txs
+from core import chain_txs, integrity
 from core.bridges.erc20 import (
     BATCH_PURPOSE,
     MINT_PURPOSE,
@@ -57,6 +60,8 @@ class BridgeOutPass:
     carriers: int = 0
     steps: int = 0
     settled: dict[str, Settlement] = field(default_factory=dict)
+    #: an integrity alarm is open: nothing signed or sent, only settlement ran
+    paused: bool = False
 
 
 async def gather_batches(ledger: Ledger, batch_max: int = BATCH_MAX) -> int:
@@ -83,11 +88,15 @@ async def bridge_out_pass(
     ledger: Ledger, outbox: Outbox, minted: MintedCheck, *, batch_max: int = BATCH_MAX
 ) -> BridgeOutPass:
     result = BridgeOutPass()
-    if batch_max > 1:
-        result.carriers = await gather_batches(ledger, batch_max)
-    for purpose in (MINT_PURPOSE, BATCH_PURPOSE):
-        result.steps += len(await outbox.run_pass(purpose))
-    await chain_txs.end_carried(ledger.engine)
+    if await integrity.paused(ledger.engine):
+        log.error("bridge mints paused: an integrity alarm is open (valueos audit)")
+        result.paused = True
+    else:
+        if batch_max > 1:
+            result.carriers = await gather_batches(ledger, batch_max)
+        for purpose in (MINT_PURPOSE, BATCH_PURPOSE):
+            result.steps += len(await outbox.run_pass(purpose))
+        await chain_txs.end_carried(ledger.engine)
     ended = []
     for tx in await unsettled_mints(ledger):
         proven = None

@@ -4,7 +4,7 @@
 is tested without a scheduler; :func:`start_scheduler` hands it to APScheduler (asyncio).
 Without an anchor job (``VALUEOS_ANCHORING=off``) only the housekeeping jobs are listed; the
 bridge-out job is listed when the worker has a bridge minter key, the bridge-in job whenever it
-has a chain.
+has a chain; the self-audit always (compared with the chain when there is one).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def worker_jobs(
     bridge_in: Callable[[], Awaitable[object]] | None = None,
     bridge_supply: Callable[[], Awaitable[object]] | None = None,
     bridge_supply_interval_s: float = 60.0,
+    audit: Callable[[], Awaitable[object]] | None = None,
+    audit_interval_s: float = 21600.0,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -67,6 +69,8 @@ def worker_jobs(
         jobs.append(ScheduledJob("bridge_in", bridge_in, bridge_interval_s, at_start=True))
     if bridge_supply is not None:
         jobs.append(ScheduledJob("bridge_supply", bridge_supply, bridge_supply_interval_s))
+    if audit is not None:
+        jobs.append(ScheduledJob("self_audit", audit, audit_interval_s))
     return [
         *jobs,
         ScheduledJob(

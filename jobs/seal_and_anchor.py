@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 async def seal_and_anchor(job: AnchorJob) -> None:
     try:
         result = await job.run_once()
-        log.warning("seal_and_anchor: sealed %s, built %s", result.sealed, result.built)
+        if not result.paused:
+            log.warning("seal_and_anchor: sealed %s, built %s", result.sealed, result.built)
     except ChainError:
         log.exception("seal_and_anchor failed; retried on the next run")
 

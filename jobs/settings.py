@@ -55,6 +55,8 @@ class WorkerSettings:
     bridge_in_page_blocks: int = 1000
     bridge_in_start_block: int = 0
     bridge_supply_interval_s: float = 60.0
+    #: the self-audit's full pass (``VALUEOS_AUDIT_INTERVAL_S``; 6 h: every epoch daily)
+    audit_interval_s: float = 21600.0
 
     def __post_init__(self) -> None:
         if self.bridge_in_page_blocks < 1 or self.bridge_in_start_block < 0:
@@ -74,6 +76,7 @@ class WorkerSettings:
             bridge_in_page_blocks=int(env.get("VALUEOS_BRIDGE_IN_PAGE_BLOCKS", "1000")),
             bridge_in_start_block=int(env.get("VALUEOS_BRIDGE_IN_START_BLOCK", "0")),
             bridge_supply_interval_s=float(env.get("VALUEOS_BRIDGE_SUPPLY_INTERVAL_S", "60")),
+            audit_interval_s=float(env.get("VALUEOS_AUDIT_INTERVAL_S", "21600")),
         )
 
 

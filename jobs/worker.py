@@ -2,7 +2,8 @@
 
 With anchoring on (the default) the worker needs a chain: ``ETH_RPC_URL``, or a local dev
 anvil it starts itself (:mod:`jobs.wiring`). With anchoring off (``VALUEOS_ANCHORING=off``
-or ``--no-anchoring``) it touches no chain and runs only the housekeeping jobs.
+or ``--no-anchoring``) it touches no chain and runs only the housekeeping jobs and the
+self-audit (against the stored rows and trees, without the chain).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import dataclasses
 import logging
 
 from chain.evm.settings import anchor_settings, bridge_signer
+from core.settings import epoch_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
+from jobs.audit import audit_job
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings
 
@@ -63,13 +66,15 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_in=bridge_in,
             bridge_supply=bridge_supply,
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
+            audit=audit_job(led, job.client if job else None, epoch_settings().ledger_id),
+            audit_interval_s=settings.audit_interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:
             if job is not None:
                 what = f"seal+anchor every {interval:g}s, contract {job.client.address}"
             else:
-                what = "anchoring off, no chain: housekeeping only"
+                what = "anchoring off, no chain: housekeeping only (and the self-audit)"
             print(f"worker running: {what}; jobs: {', '.join(j.id for j in jobs)}", flush=True)
             await stop.wait()
         finally:

@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy-token": ("jobs.deploy_token", "deploy an asset's ERC-20 bridge token and record it"),
     "bridge": ("jobs.bridge_status", "bridge status: tokens, pauses, bridge-outs, redemptions"),
     "verify": ("chain.evm.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
+    "audit": ("jobs.audit", "self-audit: rebuild sealed epochs, compare with the chain; alarms"),
+    "trust": ("jobs.trust", "trust export: the file auditors pin (chain id, contract, ledger id)"),
 }
 
 

@@ -1,5 +1,5 @@
 """Public probes: /health (the process answers) and /ready (database reachable, schema at
-the migrations' head)."""
+the migrations' head; ``degraded`` with the ids of open integrity alarms)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.schemas.system import HealthRead, ReadyRead
 from api.services import Services
 from core.bridges.status import bridge_status
 from core.errors import StorageError
+from core.integrity import open_alarms
 
 OPT = {**PUBLIC, "rate_group": None}
 
@@ -35,6 +36,9 @@ async def ready(request: Request[Any, Any, Any]) -> ReadyRead:
             503, "NOT_READY", f"schema at {current}, expected {expected}: run valueos migrate"
         )
     paused = [t.asset for t in await bridge_status(svc.ledger) if t.paused]
+    alarms = [a.id for a in await open_alarms(svc.ledger.engine)]
+    if alarms:
+        return ReadyRead("degraded", "ok", current, expected, paused, "degraded", alarms)
     return ReadyRead("ready", "ok", current, expected, paused)
 
 

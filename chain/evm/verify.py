@@ -1,34 +1,47 @@
-"""``valueos verify BUNDLE.json [--rpc URL]``: an auditor's check of one proof bundle.
+"""``valueos verify BUNDLE.json [--trust FILE] [--rpc URL]``: an auditor's check of one bundle.
 
-Offline (no trust in the operator beyond the bundle's own bytes):
+What is checked against what, and what each output line means:
+
+``CONSISTENT`` (always; the bundle's own bytes only):
   1. rebuild the leaf from its fields (ENTRY or BALANCE layout, :mod:`merkle.leaves`) and check
      its hash, its ledger id and epoch against the header;
   2. fold the Merkle proof into that leaf and compare with the header's root of that kind;
   3. recompute the header hash from the header fields (which include the previous header:
      the link of the chain) and check the entry's seq lies in [firstSeq, lastSeq].
-With ``--rpc URL`` (trust only the chain):
-  4. the chain id and the contract's ``ledgerId`` match the bundle;
-  5. ``epochs(E)`` on the contract holds exactly this header hash and these two roots, and
-     ``epochs(E - 1)`` holds the bundle's previous header (the chain link is on chain too);
-  6. the anchor transaction succeeded, was sent to the contract, and emitted
-     ``Anchored(E, header, ...)``; and the contract's own ``verifyEntry``/``verifyBalance``
-     (OpenZeppelin MerkleProof) accepts the proof.
+  A made-up bundle can be consistent: this alone proves nothing about what was anchored.
+``PINNED`` (with a trust file, :mod:`chain.evm.trust`: ``--trust FILE`` or
+``VALUEOS_TRUST_FILE``):
+  4. the header's ledger id, and the chain id and contract the bundle names, are the pinned
+     ones.
+``VALID`` (with ``--rpc URL``, which requires the trust file; trust only the chain):
+  5. the node is the pinned chain, the pinned contract has code and anchors the pinned
+     ledger id -- every read goes to the *pinned* contract, never to the one the bundle names;
+  6. ``epochs(E)`` holds exactly this header hash and these two roots, and ``epochs(E - 1)``
+     the bundle's previous header;
+  7. the anchor transaction succeeded, went to the pinned contract and emitted
+     ``Anchored(E, header, ...)``; its receipt's block number and block hash are the bundle's,
+     and that block is the canonical one at that height; a bundle saying FINALIZED is at least
+     the pinned ``confirmations`` deep, and any status other than CONFIRMED / FINALIZED is
+     refused; the contract's own ``verifyEntry``/``verifyBalance`` accepts the proof.
+``NOT CHECKED`` lines name what a run without a trust file or without ``--rpc`` left out.
 
-Exit status 0 when every check passes, 1 with the first failing reason otherwise.
+Exit status 0 when every check run passes, 1 with the first failing reason otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from chain.evm.trust import Trust, TrustError, load_trust
 from merkle.leaves import BalanceLeaf, EntryLeaf, header_hash
 from merkle.tree import EMPTY_ROOT, verify
 
-__all__ = ["VerificationError", "check_offline", "check_onchain", "main"]
+__all__ = ["VerificationError", "check_offline", "check_onchain", "check_pinned", "main"]
 
 
 class VerificationError(Exception):
@@ -130,34 +143,76 @@ def check_offline(bundle: dict[str, Any]) -> str:  # noqa: PLR0912 - a checklist
     if not verify(root, leaf_hash, proof):
         raise VerificationError(f"the proof does not lead from this leaf to the {which} root")
     return (
-        f"{bundle['kind']} leaf is in the {which} root of epoch {epoch} (header 0x{computed.hex()})"
+        f"{bundle['kind']} leaf is consistent with the {which} root 0x{root.hex()} of epoch "
+        f"{epoch} (header 0x{computed.hex()})"
     )
 
 
-def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:  # noqa: PLR0912 - a checklist
-    """Checks 4-6 against the node at ``rpc_url``; call after :func:`check_offline`."""
-    from web3 import Web3  # noqa: PLC0415 - only with --rpc
-    from web3.exceptions import TransactionNotFound, Web3Exception  # noqa: PLC0415
+def check_pinned(bundle: dict[str, Any], trust: Trust) -> str:
+    """The bundle belongs to the pinned ledger, and names the pinned chain and contract."""
+    h, a = bundle["header"], bundle.get("anchor") or {}
+    if _b32(h.get("ledger_id"), "header.ledger_id") != trust.ledger_id:
+        raise VerificationError(
+            f"the bundle is of ledger {h.get('ledger_id')}, the pinned ledger is "
+            f"0x{trust.ledger_id.hex()}"
+        )
+    if a.get("chain_id") is not None and a.get("chain_id") != trust.chain_id:
+        raise VerificationError(
+            f"the bundle names chain {a.get('chain_id')}, the pinned chain is {trust.chain_id}"
+        )
+    named = a.get("contract_address")
+    if named is not None and str(named).lower() != trust.anchor_contract.lower():
+        raise VerificationError(
+            f"the bundle names contract {named}, the pinned contract is {trust.anchor_contract}"
+        )
+    return (
+        f"ledger id 0x{trust.ledger_id.hex()} is the pinned one (chain {trust.chain_id}, "
+        f"contract {trust.anchor_contract})"
+    )
+
+
+_ANCHORED = ("CONFIRMED", "FINALIZED")
+
+
+def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
+    bundle: dict[str, Any], rpc_url: str, trust: Trust
+) -> str:
+    """Checks 4-7 against the node at ``rpc_url`` and the pinned ``trust``; call after
+    :func:`check_offline` and :func:`check_pinned`. Every on-chain read goes to the pinned
+    contract, never to an address the bundle names."""
+    from hexbytes import HexBytes  # noqa: PLC0415 - only with --rpc
+    from web3 import Web3  # noqa: PLC0415
+    from web3.exceptions import BlockNotFound, TransactionNotFound, Web3Exception  # noqa: PLC0415
 
     from chain.evm.artifacts import load_artifact  # noqa: PLC0415
 
     h, a = bundle["header"], bundle.get("anchor") or {}
     epoch = _int(h["epoch"], "epoch")
-    if not a.get("contract_address") or not a.get("tx_hash"):
+    if not a.get("tx_hash"):
         raise VerificationError(f"epoch {epoch} is not anchored yet (status {a.get('status')})")
+    status = a.get("status")
+    if status not in _ANCHORED:
+        raise VerificationError(
+            f"the bundle's anchor status {status!r} is not an anchored one {_ANCHORED}"
+        )
+    tx_hash = _b32(a.get("tx_hash"), "anchor.tx_hash")
+    claimed_block = _int(a.get("block_number"), "anchor.block_number")
+    claimed_hash = _b32(a.get("block_hash"), "anchor.block_hash")
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     try:
-        if w3.eth.chain_id != a.get("chain_id"):
-            raise VerificationError(f"the node is chain {w3.eth.chain_id}, not {a.get('chain_id')}")
-        address = Web3.to_checksum_address(a["contract_address"])
+        if w3.eth.chain_id != trust.chain_id:
+            raise VerificationError(
+                f"the node is chain {w3.eth.chain_id}, the pinned chain is {trust.chain_id}"
+            )
+        address = Web3.to_checksum_address(trust.anchor_contract)
         contract = w3.eth.contract(address=address, abi=load_artifact("LedgerAnchor").abi)
         if not w3.eth.get_code(address):
-            raise VerificationError(f"no contract at {address}")
-        if bytes(contract.functions.ledgerId().call()) != _b32(h["ledger_id"], "ledger_id"):
-            raise VerificationError("the contract anchors another ledger id")
+            raise VerificationError(f"no contract at the pinned address {address}")
+        if bytes(contract.functions.ledgerId().call()) != trust.ledger_id:
+            raise VerificationError("the pinned contract anchors another ledger id")
         stored = [bytes(x) for x in contract.functions.epochs(epoch).call()]
         if stored[0] == EMPTY_ROOT:
-            raise VerificationError(f"epoch {epoch} is not anchored on the contract")
+            raise VerificationError(f"epoch {epoch} is not anchored on the pinned contract")
         if stored != [
             _b32(h["header_hash"], "header_hash"),
             _b32(h["entries_root"], "entries_root"),
@@ -169,11 +224,30 @@ def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:  # noqa: PLR0912
             if prev != _b32(h["prev_header"], "prev_header"):
                 raise VerificationError("the contract's previous header differs from the bundle's")
         try:
-            receipt = w3.eth.get_transaction_receipt(a["tx_hash"])
+            receipt = w3.eth.get_transaction_receipt(HexBytes(tx_hash))
         except TransactionNotFound:
             raise VerificationError(f"transaction {a['tx_hash']} is not on this chain") from None
         if receipt["status"] != 1 or receipt["to"] != address:
             raise VerificationError("the anchor transaction failed or went to another contract")
+        if receipt["blockNumber"] != claimed_block:
+            raise VerificationError(
+                f"the anchor transaction is in block {receipt['blockNumber']}, the bundle says "
+                f"{claimed_block}"
+            )
+        if bytes(receipt["blockHash"]) != claimed_hash:
+            raise VerificationError("the anchor transaction's block hash differs from the bundle's")
+        try:
+            canonical = w3.eth.get_block(claimed_block)
+        except BlockNotFound:
+            raise VerificationError(f"block {claimed_block} is not on this chain") from None
+        if bytes(canonical["hash"]) != claimed_hash:
+            raise VerificationError(f"block {claimed_block} on this chain has another hash")
+        depth = w3.eth.block_number - claimed_block + 1
+        if status == "FINALIZED" and depth < trust.confirmations:
+            raise VerificationError(
+                f"the bundle says FINALIZED but the anchor is {depth} blocks deep, the pinned "
+                f"finality is {trust.confirmations}"
+            )
         events = contract.events.Anchored().process_receipt(receipt)
         if not any(
             e["args"]["epoch"] == epoch and bytes(e["args"]["headerHash"]) == stored[0]
@@ -195,29 +269,63 @@ def check_onchain(bundle: dict[str, Any], rpc_url: str) -> str:  # noqa: PLR0912
     except (Web3Exception, OSError) as exc:
         raise VerificationError(f"RPC failure: {exc}") from None
     return (
-        f"anchored on chain {a['chain_id']} at {address} by {a['tx_hash']} "
-        f"(block {receipt['blockNumber']})"
+        f"epoch {epoch} is anchored with this header on the pinned contract {address} "
+        f"(chain {trust.chain_id}) by {a['tx_hash']} in block {claimed_block} "
+        f"(0x{claimed_hash.hex()}, {depth} deep); the contract accepts the proof"
     )
+
+
+def _trust(path: Path | None) -> Trust | None:
+    if path is None:
+        env = os.environ.get("VALUEOS_TRUST_FILE")
+        path = Path(env) if env else None
+    if path is None:
+        return None
+    try:
+        return load_trust(path)
+    except TrustError as exc:
+        raise VerificationError(str(exc)) from None
 
 
 def main(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"valueos {command}", description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path, help="the proof bundle (JSON)")
-    parser.add_argument("--rpc", help="also check the contract and the tx on this node")
+    parser.add_argument(
+        "--trust", type=Path, help="the pinned trust file (default: $VALUEOS_TRUST_FILE)"
+    )
+    parser.add_argument("--rpc", help="also check the anchor on this node (needs a trust file)")
     ns = parser.parse_args(argv)
+    lines: list[tuple[str, str]] = []
     try:
+        trust = _trust(ns.trust)
+        if ns.rpc and trust is None:
+            raise VerificationError(
+                "--rpc needs the pinned trust (--trust FILE or VALUEOS_TRUST_FILE): a bundle "
+                "cannot name the contract it is checked against"
+            )
         try:
             bundle = json.loads(ns.bundle.read_text())
         except (OSError, ValueError) as exc:
             raise VerificationError(f"cannot read {ns.bundle}: {exc}") from None
         if not isinstance(bundle, dict):
             raise VerificationError("a bundle is a JSON object")
-        lines = [check_offline(bundle)]
-        if ns.rpc:
-            lines.append(check_onchain(bundle, ns.rpc))
+        lines.append(("CONSISTENT", check_offline(bundle)))
+        if trust is not None:
+            lines.append(("PINNED", check_pinned(bundle, trust)))
+        else:
+            lines.append(("NOT CHECKED", "the ledger identity (no trust file pinned)"))
+        if ns.rpc and trust is not None:
+            lines.append(("VALID", check_onchain(bundle, ns.rpc, trust)))
+        else:
+            lines.append(
+                ("NOT CHECKED", "the root against the chain (no --rpc): the bundle alone could "
+                 "be made up")
+            )  # fmt: skip
     except VerificationError as exc:
+        for prefix, line in lines:
+            print(f"{prefix}: {line}")
         print(f"INVALID: {exc}", file=sys.stderr)
         return 1
-    for line in lines:
-        print(f"VALID: {line}")
+    for prefix, line in lines:
+        print(f"{prefix}: {line}")
     return 0

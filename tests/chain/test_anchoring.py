@@ -25,6 +25,7 @@ from web3.contract import Contract
 from chain.evm.anchor import AnchorClient, AnchorConflict
 from chain.evm.client import InsufficientFunds, connect
 from chain.evm.settings import anchor_settings
+from chain.evm.trust import Trust
 from chain.evm.verify import main as verify_main
 from core.anchors import get_anchor
 from core.epochs import get_roots, raw_connection, seal_open_epoch
@@ -112,6 +113,13 @@ async def assert_final(ledger: Ledger, contract: Contract, epoch: int) -> None:
     assert bytes(events[0]["transactionHash"]) == record.tx_hash
 
 
+def write_trust(directory: Path, trust: Trust) -> str:
+    """The auditor's pinned trust file for ``trust``; its path."""
+    path = directory / "trust.json"
+    path.write_text(json.dumps(trust.to_json()))
+    return str(path)
+
+
 async def test_seal_anchor_confirm_finalize_and_verify_bundles(
     ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, anvil: str,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -139,7 +147,8 @@ async def test_seal_anchor_confirm_finalize_and_verify_bundles(
     assert r1 is not None and r2 is not None and r2.prev_header == r1.header
     assert [a["status"] for a in await list_anchors(ledger)] == ["FINALIZED"] * 2
 
-    # bundles verify offline and on chain, through the CLI
+    # bundles verify offline and on chain (pinned to this ledger), through the CLI
+    trust = write_trust(tmp_path, Trust(w3.eth.chain_id, ledger_anchor.address, job.ledger_id, 2))
     bundles = [await entry_proof_bundle(ledger, s) for s in (seqs[0], seqs2[-1])]
     record2 = await get_anchor(ledger.engine, 2)
     assert record2 is not None
@@ -151,9 +160,10 @@ async def test_seal_anchor_confirm_finalize_and_verify_bundles(
         path = tmp_path / f"b{i}.json"
         path.write_text(json.dumps(bundle))
         assert verify_main("verify", [str(path)]) == 0
-        assert verify_main("verify", [str(path), "--rpc", anvil]) == 0
+        assert verify_main("verify", [str(path), "--trust", trust, "--rpc", anvil]) == 0
     out = capsys.readouterr().out
-    assert out.count("VALID:") == 9  # 3 offline runs, 3 runs with --rpc (2 lines each)
+    assert out.count("CONSISTENT:") == 6  # 3 offline runs, 3 runs with --rpc
+    assert out.count("VALID:") == 3 and out.count("PINNED:") == 3
 
 
 async def test_tampered_entry_bundle_fails_verification(
@@ -175,7 +185,8 @@ async def test_tampered_entry_bundle_fails_verification(
     path = tmp_path / "tampered.json"
     path.write_text(json.dumps(bundle))
     assert verify_main("verify", [str(path)]) == 1
-    assert verify_main("verify", [str(path), "--rpc", anvil]) == 1
+    trust = write_trust(tmp_path, Trust(w3.eth.chain_id, job.client.address, job.ledger_id, 2))
+    assert verify_main("verify", [str(path), "--trust", trust, "--rpc", anvil]) == 1
     err = capsys.readouterr().err
     assert "INVALID: the proof does not lead from this leaf to the entries root" in err
     # a forged bundle that also swaps in a matching root is caught by the header hash

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from chain.evm.verify import VerificationError, check_offline, main
+from chain.evm.trust import Trust, TrustError, load_trust
+from chain.evm.verify import VerificationError, check_offline, check_pinned, main
 from core.epochs import BuiltEpoch, StoredTree, build_epoch
 from merkle.leaves import BalanceLeaf, EntryLeaf
 from merkle.tree import EMPTY_ROOT, StandardMerkleTree
@@ -62,7 +63,7 @@ def entry_bundle(i: int = 3) -> dict[str, Any]:
 
 def test_stored_rows_keys_and_positions_serve_valid_proofs() -> None:
     for i in range(7):
-        assert "entries root of epoch 1" in check_offline(entry_bundle(i))
+        assert "consistent with the entries root 0x" in check_offline(entry_bundle(i))
     built, _, _ = _epoch()
     bundle = {
         "version": 1, "kind": "balance",
@@ -110,3 +111,76 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert "INVALID: the leaf hash does not match the leaf fields" in err
     assert "INVALID: cannot read" in err
+
+
+CONTRACT = "0x" + "ab" * 20
+
+
+def _trust_file(tmp_path: Path, **changes: Any) -> Path:
+    data = Trust(31337, CONTRACT, LEDGER, 2).to_json() | changes
+    path = tmp_path / "trust.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_offline_verify_says_what_it_did_not_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entirely made-up bundle (a tree the ledger never built) is internally consistent:
+    offline verify says so and says that nothing tied it to a chain or a ledger."""
+    made_up = entry_bundle()
+    path = tmp_path / "made-up.json"
+    path.write_text(json.dumps(made_up))
+    assert main("verify", [str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "VALID" not in out
+    assert out.startswith("CONSISTENT: entry leaf is consistent with the entries root 0x")
+    assert "NOT CHECKED: the ledger identity (no trust file pinned)" in out
+    assert "NOT CHECKED: the root against the chain (no --rpc)" in out
+
+
+def test_rpc_without_pinned_trust_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VALUEOS_TRUST_FILE", raising=False)
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(entry_bundle()))
+    assert main("verify", [str(path), "--rpc", "http://127.0.0.1:1"]) == 1
+    assert "--rpc needs the pinned trust" in capsys.readouterr().err
+
+
+def test_a_bundle_of_another_ledger_chain_or_contract_is_refused_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "b.json"
+    bundle = entry_bundle()
+    bundle["anchor"] = {"status": "FINALIZED", "chain_id": 31337, "contract_address": CONTRACT}
+    path.write_text(json.dumps(bundle))
+    trust = _trust_file(tmp_path)
+    assert main("verify", [str(path), "--trust", str(trust)]) == 0
+    out = capsys.readouterr().out
+    assert "PINNED: ledger id 0x" + LEDGER.hex() in out
+    assert "NOT CHECKED: the root against the chain" in out
+    # the environment variable pins the same way
+    monkeypatch.setenv("VALUEOS_TRUST_FILE", str(_trust_file(tmp_path, ledger_id="0x" + "99" * 32)))
+    assert main("verify", [str(path)]) == 1
+    assert "the pinned ledger is 0x" + "99" * 32 in capsys.readouterr().err
+    pinned = Trust(31337, CONTRACT, LEDGER)
+    for field, value, message in [
+        ("chain_id", 1, "the bundle names chain 1, the pinned chain is 31337"),
+        ("contract_address", "0x" + "cd" * 20, "the bundle names contract 0x"),
+    ]:
+        forged = copy.deepcopy(bundle)
+        forged["anchor"][field] = value
+        with pytest.raises(VerificationError, match=message):
+            check_pinned(forged, pinned)
+
+
+def test_malformed_trust_files_are_refused(tmp_path: Path) -> None:
+    for changes in (
+        {"version": 2}, {"chain_id": "1"}, {"anchor_contract": "0x12"},
+        {"ledger_id": "0x12"}, {"confirmations": 0},
+    ):  # fmt: skip
+        with pytest.raises(TrustError):
+            load_trust(_trust_file(tmp_path, **changes))
+    assert load_trust(_trust_file(tmp_path)) == Trust(31337, CONTRACT, LEDGER, 2)

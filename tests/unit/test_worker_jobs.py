@@ -73,3 +73,18 @@ def test_the_anchoring_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert WorkerSettings.from_env().anchoring is expected
     with pytest.raises(ValueError, match="VALUEOS_ANCHORING must be 'on' or 'off'"):
         parse_switch("VALUEOS_ANCHORING", "sometimes")
+
+
+def test_the_self_audit_is_listed_on_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        return None
+
+    listed = worker_jobs(
+        LEDGER, None, anchor_interval_s=3600, housekeeping_interval_s=5, prune_interval_s=600,
+        audit=body, audit_interval_s=7200,
+    )  # fmt: skip
+    jobs = {j.id: j for j in listed}
+    assert list(jobs) == ["self_audit", *HOUSEKEEPING]
+    assert jobs["self_audit"].body is body and jobs["self_audit"].every_s == 7200
+    monkeypatch.delenv("VALUEOS_AUDIT_INTERVAL_S", raising=False)
+    assert WorkerSettings.from_env().audit_interval_s == 6 * 3600  # every epoch at least daily
