@@ -33,8 +33,8 @@ from api.schemas.offline import (
     IssuerRead,
     RedeemCreate,
     RedeemRead,
-    RedemptionRead,
     ReleaseCreate,
+    VoucherOutcomeRead,
     VoucherPageRead,
     VoucherRead,
 )
@@ -81,11 +81,11 @@ async def allowance_read(ctx: Ctx, a: Allowance) -> AllowanceRead:
     )
 
 
-async def redemption_read(ctx: Ctx, r: Redemption) -> RedemptionRead:
+async def redemption_read(ctx: Ctx, r: Redemption) -> VoucherOutcomeRead:
     amount = None
     if r.amount is not None and r.asset is not None:
         amount = await ctx.svc.fmt(r.amount, r.asset)
-    return RedemptionRead(
+    return VoucherOutcomeRead(
         r.index, r.status, r.allowance_id, r.counter, r.asset, amount, r.code, r.message,
         r.operation_id, r.replayed,
     )  # fmt: skip

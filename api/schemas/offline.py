@@ -90,7 +90,7 @@ class RedeemCreate(Create):
     vouchers: Annotated[list[Voucher], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class RedemptionRead(Struct):
+class VoucherOutcomeRead(Struct):
     #: position in the request
     index: int
     #: HONOURED: paid to you; REFUSED: see ``code``; CLAIMED: not finished, redeem it again
@@ -107,7 +107,7 @@ class RedemptionRead(Struct):
 
 
 class RedeemRead(Struct):
-    results: list[RedemptionRead]
+    results: list[VoucherOutcomeRead]
     honoured: int
     refused: int
 
