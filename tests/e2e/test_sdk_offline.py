@@ -6,6 +6,7 @@ two payees and one device double-spending, clock skew, forged and replayed vouch
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from sqlalchemy import text
 from core.credentials import Credentials
 from tests.e2e.conftest import BOOTSTRAP, Api, Caller
 from valueos_sdk import AsyncClient, MemoryStore, OfflineQueue, SQLiteStore, Terminal, Wallet
-from valueos_sdk.errors import InsufficientFunds, NotFound, Unreachable
+from valueos_sdk.errors import InsufficientFunds, MirrorMismatch, NotFound, Unreachable
+from valueos_sdk.mirror import Mirror
 from valueos_sdk.store import FAILED
 from valueos_sdk.vouchers import decode_payment, unb64
 
@@ -328,3 +330,49 @@ async def test_forged_and_replayed_vouchers(api: Api, net: Network) -> None:
         "VOUCHER_SIGNATURE_INVALID",
     )
     assert (await api.balance(s_acc))["posted"] == "4.00"
+
+
+class Tampering(Network):
+    """Rewrites one entry's ``balance_after`` in every history page (a lying server)."""
+
+    def __init__(self, api: Api, seq: int) -> None:
+        super().__init__(api)
+        self.seq = seq
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if "/entries" not in request.url.path:
+            return response
+        body = json.loads(await response.aread())
+        for e in body["entries"]:
+            if e["seq"] == self.seq:
+                e["balance_after"] = "999.00"
+        return httpx.Response(200, json=body)
+
+
+async def test_the_mirror_pulls_incrementally_and_refuses_a_broken_chain(
+    api: Api, net: Network
+) -> None:
+    asset = await api.asset()
+    alice, a_acc = await api.funded_user(asset, "10.00")
+    bob, _ = await api.funded_user(asset, "0")
+    client = await client_for(alice, net)
+    for _ in range(3):
+        await client.transfer(a_acc, bob.user_id, "1.00")
+    store = MemoryStore()
+    mirror = Mirror(client, store)
+    first = await mirror.check_balance(a_acc)
+    assert [e[3] for e in first.entries] == [1000, -100, -100, -100] and first.balance == 700
+    for _ in range(2):
+        await client.transfer(a_acc, bob.user_id, "2.00")
+    requests = len(net.keys)
+    second = await mirror.pull(a_acc, page=3)
+    assert len(net.keys) - requests == 1, "one page of new entries, not the whole history"
+    assert second.entries[:4] == first.entries and second.balance == 300
+    assert (await mirror.check_balance(a_acc)).balance == 300
+    # a server that lies about one entry is caught, and nothing of it is stored
+    lying = Tampering(api, second.entries[2][0])
+    fresh = Mirror(await client_for(alice, lying), MemoryStore())
+    with pytest.raises(MirrorMismatch, match="balance_after"):
+        await fresh.pull(a_acc)
+    assert fresh.account(a_acc) is None
