@@ -20,7 +20,7 @@ from core.reconcile import reconcile
 from core.types import AccountKind, OperationType, Role
 from tests.conftest import make_world, settings_for
 from tests.e2e.test_serve_killed import ACTOR, Server, db_url  # noqa: F401 - the fixture
-from valueos_sdk import SQLiteStore
+from valueos_sdk import ApiError, Client, SQLiteStore
 from valueos_sdk.store import DONE, PENDING
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -100,6 +100,19 @@ async def test_a_client_killed_while_queueing_and_mid_sync_loses_and_duplicates_
         assert len({r.response["id"] for r in records}) == 3
         assert (await ledger.queries.balance(target)).posted == 300, "each queued transfer once"
         assert await reconcile(ledger.engine) == []
+
+        # the blocking facade against the same server: reads, pages, a typed refusal
+        def blocking() -> tuple[int, str]:
+            with Client(server.url, api_key=api_key, use_tokens=True) as vo:
+                assert vo.me().user_id == alice.id
+                seqs = [e.seq for e in vo.iter_entries(source, limit=2)]
+                try:
+                    vo.transfer(source, bob.id, "1000.00")
+                except ApiError as refused:
+                    return len(seqs), refused.code
+                return len(seqs), ""
+
+        assert await asyncio.to_thread(blocking) == (4, "INSUFFICIENT_FUNDS")
     finally:
         server.stop()
         await ledger.close()
