@@ -16,6 +16,7 @@ from typing import Any
 from valueos_sdk.client import AsyncClient
 from valueos_sdk.errors import MirrorMismatch
 from valueos_sdk.models import HistoryEntryRead
+from valueos_sdk.proofs import LedgerIdentity, check_anchored, check_entry_bundle
 from valueos_sdk.store import Store
 
 
@@ -105,6 +106,31 @@ class Mirror:
                     )
                 return again
         raise MirrorMismatch(f"account {account_id} kept changing; try again")
+
+    async def verify_entry(
+        self,
+        account_id: int,
+        seq: int,
+        *,
+        identity: LedgerIdentity | None = None,
+        rpc_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Prove a mirrored entry: its bundle (``GET /proofs/entries/{seq}``) must lead from
+        the entry as held here to its epoch's entries root; with ``rpc_url`` and the pinned
+        ``identity``, that root must be the one anchored on chain. Returns the header."""
+        held = self.account(account_id)
+        entry = next((e for e in (held.entries if held else []) if e[0] == seq), None)
+        if held is None or entry is None:
+            raise MirrorMismatch(f"entry {seq} of account {account_id} is not mirrored")
+        bundle = await self.client.request("GET", f"/api/v1/proofs/entries/{seq}")
+        header = check_entry_bundle(
+            bundle, account_id=account_id, entry=entry, asset=held.asset, identity=identity
+        )
+        if rpc_url is not None:
+            if identity is None:
+                raise ValueError("checking against the chain needs the pinned identity")
+            await check_anchored(header, rpc_url, identity)
+        return header
 
     def _save(self, account: MirroredAccount) -> None:
         state: dict[str, Any] = {"asset": account.asset, "scale": account.scale,
