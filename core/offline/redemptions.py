@@ -177,7 +177,11 @@ class Redemptions:
                     ),
                     {"a": v.allowance_id},
                 )
-            ).one()
+            ).first()
+            if row is None or row.status == AllowanceStatus.OPENING.value:
+                raise UnknownAllowance(
+                    f"allowance {v.allowance_id} does not exist", allowance_id=v.allowance_id
+                )
             if not verify(bytes(row.public_key), v.signature, v.message()):
                 raise VoucherSignatureInvalid(
                     "the voucher is not signed by the allowance's device",
@@ -208,7 +212,7 @@ class Redemptions:
                 raise AllowanceReleased(
                     f"allowance {v.allowance_id} was released", allowance_id=v.allowance_id
                 )
-            if status in {AllowanceStatus.EXPIRED, AllowanceStatus.OPENING}:
+            if status is AllowanceStatus.EXPIRED:
                 raise AllowanceExpired(
                     f"allowance {v.allowance_id} has expired", allowance_id=v.allowance_id
                 )

@@ -31,7 +31,7 @@ from valueos_sdk.client import AsyncClient
 from valueos_sdk.errors import VoucherRejected
 from valueos_sdk.models import AllowanceRead, VoucherOutcomeRead
 from valueos_sdk.queue import OfflineQueue
-from valueos_sdk.store import DONE, Store
+from valueos_sdk.store import DONE, FAILED, Store
 
 VOUCHER_TAG = b"valueos/voucher/v1\x00"
 CERTIFICATE_TAG = b"valueos/allowance/v1\x00"
@@ -350,10 +350,22 @@ class Terminal:
             accepted = [a if a.batch is not None else _with(a, batch=record.id) for a in accepted]
             self._save(accepted)
         await self.queue.sync()
-        answers = {r.id: r.response for r in self.store.records() if r.state == DONE}
+        records = self.store.records()
+        answers = {r.id: r.response for r in records if r.state == DONE}
+        # a whole batch refused: for its credentials (401/403), send the vouchers again in a
+        # new batch later (each voucher is idempotent on the server); otherwise its code
+        refused = {r.id: r for r in records if r.state == FAILED}
         updated = []
         for entry in accepted:
             response = answers.get(entry.batch or -1)
+            batch = refused.get(entry.batch or -1)
+            if entry.status == "ACCEPTED" and batch is not None:
+                if batch.status in {401, 403}:
+                    updated.append(_with(entry, batch=None))
+                else:
+                    code = (batch.response or {}).get("code")
+                    updated.append(_with(entry, status="REFUSED", code=code))
+                continue
             if response is None or entry.status != "ACCEPTED":
                 updated.append(entry)
                 continue

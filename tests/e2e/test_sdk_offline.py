@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from core.credentials import Credentials
+from core.types import Role
 from tests.e2e.conftest import BOOTSTRAP, Api, Caller
 from valueos_sdk import AsyncClient, MemoryStore, OfflineQueue, SQLiteStore, Terminal, Wallet
 from valueos_sdk.errors import InsufficientFunds, MirrorMismatch, NotFound, Unreachable
@@ -376,3 +377,28 @@ async def test_the_mirror_pulls_incrementally_and_refuses_a_broken_chain(
     with pytest.raises(MirrorMismatch, match="balance_after"):
         await fresh.pull(a_acc)
     assert fresh.account(a_acc) is None
+
+
+async def test_a_batch_refused_for_its_credentials_is_sent_again_later(
+    api: Api, net: Network
+) -> None:
+    asset = await api.asset()
+    alice, a_acc = await api.funded_user(asset, "100.00")
+    wallet = Wallet(await client_for(alice, net), MemoryStore())
+    shop, s_acc, _, good = await payee(api, asset, net)
+    await wallet.reserve(a_acc, "10.00")
+    issuer = unb64((await good.issuer()).public_key)
+    # a credential that cannot redeem (read scope only)
+    weak = AsyncClient(
+        "http://valueos.test",
+        token=token_of(await api.caller(Role.USER, scopes=("read",))),
+        transport=net,
+    )
+    pos = Terminal(weak, MemoryStore(), payee_id=shop.user_id, issuer_key=issuer)
+    pos.accept(wallet.pay(shop.user_id, "3.00"))
+    (waiting,) = await pos.sync()
+    assert (waiting.status, waiting.batch) == ("ACCEPTED", None)  # 403: queued again, not lost
+    pos.queue.client = good
+    (done,) = await pos.sync()
+    assert done.status == "HONOURED"
+    assert (await api.balance(s_acc))["posted"] == "3.00"
