@@ -9,7 +9,9 @@ Per voucher, in order:
    VOUCHER_COUNTER_REUSED); the allowance still open (ALLOWANCE_RELEASED, ALLOWANCE_EXPIRED);
    its cumulative total and the total claimed so far within the amount (ALLOWANCE_EXCEEDED);
    then the voucher row is written CLAIMED and ``claimed`` grows;
-3. the capture (``CaptureHold``, keeping the rest reserved, paying the payee) under the ledger
+3. once every voucher of the batch is claimed, their captures are submitted together (the
+   ledger's group commit writes them in one transaction); each is a ``CaptureHold``,
+   keeping the rest reserved, paying the payee, under the ledger
    key ``offline-voucher:<allowance>:<counter>``; the row becomes HONOURED with the operation,
    or REFUSED with the ledger's code (e.g. the hold expired meanwhile) and ``claimed``
    shrinks back.
@@ -22,6 +24,7 @@ the other refused with the exact reason.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,22 +123,33 @@ class Redemptions:
         (a refusal is an outcome, not an error). Errors: VALIDATION_ERROR (batch size)."""
         if not 1 <= len(vouchers) <= MAX_BATCH:
             raise ValidationError(f"redeem 1-{MAX_BATCH} vouchers at a time", field="vouchers")
-        outcomes = []
+        outcomes: list[Redemption] = []
+        captures: list[tuple[Redemption, int, int]] = []
         for index, encoded in enumerate(vouchers):
             try:
-                outcomes.append(await self._redeem_one(index, payee, actor, encoded))
+                outcome = await self._redeem_one(index, payee, actor, encoded)
             except LedgerError as refused:
                 if isinstance(refused, StorageError):
                     raise
-                outcomes.append(
-                    Redemption(index, VoucherStatus.REFUSED, code=refused.code,
-                               message=refused.message)
-                )  # fmt: skip
+                outcome = Redemption(
+                    index, VoucherStatus.REFUSED, code=refused.code, message=refused.message
+                )
+            if isinstance(outcome, Redemption):
+                outcomes.append(outcome)
+            else:
+                outcomes.append(outcome[0])
+                captures.append(outcome)
+        # the claims are recorded: their captures go to the ledger together (group commit)
+        captured = await asyncio.gather(*(self._capture(*c, actor) for c in captures))
+        for done in captured:
+            outcomes[done.index] = done
         return outcomes
 
     async def _redeem_one(
         self, index: int, payee: uuid.UUID, actor: Actor, encoded: str
-    ) -> Redemption:
+    ) -> Redemption | tuple[Redemption, int, int]:
+        """Steps 1 and 2: the final outcome, or a CLAIMED one with its hold and payee account
+        (step 3 to do)."""
         voucher = decode_voucher(encoded)
         if voucher.payee_id != payee:
             raise VoucherWrongPayee("this voucher pays somebody else", field="vouchers")
@@ -149,7 +163,7 @@ class Redemptions:
         )  # fmt: skip
         if base.status is not VoucherStatus.CLAIMED:
             return base
-        return await self._capture(base, claimed["hold_id"], payee_account, actor)
+        return base, claimed["hold_id"], payee_account
 
     async def _asset(self, allowance_id: int) -> str:
         async with self.ledger.engine.connect() as conn:
