@@ -5,6 +5,8 @@ ASGI transport: no sockets, so the figure is the server's work per voucher).
 
     python -m bench.offline [--vouchers N] [--batch B]
 
+A reference line: the same number of plain transfers, one per request, on the same app.
+
 Uses DATABASE_URL when set, else an embedded PostgreSQL. Prints one line per mode and the
 ratio; the last line is a JSON object.
 """
@@ -105,6 +107,24 @@ async def main(n: int, batch: int) -> dict[str, float]:
                 print(
                     f"{mode:>18}: {n} vouchers in {seconds:6.2f} s = {n / seconds:7.1f} vouchers/s"
                 )
+            # reference: plain transfers, one per request, on the same app and database
+            payer, account = await api.funded_user(asset, f"{n}.00")
+            start = time.perf_counter()
+            for _ in range(n):
+                r = await api.http.post(
+                    "/api/v1/credits/transfer",
+                    json={"from_account_id": account, "to_user_id": str(payee.user_id),
+                          "amount": "1.00"},
+                    headers=payer.headers,
+                )  # fmt: skip
+                if r.status_code != 201:
+                    raise RuntimeError(r.text)
+            seconds = time.perf_counter() - start
+            results["transfers"] = n / seconds
+            print(
+                f"{'transfers (ref.)':>18}: {n} transfers in {seconds:6.2f} s = "
+                f"{n / seconds:7.1f} /s"
+            )
             one, batched = results["one per request"], results[f"batches of {batch}"]
             print(f"batched / one per request: {batched / one:.2f}x")
             return {
@@ -112,6 +132,7 @@ async def main(n: int, batch: int) -> dict[str, float]:
                 "one_per_request_per_s": round(one, 1),
                 "batched_per_s": round(batched, 1),
                 "ratio": round(batched / one, 2),
+                "transfers_per_s": round(results["transfers"], 1),
             }
     finally:
         await drop_database(url)
