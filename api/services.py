@@ -4,6 +4,7 @@ writer."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from web3 import AsyncWeb3
@@ -16,6 +17,7 @@ from core.credentials import Credentials
 from core.credits import Credits
 from core.directory import Directory
 from core.ledger import Ledger
+from core.offline import Issuer, Offline
 from core.payments import Payments
 from core.request_records import Records
 
@@ -28,6 +30,9 @@ class Services(Directory):
         self.payments = Payments(self)
         self.credits = Credits(self)
         self.bridge_outs = BridgeOuts(self)
+        self.offline = Offline(
+            self, Issuer(settings.offline_issuer_seed or secrets.token_bytes(32))
+        )
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
         self._chain: AsyncWeb3[Any] | None = (

@@ -31,6 +31,19 @@ def load_jwt_secret(path: Path) -> str:
     return secret
 
 
+def load_offline_seed(path: Path) -> bytes:
+    """The offline issuer's Ed25519 seed (32 bytes, hex) from ``path``, created (mode 0600)
+    if absent."""
+    if path.exists():
+        return bytes.fromhex(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seed = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(seed.hex() + "\n")
+    return seed
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimits:
     """Requests per minute per client, by route group."""
@@ -67,6 +80,9 @@ class ApiSettings:
     workers: int = 1
     #: ``ETH_RPC_URL``: the chain head, for a bridge-out's confirmations; unset: not shown
     eth_rpc_url: str | None = None
+    #: seed of the key that signs offline allowance certificates (``VALUEOS_OFFLINE_KEY``, hex,
+    #: or ``VALUEOS_OFFLINE_KEY_FILE``); None: a fresh key per process (tests)
+    offline_issuer_seed: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -93,6 +109,11 @@ class ApiSettings:
             port=_int("VALUEOS_PORT", 8000),
             metrics_token=os.environ.get("VALUEOS_METRICS_TOKEN") or None,
             workers=_int("VALUEOS_WORKERS", 1),
+            offline_issuer_seed=bytes.fromhex(os.environ["VALUEOS_OFFLINE_KEY"])
+            if os.environ.get("VALUEOS_OFFLINE_KEY")
+            else load_offline_seed(
+                Path(os.environ.get("VALUEOS_OFFLINE_KEY_FILE", ".valueos/offline.key"))
+            ),
         )
 
 

@@ -254,6 +254,87 @@ class SuspenseAlreadyResolved(Conflict):
     code = "SUSPENSE_ALREADY_RESOLVED"
 
 
+# -- offline allowances and vouchers ---------------------------------------------------------
+class InvalidDeviceKey(ValidationError):
+    """Not a 32-byte Ed25519 public key, or the proof of possession does not verify."""
+
+    code = "INVALID_DEVICE_KEY"
+
+
+class DeviceKeyExists(Conflict):
+    code = "DEVICE_KEY_EXISTS"
+
+
+class UnknownDevice(NotFound):
+    """No such device, or somebody else's (both answer the same)."""
+
+    code = "UNKNOWN_DEVICE"
+
+
+class DeviceRevoked(Conflict):
+    code = "DEVICE_REVOKED"
+
+
+class UnknownAllowance(NotFound):
+    code = "UNKNOWN_ALLOWANCE"
+
+
+class AllowanceNotActive(Conflict):
+    """The allowance's hold is no longer pending: released, expired or fully captured."""
+
+    code = "ALLOWANCE_NOT_ACTIVE"
+
+
+class AllowanceReleased(AllowanceNotActive):
+    code = "ALLOWANCE_RELEASED"
+
+
+class AllowanceExpired(AllowanceNotActive):
+    code = "ALLOWANCE_EXPIRED"
+
+
+class AllowanceExceeded(Conflict):
+    """The vouchers honoured so far plus this one exceed the allowance."""
+
+    code = "ALLOWANCE_EXCEEDED"
+
+
+class VouchersOutstanding(Conflict):
+    """A release names a final total the redeemed vouchers do not reach yet."""
+
+    code = "VOUCHERS_OUTSTANDING"
+
+
+class AllowanceHold(Conflict):
+    """The hold backs an offline allowance: only the allowance's routes move it."""
+
+    code = "ALLOWANCE_HOLD"
+
+
+class VoucherMalformed(ValidationError):
+    code = "VOUCHER_MALFORMED"
+
+
+class VoucherSignatureInvalid(Conflict):
+    code = "VOUCHER_SIGNATURE_INVALID"
+
+
+class VoucherWrongPayee(Conflict):
+    code = "VOUCHER_WRONG_PAYEE"
+
+
+class VoucherCounterReused(Conflict):
+    """Another voucher with this counter (a different payee or amount) was redeemed."""
+
+    code = "VOUCHER_COUNTER_REUSED"
+
+
+class VoucherInconsistent(Conflict):
+    """The voucher's cumulative total contradicts its amount or the allowance."""
+
+    code = "VOUCHER_INCONSISTENT"
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

@@ -116,7 +116,10 @@ class HoldChange:
     item: int
     hold: HoldRow
     status: HoldStatus
+    #: captured by this change (0 for a void or an expiry)
     captured: int
+    #: left reserved after it (a capture that keeps the rest: > 0, the hold stays PENDING)
+    remaining: int = 0
 
 
 @dataclass(slots=True)
@@ -324,6 +327,8 @@ def touched_accounts(
             ids.update((c.source, c.destination))
         elif isinstance(c, CaptureHold | VoidHold) and c.hold_id in holds:
             ids.update((holds[c.hold_id].source, holds[c.hold_id].destination))
+            if isinstance(c, CaptureHold) and c.destination is not None:
+                ids.add(c.destination)
         elif isinstance(c, ReverseOperation) and c.operation_id in originals:
             ids.update(a for a, _, _ in originals[c.operation_id].entries)
     return ids
@@ -524,20 +529,26 @@ class _Planner:
             raise HoldExceeded(
                 f"hold {hold.id} has {hold.remaining} left, asked {amount}", hold_id=hold.id
             )
-        # the whole reservation ends; only ``amount`` moves, the rest becomes available
-        self.book.release(hold.source, hold.remaining)
+        # the whole reservation ends (only ``amount`` moves, the rest becomes available),
+        # unless the capture keeps the rest reserved
+        remaining = hold.remaining - amount if command.keep_rest else 0
+        destination = hold.destination if command.destination is None else command.destination
+        if destination == hold.source:
+            raise ValidationError("a capture cannot pay the hold's own source", field="hold_id")
+        self.book.release(hold.source, hold.remaining - remaining)
         op = self._post(
             item=item,
             type_=OperationType.HOLD_CAPTURE,
-            entries=transfer_legs(hold.source, hold.destination, hold.asset, amount),
+            entries=transfer_legs(hold.source, destination, hold.asset, amount),
             actor=command.actor,
             key=command.idempotency_key,
             metadata=command.metadata,
             reason=None,
             hold_id=hold.id,
         )
-        change = HoldChange(item, hold, HoldStatus.POSTED, amount)
-        self._close(hold, HoldStatus.POSTED)
+        status = HoldStatus.PENDING if remaining > 0 else HoldStatus.POSTED
+        change = HoldChange(item, hold, status, amount, remaining)
+        self.holds[hold.id] = replace(hold, remaining=remaining, status=status)
         self.plan.hold_changes.append(change)
         return Captured(change, op)
 

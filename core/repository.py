@@ -556,13 +556,24 @@ class LedgerStore:
                 ],
             )  # fmt: skip
         if plan.hold_changes:
+            # one row per hold: its last state, and what all of the batch's changes captured
+            final: dict[int, tuple[str, int, int]] = {}
+            for change in plan.hold_changes:
+                earlier = final.get(change.hold.id, ("", 0, 0))[2]
+                final[change.hold.id] = (
+                    change.status.value,
+                    change.remaining,
+                    earlier + change.captured,
+                )
             await conn.execute(
-                "UPDATE holds h SET status = u.status, remaining = 0, captured = u.captured, "
-                "updated_at = $4 FROM unnest($1::bigint[], $2::text[], $3::bigint[]) "
-                "AS u(id, status, captured) WHERE h.id = u.id",
-                [c.hold.id for c in plan.hold_changes],
-                [c.status.value for c in plan.hold_changes],
-                [c.captured for c in plan.hold_changes],
+                "UPDATE holds h SET status = u.status, remaining = u.remaining, "
+                "captured = h.captured + u.captured, updated_at = $5 "
+                "FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) "
+                "AS u(id, status, remaining, captured) WHERE h.id = u.id",
+                list(final),
+                [v[0] for v in final.values()],
+                [v[1] for v in final.values()],
+                [v[2] for v in final.values()],
                 now,
             )
             for change in plan.hold_changes:
@@ -571,9 +582,11 @@ class LedgerStore:
                 reason = command.reason if isinstance(command, VoidHold) else None
                 audit.append(
                     (next(audit_ids), now, actor.id, actor.role.value, actor.ip,
-                     f"hold.{change.status.value.lower()}", "hold", str(change.hold.id),
+                     f"hold.{change.status.value.lower()}" if change.remaining == 0
+                     else "hold.partially_captured", "hold", str(change.hold.id),
                      _json({"status": "PENDING", "remaining": change.hold.remaining}),
-                     _json({"status": change.status.value, "captured": change.captured}),
+                     _json({"status": change.status.value, "captured": change.captured,
+                            "remaining": change.remaining}),
                      reason)
                 )  # fmt: skip
 

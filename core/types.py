@@ -228,16 +228,26 @@ class CreateHold:
 
 @dataclass(frozen=True, slots=True)
 class CaptureHold:
-    """Post a pending hold, fully (``amount=None``) or partially; the rest is released."""
+    """Post a pending hold, fully (``amount=None``) or partially; the rest is released.
+
+    ``keep_rest``: only ``amount`` leaves the reservation, the rest stays reserved (the hold
+    remains PENDING until its remaining amount is captured, it is voided or it expires).
+    ``destination``: the account credited instead of the hold's own destination (an offline
+    allowance pays a different payee with each capture)."""
 
     hold_id: int
     amount: int | None = None
     actor: Actor = SYSTEM_ACTOR
     idempotency_key: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    destination: int | None = None
+    keep_rest: bool = False
 
     def request_hash(self) -> bytes:
-        return request_hash("capture", [self.hold_id, self.amount, self.metadata])
+        payload: list[Any] = [self.hold_id, self.amount, self.metadata]
+        if self.destination is not None or self.keep_rest:  # absent: earlier hashes hold
+            payload += [self.destination, self.keep_rest]
+        return request_hash("capture", payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from api.idempotency import Attempt
 from api.schemas.common import SweepRead
 from api.schemas.credits import OperationRead
 from api.schemas.holds import CaptureCreate, HoldCreate, HoldRead, VoidCreate
-from core.errors import UnknownHold
+from core.errors import AllowanceHold, UnknownHold
 from core.queries import HoldView
 from core.types import CaptureHold, HoldResult, OperationResult, VoidHold
 
@@ -29,9 +29,18 @@ HoldId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 PARTIES = [allow({USER, ADMIN, OPS}, scope="payments")]
 
 
-async def _party_hold(ctx: NamedDependency[Ctx], hold_id: int, *, staff: bool) -> HoldView:
-    """The hold if the caller is its payer or payee (or staff allowed here)."""
+async def _party_hold(
+    ctx: NamedDependency[Ctx], hold_id: int, *, staff: bool, moving: bool = False
+) -> HoldView:
+    """The hold if the caller is its payer or payee (or staff allowed here). ``moving``:
+    about to capture or void it, which an offline allowance's hold (the one kind of hold
+    whose destination is its own source) refuses: its vouchers and release move it."""
     hold = await ctx.svc.ledger.queries.hold(hold_id)
+    if moving and hold.source == hold.destination:
+        raise AllowanceHold(
+            f"hold {hold_id} backs an offline allowance: see /api/v1/offline/allowances",
+            hold_id=hold_id,
+        )
     if ctx.is_user or not staff:
         source = await ctx.svc.account(hold.source)
         destination = await ctx.svc.account(hold.destination)
@@ -82,7 +91,7 @@ class HoldController(Controller):
         """Post the hold, fully or partly (the rest is released)."""
 
         async def run(a: Attempt) -> OperationRead:
-            hold = await _party_hold(ctx, hold_id, staff=False)
+            hold = await _party_hold(ctx, hold_id, staff=False, moving=True)
             amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
             command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
             result = _expect(await ctx.svc.ledger.submit(command), OperationResult)
@@ -95,7 +104,7 @@ class HoldController(Controller):
         self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[VoidCreate]
     ) -> Response[HoldRead]:
         async def run(a: Attempt) -> HoldRead:
-            await _party_hold(ctx, hold_id, staff=True)
+            await _party_hold(ctx, hold_id, staff=True, moving=True)
             command = VoidHold(hold_id, ctx.actor, data.reason, a.core_key)
             result = _expect(await ctx.svc.ledger.submit(command), HoldResult)
             return await render.hold(ctx.svc, result)

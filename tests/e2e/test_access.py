@@ -97,6 +97,15 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/api/v1/bridges/erc20/tokens/{asset:str}/resume"): {A, OP},
     ("GET", "/api/v1/bridges/erc20/suspense"): {A, OP, C, R, AU},
     ("POST", "/api/v1/bridges/erc20/suspense/resolve"): {A, OP},
+    ("GET", "/api/v1/offline/issuer"): EVERYONE,
+    ("POST", "/api/v1/offline/devices"): {U},
+    ("GET", "/api/v1/offline/devices"): EVERYONE,
+    ("POST", "/api/v1/offline/allowances"): {U},
+    ("GET", "/api/v1/offline/allowances"): EVERYONE,
+    ("GET", "/api/v1/offline/allowances/{allowance_id:int}"): EVERYONE,
+    ("POST", "/api/v1/offline/allowances/{allowance_id:int}/release"): {U},
+    ("POST", "/api/v1/offline/redemptions"): {U},
+    ("GET", "/api/v1/offline/redemptions"): EVERYONE,
     ("GET", "/api/v1/anchors"): {A, C, R, AU},
     ("GET", "/api/v1/proofs/entries/{seq:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/proofs/balances/{account_id:int}"): {U, A, C, R, AU},
@@ -117,6 +126,7 @@ SAMPLE = {
     "{attestation_id:int}": "999999999",
     "{policy_id:int}": "999999999",
     "{seq:int}": "999999999",
+    "{allowance_id:int}": "999999999",
 }
 
 

@@ -98,3 +98,17 @@ def test_no_edge_module_holds_a_driver_or_sqlalchemy_exception(package: str) -> 
                 continue
             foreign = origin.split(".")[0] in {"asyncpg", "sqlalchemy"}
             assert not foreign, f"{name}.{attr} comes from {origin}"
+
+
+@pytest.mark.unit
+def test_the_sdk_imports_no_server_code() -> None:
+    """``sdk/valueos_sdk`` is shipped on its own: of the project it may use the Merkle package
+    only, and no server-side library."""
+    banned = {"core", "api", "chain", "jobs", "valueos", "bench", "tests", "asyncpg", "sqlalchemy",
+              "litestar", "alembic"}  # fmt: skip
+    wrong = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path, name in imports("sdk")
+        if name.split(".")[0] in banned
+    ]
+    assert not wrong, f"the SDK must not import {sorted(banned)}: {wrong}"

@@ -6,14 +6,14 @@ is in progress; once it is gone (the process died, its connection with it) a ret
 record over at once. Rows claimed before this column existed keep the age rule.
 
 Revision ID: 0017_idempotency_owner
-Revises: 0013_integrity_alarms
+Revises: 0016_offline_allowances
 Create Date: 2026-11-29
 """
 
 from core.migrations.sql import run_script
 
 revision = "0017_idempotency_owner"
-down_revision = "0013_integrity_alarms"
+down_revision = "0016_offline_allowances"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,388 @@
+"""Device keys and offline allowances: register a key, reserve an allowance (a hold on the
+user's AVAILABLE account bound to the key), release it, read them.
+
+Opening is written in three steps so a crash never leaves money reserved without a row:
+the allowance row (OPENING), then the hold under the ledger key ``offline-allowance:<id>``,
+then the row OPEN with its hold. A retry with the same idempotency key finds the OPENING
+row and submits the same hold command again (the ledger answers its stored result).
+
+A release is signed by the device: it names the last cumulative total the device issued.
+While vouchers up to that total are not all redeemed the release is refused
+(VOUCHERS_OUTSTANDING), so a payee holding a voucher is never left without its money by
+the payer's release; the rest returns to the user once they are. Expiry needs no
+signature: the worker's hold sweep expires the hold and the rest returns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from core import audit
+from core.directory import Directory
+from core.errors import (
+    AllowanceNotActive,
+    DeviceKeyExists,
+    DeviceRevoked,
+    IdempotencyConflict,
+    InvalidDeviceKey,
+    LedgerError,
+    UnknownAllowance,
+    UnknownDevice,
+    ValidationError,
+    VouchersOutstanding,
+)
+from core.offline.issuer import Issuer
+from core.offline.vouchers import Certificate, check_device_key, release_message, verify
+from core.payments import Payments
+from core.queries import MAX_PAGE
+from core.types import Actor, CreateHold, HoldResult, HoldStatus, VoidHold, request_hash
+
+MAX_DEVICE_NAME = 100
+
+
+class AllowanceStatus(StrEnum):
+    OPENING = "OPENING"
+    OPEN = "OPEN"
+    #: every unit captured by vouchers
+    SPENT = "SPENT"
+    RELEASED = "RELEASED"
+    EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: int
+    user_id: uuid.UUID
+    public_key: bytes
+    name: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    id: int
+    user_id: uuid.UUID
+    device_id: int
+    device_key: bytes
+    account_id: int
+    asset: str
+    amount: int
+    #: claimed by vouchers so far (honoured, or being captured)
+    claimed: int
+    expires_at: datetime
+    hold_id: int | None
+    status: AllowanceStatus
+    final_cumulative: int | None
+    created_at: datetime
+    #: the issuer-signed certificate a payee checks offline (``VC1.``…)
+    certificate: str = ""
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AllowancePage:
+    allowances: list[Allowance]
+    next_cursor: int | None
+
+
+_DEVICE_COLUMNS = "id, user_id, public_key, name, status, created_at"
+_ALLOWANCE_SELECT = (
+    "SELECT a.id, a.user_id, a.device_id, d.public_key, a.account_id, a.asset, a.amount, "
+    "a.claimed, a.expires_at, a.hold_id, a.status, a.final_cumulative, a.created_at, "
+    "a.request_hash, h.status AS hold_status, a.expires_at <= clock_timestamp() AS past "
+    "FROM offline_allowances a JOIN offline_devices d ON d.id = a.device_id "
+    "LEFT JOIN holds h ON h.id = a.hold_id "
+)
+
+
+def _device(row: Any) -> Device:
+    return Device(row.id, row.user_id, bytes(row.public_key), row.name, row.status, row.created_at)
+
+
+def allowance_status(row: Any) -> AllowanceStatus:
+    if row.status != "OPEN":
+        return AllowanceStatus(row.status)
+    if row.hold_status == HoldStatus.POSTED.value:
+        return AllowanceStatus.SPENT
+    if row.hold_status == HoldStatus.PENDING.value and not row.past:
+        return AllowanceStatus.OPEN
+    if row.hold_status == HoldStatus.VOIDED.value:
+        return AllowanceStatus.RELEASED
+    return AllowanceStatus.EXPIRED
+
+
+def hold_key(allowance_id: int) -> str:
+    return f"offline-allowance:{allowance_id}"
+
+
+class Allowances:
+    """Devices and allowances (the vouchers redeemed against them: ``core.offline.redeem``)."""
+
+    def __init__(self, directory: Directory, issuer: Issuer) -> None:
+        self.directory = directory
+        self.ledger = directory.ledger
+        self.issuer = issuer
+        self.payments = Payments(directory)
+
+    # -- devices -------------------------------------------------------------------------
+    async def register_device(
+        self, user: uuid.UUID, actor: Actor, *, public_key: bytes, proof: bytes, name: str
+    ) -> Device:
+        """Register an Ed25519 key the user's device holds (``proof``: its signature of
+        ``vouchers.device_message``). Errors: INVALID_DEVICE_KEY, DEVICE_KEY_EXISTS,
+        VALIDATION_ERROR (name)."""
+        if not name.strip() or len(name) > MAX_DEVICE_NAME:
+            raise ValidationError(f"a device name has 1-{MAX_DEVICE_NAME} characters", field="name")
+        check_device_key(user, public_key, proof)
+        async with self.ledger.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO offline_devices (user_id, public_key, name) "
+                        "VALUES (:u, :k, :n) ON CONFLICT (public_key) DO NOTHING "
+                        f"RETURNING {_DEVICE_COLUMNS}"
+                    ),
+                    {"u": user, "k": public_key, "n": name},
+                )
+            ).first()
+            if row is None:
+                raise DeviceKeyExists("this public key is already registered", field="public_key")
+            device = _device(row)
+            await audit.record(
+                conn, actor, "offline.device.registered", "offline_device", device.id,
+                after={"user_id": user, "public_key": public_key.hex(), "name": name},
+            )  # fmt: skip
+        return device
+
+    async def devices(self, user: uuid.UUID) -> list[Device]:
+        async with self.ledger.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT {_DEVICE_COLUMNS} FROM offline_devices WHERE user_id = :u ORDER BY id"
+                ),
+                {"u": user},
+            )
+            return [_device(r) for r in rows]
+
+    # -- allowances ----------------------------------------------------------------------
+    async def open(
+        self,
+        user: uuid.UUID,
+        actor: Actor,
+        *,
+        account_id: int,
+        device_id: int,
+        amount: str,
+        expires_at: datetime,
+        idempotency_key: str | None,
+    ) -> Allowance:
+        """Reserve ``amount`` of the user's AVAILABLE ``account_id`` until ``expires_at`` for
+        vouchers signed by device ``device_id``. Errors: UNKNOWN_ACCOUNT, UNKNOWN_DEVICE,
+        DEVICE_REVOKED, INVALID_AMOUNT, INSUFFICIENT_FUNDS, POLICY_DENIED,
+        IDEMPOTENCY_CONFLICT, VALIDATION_ERROR."""
+        source = await self.payments.source(user, account_id)
+        units = await self.directory.parse(amount, source.asset)
+        digest = request_hash(
+            "offline_allowance", [account_id, device_id, units, expires_at.isoformat()]
+        )
+        async with self.ledger.engine.begin() as conn:
+            device = (
+                await conn.execute(
+                    text("SELECT user_id, status FROM offline_devices WHERE id = :d"),
+                    {"d": device_id},
+                )
+            ).first()
+            if device is None or device.user_id != user:
+                raise UnknownDevice(f"device {device_id} does not exist", device_id=device_id)
+            if device.status != "ACTIVE":
+                raise DeviceRevoked(f"device {device_id} is revoked", device_id=device_id)
+            allowance_id = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO offline_allowances (user_id, device_id, account_id, asset, "
+                        "amount, expires_at, status, idempotency_key, request_hash) "
+                        "VALUES (:u, :d, :a, :asset, :n, :exp, 'OPENING', :key, :hash) "
+                        "ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
+                        "DO NOTHING RETURNING id"
+                    ),
+                    {
+                        "u": user,
+                        "d": device_id,
+                        "a": account_id,
+                        "asset": source.asset,
+                        "n": units,
+                        "exp": expires_at,
+                        "key": idempotency_key,
+                        "hash": digest,
+                    },
+                )
+            ).scalar()
+            if allowance_id is None:
+                earlier = (
+                    await conn.execute(
+                        text(_ALLOWANCE_SELECT + "WHERE a.user_id = :u AND a.idempotency_key = :k"),
+                        {"u": user, "k": idempotency_key},
+                    )
+                ).one()
+                if bytes(earlier.request_hash) != digest:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used with a different request",
+                        key=idempotency_key,
+                    )
+                if earlier.status != "OPENING":
+                    return await self._read(earlier, replayed=True)
+                allowance_id = earlier.id
+        hold = await self.ledger.submit(
+            CreateHold(
+                account_id, account_id, source.asset, units, expires_at, actor,
+                hold_key(allowance_id), {"offline_allowance": allowance_id},
+            )
+        )  # fmt: skip
+        if isinstance(hold, LedgerError):
+            async with self.ledger.engine.begin() as conn:
+                await conn.execute(
+                    text("DELETE FROM offline_allowances WHERE id = :id AND status = 'OPENING'"),
+                    {"id": allowance_id},
+                )
+            raise hold
+        if not isinstance(hold, HoldResult):  # pragma: no cover - the ledger answers in kind
+            raise TypeError(type(hold).__name__)
+        async with self.ledger.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE offline_allowances SET hold_id = :h, status = 'OPEN', "
+                    "updated_at = now() WHERE id = :id AND status = 'OPENING'"
+                ),
+                {"h": hold.hold_id, "id": allowance_id},
+            )
+            await audit.record(
+                conn, actor, "offline.allowance.opened", "offline_allowance", allowance_id,
+                after={"user_id": user, "device_id": device_id, "account_id": account_id,
+                       "amount": units, "expires_at": expires_at, "hold_id": hold.hold_id},
+            )  # fmt: skip
+            return await self._read(await self._fetch(conn, allowance_id))
+
+    async def release(
+        self, user: uuid.UUID, actor: Actor, *, allowance_id: int, final_cumulative: int,
+        signature: bytes,
+    ) -> Allowance:  # fmt: skip
+        """End the allowance now: the device signs the last cumulative total it issued; once
+        vouchers up to it are redeemed, the hold is voided and the rest returns. Errors:
+        UNKNOWN_ALLOWANCE, VOUCHER_SIGNATURE_INVALID (as INVALID_DEVICE_KEY: the release is not
+        the device's), VOUCHERS_OUTSTANDING, ALLOWANCE_NOT_ACTIVE (expired or spent)."""
+        async with self.ledger.engine.begin() as conn:
+            row = await self._fetch(conn, allowance_id, lock=True)
+            if row is None or row.user_id != user:
+                raise _unknown(allowance_id)
+            if not verify(
+                bytes(row.public_key), signature, release_message(allowance_id, final_cumulative)
+            ):
+                raise InvalidDeviceKey(
+                    "the release is not signed by the allowance's device", field="signature"
+                )
+            status = allowance_status(row)
+            if status is AllowanceStatus.OPEN:
+                pending = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(*) FROM offline_vouchers "
+                            "WHERE allowance_id = :a AND status = 'CLAIMED'"
+                        ),
+                        {"a": allowance_id},
+                    )
+                ).scalar_one()
+                if row.claimed < final_cumulative or pending:
+                    raise VouchersOutstanding(
+                        f"vouchers up to {final_cumulative} are not all redeemed yet",
+                        claimed=row.claimed, final_cumulative=final_cumulative,
+                        capturing=pending,
+                    )  # fmt: skip
+                await conn.execute(
+                    text(
+                        "UPDATE offline_allowances SET status = 'RELEASED', "
+                        "final_cumulative = :f, updated_at = now() WHERE id = :id"
+                    ),
+                    {"f": final_cumulative, "id": allowance_id},
+                )
+                await audit.record(
+                    conn, actor, "offline.allowance.released", "offline_allowance", allowance_id,
+                    before={"status": "OPEN", "claimed": row.claimed},
+                    after={"status": "RELEASED", "final_cumulative": final_cumulative},
+                )  # fmt: skip
+            elif status is not AllowanceStatus.RELEASED:
+                raise AllowanceNotActive(
+                    f"allowance {allowance_id} is {status.value}", status=status.value
+                )
+        # after the row says RELEASED no voucher is claimed any more: void the rest (again
+        # after a crash: the ledger key makes it once)
+        voided = await self.ledger.submit(
+            VoidHold(row.hold_id, actor, "offline allowance released", f"offline-release:{row.id}")
+        )
+        if isinstance(voided, LedgerError) and voided.code != "HOLD_NOT_PENDING":
+            raise voided
+        return await self.get(user, allowance_id)
+
+    async def get(self, user: uuid.UUID | None, allowance_id: int) -> Allowance:
+        """The allowance (``user`` None: any user's, for staff). Errors: UNKNOWN_ALLOWANCE."""
+        async with self.ledger.engine.connect() as conn:
+            row = await self._fetch(conn, allowance_id)
+        if row is None or (user is not None and row.user_id != user):
+            raise _unknown(allowance_id)
+        return await self._read(row)
+
+    async def list(
+        self, user: uuid.UUID, *, before_id: int | None = None, limit: int = 50
+    ) -> AllowancePage:
+        """The user's allowances, newest first (keyset on the id)."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        async with self.ledger.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        _ALLOWANCE_SELECT + "WHERE a.user_id = :u AND a.id < :before "
+                        "ORDER BY a.id DESC LIMIT :n"
+                    ),
+                    {"u": user, "before": before_id or 2**63 - 1, "n": limit + 1},
+                )
+            ).all()
+        page = [await self._read(r) for r in rows[:limit]]
+        return AllowancePage(page, page[-1].id if len(rows) > limit else None)
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    async def _fetch(conn: AsyncConnection, allowance_id: int, *, lock: bool = False) -> Any:
+        return (
+            await conn.execute(
+                text(_ALLOWANCE_SELECT + "WHERE a.id = :id" + (" FOR UPDATE OF a" if lock else "")),
+                {"id": allowance_id},
+            )
+        ).first()
+
+    async def _read(self, row: Any, *, replayed: bool = False) -> Allowance:
+        certificate = ""
+        if row.status != "OPENING":
+            scale = (await self.directory.asset(row.asset)).scale
+            certificate = self.issuer.encode(
+                Certificate(
+                    row.id, row.user_id, bytes(row.public_key), row.asset, scale, row.amount,
+                    row.expires_at,
+                )
+            )  # fmt: skip
+        return Allowance(
+            row.id, row.user_id, row.device_id, bytes(row.public_key), row.account_id, row.asset,
+            row.amount, row.claimed, row.expires_at, row.hold_id, allowance_status(row),
+            row.final_cumulative, row.created_at, certificate, replayed,
+        )  # fmt: skip
+
+
+def _unknown(allowance_id: int) -> UnknownAllowance:
+    return UnknownAllowance(f"allowance {allowance_id} does not exist", allowance_id=allowance_id)

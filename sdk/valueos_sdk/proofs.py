@@ -1,0 +1,137 @@
+"""Checking what the server says against the anchored roots: an entry the mirror holds is
+proven to be in its epoch's entries root, that epoch's header hashes from its fields, and,
+with a node's JSON-RPC URL, the anchor contract of the pinned ledger identity stores exactly
+that header and those roots.
+
+Uses the repository's Merkle package (``merkle``: OpenZeppelin-compatible leaves, trees and
+header hashing) and plain JSON-RPC calls over httpx, so it needs neither web3 nor server code.
+Every failure raises :class:`MirrorMismatch` with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from valueos_sdk.errors import MirrorMismatch
+
+ZERO = b"\x00" * 32
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerIdentity:
+    """What an auditor pins out of band: the chain, the anchor contract, the ledger id."""
+
+    chain_id: int
+    contract: str
+    ledger_id: bytes
+
+
+def _b32(value: Any, name: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) != 66:
+        raise MirrorMismatch(f"{name} is not a 32-byte hex string")
+    return bytes.fromhex(value[2:])
+
+
+def check_entry_bundle(
+    bundle: dict[str, Any],
+    *,
+    account_id: int,
+    entry: tuple[int, int, str, int, int],
+    asset: str,
+    identity: LedgerIdentity | None = None,
+) -> dict[str, Any]:
+    """The bundle proves ``entry`` (as the mirror holds it: seq, operation id, type, amount,
+    balance_after) of ``account_id``: the leaf is rebuilt from the mirror's own values, folded
+    through the proof into the header's entries root, and the header hashed from its fields.
+    Returns the header."""
+    from merkle.leaves import EntryLeaf, header_hash  # noqa: PLC0415 - only when verifying
+    from merkle.tree import verify  # noqa: PLC0415
+
+    if bundle.get("version") != 1 or bundle.get("kind") != "entry":
+        raise MirrorMismatch("not an entry proof bundle (version 1)")
+    header = bundle.get("header") or {}
+    leaf_fields = bundle.get("leaf") or {}
+    seq, operation_id, _, amount, balance_after = entry
+    ledger_id = _b32(header.get("ledger_id"), "ledger_id")
+    if identity is not None and ledger_id != identity.ledger_id:
+        raise MirrorMismatch("the proof is of another ledger than the pinned one")
+    try:
+        epoch = int(header["epoch"])
+        leaf = EntryLeaf(ledger_id, epoch, seq, operation_id, account_id, asset, amount,
+                         balance_after)  # fmt: skip
+        computed = header_hash(
+            ledger_id, epoch, _b32(header.get("prev_header"), "prev_header"),
+            _b32(header.get("entries_root"), "entries_root"),
+            _b32(header.get("balances_root"), "balances_root"),
+            int(header["first_seq"]), int(header["last_seq"]), int(header["leaf_count"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MirrorMismatch(f"the bundle's header is malformed: {exc}") from None
+    if int(leaf_fields.get("epoch", -1)) != epoch:
+        raise MirrorMismatch("the bundle's leaf is of another epoch than its header")
+    if computed != _b32(header.get("header_hash"), "header_hash"):
+        raise MirrorMismatch(f"epoch {epoch}: the header fields do not hash to its header hash")
+    if not int(header["first_seq"]) <= seq <= int(header["last_seq"]):
+        raise MirrorMismatch(f"entry {seq} is outside epoch {epoch}")
+    proof = [_b32(p, "proof") for p in bundle.get("proof") or []]
+    if not verify(_b32(header.get("entries_root"), "entries_root"), leaf.hash(), proof):
+        raise MirrorMismatch(f"entry {seq} as mirrored is not in the entries root of epoch {epoch}")
+    return dict(header)
+
+
+async def _rpc(http: httpx.AsyncClient, url: str, method: str, params: list[Any]) -> Any:
+    r = await http.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    body = r.json()
+    if "error" in body:
+        raise MirrorMismatch(f"{method}: {body['error']}")
+    return body["result"]
+
+
+def _selector(signature: str) -> str:
+    from merkle.tree import keccak256  # noqa: PLC0415 - only when verifying
+
+    return "0x" + keccak256(signature.encode()).hex()[:8]
+
+
+async def anchored(
+    rpc_url: str, identity: LedgerIdentity, epoch: int, *, http: httpx.AsyncClient | None = None
+) -> tuple[bytes, bytes, bytes]:
+    """(header hash, entries root, balances root) the pinned anchor contract stores for
+    ``epoch``, after checking the node's chain id and the contract's ledger id."""
+    client = http or httpx.AsyncClient(timeout=30)
+    try:
+        chain_id = int(await _rpc(client, rpc_url, "eth_chainId", []), 16)
+        if chain_id != identity.chain_id:
+            raise MirrorMismatch(f"the node is chain {chain_id}, not {identity.chain_id}")
+        call = {"to": identity.contract, "data": _selector("ledgerId()")}
+        ledger = bytes.fromhex((await _rpc(client, rpc_url, "eth_call", [call, "latest"]))[2:])
+        if ledger != identity.ledger_id:
+            raise MirrorMismatch("the contract anchors another ledger id")
+        data = _selector("epochs(uint64)") + epoch.to_bytes(32, "big").hex()
+        call = {"to": identity.contract, "data": data}
+        raw = bytes.fromhex((await _rpc(client, rpc_url, "eth_call", [call, "latest"]))[2:])
+    finally:
+        if http is None:
+            await client.aclose()
+    if len(raw) != 96:
+        raise MirrorMismatch(f"epochs({epoch}) answered {len(raw)} bytes")
+    stored = (raw[:32], raw[32:64], raw[64:])
+    if stored[0] == ZERO:
+        raise MirrorMismatch(f"epoch {epoch} is not anchored")
+    return stored
+
+
+async def check_anchored(header: dict[str, Any], rpc_url: str, identity: LedgerIdentity) -> None:
+    """The header a bundle carries is the one anchored on chain for its epoch."""
+    epoch = int(header["epoch"])
+    stored = await anchored(rpc_url, identity, epoch)
+    claimed = (
+        _b32(header.get("header_hash"), "header_hash"),
+        _b32(header.get("entries_root"), "entries_root"),
+        _b32(header.get("balances_root"), "balances_root"),
+    )
+    if stored != claimed:
+        raise MirrorMismatch(f"epoch {epoch}: the chain holds another header or roots")
