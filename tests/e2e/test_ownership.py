@@ -17,6 +17,7 @@ from core.types import Role
 from tests.e2e.conftest import Api, Caller
 from tests.e2e.test_access import TABLE
 from tests.e2e.test_bridges_api import TO, bridged_asset, out
+from tests.e2e.test_offline_api import allowance, wallet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -49,12 +50,17 @@ OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/p2p/requests/{request_id:int}/cancel"): (OWNED, {}),
     ("POST", "/api/v1/p2p/requests/{request_id:int}/settle"): (OWNED, None),
     ("GET", "/api/v1/bridges/erc20/out/{bridge_id:str}"): (OWNED, None),
+    ("GET", "/api/v1/offline/allowances/{allowance_id:int}"): (OWNED, None),
+    ("POST", "/api/v1/offline/allowances/{allowance_id:int}/release"): (
+        OWNED, {"final_cumulative": 0, "signature": "AAAA"},
+    ),
 }  # fmt: skip
 
 #: the 404 that hides someone else's resource (it reads as "no such id")
 HIDDEN = frozenset({
     "UNKNOWN_ACCOUNT", "UNKNOWN_USER", "UNKNOWN_HOLD", "UNKNOWN_OPERATION", "UNKNOWN_ENTRY",
-    "VAULT_NOT_FOUND", "P2P_REQUEST_NOT_FOUND", "UNKNOWN_BRIDGE_OUT", "NOT_FOUND",
+    "VAULT_NOT_FOUND", "P2P_REQUEST_NOT_FOUND", "UNKNOWN_BRIDGE_OUT", "UNKNOWN_ALLOWANCE",
+    "NOT_FOUND",
 })  # fmt: skip
 
 # decline and settle are the payer's (carol's), cancel the requester's (alice's): each
@@ -73,7 +79,9 @@ class World:
 
 async def _world(api: Api) -> World:
     asset = await bridged_asset(api)
-    alice, account = await api.funded_user(asset, "500.00")
+    device = await wallet(api, asset, "500.00")  # alice, with a registered device key
+    alice, account = device.user, device.account
+    offline = await allowance(api, device, "5.00")
     bob, _ = await api.funded_user(asset, "1.00")
     carol, _ = await api.funded_user(asset, "50.00")
     mint = await api.http.post(
@@ -108,6 +116,7 @@ async def _world(api: Api) -> World:
             "{bridge_id:str}": bridge.json()["id"],
             "{code:str}": asset,
             "{asset:str}": asset,
+            "{allowance_id:int}": str(offline["id"]),
         },
         asset,
     )
