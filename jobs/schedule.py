@@ -45,6 +45,8 @@ def worker_jobs(
     bridge_in: Callable[[], Awaitable[object]] | None = None,
     bridge_supply: Callable[[], Awaitable[object]] | None = None,
     bridge_supply_interval_s: float = 60.0,
+    risk: Callable[[], Awaitable[object]] | None = None,
+    risk_interval_s: float = 10.0,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -67,6 +69,8 @@ def worker_jobs(
         jobs.append(ScheduledJob("bridge_in", bridge_in, bridge_interval_s, at_start=True))
     if bridge_supply is not None:
         jobs.append(ScheduledJob("bridge_supply", bridge_supply, bridge_supply_interval_s))
+    if risk is not None:
+        jobs.append(ScheduledJob("risk", risk, risk_interval_s, at_start=True))
     return [
         *jobs,
         ScheduledJob(

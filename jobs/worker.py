@@ -11,10 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from functools import partial
 
+from chain.evm.client import connect
 from chain.evm.settings import anchor_settings, bridge_signer
+from core.risk.loop import RiskLoop
 from jobs import wiring
 from jobs.anchor import AnchorJob
+from jobs.risk import RISK_ACTOR, RiskSettings, risk_pass
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings
 
@@ -36,6 +40,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
         job: AnchorJob | None = None
         bridge_out = bridge_in = bridge_supply = None
         interval = 0.0
+        risk_settings = RiskSettings.from_env()
+        feeds_w3 = None
         if settings.anchoring:
             chain = anchor_settings()
             interval = options.anchor_interval_s or chain.interval_s
@@ -49,6 +55,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_supply = wiring.bridge_supply_job(
                 led, job, start_block=settings.bridge_in_start_block
             )
+            if risk_settings.feeds and chain.rpc_url:
+                feeds_w3 = connect(chain.rpc_url)
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
@@ -63,6 +71,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_in=bridge_in,
             bridge_supply=bridge_supply,
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
+            risk=partial(risk_pass, led, RiskLoop(led, RISK_ACTOR), risk_settings, feeds_w3),
+            risk_interval_s=risk_settings.interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:

@@ -130,16 +130,23 @@ async def record_round(engine: AsyncEngine, r: PriceRound, actor: Actor) -> Verd
             verdict = Verdict.STALE
         elif last is not None and (r.round_id <= last.round_id or r.updated_at <= last.updated_at):
             verdict = Verdict.OUT_OF_ORDER
-        elif (
-            state.price_answer is not None
-            and state.price_source != r.source
-            and state.price_at is not None
-            and state.now - state.price_at <= timedelta(seconds=heartbeat_s)
-        ):
-            theirs = int(state.price_answer) * 10**r.decimals
-            ours = r.answer * 10 ** int(state.price_decimals)
-            if abs(ours - theirs) * 10_000 > divergence_bps * theirs:
-                verdict = Verdict.DIVERGENT
+        else:
+            other = (
+                await conn.execute(
+                    text(
+                        "SELECT answer, decimals FROM price_rounds WHERE asset = :a "
+                        "AND source <> :s AND verdict = 'ACCEPTED' AND updated_at >= :since "
+                        "ORDER BY updated_at DESC LIMIT 1"
+                    ),
+                    {"a": r.asset, "s": r.source,
+                     "since": state.now - timedelta(seconds=heartbeat_s)},
+                )
+            ).first()  # fmt: skip
+            if other is not None:
+                theirs = int(other.answer) * 10**r.decimals
+                ours = r.answer * 10 ** int(other.decimals)
+                if abs(ours - theirs) * 10_000 > divergence_bps * theirs:
+                    verdict = Verdict.DIVERGENT
         inserted = (
             await conn.execute(
                 text(

@@ -73,3 +73,16 @@ def test_the_anchoring_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert WorkerSettings.from_env().anchoring is expected
     with pytest.raises(ValueError, match="VALUEOS_ANCHORING must be 'on' or 'off'"):
         parse_switch("VALUEOS_ANCHORING", "sometimes")
+
+
+def test_the_risk_job_is_listed_and_starts_at_once() -> None:
+    async def body() -> None:
+        return None
+
+    listed = worker_jobs(
+        LEDGER, None, anchor_interval_s=3600, housekeeping_interval_s=5, prune_interval_s=600,
+        risk=body, risk_interval_s=7,
+    )  # fmt: skip
+    jobs = {j.id: j for j in listed}
+    assert list(jobs) == ["risk", *HOUSEKEEPING]
+    assert jobs["risk"].body is body and jobs["risk"].every_s == 7 and jobs["risk"].at_start
