@@ -18,6 +18,7 @@ from core.directory import Directory
 from core.ledger import Ledger
 from core.payments import Payments
 from core.request_records import Records
+from core.risk.desk import CreditDesk
 
 
 class Services(Directory):
@@ -28,6 +29,7 @@ class Services(Directory):
         self.payments = Payments(self)
         self.credits = Credits(self)
         self.bridge_outs = BridgeOuts(self)
+        self.credit_desk = CreditDesk(self)
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
         self._chain: AsyncWeb3[Any] | None = (
