@@ -14,8 +14,11 @@ Rounding, each in one place and in one direction, never more than one minor unit
 * a credit limit is rounded **down** (:func:`credit_limit`), for the same reason;
 * sale proceeds are rounded **down** (:func:`proceeds_of`): the user receives at most one debt
   minor unit less than ``quantity * price * (1 - penalty)``;
-* the collateral sold is the **smallest** whole number of minor units that meets the goal
-  (:func:`decide`): at most one collateral minor unit beyond the exact real-valued answer;
+* the collateral sold is the **smallest** whole number of minor units for which the goal holds
+  *as judged with the rounded-down values above* (:func:`decide`); against the exact real-valued
+  quantity it sells a sliver more (what two debt minor units move in LTV terms), and that sliver
+  costs the user only the penalty on it: under one debt minor unit for any ladder whose
+  ``penalty <= 1 - penalty - target`` (tested in tests/unit/test_risk_math.py);
 * daily interest is rounded **down** and its remainder carried to the next day
   (:func:`accrue_interest`), so over any number of days the total is the exact total rounded
   down once;

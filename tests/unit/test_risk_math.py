@@ -287,3 +287,43 @@ def test_value_is_conserved_over_random_price_paths(
                 assert new_debt == 0
             nxt.append((new_debt, coll - a.sold, new_cushion))
         positions = nxt
+
+
+def test_the_worked_example_of_the_readme() -> None:
+    """1 wETH, $980 owed, price $1,300 (LTV 75.4%): a partial back to 60%, then a gap to $500."""
+    px = Price(1_300 * 10**8, 8).per_minor(9, 2)
+    ladder = LADDER
+    p = Position(98_000, 10**9, px)
+    action = decide(p, ladder)
+    assert (action.kind, action.sold, action.proceeds) == (ActionKind.PARTIAL, 439_587_045, 54_289)
+    left_debt, left_value = 98_000 - action.repaid, value_of(10**9 - action.sold, px)
+    assert (left_debt, left_value) == (43_711, 72_853)
+    assert not crossed(left_debt, left_value, ladder.target_bps)
+    # the exact real-valued sale, and what the sliver sold beyond it costs the user
+    t = Fraction(ladder.target_bps, BPS)
+    d = px * (BPS - ladder.penalty_bps) / BPS
+    exact = (98_000 - t * value_of(10**9, px)) / (d - t * px)
+    assert 0 <= (action.sold - exact) * px * ladder.penalty_bps / BPS < 1
+    gap = decide(Position(left_debt, 10**9 - action.sold, Price(500 * 10**8, 8).per_minor(9, 2)),
+                 ladder)  # fmt: skip
+    assert (gap.kind, gap.proceeds, gap.shortfall) == (ActionKind.FULL, 26_619, 17_092)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 10_000_000),
+    st.integers(1, 100 * 10**9),
+    st.integers(1, 100_000 * 10**8),
+)
+def test_a_partial_oversells_by_less_than_one_unit_of_value(
+    debt: int, collateral: int, answer: int
+) -> None:
+    px = Price(answer, 8).per_minor(9, 2)
+    ladder = Ladder(**{**_fields(LADDER), "min_leftover": 0, "close_factor_bps": BPS})
+    action = decide(Position(debt, collateral, px), ladder)
+    if action.kind is not ActionKind.PARTIAL:
+        return
+    t = Fraction(ladder.target_bps, BPS)
+    d = px * (BPS - ladder.penalty_bps) / BPS
+    exact = (debt - t * value_of(collateral, px)) / (d - t * px)
+    assert 0 <= (action.sold - exact) * px * ladder.penalty_bps / BPS < 1
