@@ -37,6 +37,7 @@ from api.schemas.risk import (
     RepaymentCreate,
     RepaymentEvent,
     RepaymentRead,
+    StopLossSet,
     ThresholdRead,
 )
 from api.services import Services
@@ -145,6 +146,20 @@ class CreditController(Controller):
             return await render.hold(ctx.svc, hold)
 
         return await ctx.once(data, run, pin=pin)
+
+    @post("/{line_id:int}/stop-loss", guards=WRITERS, status_code=200)
+    async def stop_loss(
+        self, ctx: NamedDependency[Ctx], line_id: LineId, data: JSONBody[StopLossSet]
+    ) -> Response[CreditLineRead]:
+        """Set or clear the line's stop-loss price (audited)."""
+
+        async def run(_: Attempt) -> CreditLineRead:
+            state = await ctx.svc.credit_desk.stop_loss(
+                _caller(ctx), ctx.actor, line_id, answer=data.answer
+            )
+            return await line_read(ctx.svc, state)
+
+        return await ctx.once(data, run, status_code=200)
 
 
 class CollateralController(Controller):

@@ -37,6 +37,13 @@ class AuthorizeCreate(Create):
     merchant: Label | None = None
 
 
+class StopLossSet(Create):
+    """The price (integer, in the asset's feed decimals) at or under which all collateral is
+    sold; null clears it."""
+
+    answer: Annotated[int, Meta(ge=1, le=2**63 - 1)] | None
+
+
 class LiquidationCreate(Create):
     line_id: Id
     reason: Reason

@@ -97,6 +97,17 @@ class CreditDesk:
             merchant=merchant,
         )  # fmt: skip
 
+    async def stop_loss(
+        self, caller: uuid.UUID | None, actor: Actor, line_id: int, *, answer: int | None
+    ) -> LineState:
+        """Set (or clear, ``None``) the line's stop-loss: the feed answer (same decimals as the
+        asset's price) at or under which the loop sells all its collateral."""
+        await self._line(caller, line_id)
+        if answer is not None and answer <= 0:
+            raise ValidationError("a stop-loss price must be positive", field="answer")
+        await self.lines.set_stop_loss(line_id, answer, actor)
+        return await self.lines.get(line_id)
+
     # -- collateral -----------------------------------------------------------------------
     async def deposit(
         self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str,

@@ -103,6 +103,7 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/credit/{line_id:int}"): EVERYONE,
     ("GET", "/api/v1/credit/user/{user_id:uuid}"): EVERYONE,
     ("POST", "/api/v1/credit/{line_id:int}/authorize"): {U, A, OP},
+    ("POST", "/api/v1/credit/{line_id:int}/stop-loss"): {U, A, OP},
     ("POST", "/api/v1/collateral/deposit"): {U, A, OP},
     ("POST", "/api/v1/collateral/withdraw"): {U, A, OP},
     ("GET", "/api/v1/collateral/{account_id:int}"): EVERYONE,

@@ -136,6 +136,15 @@ async def test_the_card_backend_over_http(api: Api) -> None:
             problem(r, status, code)
     assert await snapshot(api) == before
 
+    # a stop-loss: set (and its price shown), a non-positive one refused
+    r = await api.http.post(f"/api/v1/credit/{line_id}/stop-loss", json={"answer": 0},
+                            headers=key())  # fmt: skip
+    problem(r, 422, "VALIDATION_ERROR")
+    r = await api.http.post(f"/api/v1/credit/{line_id}/stop-loss",
+                            json={"answer": 1_000 * 10**8}, headers=key())  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert await snapshot(api) == before  # no ledger entry, line or repayment written
+
     # another user sees nothing of this line
     other = await api.caller(Role.USER)
     problem(await api.http.get(f"/api/v1/credit/{line_id}", headers=other.headers), 404,
