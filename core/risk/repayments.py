@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import text
 
 from core import audit
-from core.errors import UnknownRepayment, ValidationError
+from core.errors import IdempotencyConflict, StorageError, UnknownRepayment, ValidationError
 from core.ledger import Ledger
-from core.risk.lines import locked_line, read_state
+from core.risk.lines import Line, locked_line, read_state
 from core.types import (
     Actor,
     EntrySpec,
@@ -189,21 +189,51 @@ class Repayments:
                 legs.append(
                     EntrySpec(line.available_account_id, line.debt_asset, overpaid, Side.CREDIT)
                 )
-            result = await self.ledger.post(
-                PostOperation(
-                    OperationType.REPAYMENT, tuple(legs), actor, f"repayment:{repayment_id}",
-                    {"credit_line": line.id, "repayment": str(repayment_id), "event": event_id},
-                )
-            )  # fmt: skip
+            key = f"repayment:{repayment_id}"
+            try:
+                result = await self.ledger.post(
+                    PostOperation(
+                        OperationType.REPAYMENT, tuple(legs), actor, key,
+                        {"credit_line": line.id, "repayment": str(repayment_id),
+                         "event": event_id},
+                    )
+                )  # fmt: skip
+                operation_id = result.operation_id
+            except IdempotencyConflict:
+                # an earlier attempt posted this repayment and died before recording it (the
+                # debt moved since, so the split differs): adopt what was posted
+                operation_id, repaid, overpaid = await self._posted(conn, key, line)
             await conn.execute(
                 text(
                     "UPDATE repayments SET status = 'SUCCEEDED', operation_id = :o, repaid = :r, "
                     "overpaid = :v, amount = :a, updated_at = clock_timestamp() WHERE id = :id"
                 ),
-                {"o": result.operation_id, "r": repaid, "v": overpaid, "a": paid,
+                {"o": operation_id, "r": repaid, "v": overpaid, "a": paid,
                  "id": repayment_id},
             )  # fmt: skip
             return await self._after(conn, repayment_id)
+
+    @staticmethod
+    async def _posted(conn: Any, key: str, line: Line) -> tuple[int, int, int]:
+        """(operation, repaid, overpaid) of the REPAYMENT already posted under ``key``."""
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT o.id, e.account_id, e.amount FROM operations o JOIN ledger_entries "
+                    "e ON e.operation_id = o.id WHERE o.idempotency_key = :k "
+                    "AND o.status = 'COMPLETED' AND e.amount > 0"
+                ),
+                {"k": key},
+            )
+        ).all()
+        if not rows:
+            raise StorageError(f"{key} conflicts but no completed operation carries it")
+        by_account = {r.account_id: int(r.amount) for r in rows}
+        return (
+            int(rows[0].id),
+            by_account.get(line.credit_account_id, 0),
+            by_account.get(line.available_account_id, 0),
+        )
 
     @staticmethod
     async def _after(conn: Any, repayment_id: uuid.UUID) -> Repayment:

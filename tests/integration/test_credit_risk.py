@@ -14,6 +14,7 @@ from core.errors import InsufficientFunds, LtvBreach
 from core.ledger import Ledger
 from core.risk.math import ActionKind
 from core.risk.prices import Verdict
+from core.types import EntrySpec, OperationType, PostOperation, Side, SystemAccount
 from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
 
 pytestmark = pytest.mark.integration
@@ -190,4 +191,46 @@ async def test_a_repayment_racing_a_liquidation_is_serialized(desk: Desk) -> Non
                 assert leg.details["debt"] == -(leg.balance_after - leg.amount)
         assert [leg.type for leg in legs][-1] in {"REPAYMENT", "LIQUIDATION"}
         await desk.price(2_000)
+    await conserved(desk)
+
+
+async def test_a_repayment_posted_before_a_crash_is_adopted_not_posted_again(desk: Desk) -> None:
+    from core.risk.repayments import Repayments, RepaymentStatus
+
+    repayments = Repayments(desk.ledger)
+    line = await desk.line(COLL, spend=usd(500))
+    repayment = await repayments.initiate(line.id, usd(800), "CARD", ADMIN)
+    # the attempt that died after posting (split of that moment: $500 owed, $300 over) and
+    # before recording it on the row
+    omnibus = await desk.ledger.accounts.system_account(
+        desk.debt, SystemAccount.OMNIBUS, actor=ADMIN
+    )
+    await desk.ledger.post(
+        PostOperation(
+            OperationType.REPAYMENT,
+            (
+                EntrySpec(omnibus, desk.debt, usd(800), Side.DEBIT),
+                EntrySpec(line.credit_account_id, desk.debt, usd(500), Side.CREDIT),
+                EntrySpec(line.available_account_id, desk.debt, usd(300), Side.CREDIT),
+            ),
+            ADMIN,
+            f"repayment:{repayment.id}",
+        )
+    )
+    await desk.spend(line.id, usd(100))  # the debt moved: a fresh split would differ
+    settled = await repayments.settle(repayment.id, "evt-retry", succeeded=True, actor=ADMIN)
+    assert settled.status is RepaymentStatus.SUCCEEDED
+    assert (settled.repaid, settled.overpaid) == (usd(500), usd(300))
+    async with desk.ledger.engine.connect() as conn:
+        posted = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM operations WHERE type = 'REPAYMENT' "
+                    "AND idempotency_key = :k"
+                ),
+                {"k": f"repayment:{repayment.id}"},
+            )
+        ).scalar_one()
+    assert posted == 1
+    assert await desk.balance(line.credit_account_id) == -usd(100)
     await conserved(desk)
