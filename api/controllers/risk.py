@@ -217,7 +217,12 @@ class RiskController(Controller):
         found = await ctx.svc.credit_desk.assessment(_caller(ctx), account_id)
         return await assessment_read(ctx.svc, found)
 
-    @post("/liquidation", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
+    @post(
+        "/liquidation",
+        guards=[allow({ADMIN}, scope="admin")],
+        opt={"rate_group": "admin"},
+        status_code=200,
+    )
     async def liquidation(
         self, ctx: NamedDependency[Ctx], data: JSONBody[LiquidationCreate]
     ) -> Response[LiquidationRead]:
@@ -232,7 +237,12 @@ class RiskController(Controller):
 
         return await ctx.once(data, run, status_code=200)
 
-    @post("/prices", guards=[allow({ADMIN, OPS}, scope="admin")], opt={"rate_group": "admin"})
+    @post(
+        "/prices",
+        guards=[allow({ADMIN, OPS}, scope="admin")],
+        opt={"rate_group": "admin"},
+        status_code=200,
+    )
     async def push_price(
         self, ctx: NamedDependency[Ctx], data: JSONBody[PricePush]
     ) -> Response[PricePushRead]:
