@@ -20,6 +20,7 @@ from core.ledger import Ledger
 from core.offline import Issuer, Offline
 from core.payments import Payments
 from core.request_records import Records
+from core.risk.desk import CreditDesk
 
 
 class Services(Directory):
@@ -33,6 +34,7 @@ class Services(Directory):
         self.offline = Offline(
             self, Issuer(settings.offline_issuer_seed or secrets.token_bytes(32))
         )
+        self.credit_desk = CreditDesk(self)
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
         self._chain: AsyncWeb3[Any] | None = (

@@ -333,6 +333,38 @@ class VoucherInconsistent(Conflict):
     """The voucher's cumulative total contradicts its amount or the allowance."""
 
     code = "VOUCHER_INCONSISTENT"
+class UnknownCreditLine(NotFound):
+    code = "UNKNOWN_CREDIT_LINE"
+
+
+class UnknownRepayment(NotFound):
+    code = "UNKNOWN_REPAYMENT"
+
+
+class NoRiskParameters(Conflict):
+    """The collateral asset has no ACTIVE risk parameters: no credit against it."""
+
+    code = "NO_RISK_PARAMETERS"
+
+
+class PriceFrozen(Conflict):
+    """The collateral asset's price is stale or untrusted: no new credit, no liquidation."""
+
+    code = "PRICE_FROZEN"
+
+
+class LtvBreach(Conflict):
+    """The request would leave the position over its initial LTV."""
+
+    code = "LTV_BREACH"
+
+
+class CreditLineExists(Conflict):
+    code = "CREDIT_LINE_EXISTS"
+
+
+class InvalidRiskParameters(ValidationError):
+    code = "INVALID_RISK_PARAMETERS"
 
 
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}

@@ -40,10 +40,21 @@ class SystemAccount(StrEnum):
     IN_FLIGHT = "IN_FLIGHT"
     BRIDGED_OUT = "BRIDGED_OUT"
     SUSPENSE = "SUSPENSE"  # floor 0: what came back over a bridge for no valid account
+    CARD_SETTLEMENT = "CARD_SETTLEMENT"  # card spends captured from credit lines
+    LIQUIDATION = "LIQUIDATION"  # unbounded: buys liquidated collateral, pays the proceeds
+    BAD_DEBT = "BAD_DEBT"  # unbounded: debt written off after all collateral was sold
+    INTEREST_INCOME = "INTEREST_INCOME"  # interest charged on credit lines
 
 
 #: System accounts that may go negative without bound.
-UNBOUNDED_SYSTEM_ACCOUNTS = frozenset({SystemAccount.ISSUANCE, SystemAccount.OMNIBUS})
+UNBOUNDED_SYSTEM_ACCOUNTS = frozenset(
+    {
+        SystemAccount.ISSUANCE,
+        SystemAccount.OMNIBUS,
+        SystemAccount.LIQUIDATION,
+        SystemAccount.BAD_DEBT,
+    }
+)
 
 
 class AccountStatus(StrEnum):
@@ -78,6 +89,13 @@ class OperationType(StrEnum):
     BRIDGE_IN = "BRIDGE_IN"  # tokens burnt for the user, final: BRIDGED_OUT -> user AVAILABLE
     BRIDGE_IN_SUSPENSE = "BRIDGE_IN_SUSPENSE"  # burnt for no valid account: BRIDGED_OUT -> SUSPENSE
     SUSPENSE_RESOLVED = "SUSPENSE_RESOLVED"  # staff, with a reason: SUSPENSE -> user AVAILABLE
+    COLLATERAL_DEPOSIT = "COLLATERAL_DEPOSIT"  # user AVAILABLE -> user COLLATERAL
+    COLLATERAL_WITHDRAW = "COLLATERAL_WITHDRAW"  # user COLLATERAL -> user AVAILABLE
+    LIQUIDATION = "LIQUIDATION"  # collateral sold to LIQUIDATION; proceeds repay the line
+    CUSHION_APPLIED = "CUSHION_APPLIED"  # the yield cushion repays the line
+    YIELD_CREDIT = "YIELD_CREDIT"  # staking yield into the cushion: OMNIBUS -> cushion
+    INTEREST = "INTEREST"  # a day's interest: credit account -> INTEREST_INCOME
+    REPAYMENT = "REPAYMENT"  # fiat received: OMNIBUS -> credit account (+ AVAILABLE surplus)
 
 
 #: Operation types that need a written reason (audited as sensitive).

@@ -47,6 +47,8 @@ def worker_jobs(
     bridge_supply_interval_s: float = 60.0,
     audit: Callable[[], Awaitable[object]] | None = None,
     audit_interval_s: float = 21600.0,
+    risk: Callable[[], Awaitable[object]] | None = None,
+    risk_interval_s: float = 10.0,
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -71,6 +73,8 @@ def worker_jobs(
         jobs.append(ScheduledJob("bridge_supply", bridge_supply, bridge_supply_interval_s))
     if audit is not None:
         jobs.append(ScheduledJob("self_audit", audit, audit_interval_s))
+    if risk is not None:
+        jobs.append(ScheduledJob("risk", risk, risk_interval_s, at_start=True))
     return [
         *jobs,
         ScheduledJob(

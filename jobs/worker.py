@@ -12,12 +12,18 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from functools import partial
 
+from chain.evm.client import connect
 from chain.evm.settings import anchor_settings, bridge_signer
 from core.settings import epoch_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
 from jobs.audit import audit_job
+from core.risk.loop import RiskLoop
+from jobs import wiring
+from jobs.anchor import AnchorJob
+from jobs.risk import RISK_ACTOR, RiskSettings, risk_pass
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings
 
@@ -39,6 +45,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
         job: AnchorJob | None = None
         bridge_out = bridge_in = bridge_supply = None
         interval = 0.0
+        risk_settings = RiskSettings.from_env()
+        feeds_w3 = None
         if settings.anchoring:
             chain = anchor_settings()
             interval = options.anchor_interval_s or chain.interval_s
@@ -52,6 +60,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_supply = wiring.bridge_supply_job(
                 led, job, start_block=settings.bridge_in_start_block
             )
+            if risk_settings.feeds and chain.rpc_url:
+                feeds_w3 = connect(chain.rpc_url)
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
@@ -68,6 +78,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
             audit=audit_job(led, job.client if job else None, epoch_settings().ledger_id),
             audit_interval_s=settings.audit_interval_s,
+            risk=partial(risk_pass, led, RiskLoop(led, RISK_ACTOR), risk_settings, feeds_w3),
+            risk_interval_s=risk_settings.interval_s,
         )
         scheduler = start_scheduler(jobs)
         try:

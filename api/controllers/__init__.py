@@ -32,6 +32,7 @@ MODULES: tuple[str, ...] = (
     "audit",
     "bridges",
     "offline",
+    "risk",
 )
 
 

@@ -8,7 +8,6 @@ compliance role releases it to AVAILABLE with a reason. Saga status is derived."
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 import uuid
@@ -32,16 +31,12 @@ from api.services import Services
 from api.throttle import FailureThrottle, WindowCounts
 from core import flows
 from core.errors import UnknownOperation
+from core.risk.loop import sign
 from core.types import Actor, Role
 
 SIGNATURE_HEADER = "X-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Webhook-Timestamp"
 TOLERANCE_SECONDS = 300
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 async def webhook_signature(

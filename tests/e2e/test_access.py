@@ -110,6 +110,20 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/proofs/entries/{seq:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/proofs/balances/{account_id:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/audit"): {A, C, AU},
+    ("POST", "/api/v1/credit/issue"): {U, A, OP},
+    ("GET", "/api/v1/credit/{line_id:int}"): EVERYONE,
+    ("GET", "/api/v1/credit/user/{user_id:uuid}"): EVERYONE,
+    ("POST", "/api/v1/credit/{line_id:int}/authorize"): {U, A, OP},
+    ("POST", "/api/v1/credit/{line_id:int}/stop-loss"): {U, A, OP},
+    ("POST", "/api/v1/collateral/deposit"): {U, A, OP},
+    ("POST", "/api/v1/collateral/withdraw"): {U, A, OP},
+    ("GET", "/api/v1/collateral/{account_id:int}"): EVERYONE,
+    ("GET", "/api/v1/risk/assessment/{account_id:int}"): EVERYONE,
+    ("POST", "/api/v1/risk/liquidation"): {A},
+    ("POST", "/api/v1/risk/prices"): {A, OP},
+    ("POST", "/api/v1/repayment/initiate"): {U, A, OP},
+    ("GET", "/api/v1/repayment/{repayment_id:uuid}"): EVERYONE,
+    ("POST", "/api/v1/repayment/webhook"): WEBHOOK,
 }
 
 SAMPLE = {
@@ -127,6 +141,8 @@ SAMPLE = {
     "{policy_id:int}": "999999999",
     "{seq:int}": "999999999",
     "{allowance_id:int}": "999999999",
+    "{line_id:int}": "999999999",
+    "{repayment_id:uuid}": str(uuid.uuid4()),
 }
 
 

@@ -88,3 +88,16 @@ def test_the_self_audit_is_listed_on_its_interval(monkeypatch: pytest.MonkeyPatc
     assert jobs["self_audit"].body is body and jobs["self_audit"].every_s == 7200
     monkeypatch.delenv("VALUEOS_AUDIT_INTERVAL_S", raising=False)
     assert WorkerSettings.from_env().audit_interval_s == 6 * 3600  # every epoch at least daily
+
+
+def test_the_risk_job_is_listed_and_starts_at_once() -> None:
+    async def body() -> None:
+        return None
+
+    listed = worker_jobs(
+        LEDGER, None, anchor_interval_s=3600, housekeeping_interval_s=5, prune_interval_s=600,
+        risk=body, risk_interval_s=7,
+    )  # fmt: skip
+    jobs = {j.id: j for j in listed}
+    assert list(jobs) == ["risk", *HOUSEKEEPING]
+    assert jobs["risk"].body is body and jobs["risk"].every_s == 7 and jobs["risk"].at_start

@@ -17,14 +17,14 @@ same voucher again answers the stored row. The capture's ledger key is
 captures twice.
 
 Revision ID: 0016_offline_allowances
-Revises: 0013_integrity_alarms
+Revises: 0015_credit_risk
 Create Date: 2026-11-29
 """
 
 from core.migrations.sql import run_script
 
 revision = "0016_offline_allowances"
-down_revision = "0013_integrity_alarms"
+down_revision = "0015_credit_risk"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,141 @@
+"""Bodies of the credit line, collateral, risk and repayment endpoints. Amounts are decimal
+strings in the asset's scale; ratios are basis points (1 bp = 0.01%)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+from api.schemas.common import Amount, AssetCode, AwareTime, Create, Id, Label, Reason
+
+Method = Annotated[str, Meta(pattern=r"^[A-Za-z_]{1,32}$", examples=["CARD"])]
+EventId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class CreditIssueCreate(Create):
+    """Open a credit line for ``user_id`` in ``debt_asset`` against ``collateral_asset``."""
+
+    user_id: uuid.UUID
+    collateral_asset: AssetCode
+    debt_asset: AssetCode
+
+
+class CollateralMove(Create):
+    line_id: Id
+    amount: Amount
+
+
+class AuthorizeCreate(Create):
+    """A card authorization: a hold on the line's credit account, captured or voided through
+    ``/api/v1/holds/{id}``."""
+
+    amount: Amount
+    expires_in: Annotated[int, Meta(ge=1, le=30 * 86_400)] = 7 * 86_400
+    merchant: Label | None = None
+
+
+class StopLossSet(Create):
+    """The price (integer, in the asset's feed decimals) at or under which all collateral is
+    sold; null clears it."""
+
+    answer: Annotated[int, Meta(ge=1, le=2**63 - 1)] | None
+
+
+class LiquidationCreate(Create):
+    line_id: Id
+    reason: Reason
+    #: close the whole debt now instead of the ladder's decision
+    full: bool = False
+
+
+class PricePush(Create):
+    asset: AssetCode
+    round_id: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    #: the price as an integer with ``decimals`` decimals (USD per whole unit); <= 0 freezes
+    answer: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+    decimals: Annotated[int, Meta(ge=0, le=36)]
+    updated_at: AwareTime
+
+
+class RepaymentCreate(Create):
+    line_id: Id
+    amount: Amount
+    method: Method
+
+
+class RepaymentEvent(Create):
+    """What the payment provider reports (signed like every provider webhook)."""
+
+    event_id: EventId
+    repayment_id: uuid.UUID
+    status: Annotated[str, Meta(pattern=r"^(succeeded|failed)$")]
+    amount: Amount | None = None
+
+
+class CreditLineRead(Struct):
+    id: int
+    user_id: uuid.UUID
+    status: str
+    debt_asset: str
+    collateral_asset: str
+    credit_account_id: int
+    collateral_account_id: int
+    cushion_account_id: int
+    credit_limit: str
+    #: posted debt plus pending authorizations
+    used: str
+    available_credit: str
+    utilization_bps: int
+    collateral: str
+    collateral_value: str
+    cushion: str
+    price_frozen: bool
+    frozen_reason: str | None
+    created_at: datetime
+
+
+class ThresholdRead(Struct):
+    name: str
+    ltv_bps: int
+    #: how much more debt the line can carry (+) or must shed (-) to sit at this threshold
+    debt_room: str
+    crossed: bool
+
+
+class AssessmentRead(Struct):
+    line: CreditLineRead
+    #: loan to value in basis points (rounded down for display; decisions are exact)
+    ltv_bps: int | None
+    #: health factor x 10,000 (rounded down; 10,000 = HF 1.0), null without debt
+    health_factor_bps: int | None
+    thresholds: list[ThresholdRead]
+    price: str | None
+    price_age_s: float | None
+    next_action: str
+
+
+class LiquidationRead(Struct):
+    line_id: int
+    action: str
+
+
+class PricePushRead(Struct):
+    asset: str
+    round_id: int
+    verdict: str
+
+
+class RepaymentRead(Struct):
+    id: uuid.UUID
+    line_id: int
+    amount: str
+    method: str
+    status: str
+    operation_id: int | None
+    repaid: str | None
+    overpaid: str | None
+    created_at: datetime
+    updated_at: datetime

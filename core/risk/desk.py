@@ -1,0 +1,205 @@
+"""The credit desk: the use cases behind ``/api/v1/credit``, ``/collateral``, ``/risk`` and
+``/repayment``, one method per route, with who may do what:
+
+* a USER acts on their own lines only (another user's line answers UNKNOWN_CREDIT_LINE, as a
+  nonexistent one does); staff (ADMIN, OPS) on any line; a liquidation is ADMIN-only with a
+  reason;
+* amounts arrive as decimal strings in the asset's scale and are parsed exactly (422
+  INVALID_AMOUNT otherwise); nothing is written before every check passed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+
+from core.directory import Directory
+from core.errors import Forbidden, ReasonRequired, UnknownCreditLine, ValidationError
+from core.risk import math as risk
+from core.risk.lines import CreditLines, Line, LineState
+from core.risk.loop import RiskLoop
+from core.risk.prices import PriceRound, Verdict, record_round
+from core.risk.repayments import Repayment, Repayments
+from core.types import Actor, HoldResult, OperationResult, Role
+
+STAFF = frozenset({Role.ADMIN, Role.OPS})
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    name: str
+    ltv_bps: int
+    #: debt units the line can add (+) or must shed (-) to sit exactly at this threshold
+    debt_room: int
+    crossed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    state: LineState
+    ltv: Fraction | None
+    health_factor: Fraction | None
+    thresholds: list[Threshold]
+    price_age_s: float | None
+    next_action: risk.ActionKind
+
+
+class CreditDesk:
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self.ledger = directory.ledger
+        self.lines = CreditLines(self.ledger)
+        self.repayments = Repayments(self.ledger)
+        self.loop = RiskLoop(self.ledger)
+
+    async def _line(self, caller: uuid.UUID | None, line_id: int) -> LineState:
+        state = await self.lines.get(line_id)
+        if caller is not None and state.line.owner_id != caller:
+            raise UnknownCreditLine(f"credit line {line_id} does not exist", line_id=line_id)
+        return state
+
+    @staticmethod
+    def _owner(caller: uuid.UUID | None, actor: Actor, user_id: uuid.UUID) -> uuid.UUID:
+        if actor.role is Role.USER and caller != user_id:
+            raise UnknownCreditLine(f"user {user_id} has no credit lines")
+        return user_id
+
+    # -- credit lines ---------------------------------------------------------------------
+    async def issue(
+        self, caller: uuid.UUID | None, actor: Actor, *, user_id: uuid.UUID,
+        collateral_asset: str, debt_asset: str,
+    ) -> LineState:  # fmt: skip
+        owner = self._owner(caller, actor, user_id)
+        await self.directory.asset(collateral_asset)
+        await self.directory.asset(debt_asset)
+        line = await self.lines.open(owner, collateral_asset, debt_asset, actor)
+        return await self.lines.get(line.id)
+
+    async def line(self, caller: uuid.UUID | None, line_id: int) -> LineState:
+        return await self._line(caller, line_id)
+
+    async def user_lines(
+        self, caller: uuid.UUID | None, actor: Actor, user_id: uuid.UUID
+    ) -> list[LineState]:
+        return await self.lines.of_user(self._owner(caller, actor, user_id))
+
+    async def authorize(
+        self, caller: uuid.UUID | None, actor: Actor, line_id: int, *, amount: str,
+        expires_at: datetime, merchant: str | None, idempotency_key: str | None,
+    ) -> HoldResult:  # fmt: skip
+        """A card authorization on the line (a hold on its credit account)."""
+        state = await self._line(caller, line_id)
+        units = await self.directory.parse(amount, state.line.debt_asset)
+        return await self.lines.authorize(
+            line_id, units, actor, expires_at=expires_at, idempotency_key=idempotency_key,
+            merchant=merchant,
+        )  # fmt: skip
+
+    async def stop_loss(
+        self, caller: uuid.UUID | None, actor: Actor, line_id: int, *, answer: int | None
+    ) -> LineState:
+        """Set (or clear, ``None``) the line's stop-loss: the feed answer (same decimals as the
+        asset's price) at or under which the loop sells all its collateral."""
+        await self._line(caller, line_id)
+        if answer is not None and answer <= 0:
+            raise ValidationError("a stop-loss price must be positive", field="answer")
+        await self.lines.set_stop_loss(line_id, answer, actor)
+        return await self.lines.get(line_id)
+
+    # -- collateral -----------------------------------------------------------------------
+    async def deposit(
+        self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str,
+        idempotency_key: str | None,
+    ) -> OperationResult:  # fmt: skip
+        state = await self._line(caller, line_id)
+        units = await self.directory.parse(amount, state.line.collateral_asset)
+        return await self.lines.deposit(line_id, units, actor, idempotency_key)
+
+    async def withdraw(
+        self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str,
+        idempotency_key: str | None,
+    ) -> OperationResult:  # fmt: skip
+        state = await self._line(caller, line_id)
+        units = await self.directory.parse(amount, state.line.collateral_asset)
+        return await self.lines.withdraw(line_id, units, actor, idempotency_key)
+
+    async def collateral(self, caller: uuid.UUID | None, account_id: int) -> LineState:
+        """The line a collateral (or credit) account belongs to."""
+        line_id = await self.lines.by_account(account_id)
+        return await self._line(caller, line_id)
+
+    # -- risk -----------------------------------------------------------------------------
+    async def assessment(self, caller: uuid.UUID | None, account_id: int) -> Assessment:
+        state = await self.collateral(caller, account_id)
+        value = state.value
+        params = state.params
+        thresholds: list[Threshold] = []
+        hf = None
+        if params is not None:
+            for name, bps in (
+                ("initial", params.initial_bps), ("margin_call", params.margin_call_bps),
+                ("partial_liquidation", params.partial_bps),
+                ("full_liquidation", params.full_bps),
+            ):  # fmt: skip
+                room = (value * bps) // risk.BPS - state.debt
+                thresholds.append(Threshold(name, bps, room, risk.crossed(state.debt, value, bps)))
+            hf = risk.health_factor(state.debt, value, params.partial_bps)
+        age = None if state.price_at is None else (state.now - state.price_at).total_seconds()
+        action = risk.ActionKind.NONE
+        if params is not None:
+            action = risk.decide(state.position(), params.ladder).kind
+        return Assessment(state, risk.ltv(state.debt, value), hf, thresholds, age, action)
+
+    async def liquidate(
+        self, actor: Actor, *, line_id: int, reason: str, full: bool
+    ) -> risk.ActionKind:
+        """Staff run the loop's decision on one line now (``full``: close the debt)."""
+        if actor.role is not Role.ADMIN:
+            raise Forbidden("only ADMIN may liquidate")
+        if not reason.strip():
+            raise ReasonRequired("a liquidation needs a reason", field="reason")
+        await self.lines.get(line_id)
+        return await self.loop.act(line_id, force_full=full, actor=actor, reason=reason)
+
+    async def push_price(
+        self, actor: Actor, *, asset: str, round_id: int, answer: int, decimals: int,
+        updated_at: datetime,
+    ) -> Verdict:  # fmt: skip
+        """The ops push source (authenticated staff; audited when it freezes)."""
+        if actor.role not in STAFF:
+            raise Forbidden("prices are pushed by ADMIN or OPS")
+        await self.directory.asset(asset)
+        return await record_round(
+            self.ledger.engine,
+            PriceRound(asset, "push", round_id, answer, decimals, updated_at),
+            actor,
+        )
+
+    # -- repayments -----------------------------------------------------------------------
+    async def initiate_repayment(
+        self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str, method: str
+    ) -> Repayment:
+        state = await self._line(caller, line_id)
+        units = await self.directory.parse(amount, state.line.debt_asset)
+        return await self.repayments.initiate(line_id, units, method, actor)
+
+    async def repayment(self, caller: uuid.UUID | None, repayment_id: uuid.UUID) -> Repayment:
+        found = await self.repayments.get(repayment_id)
+        await self._line(caller, found.line_id)
+        return found
+
+    async def repayment_webhook(
+        self, actor: Actor, *, event_id: str, repayment_id: uuid.UUID, status: str,
+        amount: str | None,
+    ) -> Repayment:  # fmt: skip
+        """The provider's signed outcome (the signature is checked at the edge)."""
+        if status not in {"succeeded", "failed"}:
+            raise ValidationError("status must be 'succeeded' or 'failed'", field="status")
+        found = await self.repayments.get(repayment_id)
+        line: Line = (await self.lines.get(found.line_id)).line
+        units = None if amount is None else await self.directory.parse(amount, line.debt_asset)
+        return await self.repayments.settle(
+            repayment_id, event_id, succeeded=status == "succeeded", actor=actor, amount=units
+        )

@@ -1,0 +1,306 @@
+"""The risk loop: one tick evaluates every open position in ONE set-based statement and acts,
+at most once per position, on the few the statement returns.
+
+A tick:
+
+1. freezes assets whose price is older than their heartbeat (:func:`core.risk.prices.freeze_stale`);
+2. refreshes limits and floors of every line whose asset's price or freeze changed;
+3. :data:`CANDIDATES`: one statement over all open lines (collateral value, exposure, thresholds
+   in SQL ``numeric``, exact) returns the lines over margin call, at their stop-loss, or with a
+   margin call out, skipping frozen assets; and clears the margin call of lines back under it;
+4. for each candidate, under the line's row lock, reads it again and decides with
+   :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
+   performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
+   ``risk_events`` row (UNIQUE per line and tick).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+
+from core.errors import NoRiskParameters, PriceFrozen
+from core.ledger import Ledger
+from core.risk import math as risk
+from core.risk.lines import (
+    VALUE_SQL,
+    LineState,
+    liquidation_entries,
+    locked_line,
+    read_state,
+    refresh_limits,
+)
+from core.risk.prices import freeze_stale
+from core.types import (
+    SYSTEM_ACTOR,
+    Actor,
+    OperationType,
+    PostOperation,
+    SystemAccount,
+    transfer_legs,
+)
+
+log = logging.getLogger(__name__)
+
+_FROM = """
+FROM credit_lines l
+JOIN balances cb ON cb.account_id = l.credit_account_id
+JOIN balances c ON c.account_id = l.collateral_account_id
+JOIN risk_assets ra ON ra.asset = l.collateral_asset
+JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
+JOIN assets ca ON ca.code = l.collateral_asset
+JOIN assets da ON da.code = l.debt_asset
+WHERE l.status = 'OPEN' AND NOT ra.frozen
+  AND (CAST(:asset AS text) IS NULL OR l.collateral_asset = CAST(:asset AS text))
+"""
+_OVER_MARGIN = f"(cb.pending - cb.posted)::numeric * 10000 > {VALUE_SQL} * p.margin_call_bps"
+
+#: every open position, once: the lines needing a decision this tick
+CANDIDATES = f"""
+SELECT l.id {_FROM} AND (
+    (cb.pending - cb.posted > 0 AND {_OVER_MARGIN})
+    OR (l.stop_loss_answer IS NOT NULL AND c.posted > 0
+        AND ra.price_answer <= l.stop_loss_answer)
+) ORDER BY l.id
+"""
+
+#: margin calls answered: the line is back at or under its margin-call LTV
+CLEAR_NOTICES = f"""
+UPDATE credit_lines SET notified_at = NULL WHERE id IN (
+    SELECT l.id {_FROM} AND l.notified_at IS NOT NULL
+    AND NOT (cb.pending - cb.posted > 0 AND {_OVER_MARGIN}))
+"""
+
+
+@dataclass
+class TickReport:
+    tick: int
+    evaluated: int = 0
+    candidates: int = 0
+    actions: dict[str, int] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
+
+
+def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
+    return {
+        "debt": state.debt, "collateral": state.collateral, "value": state.value,
+        "price": None if state.price is None else state.price.answer,
+        "sold": action.sold, "proceeds": action.proceeds, "repaid": action.repaid,
+        "surplus": action.surplus, "shortfall": action.shortfall,
+    }  # fmt: skip
+
+
+class RiskLoop:
+    def __init__(self, ledger: Ledger, actor: Actor = SYSTEM_ACTOR) -> None:
+        self.ledger = ledger
+        self.engine = ledger.engine
+        self.actor = actor
+        self._system: dict[tuple[str, SystemAccount], int] = {}
+
+    async def _account(self, asset: str, code: SystemAccount) -> int:
+        found = self._system.get((asset, code))
+        if found is None:
+            found = await self.ledger.accounts.system_account(asset, code, actor=self.actor)
+            self._system[(asset, code)] = found
+        return found
+
+    async def evaluate(self, asset: str | None = None) -> tuple[int, list[int]]:
+        """The set-based pass: (open positions, candidate line ids); ``asset`` limits it to
+        one collateral asset's lines."""
+        scope = {"asset": asset}
+        async with self.engine.begin() as conn:
+            await conn.execute(text(CLEAR_NOTICES), scope)
+            ids = [int(i) for i in (await conn.execute(text(CANDIDATES), scope)).scalars()]
+            total = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FROM credit_lines WHERE status = 'OPEN' AND "
+                        "(CAST(:asset AS text) IS NULL OR collateral_asset = CAST(:asset AS text))"
+                    ),
+                    scope,
+                )
+            ).scalar_one()
+        return int(total), ids
+
+    async def refresh_moved_prices(self) -> None:
+        async with self.engine.begin() as conn:
+            moved = (
+                await conn.execute(
+                    text(
+                        "SELECT asset, updated_at FROM risk_assets "
+                        "WHERE limits_at IS DISTINCT FROM updated_at FOR UPDATE"
+                    )
+                )
+            ).all()
+            for asset, updated_at in moved:
+                await refresh_limits(conn, asset=asset)
+                await conn.execute(
+                    text("UPDATE risk_assets SET limits_at = :u WHERE asset = :a"),
+                    {"u": updated_at, "a": asset},
+                )
+
+    async def tick(self, asset: str | None = None) -> TickReport:
+        async with self.engine.connect() as conn:
+            tick = int(
+                (
+                    await conn.execute(
+                        text("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                    )
+                ).scalar_one()
+            )
+        report = TickReport(tick)
+        report.frozen = await freeze_stale(self.engine, self.actor)
+        await self.refresh_moved_prices()
+        report.evaluated, ids = await self.evaluate(asset)
+        report.candidates = len(ids)
+        for line_id in ids:
+            kind = await self.act(line_id, tick=tick)
+            if kind is not risk.ActionKind.NONE:
+                report.actions[kind] = report.actions.get(kind, 0) + 1
+        return report
+
+    async def act(
+        self,
+        line_id: int,
+        *,
+        tick: int | None = None,
+        force_full: bool = False,
+        actor: Actor | None = None,
+        reason: str | None = None,
+    ) -> risk.ActionKind:
+        """Decide and perform one action on a line under its row lock; returns what it did.
+
+        ``force_full`` (staff, with a reason) closes the debt whatever the ladder says, still
+        only on a trusted price."""
+        actor = actor or self.actor
+        async with locked_line(self.engine, line_id) as conn:
+            state = await read_state(conn, line_id)
+            if state.params is None:
+                raise NoRiskParameters(f"{state.line.collateral_asset} has no parameters")
+            if state.frozen or state.price is None:
+                if force_full:
+                    raise PriceFrozen(f"{state.line.collateral_asset} price is not trusted now")
+                return risk.ActionKind.NONE
+            position = state.position()
+            ladder = state.params.ladder
+            action = (
+                risk.full_sale(position, ladder) if force_full else risk.decide(position, ladder)
+            )
+            if action.kind is risk.ActionKind.NONE or (force_full and state.debt == 0):
+                return risk.ActionKind.NONE
+            operation_id = None
+            key = f"risk:{line_id}:{tick}" if tick is not None else None
+            metadata = {"credit_line": line_id, "action": action.kind.value, "tick": tick}
+            line = state.line
+            if action.kind is risk.ActionKind.CUSHION:
+                result = await self.ledger.post(
+                    PostOperation(
+                        OperationType.CUSHION_APPLIED,
+                        transfer_legs(
+                            line.cushion_account_id, line.credit_account_id, line.debt_asset,
+                            action.repaid,
+                        ),
+                        actor, key, metadata,
+                    )
+                )  # fmt: skip
+                operation_id = result.operation_id
+            elif action.kind is not risk.ActionKind.NOTIFY:
+                liquidation = {
+                    line.collateral_asset: await self._account(
+                        line.collateral_asset, SystemAccount.LIQUIDATION
+                    ),
+                    line.debt_asset: await self._account(
+                        line.debt_asset, SystemAccount.LIQUIDATION
+                    ),
+                }
+                bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
+                entries = liquidation_entries(state, action, liquidation, bad_debt)
+                if len(entries) >= 2:
+                    result = await self.ledger.post(
+                        PostOperation(
+                            OperationType.LIQUIDATION, entries, actor, key, metadata,
+                            reason=reason,
+                        )
+                    )  # fmt: skip
+                    operation_id = result.operation_id
+            await conn.execute(
+                text(
+                    "INSERT INTO risk_events (line_id, kind, tick, operation_id, details) "
+                    "VALUES (:l, :k, :t, :o, CAST(:d AS jsonb))"
+                ),
+                {"l": line_id, "k": action.kind.value, "t": tick, "o": operation_id,
+                 "d": json.dumps(_details(state, action) | ({"reason": reason} if reason
+                                                             else {}))},
+            )  # fmt: skip
+            if action.kind is risk.ActionKind.NOTIFY:
+                await conn.execute(
+                    text("UPDATE credit_lines SET notified_at = clock_timestamp() WHERE id = :l"),
+                    {"l": line_id},
+                )
+            else:
+                await refresh_limits(conn, line_ids=[line_id])
+            log.info("risk: line %s %s", line_id, action.kind.value)
+            return action.kind
+
+
+# ---------------------------------------------------------------------------
+# Margin-call notices to the card app: signed webhooks, delivered at least once
+# ---------------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """HMAC-SHA256 over ``"<timestamp>.<raw body>"``, as ``sha256=<hex>`` (the scheme the
+    provider webhooks use inbound, ``api.controllers.deposits``)."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+#: (body, headers) -> delivered?
+Sender = Callable[[bytes, dict[str, str]], Awaitable[bool]]
+
+
+async def deliver_notices(
+    ledger: Ledger, send: Sender, secret: str, *, now_s: int, limit: int = 100
+) -> int:
+    """Send undelivered margin calls (oldest first); a notice is marked delivered only after
+    the card app acknowledged it. Returns how many were delivered."""
+    async with ledger.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT e.id, e.line_id, e.details::text AS details, e.created_at, "
+                    "l.owner_id FROM risk_events e JOIN credit_lines l ON l.id = e.line_id "
+                    "WHERE e.kind = 'NOTIFY' AND e.delivered_at IS NULL ORDER BY e.id LIMIT :n"
+                ),
+                {"n": limit},
+            )
+        ).all()
+    delivered = 0
+    for row in rows:
+        body = json.dumps(
+            {"event_id": f"risk-event-{row.id}", "type": "margin_call", "line_id": row.line_id,
+             "user_id": str(row.owner_id), "details": json.loads(row.details),
+             "created_at": row.created_at.isoformat()},
+            sort_keys=True,
+        ).encode()  # fmt: skip
+        stamp = str(now_s)
+        ok = await send(
+            body, {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": sign(secret, stamp, body)}
+        )
+        async with ledger.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE risk_events SET attempts = attempts + 1, delivered_at = CASE WHEN "
+                    ":ok THEN clock_timestamp() END WHERE id = :id"
+                ),
+                {"ok": ok, "id": row.id},
+            )
+        delivered += ok
+    return delivered
