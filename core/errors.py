@@ -333,6 +333,8 @@ class VoucherInconsistent(Conflict):
     """The voucher's cumulative total contradicts its amount or the allowance."""
 
     code = "VOUCHER_INCONSISTENT"
+
+
 class UnknownCreditLine(NotFound):
     code = "UNKNOWN_CREDIT_LINE"
 

@@ -16,13 +16,11 @@ from functools import partial
 
 from chain.evm.client import connect
 from chain.evm.settings import anchor_settings, bridge_signer
+from core.risk.loop import RiskLoop
 from core.settings import epoch_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
 from jobs.audit import audit_job
-from core.risk.loop import RiskLoop
-from jobs import wiring
-from jobs.anchor import AnchorJob
 from jobs.risk import RISK_ACTOR, RiskSettings, risk_pass
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings

@@ -2,7 +2,9 @@
 
 A hold is created by the payer from their own AVAILABLE account to a user (e.g. a
 merchant); either party may capture or void it. Staff (admin/ops) may void one — the
-funds go back to the payer — but never capture one: staff never move users' money. A
+funds go back to the payer — but never capture one that pays a user: staff never move
+users' money. They do capture a card authorization (a hold paying the card settlement
+system account). A
 capture after the deadline is refused; the sweep marks past-deadline holds EXPIRED."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import JSONBody, PathParameter
 
 from api import render
@@ -84,14 +87,18 @@ class HoldController(Controller):
         hold = await _party_hold(ctx, hold_id, staff=True)
         return await render.hold(ctx.svc, hold)
 
-    @post("/{hold_id:int}/capture", guards=[allow({USER}, scope="payments")])
+    @post("/{hold_id:int}/capture", guards=PARTIES)
     async def capture(
         self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[CaptureCreate]
     ) -> Response[OperationRead]:
-        """Post the hold, fully or partly (the rest is released)."""
+        """Post the hold, fully or partly (the rest is released). Staff capture only a
+        hold that pays a system account (a card authorization settling); one that pays a
+        user is the parties' to capture."""
 
         async def run(a: Attempt) -> OperationRead:
-            hold = await _party_hold(ctx, hold_id, staff=False, moving=True)
+            hold = await _party_hold(ctx, hold_id, staff=True, moving=True)
+            if not ctx.is_user and (await ctx.svc.account(hold.destination)).owner_id:
+                raise PermissionDeniedException("staff never capture a hold that pays a user")
             amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
             command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
             result = _expect(await ctx.svc.ledger.submit(command), OperationResult)

@@ -177,7 +177,7 @@ class CollateralController(Controller):
                 _caller(ctx), ctx.actor, line_id=data.line_id, amount=data.amount,
                 idempotency_key=a.core_key,
             )  # fmt: skip
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 
@@ -193,7 +193,7 @@ class CollateralController(Controller):
                 _caller(ctx), ctx.actor, line_id=data.line_id, amount=data.amount,
                 idempotency_key=a.core_key,
             )  # fmt: skip
-            return await render.operation(ctx.svc, result)
+            return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
 

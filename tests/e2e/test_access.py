@@ -47,7 +47,7 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("POST", "/api/v1/credits/burn"): {U, A, OP},
     ("POST", "/api/v1/holds"): {U},
     ("GET", "/api/v1/holds/{hold_id:int}"): EVERYONE,
-    ("POST", "/api/v1/holds/{hold_id:int}/capture"): {U},
+    ("POST", "/api/v1/holds/{hold_id:int}/capture"): {U, A, OP},
     ("POST", "/api/v1/holds/{hold_id:int}/void"): {U, A, OP},
     ("POST", "/api/v1/holds/expire"): {A, OP},
     ("GET", "/api/v1/operations/{operation_id:int}"): EVERYONE,

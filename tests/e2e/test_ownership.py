@@ -17,11 +17,13 @@ from core.types import Role
 from tests.e2e.conftest import Api, Caller
 from tests.e2e.test_access import TABLE
 from tests.e2e.test_bridges_api import TO, bridged_asset, out
+from tests.e2e.test_credit_api import make_assets
 from tests.e2e.test_offline_api import allowance, wallet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 OWNED, SHARED = "owned", "shared"
+METHOD = "SEPA"  # a repayment method the provider takes
 #: route → (decision, body sent with it)
 OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/assets/{code:str}"): (SHARED, None),
@@ -51,6 +53,13 @@ OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/p2p/requests/{request_id:int}/settle"): (OWNED, None),
     ("GET", "/api/v1/bridges/erc20/out/{bridge_id:str}"): (OWNED, None),
     ("GET", "/api/v1/offline/allowances/{allowance_id:int}"): (OWNED, None),
+    ("GET", "/api/v1/credit/{line_id:int}"): (OWNED, None),
+    ("GET", "/api/v1/credit/user/{user_id:uuid}"): (OWNED, None),
+    ("POST", "/api/v1/credit/{line_id:int}/authorize"): (OWNED, {"amount": "1.00"}),
+    ("POST", "/api/v1/credit/{line_id:int}/stop-loss"): (OWNED, {"answer": None}),
+    ("GET", "/api/v1/collateral/{account_id:int}"): (OWNED, None),
+    ("GET", "/api/v1/risk/assessment/{account_id:int}"): (OWNED, None),
+    ("GET", "/api/v1/repayment/{repayment_id:uuid}"): (OWNED, None),
     ("POST", "/api/v1/offline/allowances/{allowance_id:int}/release"): (
         OWNED, {"final_cumulative": 0, "signature": "AAAA"},
     ),
@@ -60,7 +69,7 @@ OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
 HIDDEN = frozenset({
     "UNKNOWN_ACCOUNT", "UNKNOWN_USER", "UNKNOWN_HOLD", "UNKNOWN_OPERATION", "UNKNOWN_ENTRY",
     "VAULT_NOT_FOUND", "P2P_REQUEST_NOT_FOUND", "UNKNOWN_BRIDGE_OUT", "UNKNOWN_ALLOWANCE",
-    "NOT_FOUND",
+    "UNKNOWN_CREDIT_LINE", "UNKNOWN_REPAYMENT", "NOT_FOUND",
 })  # fmt: skip
 
 # decline and settle are the payer's (carol's), cancel the requester's (alice's): each
@@ -99,7 +108,18 @@ async def _world(api: Api) -> World:
     deposit = await api.http.post("/api/v1/webhooks/deposits", content=raw, headers=signed)
     bridge = await out(api, alice, {"asset": asset, "amount": "1.00", "to_address": TO})
     entries = await api.http.get(f"/api/v1/accounts/{account}/entries", headers=alice.headers)
-    for r in (mint, vault, deposit, bridge, entries):
+    debt, collateral = await make_assets(api)
+    line = await api.http.post(
+        "/api/v1/credit/issue",
+        json={"user_id": str(alice.user_id), "collateral_asset": collateral, "debt_asset": debt},
+        headers=alice.headers,
+    )
+    repayment = await api.http.post(
+        "/api/v1/repayment/initiate",
+        json={"line_id": line.json()["id"], "amount": "1.00", "method": METHOD},
+        headers=alice.headers,
+    )
+    for r in (mint, vault, deposit, bridge, entries, line, repayment):
         assert r.status_code in {200, 201}, r.text
     return World(
         alice,
@@ -117,6 +137,10 @@ async def _world(api: Api) -> World:
             "{code:str}": asset,
             "{asset:str}": asset,
             "{allowance_id:int}": str(offline["id"]),
+            "{line_id:int}": str(line.json()["id"]),
+            "{repayment_id:uuid}": repayment.json()["id"],
+            # /collateral/{account_id} and /risk/assessment/{account_id} name the line's
+            "line account": str(line.json()["collateral_account_id"]),
         },
         asset,
     )
@@ -149,6 +173,8 @@ async def _fresh(api: Api, world: World, kind: str, action: str) -> str:
 
 async def _url(api: Api, world: World, path: str) -> str:
     action = path.rsplit("/", 1)[-1]
+    if path.startswith(("/api/v1/collateral/", "/api/v1/risk/assessment/")):
+        path = path.replace("{account_id:int}", world.values["line account"])
     for placeholder, value in world.values.items():
         path = path.replace(placeholder, value)
     if "{hold_id:int}" in path:
