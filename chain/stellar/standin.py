@@ -26,8 +26,8 @@ what a real network would refuse:
   SetTrustLineFlags, SetOptions flags, Payment) and the SAC's deployment from its asset;
   events are CAP-67's (``["mint", to, "CODE:ISSUER"]``, ``["burn", from, asset]``,
   ``["transfer", from, to, asset]``, data an i128) in ``TransactionMetaV4``;
-* ledgers close on a clock (``ledger_interval_s``) or on demand (``standin_closeLedger``,
-  the virtual clock then advancing ``close_step_s`` per ledger); history older than
+* ledgers close on a clock (``ledger_interval_s``) or on demand (``standin_closeLedger``),
+  at the wall clock's time (or a later one given, to pass a ``maxTime``); history older than
   ``retention_ledgers`` is forgotten (``getEvents`` below it is an error, ``getTransaction``
   answers NOT_FOUND), as a real RPC's retention window;
 * faults on demand (``standin_fault``): ``TRY_AGAIN_LATER``, ``DROP`` (answered PENDING,
@@ -353,8 +353,7 @@ class StandIn:
 
     def _close(self, now: int | None) -> None:
         seq = self.ledger + 1
-        close_time = now if now is not None else self.close_time + self.close_step_s
-        close_time = max(close_time, self.close_time + 1)
+        close_time = max(now if now is not None else int(time.time()), self.close_time + 1)
         ready = [q for q in self.queue if q.apply_at is not None and q.apply_at <= seq]
         order = 0
         hashes = b""
@@ -457,7 +456,7 @@ class StandIn:
         )  # fmt: skip
         max_time = 0 if bounds is None else bounds.max_time.time_point.uint64
         min_time = 0 if bounds is None else bounds.min_time.time_point.uint64
-        if min_time and min_time > self.close_time + self.close_step_s:
+        if min_time and min_time > max(self.close_time, int(time.time())) + self.close_step_s:
             raise _Refused(x.TransactionResultCode.txTOO_EARLY)
         if max_time and max_time < self.close_time:
             raise _Refused(x.TransactionResultCode.txTOO_LATE)
@@ -1082,7 +1081,12 @@ class StandIn:
         if method == "getEvents":
             return self.get_events(p)
         if method == "standin_closeLedger":
-            return {"sequence": self.close_ledger(int(p.get("count", 1)))}
+            at = p.get("closeTime")
+            return {
+                "sequence": self.close_ledger(
+                    int(p.get("count", 1)), now=None if at is None else int(at)
+                )
+            }
         if method == "standin_fault":
             kind = Fault(p["kind"])
             self.inject(kind, count=int(p.get("count", 1)),

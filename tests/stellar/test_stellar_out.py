@@ -4,7 +4,12 @@ submission status, settlement (mint or refund), value conserved."""
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +26,7 @@ from tests.stellar.net import StellarNet
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 USER = Actor("stellar-test-user", Role.USER)
 FUNDED = 100_00
 STROOPS = 123_400_000  # 12.34 at 7 decimals
@@ -168,3 +174,59 @@ async def test_unmappable_amount_refused(ledger: object, net: StellarNet) -> Non
         user, USER, BridgeOutOrder(fine.asset, "0.0000001", dest.public_key), key="fine-ok"
     )
     assert ok.token_amount == 1
+
+
+def oracle(passphrase: str, envelopes: list[bytes]) -> list[dict[str, Any]]:
+    """The envelopes as the JavaScript @stellar/stellar-sdk decodes them (tests/stellar/oracle.cjs)."""
+    got = subprocess.run(
+        ["node", str(ROOT / "tests/stellar/oracle.cjs")],
+        input=json.dumps({"passphrase": passphrase,
+                          "envelopes": [base64.b64encode(e).decode() for e in envelopes]}),
+        capture_output=True, text=True, check=False, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    return list(json.loads(got.stdout))
+
+
+async def test_persisted_envelopes_checked_by_an_independent_implementation(
+    world: World, net: StellarNet, token: StellarToken, bridge: StellarBridgeOuts
+) -> None:
+    """The stand-in proves the plumbing; the JS SDK proves the bytes: hash, both signatures
+    (channel on the envelope, admin on the authorization entry), contract, function, args."""
+    dests = [await net.user() for _ in range(3)]
+    refs = []
+    for i, dest in enumerate(dests):
+        user, _ = await funded_user(world)
+        view = await bridge.bridge_out(
+            user, USER, BridgeOutOrder(world.asset, f"{i + 1}.05", dest.public_key), key=f"o-{i}"
+        )
+        refs.append(view.id)
+    box = outbox(world, net)
+    for ref in refs:
+        state = await run_until_settled(world, net, box, ref)
+        row = await chain_txs.get_tx_by_ref(world.ledger.engine, MINT_PURPOSE, ref)
+        assert state is BridgeOutState.MINTED, row
+    rows = [await chain_txs.get_tx_by_ref(world.ledger.engine, MINT_PURPOSE, r) for r in refs]
+    assert all(r is not None and r.raw_tx is not None for r in rows)
+    decoded = oracle(net.passphrase, [r.raw_tx for r in rows])  # type: ignore[union-attr, misc]
+    channels = {k.public_key for k in net.channels}
+    for i, (row, js) in enumerate(zip(rows, decoded, strict=True)):
+        assert row is not None
+        assert js["hash"] == row.tx_hash.hex()  # type: ignore[union-attr]
+        assert js["source"] == row.sender and js["source"] in channels
+        assert int(js["sequence"]) == row.nonce
+        assert [s["source_signed"] for s in js["signatures"]] == [True]
+        assert js["contract"] == net.contract == token.contract
+        assert js["function"] == "mint"
+        assert js["args"] == [dests[i].public_key, str((i + 1) * 10**7 + 5 * 10**5)]
+        assert int(js["max_time"]) > 0
+        [auth] = js["auth"]
+        assert auth["address"] == net.issuer.public_key
+        assert auth["signed_by_address"] is True
+        assert auth["contract"] == net.contract and auth["function"] == "mint"
+        assert auth["args_match_call"] is True
+    # and a tampered envelope is caught by the oracle (the check can fail)
+    tampered = bytearray(rows[0].raw_tx)  # type: ignore[union-attr, arg-type]
+    tampered[-5] ^= 0x01  # inside the channel's signature
+    [bad] = oracle(net.passphrase, [bytes(tampered)])
+    assert [s["source_signed"] for s in bad["signatures"]] == [False]
