@@ -505,7 +505,7 @@ class StandIn:
                 return base | {"status": "ERROR", "hash": tx_hash.hex(),
                                "errorResultXdr": _tx_result(0, exc.code, [])}  # fmt: skip
             if status == "PENDING" and fault is Fault.DROP:
-                self.queue[-1].apply_at = None
+                self.queue.pop()  # answered PENDING, then forgotten: never applied
             elif status == "PENDING" and fault is Fault.LATE:
                 self.queue[-1].apply_at = self.ledger + 1 + int(params.get("ledgers", 3))
             return base | {"status": status, "hash": tx_hash.hex()}
