@@ -449,6 +449,9 @@ class StandIn:
             if needed not in self.accounts:
                 raise _Refused(x.TransactionResultCode.txNO_ACCOUNT)
         self._check_signatures(env, tx_hash, self._op_sources(tx, source))
+        # one queued transaction per source account (stellar-core's limit for Soroban)
+        if any(q.source == source for q in self.queue):
+            return "TRY_AGAIN_LATER", tx_hash, None
         if tx.seq_num.sequence_number.int64 != account.seq + 1:
             raise _Refused(x.TransactionResultCode.txBAD_SEQ)
         bounds = tx.cond.time_bounds if tx.cond.time_bounds else (
@@ -461,8 +464,6 @@ class StandIn:
         if max_time and max_time < self.close_time:
             raise _Refused(x.TransactionResultCode.txTOO_LATE)
         self._check_fee(tx)
-        if any(q.source == source for q in self.queue):
-            return "TRY_AGAIN_LATER", tx_hash, None
         self.queue.append(
             _Queued(tx_hash, envelope, source, tx.seq_num.sequence_number.int64, max_time,
                     self.ledger + 1)
