@@ -3,6 +3,7 @@ whose asset's SAC is deployed by real transactions, channel accounts, and users.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,6 +97,8 @@ class StellarNet:
 def make_net(code: str, *, channels: int = 2, **standin: object) -> StellarNet:
     from chain.stellar.standin import serve_in_thread
 
+    # a network of its own per test: its chain id (from the passphrase) isolates the ledger side
+    standin.setdefault("passphrase", f"Value OS stand-in {uuid.uuid4()} ; a test double")
     served = serve_in_thread(StandIn(**standin))  # type: ignore[arg-type]
     issuer = Keypair.random()
     keys = [Keypair.random() for _ in range(channels)]

@@ -7,7 +7,7 @@
 * ``chain_txs`` gains the status EXPIRED: a Stellar transaction signed and sent but provably
   never applied (a closed ledger passed its ``maxTime`` and it is absent); its sequence
   number is released (``nonce`` cleared), its envelope and hash kept.
-* ``bridge_redemptions`` gains ``event_id``: the Soroban event id of a Stellar ``burn`` (unique).
+* ``bridge_redemptions`` gains ``event_id``: the Soroban event id of a Stellar ``burn`` (unique per network).
   Its key is (chain id, transaction hash, operation << 16 | event index).
 * ``stellar_mint_events``: every ``mint`` event the watcher read from a bridged SAC (ours and
   anyone else's), for the supply invariant (minted - burned by events).
@@ -46,10 +46,12 @@ ALTER TABLE bridge_tokens ADD CONSTRAINT bridge_tokens_address_check CHECK (
     OR (chain = 'stellar' AND address ~ '^C[A-Z2-7]{55}$' AND issuer ~ '^G[A-Z2-7]{55}$'
         AND asset_code ~ '^[A-Za-z0-9]{1,12}$' AND decimals = 7));
 
-ALTER TABLE bridge_redemptions ADD COLUMN event_id text UNIQUE;
+ALTER TABLE bridge_redemptions ADD COLUMN event_id text;
+CREATE UNIQUE INDEX bridge_redemptions_event ON bridge_redemptions (chain_id, event_id)
+    WHERE event_id IS NOT NULL;
 
 CREATE TABLE stellar_mint_events (
-    event_id    text PRIMARY KEY,
+    event_id    text NOT NULL,
     chain_id    bigint NOT NULL,
     token       text NOT NULL,
     ledger      bigint NOT NULL,
@@ -57,6 +59,7 @@ CREATE TABLE stellar_mint_events (
     to_address  text NOT NULL,
     amount      numeric(39, 0) NOT NULL CHECK (amount >= 0),
     recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (chain_id, event_id),
     FOREIGN KEY (chain_id, token) REFERENCES bridge_tokens (chain_id, address)
 );
 CREATE INDEX stellar_mint_events_token ON stellar_mint_events (chain_id, token, ledger);
