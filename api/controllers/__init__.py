@@ -31,6 +31,7 @@ MODULES: tuple[str, ...] = (
     "anchors",
     "audit",
     "bridges",
+    "stellar",
 )
 
 

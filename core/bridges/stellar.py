@@ -168,8 +168,9 @@ async def register_stellar_token(
     actor: Actor,
 ) -> StellarToken:  # fmt: skip
     """Record ``asset``'s SAC (once per asset: CONFLICT)."""
+    if not passphrase:
+        raise ValidationError("no Stellar network is configured (its passphrase)", field="asset")
     await ledger.accounts.get_asset(asset)  # UNKNOWN_ASSET
-    check_stellar_address(issuer, "issuer")
     if not StrKey.is_valid_ed25519_public_key(issuer):
         raise InvalidAddress("the issuer must be an account (G...)", field="issuer")
     if not StrKey.is_valid_contract(contract):
