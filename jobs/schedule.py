@@ -9,7 +9,7 @@ has a chain.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -45,6 +45,7 @@ def worker_jobs(
     bridge_in: Callable[[], Awaitable[object]] | None = None,
     bridge_supply: Callable[[], Awaitable[object]] | None = None,
     bridge_supply_interval_s: float = 60.0,
+    extra: Sequence[ScheduledJob] = (),
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -67,6 +68,7 @@ def worker_jobs(
         jobs.append(ScheduledJob("bridge_in", bridge_in, bridge_interval_s, at_start=True))
     if bridge_supply is not None:
         jobs.append(ScheduledJob("bridge_supply", bridge_supply, bridge_supply_interval_s))
+    jobs += extra
     return [
         *jobs,
         ScheduledJob(

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 
 from chain.evm.settings import anchor_settings, bridge_signer
+from chain.stellar.settings import stellar_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
 from jobs.schedule import start_scheduler, worker_jobs
@@ -52,6 +53,12 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
+        stellar, stellar_client = wiring.stellar_jobs(
+            led, stellar_settings(), every_s=settings.bridge_interval_s,
+            supply_every_s=settings.bridge_supply_interval_s,
+        )  # fmt: skip
+        if stellar_client is not None:
+            stack.push_async_callback(stellar_client.close)
         jobs = worker_jobs(
             led,
             job,
@@ -63,6 +70,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_in=bridge_in,
             bridge_supply=bridge_supply,
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
+            extra=stellar,
         )
         scheduler = start_scheduler(jobs)
         try:
