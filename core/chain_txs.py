@@ -415,7 +415,16 @@ async def lease_and_sign(
         return None
     start = tx.id % len(channels)
     async with raw_connection(engine) as conn, conn.transaction():
-        for channel in [*channels[start:], *channels[:start]]:
+        taken = {
+            r["sender"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT sender FROM chain_txs WHERE chain_id = $1 AND sender = ANY($2) "
+                "AND status IN ('SIGNED', 'BROADCAST')",
+                tx.chain_id,
+                list(channels),
+            )
+        }
+        for channel in [c for c in [*channels[start:], *channels[:start]] if c not in taken]:
             held = await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock(hashtextextended($1, $2))", channel, tx.chain_id
             )

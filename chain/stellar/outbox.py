@@ -78,6 +78,8 @@ class StellarOutbox:
     #: the envelope's time bounds: valid for this long after it is built
     timeout_s: int = 30
     _keys: dict[str, Keypair] = field(default_factory=dict, init=False, repr=False)
+    #: every channel was found busy in this round: the other BUILT rows wait for the next
+    _channels_busy: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._keys = {k.public_key: k for k in self.channels}
@@ -87,6 +89,7 @@ class StellarOutbox:
         steps: list[tuple[int, TxStatus]] = []
         for _ in range(MAX_STEPS):
             moved = False
+            self._channels_busy = False
             for tx in await chain_txs.unfinished_txs(self.engine, purpose):
                 current: ChainTx | None = tx
                 while current is not None and await self.advance(current):
@@ -124,6 +127,8 @@ class StellarOutbox:
             )
 
     async def _from_built(self, tx: ChainTx) -> bool:
+        if self._channels_busy:
+            return False
         contract, to, amount = decode_mint_args(tx.data)
 
         async def sign(channel: str, seq: int) -> tuple[bytes, bytes]:
@@ -140,9 +145,11 @@ class StellarOutbox:
             )  # fmt: skip
         except CallRefused as exc:
             return await self._move(tx, TxStatus.REJECTED, str(exc), last_error=str(exc))
-        if leased is not None:
-            log.info("%s %s: BUILT -> SIGNED: channel %s seq %d", tx.purpose, tx.ref, *leased)
-        return leased is not None
+        if leased is None:
+            self._channels_busy = True
+            return False
+        log.info("%s %s: BUILT -> SIGNED: channel %s seq %d", tx.purpose, tx.ref, *leased)
+        return True
 
     async def _send(self, tx: ChainTx) -> tuple[SendStatus, str | None]:
         assert tx.raw_tx is not None  # noqa: S101 - CHECK constraint on SIGNED rows

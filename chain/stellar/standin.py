@@ -1248,8 +1248,13 @@ def serve_in_thread(standin: StandIn, *, port: int = 0, ledger_interval_s: float
     ready.wait(10)
     loop: asyncio.AbstractEventLoop = box["loop"]
 
+    def halt() -> None:
+        if "closer" in box:
+            box["closer"].cancel()
+        loop.stop()
+
     def stop() -> None:
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(halt)
         thread.join(5)
 
     return Served(standin, f"http://127.0.0.1:{box['port']}/", stop)
