@@ -12,7 +12,9 @@ from web3.exceptions import Web3Exception
 
 from api.settings import ApiSettings
 from chain.evm.client import connect
+from chain.stellar.client import Destinations, StellarClient
 from core.bridges.erc20 import BridgeOuts
+from core.bridges.stellar import StellarBridgeOuts
 from core.credentials import Credentials
 from core.credits import Credits
 from core.directory import Directory
@@ -35,6 +37,14 @@ class Services(Directory):
             self, Issuer(settings.offline_issuer_seed or secrets.token_bytes(32))
         )
         self.credit_desk = CreditDesk(self)
+        self.stellar: StellarClient | None = (
+            StellarClient(settings.stellar_rpc_url, settings.stellar_passphrase)
+            if settings.stellar_rpc_url and settings.stellar_passphrase
+            else None
+        )
+        self.stellar_outs = StellarBridgeOuts(
+            self, Destinations(self.stellar) if self.stellar is not None else None
+        )
         #: the HTTP idempotency records, group-committed (``core.request_records.Records``)
         self.idempotency = Records.of(ledger.engine)
         self._chain: AsyncWeb3[Any] | None = (
@@ -43,6 +53,8 @@ class Services(Directory):
 
     async def close(self) -> None:
         await self.idempotency.close()
+        if self.stellar is not None:
+            await self.stellar.close()
         if self._chain is not None:
             await self._chain.provider.disconnect()
 

@@ -83,6 +83,10 @@ class ApiSettings:
     #: seed of the key that signs offline allowance certificates (``VALUEOS_OFFLINE_KEY``, hex,
     #: or ``VALUEOS_OFFLINE_KEY_FILE``); None: a fresh key per process (tests)
     offline_issuer_seed: bytes | None = field(default=None, repr=False)
+    #: ``STELLAR_RPC_URL`` and ``STELLAR_NETWORK_PASSPHRASE``: the Soroban RPC a Stellar
+    #: bridge-out's destination is checked against; unset: Stellar bridge-outs are refused
+    stellar_rpc_url: str | None = None
+    stellar_passphrase: str | None = None
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -96,6 +100,8 @@ class ApiSettings:
             token_ttl_seconds=_int("VALUEOS_TOKEN_TTL", 3600),
             redis_url=os.environ.get("REDIS_URL") or None,
             eth_rpc_url=os.environ.get("ETH_RPC_URL") or None,
+            stellar_rpc_url=os.environ.get("STELLAR_RPC_URL") or None,
+            stellar_passphrase=os.environ.get("STELLAR_NETWORK_PASSPHRASE") or None,
             rate_limits=RateLimits(
                 api=_int("VALUEOS_RATE_API", 600),
                 admin=_int("VALUEOS_RATE_ADMIN", 120),

@@ -9,6 +9,7 @@ finalized/s (from the first pass to the last settlement), mint transactions, gas
 mint; then the ratio batched / one-per-tx.
 
     python -m bench.bridge [--outs 500] [--batch-max 100]
+    python -m bench.bridge --chain stellar [--outs 24] [--channels 8] [--ledger-s 1]
 
 anvil mines each transaction as it arrives (automine); finality is one confirmation.
 """
@@ -132,9 +133,20 @@ async def run(outs: int, batch_max: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--outs", type=int, default=500)
+    parser.add_argument("--chain", choices=["erc20", "stellar"], default="erc20")
+    parser.add_argument("--outs", type=int, default=None, help="default: 500 (erc20), 24")
     parser.add_argument("--batch-max", type=int, default=100)
+    parser.add_argument("--channels", type=int, default=8, help="stellar: channel accounts")
+    parser.add_argument("--ledger-s", type=float, default=1.0, help="stellar: ledger close")
     ns = parser.parse_args()
+    if ns.chain == "stellar":
+        from bench import stellar_bridge  # noqa: PLC0415 - only this chain needs it
+
+        found = asyncio.run(stellar_bridge.run(ns.outs or 24, ns.channels, ns.ledger_s))
+        stellar_bridge.report(found)
+        print(json.dumps(found))
+        return
+    ns.outs = ns.outs or 500
     result = asyncio.run(run(ns.outs, ns.batch_max))
     for mode in ("batched", "one_per_tx"):
         r = result[mode]

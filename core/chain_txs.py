@@ -36,6 +36,7 @@ __all__ = [
     "get_tx",
     "get_tx_by_ref",
     "insert_intent",
+    "lease_and_sign",
     "opt_bytes",
     "sign_and_store",
     "transition",
@@ -50,9 +51,10 @@ class TxStatus(StrEnum):
     broadcast). BROADCAST: handed to the node. CONFIRMED: in a block (hash recorded).
     FINALIZED: deep enough, block re-checked. FAILED: mined, but reverted (the nonce is spent).
     REJECTED: the node says the call reverts, so it was never signed (no nonce used).
-    BATCHED: another row's transaction carries this call (``carrier_id``). After
-    FAILED or REJECTED the client decides what follows (e.g. :func:`transition` back to
-    BUILT, or a refund)."""
+    BATCHED: another row's transaction carries this call (``carrier_id``). EXPIRED (Stellar):
+    signed and sent, provably never applied (a closed ledger passed its ``maxTime``), its
+    sequence number released. After FAILED, REJECTED or EXPIRED the client decides what
+    follows (e.g. :func:`transition` back to BUILT, or a refund)."""
 
     BUILT = "BUILT"
     SIGNED = "SIGNED"
@@ -62,6 +64,7 @@ class TxStatus(StrEnum):
     FAILED = "FAILED"
     REJECTED = "REJECTED"
     BATCHED = "BATCHED"
+    EXPIRED = "EXPIRED"
 
 
 UNFINISHED = (TxStatus.BUILT, TxStatus.SIGNED, TxStatus.BROADCAST, TxStatus.CONFIRMED)
@@ -385,3 +388,70 @@ async def sign_and_store(
              "attempts": tx.attempts + 1, "last_error": None},
         )  # fmt: skip
     return nonce if moved else None
+
+
+#: sign(channel, sequence number) -> (envelope bytes, tx hash); called with the channel held
+ChannelSigner = Callable[[str, int], Awaitable[tuple[bytes, bytes]]]
+#: the channel account's current sequence number on the chain (None: no such account)
+ChainSequence = Callable[[str], Awaitable[int | None]]
+
+
+async def lease_and_sign(
+    engine: AsyncEngine,
+    tx: ChainTx,
+    *,
+    channels: Sequence[str],
+    chain_sequence: ChainSequence,
+    sign: ChannelSigner,
+    detail: str,
+) -> tuple[str, int] | None:
+    """BUILT -> SIGNED through a free channel account (Stellar): one transaction in flight per
+    channel. Under the channel's advisory lock (tried, never waited for), a channel with no row
+    SIGNED or BROADCAST is taken; the sequence number is the larger of the chain's + 1 and one
+    past every sequence number our rows still hold for it; ``sign`` builds the envelope with it
+    and the bytes are stored in the same database transaction. Returns (channel, sequence), or
+    None when every channel is busy or another worker moved the row first."""
+    if not channels:
+        return None
+    start = tx.id % len(channels)
+    async with raw_connection(engine) as conn, conn.transaction():
+        taken = {
+            r["sender"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT sender FROM chain_txs WHERE chain_id = $1 AND sender = ANY($2) "
+                "AND status IN ('SIGNED', 'BROADCAST')",
+                tx.chain_id,
+                list(channels),
+            )
+        }
+        for channel in [c for c in [*channels[start:], *channels[:start]] if c not in taken]:
+            held = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, $2))", channel, tx.chain_id
+            )
+            if not held:
+                continue
+            busy = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM chain_txs WHERE chain_id = $1 AND sender = $2 "
+                "AND status IN ('SIGNED', 'BROADCAST'))",
+                tx.chain_id,
+                channel,
+            )
+            if busy:
+                continue
+            on_chain = await chain_sequence(channel)
+            if on_chain is None:
+                continue
+            ours = await conn.fetchval(
+                "SELECT max(nonce) + 1 FROM chain_txs WHERE chain_id = $1 AND sender = $2",
+                tx.chain_id,
+                channel,
+            )
+            seq = max(on_chain + 1, ours or 0)
+            raw, tx_hash = await sign(channel, seq)
+            moved = await _transition(
+                conn, tx.id, TxStatus.BUILT, TxStatus.SIGNED, detail,
+                {"sender": channel, "nonce": seq, "raw_tx": raw, "tx_hash": tx_hash,
+                 "attempts": tx.attempts + 1, "last_error": None},
+            )  # fmt: skip
+            return (channel, seq) if moved else None
+    return None

@@ -369,6 +369,24 @@ class InvalidRiskParameters(ValidationError):
     code = "INVALID_RISK_PARAMETERS"
 
 
+class DestinationNotReady(ValidationError):
+    """The Stellar destination cannot receive the asset now: no trustline, an unauthorized
+    one, or no contract at that address."""
+
+    code = "DESTINATION_NOT_READY"
+
+
+class LinkChallengeInvalid(ValidationError):
+    """The signature does not verify with the address's key over the challenge, or the
+    challenge is unknown, another user's, expired or used."""
+
+    code = "LINK_CHALLENGE_INVALID"
+
+
+class AddressAlreadyLinked(Conflict):
+    code = "ADDRESS_ALREADY_LINKED"
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

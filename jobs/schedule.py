@@ -9,7 +9,7 @@ has a chain; the self-audit always (compared with the chain when there is one).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -49,6 +49,7 @@ def worker_jobs(
     audit_interval_s: float = 21600.0,
     risk: Callable[[], Awaitable[object]] | None = None,
     risk_interval_s: float = 10.0,
+    extra: Sequence[ScheduledJob] = (),
 ) -> list[ScheduledJob]:
     jobs: list[ScheduledJob] = []
     if anchor_job is not None:
@@ -75,6 +76,7 @@ def worker_jobs(
         jobs.append(ScheduledJob("self_audit", audit, audit_interval_s))
     if risk is not None:
         jobs.append(ScheduledJob("risk", risk, risk_interval_s, at_start=True))
+    jobs += extra
     return [
         *jobs,
         ScheduledJob(

@@ -14,7 +14,9 @@
 * :func:`bridge_out_job`: the bridge-out pass (mints through the outbox, then settlement) on
   the anchoring chain, signed by the bridge minter;
 * :func:`bridge_in_job`: the bridge-in pass (final ``Redeemed`` events credited back) on the
-  anchoring chain, with the anchoring's finality rule; it only reads, so it needs no key.
+  anchoring chain, with the anchoring's finality rule; it only reads, so it needs no key;
+* :func:`stellar_jobs`: the Stellar bridge's watcher, supply check and bridge-out
+  (:mod:`chain.stellar.settings`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from chain.evm.bridge_token import BridgeTokenClient
 from chain.evm.client import ChainError, EvmClient, connect
 from chain.evm.outbox import Finality, Outbox
 from chain.evm.settings import AnchorSettings, SignerError, load_signer
+from chain.stellar.client import StellarClient, StellarRpcError
+from chain.stellar.outbox import StellarOutbox
+from chain.stellar.settings import StellarSettings
+from core.bridges.stellar import stellar_chain_id
 from core.db import migrate, resolve_url
 from core.ledger import Ledger
 from core.settings import DatabaseSettings, database_settings, epoch_settings
@@ -44,6 +50,10 @@ from jobs.bridge_in import TokenReader, bridge_in_pass
 from jobs.bridge_out import bridge_out_pass
 from jobs.bridge_supply import supply_pass
 from jobs.deploy import ensure_ledger_anchor
+from jobs.schedule import ScheduledJob
+from jobs.stellar_in import stellar_in_pass
+from jobs.stellar_out import stellar_out_pass
+from jobs.stellar_supply import stellar_supply_pass
 
 log = logging.getLogger(__name__)
 
@@ -231,3 +241,44 @@ def bridge_supply_job(
             return None
 
     return body
+
+
+def stellar_jobs(
+    led: Ledger, settings: StellarSettings, *, every_s: float, supply_every_s: float
+) -> tuple[list[ScheduledJob], StellarClient | None]:
+    """The Stellar bridge's jobs when ``STELLAR_RPC_URL`` is set: the watcher (burns in) and
+    the supply check always; the bridge-out when the issuer (the SAC's admin) and at least one
+    channel account are configured. Returns the jobs and the client to close."""
+    if not settings.configured:
+        return [], None
+    assert settings.rpc_url is not None  # noqa: S101 - configured
+    assert settings.passphrase is not None  # noqa: S101 - configured
+    client = StellarClient(settings.rpc_url, settings.passphrase)
+    chain_id = stellar_chain_id(settings.passphrase)
+
+    def guarded(name: str, run: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+        async def body() -> object:
+            try:
+                return await run()
+            except StellarRpcError:
+                log.exception("%s failed; retried on the next run", name)
+                return None
+
+        return body
+
+    jobs = [
+        ScheduledJob("stellar_in", guarded(
+            "stellar_in", lambda: stellar_in_pass(led, client, chain_id=chain_id)
+        ), every_s, at_start=True),
+        ScheduledJob("stellar_supply", guarded(
+            "stellar_supply", lambda: stellar_supply_pass(led, client, chain_id=chain_id)
+        ), supply_every_s),
+    ]  # fmt: skip
+    issuer, channels = settings.issuer(), settings.channels()
+    if issuer is not None and channels:
+        box = StellarOutbox(led.engine, client, issuer, channels, timeout_s=settings.timeout_s)
+        jobs.append(ScheduledJob(
+            "stellar_out", guarded("stellar_out", lambda: stellar_out_pass(led, box)), every_s,
+            at_start=True,
+        ))  # fmt: skip
+    return jobs, client

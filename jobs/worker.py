@@ -16,6 +16,7 @@ from functools import partial
 
 from chain.evm.client import connect
 from chain.evm.settings import anchor_settings, bridge_signer
+from chain.stellar.settings import stellar_settings
 from core.risk.loop import RiskLoop
 from core.settings import epoch_settings
 from jobs import wiring
@@ -63,6 +64,12 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             minter = bridge_signer()
             if minter is not None:
                 bridge_out = wiring.bridge_out_job(led, job, minter)
+        stellar, stellar_client = wiring.stellar_jobs(
+            led, stellar_settings(), every_s=settings.bridge_interval_s,
+            supply_every_s=settings.bridge_supply_interval_s,
+        )  # fmt: skip
+        if stellar_client is not None:
+            stack.push_async_callback(stellar_client.close)
         jobs = worker_jobs(
             led,
             job,
@@ -78,6 +85,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             audit_interval_s=settings.audit_interval_s,
             risk=partial(risk_pass, led, RiskLoop(led, RISK_ACTOR), risk_settings, feeds_w3),
             risk_interval_s=risk_settings.interval_s,
+            extra=stellar,
         )
         scheduler = start_scheduler(jobs)
         try:

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "anchor": ("jobs.cli", "seal the open epoch and anchor it now"),
     "deploy-anchor": ("jobs.deploy", "deploy LedgerAnchor on ETH_RPC_URL (address to --out FILE)"),
     "deploy-token": ("jobs.deploy_token", "deploy an asset's ERC-20 bridge token and record it"),
+    "deploy-stellar-asset": (
+        "jobs.deploy_stellar_asset",
+        "make an asset's Stellar asset and SAC and record it",
+    ),
     "bridge": ("jobs.bridge_status", "bridge status: tokens, pauses, bridge-outs, redemptions"),
     "verify": ("chain.evm.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
     "audit": ("jobs.audit", "self-audit: rebuild sealed epochs, compare with the chain; alarms"),

@@ -33,6 +33,7 @@ MODULES: tuple[str, ...] = (
     "bridges",
     "offline",
     "risk",
+    "stellar",
 )
 
 

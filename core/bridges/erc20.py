@@ -187,7 +187,7 @@ class BridgeOuts:
 
 
 def _settlement(tx: ChainTx, minted: bool | None) -> tuple[Settlement, str | None] | None:
-    ended = tx.status in (TxStatus.FAILED, TxStatus.REJECTED)
+    ended = tx.status in (TxStatus.FAILED, TxStatus.REJECTED, TxStatus.EXPIRED)
     if tx.status is TxStatus.FINALIZED or (ended and minted):
         return Settlement.FINAL, None
     if ended and minted is False:
@@ -295,7 +295,8 @@ SELECT o.id AS debit_id, o.metadata -> 'bridge' AS bridge, o.created_at, d.asset
 FROM operations o
 JOIN ledger_entries d ON d.operation_id = o.id AND d.amount < 0
      AND d.seq BETWEEN o.first_seq AND o.last_seq
-LEFT JOIN chain_txs t ON t.purpose = 'erc20_mint' AND t.ref = o.metadata -> 'bridge' ->> 'id'
+LEFT JOIN chain_txs t ON t.purpose IN ('erc20_mint', 'sac_mint')
+     AND t.ref = o.metadata -> 'bridge' ->> 'id'
 LEFT JOIN operations s ON s.idempotency_key = ANY(ARRAY[
      'bridge-final:' || (o.metadata -> 'bridge' ->> 'id'),
      'bridge-refund:' || (o.metadata -> 'bridge' ->> 'id')])
@@ -351,17 +352,19 @@ async def list_bridge_outs(
     return [_view(r) for r in rows]
 
 
-async def unsettled_mints(ledger: Ledger, *, limit: int = 500) -> list[ChainTx]:
-    """Mint rows the outbox has finished with (FINALIZED, FAILED, REJECTED) whose bridge-out is not
-    settled yet, oldest first."""
+async def unsettled_mints(
+    ledger: Ledger, *, limit: int = 500, purpose: str = MINT_PURPOSE
+) -> list[ChainTx]:
+    """Mint rows (of ``purpose``) the outbox has finished with (FINALIZED, FAILED, REJECTED,
+    EXPIRED) whose bridge-out is not settled yet, oldest first."""
     async with raw_connection(ledger.engine) as conn:
         rows = await conn.fetch(
             chain_txs_select("t") + "WHERE t.purpose = $1 "
-            "AND t.status IN ('FINALIZED', 'FAILED', 'REJECTED') AND NOT EXISTS ("
+            "AND t.status IN ('FINALIZED', 'FAILED', 'REJECTED', 'EXPIRED') AND NOT EXISTS ("
             "  SELECT 1 FROM operations s WHERE s.idempotency_key = ANY(ARRAY["
             "    'bridge-final:' || t.ref, 'bridge-refund:' || t.ref])) "
             "ORDER BY t.id LIMIT $2",
-            MINT_PURPOSE,
+            purpose,
             limit,
         )
     return [tx_from_row(r) for r in rows]

@@ -293,6 +293,11 @@ async def _account(ledger: Ledger, account_id: int) -> Account | None:
 def _refusal(ref: bytes, account: Account | None, asset: str) -> str | None:
     """Why ``ref`` cannot be credited with ``asset``, None when it can."""
     number = int.from_bytes(ref, "big")
+    if number == 0:
+        return (
+            "no ledger account is named (ledgerRef 0: on Stellar, a burn whose from is "
+            "linked to no user)"
+        )
     if account is None:
         return f"ledgerRef 0x{ref.hex()} names no ledger account" + (
             "" if 0 < number <= INT64_MAX else " (not an account id)"

@@ -63,10 +63,13 @@ WHERE chain_id = $1 AND lower(token) = lower($2) AND block_number <= $3
 """
 
 
-async def supply_bounds(ledger: Ledger, chain_id: int, token: str, block: int) -> SupplyBounds:
-    """The bounds of ``token``'s total supply at ``block`` (see the module's rule)."""
+async def supply_bounds(
+    ledger: Ledger, chain_id: int, token: str, block: int, *, purpose: str = MINT_PURPOSE
+) -> SupplyBounds:
+    """The bounds of ``token``'s total supply at ``block`` (see the module's rule); ``purpose``:
+    the outbox rows of its mints (a Stellar SAC's: ``sac_mint``, ``block`` a ledger)."""
     async with raw_connection(ledger.engine) as conn, conn.transaction(isolation="repeatable_read"):
-        mined, pending = await conn.fetchrow(_MINTS, MINT_PURPOSE, chain_id, token, block)
+        mined, pending = await conn.fetchrow(_MINTS, purpose, chain_id, token, block)
         redeemed = await conn.fetchval(_REDEEMED, chain_id, token, block)
     low = int(mined) - int(redeemed)
     return SupplyBounds(block, low, low + int(pending))

@@ -65,7 +65,10 @@ def to_token_units(amount: int, scale: int, decimals: int) -> int:
 async def get_token(ledger: Ledger, asset: str) -> BridgeToken:
     async with ledger.engine.connect() as conn:
         row = (
-            await conn.execute(text("SELECT * FROM bridge_tokens WHERE asset = :a"), {"a": asset})
+            await conn.execute(
+                text("SELECT * FROM bridge_tokens WHERE asset = :a AND chain = 'evm'"),
+                {"a": asset},
+            )
         ).first()
     if row is None:
         raise UnknownBridgeToken(f"asset {asset} has no bridge token", asset=asset)

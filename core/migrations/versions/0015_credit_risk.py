@@ -13,14 +13,14 @@ and day. ``repayments`` and ``provider_events`` (one row per webhook event id) a
 side.
 
 Revision ID: 0015_credit_risk
-Revises: 0013_integrity_alarms
+Revises: 0014_stellar_bridge
 Create Date: 2026-11-29
 """
 
 from core.migrations.sql import run_script
 
 revision = "0015_credit_risk"
-down_revision = "0013_integrity_alarms"
+down_revision = "0014_stellar_bridge"
 branch_labels = None
 depends_on = None
 
