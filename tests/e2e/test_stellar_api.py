@@ -76,6 +76,17 @@ async def test_bridge_out_refusals_pause_and_links(stellar_api: tuple[Api, Stell
     assert (await out(api, alice, body, key="s-1")).json() == made
     got = await api.http.get(f"/api/v1/bridges/stellar/out/{made['id']}", headers=alice.headers)
     assert got.status_code == 200 and got.json() == made
+    # test_ownership's decisions for the Stellar routes: owned by alice, the token shared
+    stranger = await api.caller(Role.USER)
+    other = await api.http.get(
+        f"/api/v1/bridges/stellar/out/{made['id']}", headers=stranger.headers
+    )
+    problem(other, 404, "UNKNOWN_BRIDGE_OUT")
+    auditor = await api.caller(Role.AUDITOR)
+    seen = await api.http.get(f"/api/v1/bridges/stellar/out/{made['id']}", headers=auditor.headers)
+    assert seen.status_code == 200, seen.text
+    token = await api.http.get(f"/api/v1/bridges/stellar/tokens/{asset}", headers=stranger.headers)
+    assert token.status_code == 200, token.text
 
     untrusted = await net.user(trust=False)
     problem(
