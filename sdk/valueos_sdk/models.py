@@ -88,10 +88,12 @@ class HistoryRead(Model):
 
 class EntryRead(Model):
     seq: int
-    account_id: int
+    #: None (and ``balance_after`` too) for an account the caller may not read
+    account_id: int | None
     asset: str
+    #: signed: negative for a debit
     amount: str
-    balance_after: str
+    balance_after: str | None
 
 
 class OperationRead(Model):

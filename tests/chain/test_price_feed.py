@@ -5,6 +5,8 @@ rounds freeze the asset, and the risk tick then leaves its positions alone."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from web3 import Web3
 from web3.contract import Contract
@@ -33,6 +35,13 @@ def feed(deploy: Deploy) -> Contract:
 async def test_rounds_pushed_on_chain_drive_the_price_and_bad_ones_freeze(
     ledger: Ledger, anvil: str, w3: Web3, feed: Contract, deployer: str
 ) -> None:
+    # the session's anvil may run behind the wall clock (snapshots revert its time): bring it
+    # to now, so the chain's rounds and the desk's pushed price (wall clock) are comparable
+    w3.provider.make_request(
+        "evm_setNextBlockTimestamp",  # type: ignore[arg-type]
+        [max(now(w3) + 1, int(time.time()))],
+    )
+    w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
     desk = await make_desk(ledger)
     line = await desk.line(COLL, spend=usd(1_000))
     reader = connect(anvil)
@@ -40,13 +49,15 @@ async def test_rounds_pushed_on_chain_drive_the_price_and_bad_ones_freeze(
 
     # anvil's clock is the feed's: the desk's push price (wall clock) may diverge in time, so
     # the chain's round is judged on its own (a different value from the push is DIVERGENT)
-    feed.functions.updateRoundData(10, 2_000 * 10**DECIMALS, now(w3), now(w3)).transact(
+    # two rounds a second apart (a block's timestamp may repeat within one second)
+    first = int(time.time()) - 2
+    feed.functions.updateRoundData(10, 2_000 * 10**DECIMALS, first, first).transact(
         {"from": deployer}
     )
     assert await poll_feeds(ledger, reader, feeds) == {desk.coll: Verdict.ACCEPTED}
     assert await poll_feeds(ledger, reader, feeds) == {desk.coll: Verdict.DUPLICATE}
 
-    feed.functions.updateRoundData(11, 1_300 * 10**DECIMALS, now(w3), now(w3)).transact(
+    feed.functions.updateRoundData(11, 1_300 * 10**DECIMALS, first + 1, first + 1).transact(
         {"from": deployer}
     )
     # 1,300 vs the push source's fresh 2,000: beyond the 2% bound
