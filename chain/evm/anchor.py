@@ -31,9 +31,9 @@ class AnchorConflict(ChainError):
 
 @dataclass(frozen=True, slots=True)
 class OnChainEpoch:
+    """What the contract stores for an epoch: its header hash (the roots are in the event)."""
+
     header: bytes
-    entries_root: bytes
-    balances_root: bytes
 
     @property
     def anchored(self) -> bool:
@@ -61,12 +61,37 @@ class AnchorClient(EvmClient):
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"ledgerId() of {self.address} failed: {exc}") from exc
 
+    async def genesis_epoch(self) -> int:
+        """The last epoch anchored before this contract (0 for a contract that starts a ledger)."""
+        try:
+            return int(await self.contract.functions.genesisEpoch().call())
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"genesisEpoch() of {self.address} failed: {exc}") from exc
+
     async def onchain_epoch(self, epoch: int) -> OnChainEpoch:
         try:
-            header, entries, balances = await self.contract.functions.epochs(epoch).call()
+            header = await self.contract.functions.headerOf(epoch).call()
         except (Web3Exception, OSError) as exc:
-            raise ChainError(f"epochs({epoch}) failed: {exc}") from exc
-        return OnChainEpoch(bytes(header), bytes(entries), bytes(balances))
+            raise ChainError(f"headerOf({epoch}) failed: {exc}") from exc
+        return OnChainEpoch(bytes(header))
+
+    async def is_anchored(
+        self,
+        *,
+        epoch: int,
+        prev_header: bytes,
+        entries_root: bytes,
+        balances_root: bytes,
+        first_seq: int,
+        last_seq: int,
+        leaf_count: int,
+    ) -> bool:
+        """The contract's own check that these header fields are the ones anchored for epoch."""
+        fields = (epoch, prev_header, entries_root, balances_root, first_seq, last_seq, leaf_count)
+        try:
+            return bool(await self.contract.functions.isAnchored(fields).call())
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"isAnchored({epoch}) failed: {exc}") from exc
 
     def anchor_calldata(
         self,
@@ -102,12 +127,23 @@ class AnchorClient(EvmClient):
 
 
 async def deploy_ledger_anchor(
-    w3: AsyncWeb3[Any], signer: LocalAccount, ledger_id: bytes
+    w3: AsyncWeb3[Any],
+    signer: LocalAccount,
+    ledger_id: bytes,
+    *,
+    genesis_epoch: int = 0,
+    genesis_header: bytes = EMPTY_ROOT,
 ) -> ChecksumAddress:
-    """Deploy LedgerAnchor (``signer`` is admin and anchorer); for local runs and tests."""
+    """Deploy LedgerAnchor (``signer`` is admin and anchorer); for local runs and tests.
+
+    ``genesis_epoch``/``genesis_header``: the last epoch anchored on a previous contract and its
+    header, which this one continues (the first epoch it takes is ``genesis_epoch + 1``).
+    """
     artifact = load_artifact("LedgerAnchor")
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    tx = await factory.constructor(ledger_id, signer.address).build_transaction(
+    tx = await factory.constructor(
+        ledger_id, signer.address, genesis_epoch, genesis_header
+    ).build_transaction(
         {
             "from": signer.address,
             "nonce": await w3.eth.get_transaction_count(signer.address, "pending"),

@@ -104,12 +104,17 @@ def anchored_events(contract: Contract, epoch: int) -> list[Any]:
 async def assert_final(ledger: Ledger, contract: Contract, epoch: int) -> None:
     record = await get_anchor(ledger.engine, epoch)
     assert record is not None and record.status == "FINALIZED", record
-    header, entries_root, balances_root = contract.functions.epochs(epoch).call()
-    assert (bytes(header), bytes(entries_root), bytes(balances_root)) == (
-        record.roots.header, record.roots.entries_root, record.roots.balances_root,
-    )  # fmt: skip
+    r = record.roots
+    assert bytes(contract.functions.headerOf(epoch).call()) == r.header
+    fields = (epoch, r.prev_header, r.entries_root, r.balances_root, r.first_seq, r.last_seq,
+              r.leaf_count)  # fmt: skip
+    assert contract.functions.isAnchored(fields).call()
     events = anchored_events(contract, epoch)
     assert len(events) == 1, "anchored exactly once"
+    args = events[0]["args"]
+    assert (bytes(args["headerHash"]), bytes(args["entriesRoot"]), bytes(args["balancesRoot"])) == (
+        r.header, r.entries_root, r.balances_root,
+    )  # fmt: skip
     assert bytes(events[0]["transactionHash"]) == record.tx_hash
 
 
@@ -265,7 +270,7 @@ async def test_a_different_root_on_chain_is_a_conflict_never_overwritten(
     assert record is not None and record.status == "SEALED"
     assert record.last_error is not None and "another header" in record.last_error
     assert len(anchored_events(ledger_anchor, 1)) == 1
-    assert bytes(ledger_anchor.functions.epochs(1).call()[1]) == b"\x01" * 32
+    assert bytes(anchored_events(ledger_anchor, 1)[0]["args"]["entriesRoot"]) == b"\x01" * 32
 
 
 async def test_reorg_after_confirmation_sends_the_anchor_again(
@@ -284,7 +289,7 @@ async def test_reorg_after_confirmation_sends_the_anchor_again(
     assert rpc(w3, "evm_revert", snapshot) is True
     rpc(w3, "anvil_mine", 3)
     assert w3.eth.get_block(first.block_number)["hash"] != first.block_hash
-    assert bytes(ledger_anchor.functions.epochs(1).call()[0]) == b"\x00" * 32
+    assert bytes(ledger_anchor.functions.headerOf(1).call()) == b"\x00" * 32
 
     await job.anchor_pass()  # notices the reorg, sends the same bytes again (nonce free)
     again = await get_anchor(ledger.engine, 1)
@@ -524,7 +529,8 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     await activity(ledger, 1)
     await seal_open_epoch(ledger.engine)
 
-    other = deploy("LedgerAnchor", ledger_id, deployer)  # the configuration now names another
+    # the configuration now names another contract
+    other = deploy("LedgerAnchor", ledger_id, deployer, 0, bytes(32))
     moved = new_job(ledger, anvil, other, signer, ledger_id)
     with pytest.raises(AnchorConfigMismatch) as caught:
         await moved.run_once(seal=False)
@@ -535,7 +541,7 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     )
     assert await get_anchor(ledger.engine, 2) is not None
     assert (await get_anchor(ledger.engine, 2)).status == "SEALED"  # type: ignore[union-attr]
-    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+    assert other.functions.headerOf(1).call() == b"\x00" * 32
 
     async with raw_connection(ledger.engine) as conn:  # stored for another chain id
         await conn.execute("UPDATE chain_txs SET chain_id = 1 WHERE ref = '1'")
@@ -544,7 +550,7 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     async with raw_connection(ledger.engine) as conn:
         await conn.execute(f"UPDATE chain_txs SET chain_id = {w3.eth.chain_id}")
 
-    foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer)  # a contract of another ledger
+    foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer, 0, bytes(32))  # another ledger's
     async with raw_connection(ledger.engine) as conn:
         await conn.execute("UPDATE chain_txs SET to_address = $1", foreign.address)
     with pytest.raises(AnchorConfigMismatch, match="anchors ledger 0x0707"):
@@ -563,7 +569,7 @@ async def test_anvil_reorg_drops_the_anchor_then_it_is_sent_again_with_the_same_
     # a real reorg: the last blocks (the anchor's among them) replaced by empty ones
     rpc(w3, "anvil_reorg", w3.eth.block_number - first.block_number + 1, [])
     assert w3.eth.get_block(first.block_number)["hash"] != first.block_hash
-    assert bytes(ledger_anchor.functions.epochs(1).call()[0]) == b"\x00" * 32
+    assert bytes(ledger_anchor.functions.headerOf(1).call()) == b"\x00" * 32
 
     await job.anchor_pass()  # reorg noticed, the same bytes sent again (automine)
     rpc(w3, "anvil_mine", 3)
@@ -630,7 +636,7 @@ async def test_the_cli_refuses_to_start_against_another_contract(
 ) -> None:  # fmt: skip
     await activity(ledger)
     await job.run_once()
-    other = deploy("LedgerAnchor", ledger_id, deployer)
+    other = deploy("LedgerAnchor", ledger_id, deployer, 0, bytes(32))
     env = {
         "DATABASE_URL": ledger.engine.url.render_as_string(hide_password=False),
         "ETH_RPC_URL": anvil,
@@ -652,7 +658,7 @@ async def test_the_cli_refuses_to_start_against_another_contract(
     out = capsys.readouterr().out
     assert f"contract {ledger_anchor.address}; the configuration says" in out
     assert "refusing to anchor" in out
-    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+    assert other.functions.headerOf(1).call() == b"\x00" * 32
 
 
 @pytest.mark.usefixtures("manual_mining")
