@@ -22,7 +22,13 @@ from chain.evm.artifacts import load_artifact
 from chain.evm.client import ChainError, EvmClient, Mined
 from merkle.tree import EMPTY_ROOT
 
-__all__ = ["AnchorClient", "AnchorConflict", "OnChainEpoch", "deploy_ledger_anchor"]
+__all__ = [
+    "AnchorClient",
+    "AnchorConflict",
+    "OnChainEpoch",
+    "chain_head",
+    "deploy_ledger_anchor",
+]
 
 
 class AnchorConflict(ChainError):
@@ -124,6 +130,42 @@ class AnchorClient(EvmClient):
             if mined is not None:
                 return mined
         return None
+
+
+#: the reads a successor needs from an earlier LedgerAnchor, of either storage layout: the
+#: one-word ``headerOf`` or the three-word ``epochs`` (header, entries root, balances root)
+_PREDECESSOR_ABI: list[dict[str, Any]] = [
+    {"type": "function", "name": name, "stateMutability": "view", "inputs": inputs,
+     "outputs": outputs}
+    for name, inputs, outputs in (
+        ("ledgerId", [], [{"name": "", "type": "bytes32"}]),
+        ("lastEpoch", [], [{"name": "", "type": "uint64"}]),
+        ("headerOf", [{"name": "epoch", "type": "uint64"}], [{"name": "", "type": "bytes32"}]),
+        ("epochs", [{"name": "epoch", "type": "uint64"}],
+         [{"name": n, "type": "bytes32"} for n in ("header", "entriesRoot", "balancesRoot")]),
+    )
+]  # fmt: skip
+
+
+async def chain_head(w3: AsyncWeb3[Any], address: str, ledger_id: bytes) -> tuple[int, bytes]:
+    """(last anchored epoch, its header) of the LedgerAnchor at ``address``, which must anchor
+    ``ledger_id``: the genesis of a contract that continues its header chain."""
+    old = w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=_PREDECESSOR_ABI)
+    try:
+        if bytes(await old.functions.ledgerId().call()) != ledger_id:
+            raise ChainError(f"contract {address} anchors another ledger id")
+        last = int(await old.functions.lastEpoch().call())
+        if last == 0:
+            return 0, EMPTY_ROOT
+        try:
+            header = bytes(await old.functions.headerOf(last).call())
+        except (Web3Exception, ValueError):  # the three-word layout has no headerOf
+            header = bytes((await old.functions.epochs(last).call())[0])
+    except (Web3Exception, OSError) as exc:
+        raise ChainError(f"reading the header chain of {address} failed: {exc}") from exc
+    if header == EMPTY_ROOT:
+        raise ChainError(f"contract {address} has no header for its last epoch {last}")
+    return last, header
 
 
 async def deploy_ledger_anchor(
