@@ -98,14 +98,16 @@ async def unfinished_anchors(engine: AsyncEngine) -> list[AnchorRecord]:
     return [anchor_from_row(r) for r in rows]
 
 
-async def anchor_targets(engine: AsyncEngine) -> list[tuple[int, str]]:
-    """The distinct (chain id, contract address) pairs the stored anchors were sent to."""
+async def anchor_targets(engine: AsyncEngine) -> list[tuple[int, str, int]]:
+    """The distinct (chain id, contract address) pairs the stored anchors were sent to, each
+    with the highest epoch sent there."""
     async with raw_connection(engine) as conn:
         rows = await conn.fetch(
-            "SELECT DISTINCT chain_id, to_address FROM chain_txs WHERE purpose = $1",
+            "SELECT chain_id, to_address, max(ref::bigint) FROM chain_txs WHERE purpose = $1 "
+            "GROUP BY chain_id, to_address",
             TxPurpose.ANCHOR,
         )
-    return [(r[0], r[1]) for r in rows]
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 async def attach_tx(

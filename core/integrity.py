@@ -39,6 +39,7 @@ from core.db import Engine
 from core.epochs import (
     ENTRY_TREE,
     BuiltEpoch,
+    EpochRoots,
     Running,
     StoredTree,
     balances_at,
@@ -58,6 +59,7 @@ __all__ = [
     "Alarm",
     "AuditReport",
     "Finding",
+    "OnChainHeader",
     "OnChainRoots",
     "acknowledge",
     "alarm_from_error",
@@ -187,8 +189,21 @@ async def acknowledge(
 
 # ------------------------------------------------------------------------------- self-audit
 
-#: epoch -> (header, entries root, balances root) held by the contract, None: not anchored
-OnChainRoots = Callable[[int], Awaitable[tuple[bytes, bytes, bytes] | None]]
+
+@dataclass(frozen=True, slots=True)
+class OnChainHeader:
+    """What the anchor contract says about an epoch rebuilt from the rows."""
+
+    #: the header hash the contract stores for the epoch (EMPTY_ROOT: not anchored)
+    header: bytes
+    #: the contract's own ``isAnchored`` of the rebuilt header fields (roots included)
+    accepts: bool
+
+
+#: the rebuilt header fields -> the contract's view of that epoch; None when the epoch was
+#: anchored before the contract's genesis (its header chain reaches the genesis header, which
+#: the contract holds and the audit compares at the genesis epoch)
+OnChainRoots = Callable[[EpochRoots], Awaitable[OnChainHeader | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,19 +380,25 @@ async def _audit_epoch(
     if mismatch is not None and not findings:
         findings.append(Finding(epoch, f"epoch {epoch}: {mismatch}"))
     if onchain is not None and status in ("CONFIRMED", "FINALIZED"):
-        held = await onchain(epoch)
         r = built.roots
+        held = await onchain(r)
         if held is None:
+            pass  # anchored on an earlier contract, whose last header this one continues
+        elif held.header == EMPTY_ROOT:
             findings.append(
                 Finding(epoch, f"epoch {epoch}: {status} here but not anchored on the contract")
             )
-        elif held != (r.header, r.entries_root, r.balances_root):
+        elif held.header != r.header:
             findings.append(
                 Finding(
                     epoch,
-                    f"epoch {epoch}: the contract holds header 0x{held[0].hex()}, the rows "
+                    f"epoch {epoch}: the contract holds header 0x{held.header.hex()}, the rows "
                     f"rebuild 0x{r.header.hex()}",
                 )
+            )
+        elif not held.accepts:
+            findings.append(
+                Finding(epoch, f"epoch {epoch}: the contract refuses the rebuilt header fields")
             )
     return findings, built, len(entries)
 

@@ -15,7 +15,9 @@ anywhere (crash, deploy, kill -9) and the next run resumes from the database and
 * from SIGNED on, each step is the outbox's.
 
 Before anything is signed the job checks (once per job) that the anchors already stored were
-sent to the configured chain id and contract, and that the contract's ledger id is ours
+sent to the configured chain id and contract -- or, for a contract that continues an earlier
+one's header chain from its genesis epoch G, that the anchors sent elsewhere end at G and that
+its genesis header is our header of G -- and that the contract's ledger id is ours
 (:class:`AnchorConfigMismatch` otherwise: it refuses to run). The outbox checks before every
 signature that the signer can pay ``gas * maxFeePerGas``
 (:class:`chain.evm.client.InsufficientFunds`, also stored as the row's ``last_error`` and
@@ -112,12 +114,24 @@ class AnchorJob:
     async def check_config(self) -> None:
         """Refuse to run against another chain, contract or ledger than the stored anchors."""
         chain_id, address = await self.client.chain_id(), self.client.address
-        for stored_chain, stored_address in await anchor_targets(self.engine):
-            if stored_chain != chain_id or stored_address.lower() != address.lower():
+        genesis = await self.client.genesis_epoch()
+        for stored_chain, stored_address, last_sent in await anchor_targets(self.engine):
+            if stored_chain == chain_id and stored_address.lower() == address.lower():
+                continue
+            if last_sent > genesis:  # an earlier contract's epochs end at this one's genesis
                 raise AnchorConfigMismatch(
                     f"anchors in the database were sent to chain id {stored_chain}, contract "
                     f"{stored_address}; the configuration says chain id {chain_id}, contract "
                     f"{address} (ETH_RPC_URL / VALUEOS_ANCHOR_CONTRACT): refusing to anchor"
+                )
+        if genesis > 0:
+            ours = await get_anchor(self.engine, genesis)
+            theirs = (await self.client.onchain_epoch(genesis)).header
+            if ours is None or ours.roots.header != theirs:
+                raise AnchorConfigMismatch(
+                    f"contract {address} continues the header chain from epoch {genesis} with "
+                    f"header 0x{theirs.hex()}, which is not this ledger's header of that epoch: "
+                    "refusing to anchor"
                 )
         onchain = await self.client.ledger_id()
         if onchain != self.ledger_id:

@@ -33,8 +33,9 @@ from chain.evm.anchor import AnchorClient
 from chain.evm.client import ChainError, connect
 from chain.evm.settings import anchor_settings
 from core import integrity
+from core.epochs import EpochRoots
 from core.errors import LedgerError
-from core.integrity import AuditReport, OnChainRoots
+from core.integrity import AuditReport, OnChainHeader, OnChainRoots
 from core.ledger import Ledger
 from core.settings import epoch_settings
 from core.types import Actor, Role
@@ -44,13 +45,22 @@ log = logging.getLogger(__name__)
 
 
 def chain_reader(client: AnchorClient) -> OnChainRoots:
-    """The contract's (header, entries root, balances root) of an epoch; None: not anchored."""
+    """The contract's stored header of a rebuilt epoch and its ``isAnchored`` of the rebuilt
+    header fields; None for an epoch before the contract's genesis (an earlier contract's)."""
+    genesis: list[int] = []
 
-    async def read(epoch: int) -> tuple[bytes, bytes, bytes] | None:
-        held = await client.onchain_epoch(epoch)
-        if not held.anchored:
+    async def read(roots: EpochRoots) -> OnChainHeader | None:
+        if not genesis:
+            genesis.append(await client.genesis_epoch())
+        if roots.epoch < genesis[0]:
             return None
-        return held.header, held.entries_root, held.balances_root
+        held = await client.onchain_epoch(roots.epoch)
+        accepts = held.anchored and await client.is_anchored(
+            epoch=roots.epoch, prev_header=roots.prev_header, entries_root=roots.entries_root,
+            balances_root=roots.balances_root, first_seq=roots.first_seq,
+            last_seq=roots.last_seq, leaf_count=roots.leaf_count,
+        )  # fmt: skip
+        return OnChainHeader(held.header, accepts)
 
     return read
 

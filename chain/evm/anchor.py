@@ -22,7 +22,13 @@ from chain.evm.artifacts import load_artifact
 from chain.evm.client import ChainError, EvmClient, Mined
 from merkle.tree import EMPTY_ROOT
 
-__all__ = ["AnchorClient", "AnchorConflict", "OnChainEpoch", "deploy_ledger_anchor"]
+__all__ = [
+    "AnchorClient",
+    "AnchorConflict",
+    "OnChainEpoch",
+    "chain_head",
+    "deploy_ledger_anchor",
+]
 
 
 class AnchorConflict(ChainError):
@@ -31,9 +37,9 @@ class AnchorConflict(ChainError):
 
 @dataclass(frozen=True, slots=True)
 class OnChainEpoch:
+    """What the contract stores for an epoch: its header hash (the roots are in the event)."""
+
     header: bytes
-    entries_root: bytes
-    balances_root: bytes
 
     @property
     def anchored(self) -> bool:
@@ -61,12 +67,37 @@ class AnchorClient(EvmClient):
         except (Web3Exception, OSError) as exc:
             raise ChainError(f"ledgerId() of {self.address} failed: {exc}") from exc
 
+    async def genesis_epoch(self) -> int:
+        """The last epoch anchored before this contract (0 for a contract that starts a ledger)."""
+        try:
+            return int(await self.contract.functions.genesisEpoch().call())
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"genesisEpoch() of {self.address} failed: {exc}") from exc
+
     async def onchain_epoch(self, epoch: int) -> OnChainEpoch:
         try:
-            header, entries, balances = await self.contract.functions.epochs(epoch).call()
+            header = await self.contract.functions.headerOf(epoch).call()
         except (Web3Exception, OSError) as exc:
-            raise ChainError(f"epochs({epoch}) failed: {exc}") from exc
-        return OnChainEpoch(bytes(header), bytes(entries), bytes(balances))
+            raise ChainError(f"headerOf({epoch}) failed: {exc}") from exc
+        return OnChainEpoch(bytes(header))
+
+    async def is_anchored(
+        self,
+        *,
+        epoch: int,
+        prev_header: bytes,
+        entries_root: bytes,
+        balances_root: bytes,
+        first_seq: int,
+        last_seq: int,
+        leaf_count: int,
+    ) -> bool:
+        """The contract's own check that these header fields are the ones anchored for epoch."""
+        fields = (epoch, prev_header, entries_root, balances_root, first_seq, last_seq, leaf_count)
+        try:
+            return bool(await self.contract.functions.isAnchored(fields).call())
+        except (Web3Exception, OSError) as exc:
+            raise ChainError(f"isAnchored({epoch}) failed: {exc}") from exc
 
     def anchor_calldata(
         self,
@@ -101,13 +132,60 @@ class AnchorClient(EvmClient):
         return None
 
 
+#: the reads a successor needs from an earlier LedgerAnchor, of either storage layout: the
+#: one-word ``headerOf`` or the three-word ``epochs`` (header, entries root, balances root)
+_PREDECESSOR_ABI: list[dict[str, Any]] = [
+    {"type": "function", "name": name, "stateMutability": "view", "inputs": inputs,
+     "outputs": outputs}
+    for name, inputs, outputs in (
+        ("ledgerId", [], [{"name": "", "type": "bytes32"}]),
+        ("lastEpoch", [], [{"name": "", "type": "uint64"}]),
+        ("headerOf", [{"name": "epoch", "type": "uint64"}], [{"name": "", "type": "bytes32"}]),
+        ("epochs", [{"name": "epoch", "type": "uint64"}],
+         [{"name": n, "type": "bytes32"} for n in ("header", "entriesRoot", "balancesRoot")]),
+    )
+]  # fmt: skip
+
+
+async def chain_head(w3: AsyncWeb3[Any], address: str, ledger_id: bytes) -> tuple[int, bytes]:
+    """(last anchored epoch, its header) of the LedgerAnchor at ``address``, which must anchor
+    ``ledger_id``: the genesis of a contract that continues its header chain."""
+    old = w3.eth.contract(address=AsyncWeb3.to_checksum_address(address), abi=_PREDECESSOR_ABI)
+    try:
+        if bytes(await old.functions.ledgerId().call()) != ledger_id:
+            raise ChainError(f"contract {address} anchors another ledger id")
+        last = int(await old.functions.lastEpoch().call())
+        if last == 0:
+            return 0, EMPTY_ROOT
+        try:
+            header = bytes(await old.functions.headerOf(last).call())
+        except (Web3Exception, ValueError):  # the three-word layout has no headerOf
+            header = bytes((await old.functions.epochs(last).call())[0])
+    except (Web3Exception, OSError) as exc:
+        raise ChainError(f"reading the header chain of {address} failed: {exc}") from exc
+    if header == EMPTY_ROOT:
+        raise ChainError(f"contract {address} has no header for its last epoch {last}")
+    return last, header
+
+
 async def deploy_ledger_anchor(
-    w3: AsyncWeb3[Any], signer: LocalAccount, ledger_id: bytes
+    w3: AsyncWeb3[Any],
+    signer: LocalAccount,
+    ledger_id: bytes,
+    *,
+    genesis_epoch: int = 0,
+    genesis_header: bytes = EMPTY_ROOT,
 ) -> ChecksumAddress:
-    """Deploy LedgerAnchor (``signer`` is admin and anchorer); for local runs and tests."""
+    """Deploy LedgerAnchor (``signer`` is admin and anchorer); for local runs and tests.
+
+    ``genesis_epoch``/``genesis_header``: the last epoch anchored on a previous contract and its
+    header, which this one continues (the first epoch it takes is ``genesis_epoch + 1``).
+    """
     artifact = load_artifact("LedgerAnchor")
     factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
-    tx = await factory.constructor(ledger_id, signer.address).build_transaction(
+    tx = await factory.constructor(
+        ledger_id, signer.address, genesis_epoch, genesis_header
+    ).build_transaction(
         {
             "from": signer.address,
             "nonce": await w3.eth.get_transaction_count(signer.address, "pending"),

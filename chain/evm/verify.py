@@ -16,10 +16,12 @@ What is checked against what, and what each output line means:
 ``VALID`` (with ``--rpc URL``, which requires the trust file; trust only the chain):
   5. the node is the pinned chain, the pinned contract has code and anchors the pinned
      ledger id -- every read goes to the *pinned* contract, never to the one the bundle names;
-  6. ``epochs(E)`` holds exactly this header hash and these two roots, and ``epochs(E - 1)``
-     the bundle's previous header;
+  6. ``headerOf(E)`` is exactly this header hash, ``isAnchored(header fields)`` accepts the
+     bundle's header fields (the two roots included: the contract stores only the header hash),
+     and ``headerOf(E - 1)`` is the bundle's previous header;
   7. the anchor transaction succeeded, went to the pinned contract and emitted
-     ``Anchored(E, header, ...)``; its receipt's block number and block hash are the bundle's,
+     ``Anchored(E, header, entriesRoot, balancesRoot, ...)`` with the bundle's roots; its
+     receipt's block number and block hash are the bundle's,
      and that block is the canonical one at that height; a bundle saying FINALIZED is at least
      the pinned ``confirmations`` deep, and any status other than CONFIRMED / FINALIZED is
      refused; the contract's own ``verifyEntry``/``verifyBalance`` accepts the proof.
@@ -174,6 +176,19 @@ def check_pinned(bundle: dict[str, Any], trust: Trust) -> str:
 _ANCHORED = ("CONFIRMED", "FINALIZED")
 
 
+def _header_fields(h: dict[str, Any]) -> tuple[int, bytes, bytes, bytes, int, int, int]:
+    """The bundle's header as the contract's ``Header`` struct (its ledger id is the contract's)."""
+    return (
+        _int(h["epoch"], "header.epoch"),
+        _b32(h["prev_header"], "header.prev_header"),
+        _b32(h["entries_root"], "header.entries_root"),
+        _b32(h["balances_root"], "header.balances_root"),
+        _int(h["first_seq"], "header.first_seq"),
+        _int(h["last_seq"], "header.last_seq"),
+        _int(h["leaf_count"], "header.leaf_count"),
+    )
+
+
 def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
     bundle: dict[str, Any], rpc_url: str, trust: Trust
 ) -> str:
@@ -210,19 +225,18 @@ def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
             raise VerificationError(f"no contract at the pinned address {address}")
         if bytes(contract.functions.ledgerId().call()) != trust.ledger_id:
             raise VerificationError("the pinned contract anchors another ledger id")
-        stored = [bytes(x) for x in contract.functions.epochs(epoch).call()]
-        if stored[0] == EMPTY_ROOT:
+        header = _header_fields(h)
+        stored = bytes(contract.functions.headerOf(epoch).call())
+        if stored == EMPTY_ROOT:
             raise VerificationError(f"epoch {epoch} is not anchored on the pinned contract")
-        if stored != [
-            _b32(h["header_hash"], "header_hash"),
-            _b32(h["entries_root"], "entries_root"),
-            _b32(h["balances_root"], "balances_root"),
-        ]:
-            raise VerificationError(f"the contract holds another header/roots for epoch {epoch}")
-        if epoch > 1:
-            prev = bytes(contract.functions.epochs(epoch - 1).call()[0])
-            if prev != _b32(h["prev_header"], "prev_header"):
-                raise VerificationError("the contract's previous header differs from the bundle's")
+        if stored != _b32(h["header_hash"], "header_hash"):
+            raise VerificationError(f"the contract holds another header for epoch {epoch}")
+        if not contract.functions.isAnchored(header).call():
+            raise VerificationError(
+                f"the contract refuses the bundle's header fields (roots) for epoch {epoch}"
+            )
+        if bytes(contract.functions.headerOf(epoch - 1).call()) != header[1]:
+            raise VerificationError("the contract's previous header differs from the bundle's")
         try:
             receipt = w3.eth.get_transaction_receipt(HexBytes(tx_hash))
         except TransactionNotFound:
@@ -250,19 +264,22 @@ def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
             )
         events = contract.events.Anchored().process_receipt(receipt)
         if not any(
-            e["args"]["epoch"] == epoch and bytes(e["args"]["headerHash"]) == stored[0]
+            e["args"]["epoch"] == epoch
+            and bytes(e["args"]["headerHash"]) == stored
+            and bytes(e["args"]["entriesRoot"]) == header[2]
+            and bytes(e["args"]["balancesRoot"]) == header[3]
             for e in events
         ):
             raise VerificationError("the anchor transaction did not anchor this header")
         leaf, proof = _leaf(bundle), [_b32(p, "proof") for p in bundle["proof"]]
         if isinstance(leaf, EntryLeaf):
             ok = contract.functions.verifyEntry(
-                proof, epoch, leaf.seq, leaf.operation_id, leaf.account_id, leaf.asset_word,
+                header, proof, leaf.seq, leaf.operation_id, leaf.account_id, leaf.asset_word,
                 leaf.amount, leaf.balance_after,
             ).call()  # fmt: skip
         else:
             ok = contract.functions.verifyBalance(
-                proof, epoch, leaf.seq, leaf.account_id, leaf.asset_word, leaf.balance
+                header, proof, leaf.seq, leaf.account_id, leaf.asset_word, leaf.balance
             ).call()
         if not ok:
             raise VerificationError("the contract's own proof check rejects the leaf")

@@ -186,7 +186,7 @@ def revert_to(w3: Web3, snapshot: str) -> None:
 
 @pytest.fixture(scope="session")
 def deploy(w3: Web3, deployer: ChecksumAddress) -> Deploy:
-    """``deploy("LedgerAnchor", ledger_id, admin, sender=...)`` -> Contract, from the artifact."""
+    """``deploy("LedgerAnchor", ledger_id, admin, 0, bytes(32), sender=...)`` -> Contract, from the artifact."""
 
     def _deploy(name: str, *args: Any, sender: ChecksumAddress | None = None) -> Contract:
         artifact = load_artifact(name)
@@ -209,7 +209,7 @@ def ledger_id() -> bytes:
 @pytest.fixture(scope="session")
 def ledger_anchor(deploy: Deploy, deployer: ChecksumAddress, ledger_id: bytes) -> Contract:
     """LedgerAnchor deployed once per session; the deployer is admin and anchorer."""
-    return deploy("LedgerAnchor", ledger_id, deployer)
+    return deploy("LedgerAnchor", ledger_id, deployer, 0, bytes(32))
 
 
 @pytest.fixture

@@ -22,18 +22,22 @@ from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 
-from chain.evm.anchor import AnchorClient, AnchorConflict
-from chain.evm.client import InsufficientFunds, connect
+from bench.anchor_gas import BASELINE_REV, baseline_artifact
+from chain.evm.anchor import AnchorClient, AnchorConflict, chain_head
+from chain.evm.client import ChainError, InsufficientFunds, connect
 from chain.evm.settings import anchor_settings
 from chain.evm.trust import Trust
 from chain.evm.verify import main as verify_main
+from core import integrity
 from core.anchors import get_anchor
 from core.epochs import get_roots, raw_connection, seal_open_epoch
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from core.settings import database_settings, epoch_settings
 from jobs.anchor import AnchorConfigMismatch, AnchorJob
+from jobs.audit import chain_reader
 from jobs.cli import main as cli_main
+from jobs.deploy import ensure_ledger_anchor
 from tests.chain.conftest import Deploy, await_automine, revert_to, rpc
 from tests.conftest import make_world
 from tests.support import raw_connect
@@ -104,12 +108,17 @@ def anchored_events(contract: Contract, epoch: int) -> list[Any]:
 async def assert_final(ledger: Ledger, contract: Contract, epoch: int) -> None:
     record = await get_anchor(ledger.engine, epoch)
     assert record is not None and record.status == "FINALIZED", record
-    header, entries_root, balances_root = contract.functions.epochs(epoch).call()
-    assert (bytes(header), bytes(entries_root), bytes(balances_root)) == (
-        record.roots.header, record.roots.entries_root, record.roots.balances_root,
-    )  # fmt: skip
+    r = record.roots
+    assert bytes(contract.functions.headerOf(epoch).call()) == r.header
+    fields = (epoch, r.prev_header, r.entries_root, r.balances_root, r.first_seq, r.last_seq,
+              r.leaf_count)  # fmt: skip
+    assert contract.functions.isAnchored(fields).call()
     events = anchored_events(contract, epoch)
     assert len(events) == 1, "anchored exactly once"
+    args = events[0]["args"]
+    assert (bytes(args["headerHash"]), bytes(args["entriesRoot"]), bytes(args["balancesRoot"])) == (
+        r.header, r.entries_root, r.balances_root,
+    )  # fmt: skip
     assert bytes(events[0]["transactionHash"]) == record.tx_hash
 
 
@@ -265,7 +274,7 @@ async def test_a_different_root_on_chain_is_a_conflict_never_overwritten(
     assert record is not None and record.status == "SEALED"
     assert record.last_error is not None and "another header" in record.last_error
     assert len(anchored_events(ledger_anchor, 1)) == 1
-    assert bytes(ledger_anchor.functions.epochs(1).call()[1]) == b"\x01" * 32
+    assert bytes(anchored_events(ledger_anchor, 1)[0]["args"]["entriesRoot"]) == b"\x01" * 32
 
 
 async def test_reorg_after_confirmation_sends_the_anchor_again(
@@ -284,7 +293,7 @@ async def test_reorg_after_confirmation_sends_the_anchor_again(
     assert rpc(w3, "evm_revert", snapshot) is True
     rpc(w3, "anvil_mine", 3)
     assert w3.eth.get_block(first.block_number)["hash"] != first.block_hash
-    assert bytes(ledger_anchor.functions.epochs(1).call()[0]) == b"\x00" * 32
+    assert bytes(ledger_anchor.functions.headerOf(1).call()) == b"\x00" * 32
 
     await job.anchor_pass()  # notices the reorg, sends the same bytes again (nonce free)
     again = await get_anchor(ledger.engine, 1)
@@ -524,7 +533,8 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     await activity(ledger, 1)
     await seal_open_epoch(ledger.engine)
 
-    other = deploy("LedgerAnchor", ledger_id, deployer)  # the configuration now names another
+    # the configuration now names another contract
+    other = deploy("LedgerAnchor", ledger_id, deployer, 0, bytes(32))
     moved = new_job(ledger, anvil, other, signer, ledger_id)
     with pytest.raises(AnchorConfigMismatch) as caught:
         await moved.run_once(seal=False)
@@ -535,7 +545,7 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     )
     assert await get_anchor(ledger.engine, 2) is not None
     assert (await get_anchor(ledger.engine, 2)).status == "SEALED"  # type: ignore[union-attr]
-    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+    assert other.functions.headerOf(1).call() == b"\x00" * 32
 
     async with raw_connection(ledger.engine) as conn:  # stored for another chain id
         await conn.execute("UPDATE chain_txs SET chain_id = 1 WHERE ref = '1'")
@@ -544,7 +554,7 @@ async def test_stored_anchors_for_another_chain_or_contract_refuse_to_run(
     async with raw_connection(ledger.engine) as conn:
         await conn.execute(f"UPDATE chain_txs SET chain_id = {w3.eth.chain_id}")
 
-    foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer)  # a contract of another ledger
+    foreign = deploy("LedgerAnchor", b"\x07" * 32, deployer, 0, bytes(32))  # another ledger's
     async with raw_connection(ledger.engine) as conn:
         await conn.execute("UPDATE chain_txs SET to_address = $1", foreign.address)
     with pytest.raises(AnchorConfigMismatch, match="anchors ledger 0x0707"):
@@ -563,7 +573,7 @@ async def test_anvil_reorg_drops_the_anchor_then_it_is_sent_again_with_the_same_
     # a real reorg: the last blocks (the anchor's among them) replaced by empty ones
     rpc(w3, "anvil_reorg", w3.eth.block_number - first.block_number + 1, [])
     assert w3.eth.get_block(first.block_number)["hash"] != first.block_hash
-    assert bytes(ledger_anchor.functions.epochs(1).call()[0]) == b"\x00" * 32
+    assert bytes(ledger_anchor.functions.headerOf(1).call()) == b"\x00" * 32
 
     await job.anchor_pass()  # reorg noticed, the same bytes sent again (automine)
     rpc(w3, "anvil_mine", 3)
@@ -630,7 +640,7 @@ async def test_the_cli_refuses_to_start_against_another_contract(
 ) -> None:  # fmt: skip
     await activity(ledger)
     await job.run_once()
-    other = deploy("LedgerAnchor", ledger_id, deployer)
+    other = deploy("LedgerAnchor", ledger_id, deployer, 0, bytes(32))
     env = {
         "DATABASE_URL": ledger.engine.url.render_as_string(hide_password=False),
         "ETH_RPC_URL": anvil,
@@ -652,7 +662,7 @@ async def test_the_cli_refuses_to_start_against_another_contract(
     out = capsys.readouterr().out
     assert f"contract {ledger_anchor.address}; the configuration says" in out
     assert "refusing to anchor" in out
-    assert other.functions.epochs(1).call()[0] == b"\x00" * 32
+    assert other.functions.headerOf(1).call() == b"\x00" * 32
 
 
 @pytest.mark.usefixtures("manual_mining")
@@ -677,3 +687,73 @@ async def test_a_replacement_above_the_fee_cap_is_not_signed(
     rpc(w3, "anvil_mine", 1)
     await job.anchor_pass()
     await assert_final(ledger, ledger_anchor, 1)
+
+
+async def test_a_new_contract_continues_the_header_chain_of_the_old_one(
+    ledger: Ledger, job: AnchorJob, w3: Web3, ledger_anchor: Contract, ledger_id: bytes,
+    deploy: Deploy, deployer: str, signer: LocalAccount, anvil: str,
+) -> None:  # fmt: skip
+    """Migration: epochs 1-2 on the old contract, a successor deployed with --continue-from's
+    function, epoch 3 on the successor chains onto epoch 2's header; the self-audit checks epoch
+    2 against the successor's genesis and epoch 3 against its storage; a successor with another
+    genesis header, and the old contract after the move, are refused."""
+    for _ in range(2):
+        await activity(ledger)
+        await job.run_once()
+    second = await get_anchor(ledger.engine, 2)
+    assert second is not None and second.status in ("CONFIRMED", "FINALIZED")
+
+    aw3 = await_automine(connect(anvil))
+    try:
+        address = await ensure_ledger_anchor(
+            aw3, lambda: signer, ledger_id, None, continue_from=ledger_anchor.address
+        )
+    finally:
+        await aw3.provider.disconnect()
+    successor = w3.eth.contract(address=address, abi=ledger_anchor.abi)
+    assert successor.functions.genesisEpoch().call() == 2
+    assert bytes(successor.functions.genesisHeader().call()) == second.roots.header
+
+    moved = new_job(ledger, anvil, successor, signer, ledger_id)
+    await activity(ledger)
+    await moved.run_once()
+    third = await get_anchor(ledger.engine, 3)
+    assert third is not None and third.status in ("CONFIRMED", "FINALIZED")
+    assert third.roots.prev_header == second.roots.header
+    assert bytes(successor.functions.headerOf(3).call()) == third.roots.header
+    assert bytes(ledger_anchor.functions.headerOf(3).call()) == b"\x00" * 32
+    report = await integrity.audit(ledger.engine, ledger_id, onchain=chain_reader(moved.client))
+    assert report.ok, report.findings
+    assert report.epochs == 3
+
+    other = deploy("LedgerAnchor", ledger_id, deployer, 3, b"\x01" * 32)
+    with pytest.raises(AnchorConfigMismatch, match="continues the header chain from epoch 3"):
+        await new_job(ledger, anvil, other, signer, ledger_id).run_once(seal=False)
+    with pytest.raises(AnchorConfigMismatch, match=f"contract {successor.address}"):
+        await new_job(ledger, anvil, ledger_anchor, signer, ledger_id).run_once(seal=False)
+
+
+async def test_chain_head_reads_the_three_word_layout(
+    w3: Web3, ledger_id: bytes, deployer: str, anvil: str
+) -> None:
+    """--continue-from also reads a contract of the previous layout (header + both roots per
+    epoch, built from the artifact in git history that bench.anchor_gas measures)."""
+    old = baseline_artifact(BASELINE_REV)
+    factory = w3.eth.contract(abi=old["abi"], bytecode=old["bytecode"])
+    receipt = w3.eth.wait_for_transaction_receipt(
+        factory.constructor(ledger_id, deployer).transact({"from": deployer})
+    )
+    contract = w3.eth.contract(address=receipt["contractAddress"], abi=old["abi"])
+    prev = b"\x00" * 32
+    for epoch in (1, 2):
+        contract.functions.anchor(
+            epoch, prev, b"\x11" * 32, b"\x22" * 32, epoch, epoch, 1
+        ).transact({"from": deployer})
+        prev = bytes(contract.functions.epochs(epoch).call()[0])
+    aw3 = connect(anvil)
+    try:
+        assert await chain_head(aw3, contract.address, ledger_id) == (2, prev)
+        with pytest.raises(ChainError, match="another ledger id"):
+            await chain_head(aw3, contract.address, b"\x07" * 32)
+    finally:
+        await aw3.provider.disconnect()

@@ -288,6 +288,11 @@ class Anchorer:
         self.prev = ZERO32
         self.epoch = 0
         self.next_seq = 1
+        self.fields: dict[int, tuple[Any, ...]] = {}
+
+    def header(self, epoch: int) -> tuple[Any, ...]:
+        """The header fields anchored for ``epoch`` (made-up ones for an unknown epoch)."""
+        return self.fields.get(epoch, (epoch, ZERO32, ZERO32, ZERO32, 0, 0, 0))
 
     def anchor(
         self, entries_root: bytes, balances_root: bytes, leaf_count: int | None = None
@@ -309,9 +314,25 @@ class Anchorer:
         assert event["args"]["headerHash"] == header
         assert event["args"]["entriesRoot"] == entries_root
         assert event["args"]["balancesRoot"] == balances_root
+        assert event["args"]["firstSeq"] == first
+        assert event["args"]["lastSeq"] == last
+        assert event["args"]["leafCount"] == count
         calldata = bytes(self.w3.eth.get_transaction(tx_hash)["input"])
+        self.fields[epoch] = (epoch, self.prev, entries_root, balances_root, first, last, count)
         self.prev, self.epoch, self.next_seq = header, epoch, last + 1
         return Anchored(epoch, header, entries_root, balances_root, receipt["gasUsed"], calldata)
+
+
+def verify_entry(anchorer: Anchorer, proof: list[bytes], epoch: int, *leaf: Any) -> bool:
+    """verifyEntry with the header fields ``anchorer`` anchored for ``epoch``."""
+    fn = anchorer.contract.functions.verifyEntry(anchorer.header(epoch), proof, *leaf)
+    return bool(fn.call())
+
+
+def verify_balance(anchorer: Anchorer, proof: list[bytes], epoch: int, *leaf: Any) -> bool:
+    """verifyBalance with the header fields ``anchorer`` anchored for ``epoch``."""
+    fn = anchorer.contract.functions.verifyBalance(anchorer.header(epoch), proof, *leaf)
+    return bool(fn.call())
 
 
 @pytest.fixture
@@ -338,7 +359,9 @@ def test_deployment_sets_ledger_id_and_roles(
     assert fns.hasRole(fns.DEFAULT_ADMIN_ROLE().call(), deployer).call()
     assert fns.hasRole(fns.ANCHOR_ROLE().call(), deployer).call()
     assert fns.lastEpoch().call() == 0
-    assert fns.epochs(1).call() == [ZERO32, ZERO32, ZERO32]
+    assert (fns.genesisEpoch().call(), fns.genesisHeader().call()) == (0, ZERO32)
+    assert fns.headerOf(0).call() == ZERO32
+    assert fns.headerOf(1).call() == ZERO32
 
 
 def test_constructor_rejects_zero_admin(
@@ -346,8 +369,13 @@ def test_constructor_rejects_zero_admin(
 ) -> None:
     factory = w3.eth.contract(abi=ledger_anchor.abi, bytecode=_bytecode())
     with pytest.raises(ContractCustomError) as info:
-        factory.constructor(ledger_id, "0x" + "00" * 20).transact({"from": deployer})
+        factory.constructor(ledger_id, "0x" + "00" * 20, 0, ZERO32).transact({"from": deployer})
     assert decode_revert(ledger_anchor, info.value.data) == ("ZeroAdmin", ())
+    # a continued chain names both its genesis epoch and header, a new one neither
+    for epoch, header in ((3, ZERO32), (0, b"\x01" * 32)):
+        with pytest.raises(ContractCustomError) as info:
+            factory.constructor(ledger_id, deployer, epoch, header).transact({"from": deployer})
+        assert decode_revert(ledger_anchor, info.value.data) == ("BadGenesis", ())
 
 
 def _bytecode() -> str:
@@ -413,7 +441,7 @@ def test_anchor_epochs_in_order(ledger_anchor: Contract, anchorer: Anchorer) -> 
     prev = ZERO32
     first = 1
     for a, leaf_count in zip(done, (3, 1, 250), strict=True):
-        assert fns.epochs(a.epoch).call() == [a.header, a.entries_root, a.balances_root]
+        assert fns.headerOf(a.epoch).call() == a.header
         last = first + leaf_count - 1
         # The Python-computed header equals the stored one and the contract's own helper.
         expected = header_hash(
@@ -428,9 +456,16 @@ def test_anchor_epochs_in_order(ledger_anchor: Contract, anchorer: Anchorer) -> 
         )
         assert a.header == expected
         args = (a.epoch, prev, a.entries_root, a.balances_root, first, last, leaf_count)
-        assert fns.headerHash(*args).call() == expected
+        assert fns.headerHash(args).call() == expected
+        # the contract stores only the header: the views check the fields against it
+        assert fns.isAnchored(args).call()
+        for i in range(1, len(args)):
+            changed = list(args)
+            changed[i] = _bump(changed[i])
+            assert not fns.isAnchored(tuple(changed)).call(), i
         prev, first = a.header, last + 1
-    assert fns.epochs(4).call() == [ZERO32, ZERO32, ZERO32]
+    assert fns.headerOf(4).call() == ZERO32
+    assert not fns.isAnchored((4, prev, ZERO32, ZERO32, 0, 0, 0)).call()
 
 
 def test_anchor_out_of_order_reverts(
@@ -483,8 +518,10 @@ def test_reanchoring_an_epoch_reverts_and_changes_nothing(
         )
         assert receipt["status"] == 0
         assert receipt["logs"] == []
-    assert fns.epochs(1).call() == [first.header, r1, r2]
-    assert fns.epochs(2).call() == [second.header, second.entries_root, second.balances_root]
+    assert fns.headerOf(1).call() == first.header
+    assert fns.headerOf(2).call() == second.header
+    assert fns.isAnchored(anchorer.header(1)).call()
+    assert fns.isAnchored(anchorer.header(2)).call()
     assert fns.lastEpoch().call() == 2
 
 
@@ -500,11 +537,12 @@ def test_empty_epoch_anchors_and_proves_nothing(
     ledger_anchor: Contract, anchorer: Anchorer
 ) -> None:
     empty = anchorer.anchor(ZERO32, ZERO32, 0)
-    assert ledger_anchor.functions.epochs(1).call() == [empty.header, ZERO32, ZERO32]
+    assert ledger_anchor.functions.headerOf(1).call() == empty.header
+    assert ledger_anchor.functions.isAnchored(anchorer.header(1)).call()
     entry = random_entries(random.Random(3), 1)[0]
     balance = random_balances(random.Random(3), 1)[0]
-    assert not ledger_anchor.functions.verifyEntry([], *entry.args(1)).call()
-    assert not ledger_anchor.functions.verifyBalance([], *balance.args(1)).call()
+    assert not verify_entry(anchorer, [], *entry.args(1))
+    assert not verify_balance(anchorer, [], *balance.args(1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +561,11 @@ def test_leaf_helpers_match_reference(ledger_anchor: Contract, ledger_id: bytes)
 
 def _flip(value: bytes) -> bytes:
     return bytes([value[0] ^ 1]) + value[1:]
+
+
+def _bump(value: Any) -> Any:
+    """Another value of the same ABI type: a flipped bytes32, or an int's low bit toggled."""
+    return _flip(value) if isinstance(value, bytes) else value ^ 1
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 37])
@@ -547,9 +590,9 @@ def test_proofs_verify_and_forgeries_fail(
 
     for i, entry in enumerate(entries):
         proof = entry_tree.proofs[i]
-        assert fns.verifyEntry(proof, *entry.args(epoch)).call(), f"entry {i}"
+        assert verify_entry(anchorer, proof, *entry.args(epoch)), f"entry {i}"
     for i, balance in enumerate(balances):
-        assert fns.verifyBalance(balance_tree.proofs[i], *balance.args(epoch)).call(), i
+        assert verify_balance(anchorer, balance_tree.proofs[i], *balance.args(epoch)), i
     if size == 1:
         assert entry_tree.proofs == [[]]
         assert entry_tree.root == leaf_hash(ENTRY_TYPES, entries[0].leaf(ledger_id, epoch))
@@ -578,18 +621,32 @@ def test_proofs_verify_and_forgeries_fail(
     if size > 1:
         forged.append(("another leaf's proof", entry_tree.proofs[(i + 1) % size], args))
     for label, forged_proof, forged_args in forged:
-        assert not fns.verifyEntry(forged_proof, *forged_args).call(), label
+        assert not verify_entry(anchorer, forged_proof, *forged_args), label
+
+    # The caller passes the header fields: a root of the caller's own making is refused, since
+    # the fields must hash to the header the contract stores. Here a one-leaf "tree" whose root
+    # is the forged leaf itself, with an empty proof.
+    fake = [*args[:5], entry.amount ^ 2, entry.balance_after ^ 2]
+    fake_root = leaf_hash(ENTRY_TYPES, [1, ledger_id, *fake])
+    header = anchorer.header(epoch)
+    forged_header = (header[0], header[1], fake_root, *header[3:])
+    assert not fns.verifyEntry(forged_header, [], *fake[1:]).call()
+    assert fns.entryLeaf(*fake).call() == fake_root  # the leaf itself is well formed
+    for i in range(1, len(header)):
+        changed = list(header)
+        changed[i] = _bump(changed[i])
+        assert not fns.verifyEntry(tuple(changed), proof, *args[1:]).call(), i
 
     # An entry and its proof presented as a balance (same seq/account/asset, balanceAfter as
     # the balance), and a balance proof presented as an entry.
     as_balance = [epoch, entry.seq, entry.account_id, entry.asset_code, entry.balance_after]
-    assert not fns.verifyBalance(proof, *as_balance).call()
+    assert not verify_balance(anchorer, proof, *as_balance)
     as_entry = [epoch, balance.seq, 0, balance.account_id, balance.asset_code, 0, balance.balance]
-    assert not fns.verifyEntry(bproof, *as_entry).call()
-    assert not fns.verifyBalance(bproof, *balance.args(epoch)[:4], balance.balance ^ 1).call()
+    assert not verify_entry(anchorer, bproof, *as_entry)
+    assert not verify_balance(anchorer, bproof, *balance.args(epoch)[:4], balance.balance ^ 1)
     if bproof:
-        assert not fns.verifyBalance(bproof[:-1], *balance.args(epoch)).call()
-        assert not fns.verifyBalance([_flip(bproof[0]), *bproof[1:]], *balance.args(epoch)).call()
+        assert not verify_balance(anchorer, bproof[:-1], *balance.args(epoch))
+        assert not verify_balance(anchorer, [_flip(bproof[0]), *bproof[1:]], *balance.args(epoch))
 
 
 def test_leaves_are_bound_to_epoch_and_ledger(
@@ -614,20 +671,19 @@ def test_leaves_are_bound_to_epoch_and_ledger(
     anchorer.anchor(right.root, ZERO32, 5)
     anchorer.anchor(wrong_epoch.root, ZERO32, 5)
     anchorer.anchor(wrong_ledger.root, ZERO32, 5)
-    fns = ledger_anchor.functions
     for i, e in enumerate(entries):
-        assert fns.verifyEntry(right.proofs[i], *e.args(1)).call()
-        assert not fns.verifyEntry(wrong_epoch.proofs[i], *e.args(2)).call()
-        assert not fns.verifyEntry(wrong_ledger.proofs[i], *e.args(3)).call()
+        assert verify_entry(anchorer, right.proofs[i], *e.args(1))
+        assert not verify_entry(anchorer, wrong_epoch.proofs[i], *e.args(2))
+        assert not verify_entry(anchorer, wrong_ledger.proofs[i], *e.args(3))
 
     # The same tree does verify on a LedgerAnchor of the other ledger, at epoch 3.
-    other = deploy("LedgerAnchor", other_ledger, deployer)
+    other = deploy("LedgerAnchor", other_ledger, deployer, 0, ZERO32)
     other_anchorer = Anchorer(w3, other, other_ledger, deployer)
     other_anchorer.anchor(ZERO32, ZERO32, 0)
     other_anchorer.anchor(ZERO32, ZERO32, 0)
     other_anchorer.anchor(wrong_ledger.root, ZERO32, 5)
     for i, e in enumerate(entries):
-        assert other.functions.verifyEntry(wrong_ledger.proofs[i], *e.args(3)).call()
+        assert verify_entry(other_anchorer, wrong_ledger.proofs[i], *e.args(3))
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 37])
@@ -675,17 +731,67 @@ def test_python_side_trees_and_headers_verify_on_chain(
     anchored = anchorer.anchor(e_tree.root, b_tree.root, size)
     expected = py_leaves.header_hash(ledger_id, 1, ZERO32, e_tree.root, b_tree.root, 1, size, size)
     assert anchored.header == expected
-    assert ledger_anchor.functions.epochs(1).call()[0] == expected
+    assert ledger_anchor.functions.headerOf(1).call() == expected
 
     fns = ledger_anchor.functions
     for i, x in enumerate(entries):
         args = [epoch, x.seq, x.operation_id, x.account_id, x.asset_word, x.amount]
-        assert fns.verifyEntry(e_tree.proof(i), *args, x.balance_after).call()
+        assert verify_entry(anchorer, e_tree.proof(i), *args, x.balance_after)
         assert fns.entryLeaf(*args, x.balance_after).call() == x.hash()
     for i, y in enumerate(balances):
         args = [epoch, y.seq, y.account_id, y.asset_word, y.balance]
-        assert fns.verifyBalance(b_tree.proof(i), *args).call()
+        assert verify_balance(anchorer, b_tree.proof(i), *args)
         assert fns.balanceLeaf(*args).call() == y.hash()
+
+
+# ---------------------------------------------------------------------------------------------
+# Migration: a new contract continues the header chain of an earlier one
+
+
+def test_a_new_contract_continues_the_header_chain(
+    w3: Web3,
+    ledger_anchor: Contract,
+    anchorer: Anchorer,
+    ledger_id: bytes,
+    deploy: Callable[..., Contract],
+    deployer: ChecksumAddress,
+) -> None:
+    rng = random.Random(9)
+    entries = random_entries(rng, 3, first_seq=1)
+    (tree,) = oz_trees([(ENTRY_TYPES, [e.leaf(ledger_id, 3) for e in entries])])
+    anchorer.anchor(rand32(rng), rand32(rng), 1)
+    anchorer.anchor(rand32(rng), rand32(rng), 1)
+    third = anchorer.anchor(tree.root, ZERO32, 3)
+
+    successor = deploy("LedgerAnchor", ledger_id, deployer, 3, third.header)
+    fns = successor.functions
+    assert (fns.genesisEpoch().call(), fns.genesisHeader().call()) == (3, third.header)
+    assert fns.lastEpoch().call() == 3
+    assert fns.headerOf(3).call() == third.header
+    assert fns.headerOf(2).call() == ZERO32  # earlier epochs: on the earlier contract
+    # the genesis epoch's proofs verify on the successor too (it knows the header)
+    on_successor = Anchorer(w3, successor, ledger_id, deployer)
+    on_successor.prev, on_successor.epoch, on_successor.next_seq = third.header, 3, 4
+    on_successor.fields[3] = anchorer.header(3)
+    assert fns.isAnchored(anchorer.header(3)).call()
+    for i, e in enumerate(entries):
+        assert verify_entry(on_successor, tree.proofs[i], *e.args(3))
+
+    for epoch in (0, 1, 3, 5):
+        fn = fns.anchor(epoch, third.header, r := b"\x11" * 32, r, 4, 4, 1)
+        assert_reverts(successor, fn, deployer, "EpochOutOfOrder", (4, epoch))
+    fn = fns.anchor(4, ZERO32, b"\x11" * 32, b"\x22" * 32, 4, 4, 1)
+    assert_reverts(successor, fn, deployer, "PrevHeaderMismatch", (third.header, ZERO32))
+    fourth = on_successor.anchor(rand32(rng), rand32(rng), 1)
+    assert fourth.epoch == 4
+    assert fns.lastEpoch().call() == 4
+    assert fns.headerOf(4).call() == fourth.header
+    assert fourth.header == header_hash(
+        ledger_id, 4, third.header, fourth.entries_root, fourth.balances_root, 4, 4, 1
+    )
+    for expected in range(5, 12):  # lastEpoch()'s search starts at the genesis
+        on_successor.anchor(rand32(rng), rand32(rng), 1)
+        assert fns.lastEpoch().call() == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,5 +823,8 @@ def test_gas_per_anchor_is_independent_of_epoch_size(anchorer: Anchorer) -> None
             f"(calldata {calldata_gas(r.calldata)}, execution {ex})"
         )
     assert len(set(execution[1:])) == 1, execution
+    # one storage word per epoch: at most 55,000 gas per anchor (bench/anchor_gas.py prints it
+    # next to the previous three-word contract's ~97.7k)
+    assert max(r.gas_used for r in results) <= 55_000, [r.gas_used for r in results]
     # Epoch 1 has no previous header to load: it saves at least that cold SLOAD (EIP-2929).
     assert execution[1] - execution[0] >= 2_100

@@ -114,12 +114,12 @@ async def test_a_strangers_contract_with_the_victims_ledger_id_is_refused(
     anvil: str, trust_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     stranger = accounts[2]
-    fake = deploy("LedgerAnchor", ledger_id, stranger, sender=stranger)
+    fake = deploy("LedgerAnchor", ledger_id, stranger, 0, bytes(32), sender=stranger)
     entries, e_tree, _, args = forged_epoch(ledger_id)
     tx_hash = fake.functions.anchor(*args).transact({"from": stranger})
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash)
     rpc(w3, "anvil_mine", 3)
-    header = bytes(fake.functions.epochs(1).call()[0])
+    header = bytes(fake.functions.headerOf(1).call())
     leaf = entries[1]
     bundle = {
         "version": 1, "kind": "entry",

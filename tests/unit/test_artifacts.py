@@ -53,7 +53,10 @@ def test_ledger_anchor_artifact_has_the_agreed_interface() -> None:
     assert len(art.bytecode) > len(art.deployed_bytecode) > 1000
     assert {
         "anchor",
-        "epochs",
+        "headerOf",
+        "isAnchored",
+        "genesisEpoch",
+        "genesisHeader",
         "lastEpoch",
         "ledgerId",
         "verifyEntry",
@@ -68,19 +71,37 @@ def test_ledger_anchor_artifact_has_the_agreed_interface() -> None:
     } <= art.function_names
     assert {
         "anchor(uint64,bytes32,bytes32,bytes32,uint64,uint64,uint64)",
-        "verifyEntry(bytes32[],uint64,uint64,uint64,uint64,bytes32,int256,int256)",
-        "verifyBalance(bytes32[],uint64,uint64,uint64,bytes32,int256)",
-        "epochs(uint64)",
+        "verifyEntry(tuple,bytes32[],uint64,uint64,uint64,bytes32,int256,int256)",
+        "verifyBalance(tuple,bytes32[],uint64,uint64,bytes32,int256)",
+        "isAnchored(tuple)",
+        "headerHash(tuple)",
+        "headerOf(uint64)",
         "lastEpoch()",
     } <= _signatures(art.entries("function"))
-    assert _signatures(art.entries("event")) >= {"Anchored(uint64,bytes32,bytes32,bytes32)"}
+    # one storage word per epoch: no public getter of stored roots
+    assert "epochs" not in art.function_names
+    (header,) = {
+        i["internalType"]
+        for i in next(e for e in art.entries("function") if e["name"] == "isAnchored")["inputs"]
+    }
+    assert header == "struct LedgerAnchor.Header"
+    assert [
+        c["type"]
+        for c in next(e for e in art.entries("function") if e["name"] == "isAnchored")["inputs"][0][
+            "components"
+        ]
+    ] == ["uint64", "bytes32", "bytes32", "bytes32", "uint64", "uint64", "uint64"]
+    assert _signatures(art.entries("event")) >= {
+        "Anchored(uint64,bytes32,bytes32,bytes32,uint64,uint64,uint64)"
+    }
     assert {
         "EpochOutOfOrder(uint64,uint64)",
         "PrevHeaderMismatch(bytes32,bytes32)",
+        "BadGenesis()",
         "AccessControlUnauthorizedAccount(address,bytes32)",
     } <= _signatures(art.entries("error"))
     (ctor,) = art.entries("constructor")
-    assert [i["type"] for i in ctor["inputs"]] == ["bytes32", "address"]
+    assert [i["type"] for i in ctor["inputs"]] == ["bytes32", "address", "uint64", "bytes32"]
 
 
 @pytest.mark.unit
