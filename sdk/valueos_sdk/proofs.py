@@ -98,9 +98,10 @@ def _selector(signature: str) -> str:
 
 async def anchored(
     rpc_url: str, identity: LedgerIdentity, epoch: int, *, http: httpx.AsyncClient | None = None
-) -> tuple[bytes, bytes, bytes]:
-    """(header hash, entries root, balances root) the pinned anchor contract stores for
-    ``epoch``, after checking the node's chain id and the contract's ledger id."""
+) -> bytes:
+    """The header hash the pinned anchor contract stores for ``epoch`` (``headerOf``: the
+    contract keeps one word per epoch, the header hash, which commits to both roots), after
+    checking the node's chain id and the contract's ledger id."""
     client = http or httpx.AsyncClient(timeout=30)
     try:
         chain_id = int(await _rpc(client, rpc_url, "eth_chainId", []), 16)
@@ -110,28 +111,34 @@ async def anchored(
         ledger = bytes.fromhex((await _rpc(client, rpc_url, "eth_call", [call, "latest"]))[2:])
         if ledger != identity.ledger_id:
             raise MirrorMismatch("the contract anchors another ledger id")
-        data = _selector("epochs(uint64)") + epoch.to_bytes(32, "big").hex()
+        data = _selector("headerOf(uint64)") + epoch.to_bytes(32, "big").hex()
         call = {"to": identity.contract, "data": data}
         raw = bytes.fromhex((await _rpc(client, rpc_url, "eth_call", [call, "latest"]))[2:])
     finally:
         if http is None:
             await client.aclose()
-    if len(raw) != 96:
-        raise MirrorMismatch(f"epochs({epoch}) answered {len(raw)} bytes")
-    stored = (raw[:32], raw[32:64], raw[64:])
-    if stored[0] == ZERO:
+    if len(raw) != 32:
+        raise MirrorMismatch(f"headerOf({epoch}) answered {len(raw)} bytes")
+    if raw == ZERO:
         raise MirrorMismatch(f"epoch {epoch} is not anchored")
-    return stored
+    return raw
 
 
 async def check_anchored(header: dict[str, Any], rpc_url: str, identity: LedgerIdentity) -> None:
-    """The header a bundle carries is the one anchored on chain for its epoch."""
+    """The header a bundle carries is the one anchored on chain for its epoch: its fields
+    hash to the header hash the contract stores (so its roots are the anchored ones)."""
+    from merkle.leaves import header_hash  # noqa: PLC0415 - only when verifying
+
     epoch = int(header["epoch"])
     stored = await anchored(rpc_url, identity, epoch)
-    claimed = (
-        _b32(header.get("header_hash"), "header_hash"),
-        _b32(header.get("entries_root"), "entries_root"),
-        _b32(header.get("balances_root"), "balances_root"),
-    )
-    if stored != claimed:
+    try:
+        computed = header_hash(
+            identity.ledger_id, epoch, _b32(header.get("prev_header"), "prev_header"),
+            _b32(header.get("entries_root"), "entries_root"),
+            _b32(header.get("balances_root"), "balances_root"),
+            int(header["first_seq"]), int(header["last_seq"]), int(header["leaf_count"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MirrorMismatch(f"the bundle's header is malformed: {exc}") from None
+    if stored != computed or stored != _b32(header.get("header_hash"), "header_hash"):
         raise MirrorMismatch(f"epoch {epoch}: the chain holds another header or roots")
