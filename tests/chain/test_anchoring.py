@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from web3 import Web3
 from web3.contract import Contract
 
-from bench.anchor_gas import BASELINE_REV, baseline_artifact
+from bench.anchor_gas import baseline_artifact
 from chain.evm.anchor import AnchorClient, AnchorConflict, chain_head
 from chain.evm.client import ChainError, InsufficientFunds, connect
 from chain.evm.settings import anchor_settings
@@ -737,8 +737,8 @@ async def test_chain_head_reads_the_three_word_layout(
     w3: Web3, ledger_id: bytes, deployer: str, anvil: str
 ) -> None:
     """--continue-from also reads a contract of the previous layout (header + both roots per
-    epoch, built from the artifact in git history that bench.anchor_gas measures)."""
-    old = baseline_artifact(BASELINE_REV)
+    epoch, the artifact bench.anchor_gas measures as its baseline)."""
+    old = baseline_artifact()
     factory = w3.eth.contract(abi=old["abi"], bytecode=old["bytecode"])
     receipt = w3.eth.wait_for_transaction_receipt(
         factory.constructor(ledger_id, deployer).transact({"from": deployer})
