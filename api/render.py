@@ -13,7 +13,7 @@ from api.schemas.holds import HoldRead
 from api.schemas.policies import DenialRead, DryRunRead, FeeRead, PolicyVersionRead, PostingRead
 from api.services import Services
 from core.errors import PolicyDenied
-from core.flows import Transaction
+from core.flows import Saga
 from core.policy.versions import DryRun
 from core.queries import HistoryPage, HoldView, OperationView
 from core.types import HoldResult, OperationResult, OperationType
@@ -91,7 +91,7 @@ async def operation_view(svc: Services, view: OperationView, sees: Sees) -> Oper
         reverses=view.reverses,
         reversed_by=view.reversed_by,
         reason=view.reason,
-        transaction_id=view.transaction_id,
+        transaction_id=view.saga_id,
     )
 
 
@@ -109,7 +109,7 @@ async def hold(svc: Services, h: HoldResult | HoldView) -> HoldRead:
     )
 
 
-def transaction(tx: Transaction) -> TransactionRead:
+def transaction(tx: Saga) -> TransactionRead:
     return TransactionRead(
         id=tx.id,
         owner_id=tx.owner_id,

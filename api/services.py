@@ -18,6 +18,7 @@ from core.bridges.stellar import StellarBridgeOuts
 from core.credentials import Credentials
 from core.credits import Credits
 from core.directory import Directory
+from core.flows import SagaFlows
 from core.ledger import Ledger
 from core.offline import Issuer, Offline
 from core.payments import Payments
@@ -32,6 +33,7 @@ class Services(Directory):
         self.credentials = Credentials(ledger.engine)
         self.payments = Payments(self)
         self.credits = Credits(self)
+        self.sagas = SagaFlows(self)
         self.bridge_outs = BridgeOuts(self)
         self.offline = Offline(
             self, Issuer(settings.offline_issuer_seed or secrets.token_bytes(32))

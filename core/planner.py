@@ -91,7 +91,7 @@ class PlannedOperation:
     idempotency_key: str | None
     metadata: dict[str, Any]
     reason: str | None
-    transaction_id: UUID | None
+    saga_id: UUID | None
     reverses: int | None
     hold_id: int | None
     #: (account_id, asset, signed amount, balance_after)
@@ -370,7 +370,7 @@ class _Planner:
         key: str | None,
         metadata: dict[str, Any],
         reason: str | None,
-        transaction_id: UUID | None = None,
+        saga_id: UUID | None = None,
         reverses: int | None = None,
         hold_id: int | None = None,
     ) -> PlannedOperation:
@@ -388,7 +388,7 @@ class _Planner:
             idempotency_key=key,
             metadata=metadata,
             reason=reason,
-            transaction_id=transaction_id,
+            saga_id=saga_id,
             reverses=reverses,
             hold_id=hold_id,
             entries=[
@@ -453,7 +453,7 @@ class _Planner:
             key=command.idempotency_key,
             metadata=command.metadata,
             reason=command.reason,
-            transaction_id=command.transaction_id,
+            saga_id=command.saga_id,
         )
 
     def _post_pair(self, item: int, command: PostOperation) -> PlannedOperation | None:
@@ -482,7 +482,7 @@ class _Planner:
             command.idempotency_key,
             command.metadata,
             command.reason,
-            command.transaction_id,
+            command.saga_id,
             None,
             None,
             [
@@ -708,7 +708,7 @@ def _fail_group(
             command = commands[item]
             if (
                 isinstance(command, PostOperation)
-                and command.transaction_id is not None
+                and command.saga_id is not None
                 and not isinstance(cause, ValidationError)
             ):
                 plan.failed_saga_operations.append(FailedSagaOperation(command, cause))
@@ -758,7 +758,7 @@ def _run_one(
             # a malformed request never started executing: like Stripe, neither its key
             # nor its saga remembers it, so the corrected request can be sent again
             return err
-        if isinstance(command, PostOperation) and command.transaction_id is not None:
+        if isinstance(command, PostOperation) and command.saga_id is not None:
             planner.plan.failed_saga_operations.append(FailedSagaOperation(command, err))
         outcome = err
     _remember_key(planner.plan, seen, stored, command, item)

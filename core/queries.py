@@ -43,7 +43,7 @@ class OperationView:
     reason: str | None
     reverses: int | None
     reversed_by: int | None
-    transaction_id: Any
+    saga_id: Any
     metadata: dict[str, Any]
     created_at: datetime
     #: (seq, account_id, asset, amount, balance_after)
@@ -190,7 +190,7 @@ class Queries:
             reason=op.reason,
             reverses=op.reverses_id,
             reversed_by=op.reversed_by,
-            transaction_id=op.transaction_id,
+            saga_id=op.saga_id,
             metadata=dict(op.metadata or {}),
             created_at=op.created_at,
             entries=[(e.seq, e.account_id, e.asset, e.amount, e.balance_after) for e in entries],

@@ -51,7 +51,7 @@ from core.planner import (
 )
 from core.policy.store import PolicyCache, denial_audit, policy_versions, write_usage
 from core.posting import AccountState, BalanceBook
-from core.sagas import TransactionStatus, TransactionType, derive_status
+from core.sagas import SagaStatus, SagaType, derive_status
 from core.storage_errors import CONNECTION_LOST, translate
 from core.types import (
     AccountStatus,
@@ -106,7 +106,7 @@ SELECT
 # statement by the triggers of migration 0006.
 _OPERATION_COLUMNS = [
     "id", "type", "status", "epoch", "idempotency_key", "actor_id", "actor_role",
-    "transaction_id", "reverses_id", "hold_id", "reason", "error", "metadata", "created_at",
+    "saga_id", "reverses_id", "hold_id", "reason", "error", "metadata", "created_at",
     "audit_id", "policy_versions", "first_seq", "last_seq",
 ]  # fmt: skip
 _ENTRY_COLUMNS = [
@@ -131,7 +131,7 @@ _COPY_FROM_ROWS = 300
 _WRITE_SMALL = """
 WITH ops AS (
     INSERT INTO operations (id, type, status, epoch, idempotency_key, actor_id, actor_role,
-                            transaction_id, reverses_id, hold_id, reason, error, metadata,
+                            saga_id, reverses_id, hold_id, reason, error, metadata,
                             created_at, audit_id, policy_versions, first_seq, last_seq)
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[],
                          $6::text[], $7::text[], $8::uuid[], $9::bigint[], $10::bigint[],
@@ -437,7 +437,7 @@ class LedgerStore:
                 first, last = (seqs[0], seqs[-1]) if seqs else (None, None)
                 op_rows.append(
                     (op_id, op.type.value, "COMPLETED", epoch, op.idempotency_key, actor.id,
-                     role, op.transaction_id, op.reverses, op.hold_id, reason, None,
+                     role, op.saga_id, op.reverses, op.hold_id, reason, None,
                      _json(op.metadata), now, audit_id, policy_versions(op), first, last)
                 )  # fmt: skip
                 for seq, (account, asset, amount, balance_after) in zip(
@@ -454,7 +454,7 @@ class LedgerStore:
             c = failed.command
             op_rows.append(
                 (op_id, c.type.value, "FAILED", None, c.idempotency_key, c.actor.id,
-                 c.actor.role.value, c.transaction_id, None, None, c.reason,
+                 c.actor.role.value, c.saga_id, None, None, c.reason,
                  _json(failed.error.to_dict()), _json(c.metadata), now, None, None, None, None)
             )  # fmt: skip
         for actor, policy_id, decision in denials:
@@ -638,31 +638,31 @@ class LedgerStore:
 
     @staticmethod
     async def _update_sagas(conn: asyncpg.Connection, plan: Plan, now: datetime) -> None:
-        ids: set[UUID] = {op.transaction_id for op in plan.operations if op.transaction_id}
-        ids |= {f.command.transaction_id for f in plan.failed_saga_operations}  # type: ignore[misc]
+        ids: set[UUID] = {op.saga_id for op in plan.operations if op.saga_id}
+        ids |= {f.command.saga_id for f in plan.failed_saga_operations}  # type: ignore[misc]
         if ids:
             await recompute_sagas(conn, sorted(ids), now)
 
 
 async def recompute_sagas(conn: asyncpg.Connection, ids: Sequence[UUID], now: datetime) -> None:
-    """Re-derive the status of transactions from their operations (same DB transaction)."""
+    """Re-derive the status of sagas from their operations (same DB transaction)."""
     await conn.execute(
-        "SELECT 1 FROM transactions WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", list(ids)
+        "SELECT 1 FROM sagas WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", list(ids)
     )
     rows = await conn.fetch(
-        "SELECT t.id, t.type, t.status, "
+        "SELECT s.id, s.type, s.status, "
         "       coalesce(array_agg(o.type) FILTER (WHERE o.id IS NOT NULL), '{}') AS types, "
         "       coalesce(array_agg(o.status) FILTER (WHERE o.id IS NOT NULL), '{}') AS statuses "
-        "FROM transactions t LEFT JOIN operations o ON o.transaction_id = t.id "
-        "WHERE t.id = ANY($1::uuid[]) GROUP BY t.id",
+        "FROM sagas s LEFT JOIN operations o ON o.saga_id = s.id "
+        "WHERE s.id = ANY($1::uuid[]) GROUP BY s.id",
         list(ids),
     )
     changes = []
     for r in rows:
-        if r["status"] == TransactionStatus.CANCELLED:
+        if r["status"] == SagaStatus.CANCELLED:
             continue
         status = derive_status(
-            TransactionType(r["type"]),
+            SagaType(r["type"]),
             [
                 (OperationType(t), OperationStatus(s))
                 for t, s in zip(r["types"], r["statuses"], strict=True)
@@ -672,8 +672,8 @@ async def recompute_sagas(conn: asyncpg.Connection, ids: Sequence[UUID], now: da
             changes.append((r["id"], status.value))
     if changes:
         await conn.execute(
-            "UPDATE transactions t SET status = u.status, updated_at = $3 "
-            "FROM unnest($1::uuid[], $2::text[]) AS u(id, status) WHERE t.id = u.id",
+            "UPDATE sagas s SET status = u.status, updated_at = $3 "
+            "FROM unnest($1::uuid[], $2::text[]) AS u(id, status) WHERE s.id = u.id",
             [c[0] for c in changes],
             [c[1] for c in changes],
             now,

@@ -1,4 +1,8 @@
-"""Transaction sagas: a user-visible flow whose status is derived from its operations."""
+"""Sagas: a user-visible flow whose status is derived from its operations.
+
+Over HTTP a saga is a "transaction" (``/api/v1/transactions``); inside the service
+"transaction" means a database transaction only.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from enum import StrEnum
 from core.types import OperationStatus, OperationType
 
 
-class TransactionType(StrEnum):
+class SagaType(StrEnum):
     DEPOSIT = "DEPOSIT"
     WITHDRAWAL = "WITHDRAWAL"
     INVESTMENT = "INVESTMENT"
 
 
-class TransactionStatus(StrEnum):
+class SagaStatus(StrEnum):
     INITIATED = "INITIATED"
     COMPLIANCE_REVIEW = "COMPLIANCE_REVIEW"
     AVAILABLE = "AVAILABLE"
@@ -22,20 +26,20 @@ class TransactionStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-#: per transaction type: the operation that moves it to COMPLIANCE_REVIEW, then AVAILABLE
-_MILESTONES: dict[TransactionType, tuple[OperationType, OperationType | None]] = {
-    TransactionType.DEPOSIT: (OperationType.DEPOSIT, OperationType.RELEASE),
-    TransactionType.INVESTMENT: (OperationType.LOCK, None),
-    TransactionType.WITHDRAWAL: (OperationType.BURN, None),
+#: per saga type: the operation that moves it to COMPLIANCE_REVIEW, then AVAILABLE
+_MILESTONES: dict[SagaType, tuple[OperationType, OperationType | None]] = {
+    SagaType.DEPOSIT: (OperationType.DEPOSIT, OperationType.RELEASE),
+    SagaType.INVESTMENT: (OperationType.LOCK, None),
+    SagaType.WITHDRAWAL: (OperationType.BURN, None),
 }
 
 
 def derive_status(
-    type_: TransactionType,
+    type_: SagaType,
     operations: Iterable[tuple[OperationType, OperationStatus]],
     *,
     cancelled: bool = False,
-) -> TransactionStatus:
+) -> SagaStatus:
     """The deterministic status rules (reference: Vancelian's transaction status engine).
 
     FAILED if any operation failed; AVAILABLE once the final milestone completed;
@@ -43,13 +47,13 @@ def derive_status(
     """
     ops = list(operations)
     if cancelled:
-        return TransactionStatus.CANCELLED
+        return SagaStatus.CANCELLED
     if any(status is OperationStatus.FAILED for _, status in ops):
-        return TransactionStatus.FAILED
+        return SagaStatus.FAILED
     completed = {t for t, status in ops if status is OperationStatus.COMPLETED}
     first, final = _MILESTONES[type_]
     if final is not None and final in completed:
-        return TransactionStatus.AVAILABLE
+        return SagaStatus.AVAILABLE
     if first in completed:
-        return TransactionStatus.COMPLIANCE_REVIEW
-    return TransactionStatus.INITIATED
+        return SagaStatus.COMPLIANCE_REVIEW
+    return SagaStatus.INITIATED

@@ -200,7 +200,8 @@ class PostOperation:
     idempotency_key: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
-    transaction_id: UUID | None = None
+    #: the saga (over HTTP: the transaction) this operation belongs to
+    saga_id: UUID | None = None
     #: an outbox row written with the operation (a bridge's mint)
     chain_intent: ChainIntent | None = None
 
@@ -210,7 +211,8 @@ class PostOperation:
             "entries": [[e.account_id, e.asset, e.amount, e.side.value] for e in self.entries],
             "metadata": self.metadata,
             "reason": self.reason,
-            "transaction_id": str(self.transaction_id) if self.transaction_id else None,
+            # the key predates the name "saga"; stored request hashes depend on it
+            "transaction_id": str(self.saga_id) if self.saga_id else None,
         }
         if self.chain_intent is not None:  # absent: the hash of every earlier command holds
             payload["chain_intent"] = self.chain_intent.hash_fields()

@@ -29,8 +29,6 @@ from api.schemas.credits import OperationRead
 from api.schemas.deposits import DepositCreate, DepositRead, ReleaseCreate, TransactionRead
 from api.services import Services
 from api.throttle import FailureThrottle, WindowCounts
-from core import flows
-from core.errors import UnknownOperation
 from core.risk.loop import sign
 from core.types import Actor, Role
 
@@ -92,19 +90,15 @@ class DepositWebhook(Controller):
         )
 
         async def run(_: Attempt) -> DepositRead:
-            amount = await svc.parse(data.amount, data.asset)
-            await svc.recipient(data.user_id, data.asset, actor, suspended_ok=True)
-            tx_id, result = await flows.record_deposit_blocked(
-                svc.ledger,
+            saga, result = await svc.sagas.deposit(
                 owner_id=data.user_id,
                 asset=data.asset,
-                amount=amount,
+                amount=data.amount,
                 external_reference=data.reference,
                 actor=actor,
             )
-            tx = await flows.get_transaction(svc.ledger, tx_id)
             return DepositRead(
-                render.transaction(tx), await render.operation(svc, result, render.everything)
+                render.transaction(saga), await render.operation(svc, result, render.everything)
             )
 
         return await idempotent(request, svc.idempotency, "webhook:deposits", data, run)
@@ -119,10 +113,8 @@ class TransactionController(Controller):
         self, ctx: NamedDependency[Ctx], transaction_id: FromPath[uuid.UUID]
     ) -> TransactionRead:
         """A saga with its operations and derived status (a USER: their own only)."""
-        tx = await flows.get_transaction(ctx.svc.ledger, transaction_id)
-        if ctx.is_user and tx.owner_id != ctx.principal.user_id:
-            raise UnknownOperation(f"transaction {transaction_id} does not exist")
-        return render.transaction(tx)
+        viewer = ctx.principal.user_id if ctx.is_user else None
+        return render.transaction(await ctx.svc.sagas.get(transaction_id, viewer=viewer))
 
     @post(
         "/release",
@@ -138,19 +130,8 @@ class TransactionController(Controller):
         """Compliance releases a deposit BLOCKED → AVAILABLE (reason required)."""
 
         async def run(_: Attempt) -> OperationRead:
-            amount = None
-            if data.amount is not None:
-                tx = await flows.get_transaction(ctx.svc.ledger, transaction_id)
-                if not tx.operations:
-                    raise UnknownOperation(f"transaction {transaction_id} has no deposit")
-                view = await ctx.svc.ledger.queries.operation(tx.operations[0][0])
-                amount = await ctx.svc.parse(data.amount, view.entries[0][2])
-            result = await flows.release_compliance_funds(
-                ctx.svc.ledger,
-                transaction_id=transaction_id,
-                amount=amount,
-                reason=data.reason,
-                actor=ctx.actor,
+            result = await ctx.svc.sagas.release(
+                transaction_id, amount=data.amount, reason=data.reason, actor=ctx.actor
             )
             return await render.operation(ctx.svc, result, ctx.sees)
 

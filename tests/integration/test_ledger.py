@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from core import flows
+from core.directory import Directory
 from core.errors import (
     AccountFrozen,
     AlreadyExists,
@@ -19,7 +19,8 @@ from core.errors import (
     UnbalancedOperation,
     UnknownAccount,
 )
-from core.sagas import TransactionStatus
+from core.flows import SagaFlows
+from core.sagas import SagaStatus
 from core.types import (
     AccountKind,
     AccountStatus,
@@ -278,31 +279,32 @@ async def test_balance_as_of_and_history_pagination(world: World) -> None:
 
 async def test_reference_flows_with_derived_status(world: World) -> None:
     led = world.ledger
+    flows = SagaFlows(Directory(led))
     owner = await led.accounts.create_user(email=None, actor=ADMIN)
-    tx, _deposit = await flows.record_deposit_blocked(
-        led,
+    saga, _deposit = await flows.deposit(
         owner_id=owner,
         asset=world.asset,
-        amount=5_000,
+        amount=await flows.directory.fmt(5_000, world.asset),
         external_reference=f"zand-{tx_ref()}",
         actor=ADMIN,
     )
-    assert (await flows.get_transaction(led, tx)).status is TransactionStatus.COMPLIANCE_REVIEW
+    tx = saga.id
+    assert saga.status is SagaStatus.COMPLIANCE_REVIEW
+    assert (await flows.get(tx)).status is SagaStatus.COMPLIANCE_REVIEW
     wallet = await led.accounts.ensure_wallet(owner, world.asset, actor=ADMIN)
     assert (await led.queries.balance(wallet[AccountKind.BLOCKED])).posted == 5_000
     with pytest.raises(ReasonRequired):
-        await flows.release_compliance_funds(led, transaction_id=tx, reason="", actor=ADMIN)
-    await flows.release_compliance_funds(led, transaction_id=tx, reason="KYC ok", actor=ADMIN)
-    assert (await flows.get_transaction(led, tx)).status is TransactionStatus.AVAILABLE
+        await flows.release(tx, reason="", actor=ADMIN)
+    await flows.release(tx, reason="KYC ok", actor=ADMIN)
+    assert (await flows.get(tx)).status is SagaStatus.AVAILABLE
     assert (await led.queries.balance(wallet[AccountKind.AVAILABLE])).posted == 5_000
-    itx, _ = await flows.lock_funds_for_investment(
-        led, owner_id=owner, asset=world.asset, amount=2_000, actor=ADMIN
+    itx, _ = await flows.lock_for_investment(
+        owner_id=owner, asset=world.asset, amount=2_000, actor=ADMIN
     )
-    assert (await flows.get_transaction(led, itx)).status is TransactionStatus.COMPLIANCE_REVIEW
+    assert (await flows.get(itx)).status is SagaStatus.COMPLIANCE_REVIEW
     reference = f"too-much-{tx_ref()}"
     with pytest.raises(InsufficientFunds):
-        await flows.lock_funds_for_investment(
-            led,
+        await flows.lock_for_investment(
             owner_id=owner,
             asset=world.asset,
             amount=99_999,
@@ -313,15 +315,15 @@ async def test_reference_flows_with_derived_status(world: World) -> None:
     async with led.engine.connect() as conn:
         failed = (
             await conn.execute(
-                text("SELECT id, owner_id, status FROM transactions WHERE external_reference = :r"),
+                text("SELECT id, owner_id, status FROM sagas WHERE external_reference = :r"),
                 {"r": reference},
             )
         ).all()
     assert len(failed) == 1
     failed_tx, failed_owner, status = failed[0]
-    assert (failed_owner, status) == (owner, TransactionStatus.FAILED)
-    view = await flows.get_transaction(led, failed_tx)
-    assert view.status is TransactionStatus.FAILED
+    assert (failed_owner, status) == (owner, SagaStatus.FAILED)
+    view = await flows.get(failed_tx)
+    assert view.status is SagaStatus.FAILED
     assert [(t, s) for _, t, s in view.operations] == [("LOCK", "FAILED")]
     assert (await led.queries.balance(wallet[AccountKind.AVAILABLE])).posted == 3_000
     assert (await led.queries.balance(wallet[AccountKind.LOCKED])).posted == 2_000
