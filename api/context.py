@@ -37,6 +37,12 @@ class Ctx:
     def is_user(self) -> bool:
         return self.principal.role is Role.USER
 
+    @property
+    def viewer(self) -> uuid.UUID | None:
+        """Whom core limits what it shows and moves to: a USER's own id; ``None`` for staff
+        (their limits are the route's guards)."""
+        return self.principal.user_id if self.is_user else None
+
     def owns(self, account: Account) -> bool:
         return account.owner_id == self.principal.user_id
 

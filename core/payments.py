@@ -1,5 +1,5 @@
 """A payment from one user to another: the one use case behind a transfer, a hold (a payment
-reserved now, captured later) and the dry run of a transfer.
+reserved now, captured later, or voided) and the dry run of a transfer.
 
 All three resolve the order the same way (:meth:`Payments.plan`), so the dry run evaluates
 exactly the operation the transfer would post, and a hold reserves what the transfer would
@@ -10,6 +10,11 @@ move:
 * the amount is positive, in the source asset's units;
 * the destination is the payee's AVAILABLE account of that asset (opened if they have none),
   never the source itself.
+
+A hold is seen, captured and voided by its parties (payer or payee); staff see and void any,
+and capture only a hold paying a system account (a card authorization settling): staff never
+move users' money to a user. The hold of an offline allowance (its destination is its own
+source) is moved only by the allowance's vouchers and release.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from sqlalchemy import text
 
 from core.accounts import Account
 from core.directory import Directory
-from core.errors import UnknownAccount, ValidationError
+from core.errors import AllowanceHold, Forbidden, UnknownAccount, UnknownHold, ValidationError
 from core.policy.versions import DryRun, dry_run
+from core.queries import HoldView
 from core.types import (
     AccountKind,
     Actor,
@@ -125,3 +131,45 @@ class Payments:
             amount=debit.amount, expires_at=expires_at, actor=actor,
             idempotency_key=idempotency_key, metadata=order.metadata,
         )  # fmt: skip
+
+    async def party_hold(
+        self, hold_id: int, viewer: uuid.UUID | None, *, moving: bool = False
+    ) -> HoldView:
+        """The hold, if ``viewer`` is its payer or payee (``None``: staff, any hold); another
+        user's hold answers UNKNOWN_HOLD, as a nonexistent one does. ``moving``: about to be
+        captured or voided, which an offline allowance's hold refuses (ALLOWANCE_HOLD)."""
+        hold = await self.ledger.queries.hold(hold_id)
+        if moving and hold.source == hold.destination:
+            raise AllowanceHold(
+                f"hold {hold_id} backs an offline allowance: see /api/v1/offline/allowances",
+                hold_id=hold_id,
+            )
+        if viewer is not None:
+            source = await self.directory.account(hold.source)
+            destination = await self.directory.account(hold.destination)
+            if viewer not in (source.owner_id, destination.owner_id):
+                raise UnknownHold(f"hold {hold_id} does not exist", hold_id=hold_id)
+        return hold
+
+    async def capture(
+        self, hold_id: int, viewer: uuid.UUID | None, actor: Actor, *, amount: str | None,
+        idempotency_key: str | None,
+    ) -> OperationResult:  # fmt: skip
+        """Post the hold, all of it or ``amount`` (decimal text; the rest is released)."""
+        hold = await self.party_hold(hold_id, viewer, moving=True)
+        if viewer is None and (await self.directory.account(hold.destination)).owner_id:
+            raise Forbidden("staff never capture a hold that pays a user")
+        units = None if amount is None else await self.directory.parse(amount, hold.asset)
+        return await self.ledger.capture(
+            hold_id, units, actor=actor, idempotency_key=idempotency_key
+        )
+
+    async def void(
+        self, hold_id: int, viewer: uuid.UUID | None, actor: Actor, *, reason: str | None,
+        idempotency_key: str | None,
+    ) -> HoldResult:  # fmt: skip
+        """Release the hold: the reserved funds stay with the payer."""
+        await self.party_hold(hold_id, viewer, moving=True)
+        return await self.ledger.void(
+            hold_id, actor=actor, reason=reason, idempotency_key=idempotency_key
+        )

@@ -113,7 +113,8 @@ class VaultMember:
 _VAULT_SELECT = (
     "SELECT v.account_id, v.name, v.asset, v.owner_id, m.role, a.status, b.posted, "
     "b.pending, v.created_at FROM vaults v "
-    "JOIN vault_members m ON m.vault_id = v.account_id AND m.user_id = :user "
+    "JOIN vault_members m ON m.vault_id = v.account_id "
+    "AND m.user_id = coalesce(CAST(:user AS uuid), v.owner_id) "
     "JOIN accounts a ON a.id = v.account_id JOIN balances b ON b.account_id = v.account_id "
 )
 
@@ -230,8 +231,9 @@ async def create_vault(
     return await get_vault(ledger, user=user, vault_id=vault_id)
 
 
-async def get_vault(ledger: Ledger, *, user: uuid.UUID, vault_id: int) -> Vault:
-    """A vault the user is a member of (any role). Errors: VAULT_NOT_FOUND."""
+async def get_vault(ledger: Ledger, *, user: uuid.UUID | None, vault_id: int) -> Vault:
+    """A vault the user is a member of (any role); ``user`` None: staff, who see any vault as
+    its creator does. Errors: VAULT_NOT_FOUND."""
     async with ledger.engine.connect() as conn:
         row = (
             await conn.execute(
@@ -259,25 +261,35 @@ async def list_vaults(ledger: Ledger, *, user: uuid.UUID, asset: str | None = No
 async def vault_history(
     ledger: Ledger,
     *,
-    user: uuid.UUID,
+    user: uuid.UUID | None,
     vault_id: int,
     before_seq: int | None = None,
     limit: int = 50,
-) -> HistoryPage:
-    """The vault's entries, newest first, keyset-paginated (any member).
-    Errors: VAULT_NOT_FOUND, VALIDATION_ERROR (limit)."""
-    async with ledger.engine.connect() as conn:
-        await _role(conn, user, vault_id, lock=False)
-    return await ledger.queries.history(vault_id, before_seq=before_seq, limit=limit)
+) -> tuple[Vault, HistoryPage]:
+    """The vault and its entries, newest first, keyset-paginated (any member; ``user`` None:
+    staff). Errors: VAULT_NOT_FOUND, VALIDATION_ERROR (limit)."""
+    vault = await get_vault(ledger, user=user, vault_id=vault_id)
+    return vault, await ledger.queries.history(vault_id, before_seq=before_seq, limit=limit)
 
 
 # -- members -----------------------------------------------------------------------------
 
 
-async def list_members(ledger: Ledger, *, user: uuid.UUID, vault_id: int) -> list[VaultMember]:
-    """The vault's members (any member may read them). Errors: VAULT_NOT_FOUND."""
+async def list_members(
+    ledger: Ledger, *, user: uuid.UUID | None, vault_id: int
+) -> list[VaultMember]:
+    """The vault's members (any member may read them; ``user`` None: staff).
+    Errors: VAULT_NOT_FOUND."""
     async with ledger.engine.connect() as conn:
-        await _role(conn, user, vault_id, lock=False)
+        member = await conn.execute(
+            text(
+                "SELECT 1 FROM vault_members m JOIN vaults v ON v.account_id = m.vault_id "
+                "WHERE m.vault_id = :v AND m.user_id = coalesce(CAST(:u AS uuid), v.owner_id)"
+            ),
+            {"v": vault_id, "u": user},
+        )
+        if member.first() is None:
+            raise VaultNotFound(f"vault {vault_id} does not exist", vault_id=vault_id)
         rows = await conn.execute(
             text(
                 "SELECT vault_id, user_id, role, added_by, created_at, updated_at "

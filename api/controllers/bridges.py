@@ -99,7 +99,7 @@ class BridgeOutController(Controller):
     @get("/out/{bridge_id:str}", guards=[allow(EVERYONE, scope="read")])
     async def get_out(self, ctx: NamedDependency[Ctx], bridge_id: BridgeId) -> BridgeOutRead:
         """A bridge-out's state (a USER: only their own)."""
-        user = ctx.principal.user_id if ctx.is_user else None
+        user = ctx.viewer
         view = await erc20.get_bridge_out(ctx.svc.ledger, bridge_id, user=user)
         return await out_read(ctx.svc, view, await ctx.svc.chain_head())
 

@@ -113,7 +113,7 @@ class TransactionController(Controller):
         self, ctx: NamedDependency[Ctx], transaction_id: FromPath[uuid.UUID]
     ) -> TransactionRead:
         """A saga with its operations and derived status (a USER: their own only)."""
-        viewer = ctx.principal.user_id if ctx.is_user else None
+        viewer = ctx.viewer
         return render.transaction(await ctx.svc.sagas.get(transaction_id, viewer=viewer))
 
     @post(

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import PermissionDeniedException
 from litestar.params import JSONBody, PathParameter
 
 from api import render
@@ -24,40 +23,9 @@ from api.idempotency import Attempt
 from api.schemas.common import SweepRead
 from api.schemas.credits import OperationRead
 from api.schemas.holds import CaptureCreate, HoldCreate, HoldRead, VoidCreate
-from core.errors import AllowanceHold, UnknownHold
-from core.queries import HoldView
-from core.types import CaptureHold, HoldResult, OperationResult, VoidHold
 
 HoldId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 PARTIES = [allow({USER, ADMIN, OPS}, scope="payments")]
-
-
-async def _party_hold(
-    ctx: NamedDependency[Ctx], hold_id: int, *, staff: bool, moving: bool = False
-) -> HoldView:
-    """The hold if the caller is its payer or payee (or staff allowed here). ``moving``:
-    about to capture or void it, which an offline allowance's hold (the one kind of hold
-    whose destination is its own source) refuses: its vouchers and release move it."""
-    hold = await ctx.svc.ledger.queries.hold(hold_id)
-    if moving and hold.source == hold.destination:
-        raise AllowanceHold(
-            f"hold {hold_id} backs an offline allowance: see /api/v1/offline/allowances",
-            hold_id=hold_id,
-        )
-    if ctx.is_user or not staff:
-        source = await ctx.svc.account(hold.source)
-        destination = await ctx.svc.account(hold.destination)
-        if not (ctx.owns(source) or ctx.owns(destination)):
-            raise UnknownHold(f"hold {hold_id} does not exist", hold_id=hold_id)
-    return hold
-
-
-def _expect(result: Any, kind: type[Any]) -> Any:
-    if isinstance(result, Exception):
-        raise result
-    if not isinstance(result, kind):  # pragma: no cover - the core answers in kind
-        raise TypeError(f"unexpected result {type(result).__name__}")
-    return result
 
 
 class HoldController(Controller):
@@ -84,8 +52,7 @@ class HoldController(Controller):
 
     @get("/{hold_id:int}", guards=[allow(EVERYONE, scope="read")])
     async def get_hold(self, ctx: NamedDependency[Ctx], hold_id: HoldId) -> HoldRead:
-        hold = await _party_hold(ctx, hold_id, staff=True)
-        return await render.hold(ctx.svc, hold)
+        return await render.hold(ctx.svc, await ctx.svc.payments.party_hold(hold_id, ctx.viewer))
 
     @post("/{hold_id:int}/capture", guards=PARTIES)
     async def capture(
@@ -96,12 +63,9 @@ class HoldController(Controller):
         user is the parties' to capture."""
 
         async def run(a: Attempt) -> OperationRead:
-            hold = await _party_hold(ctx, hold_id, staff=True, moving=True)
-            if not ctx.is_user and (await ctx.svc.account(hold.destination)).owner_id:
-                raise PermissionDeniedException("staff never capture a hold that pays a user")
-            amount = None if data.amount is None else await ctx.svc.parse(data.amount, hold.asset)
-            command = CaptureHold(hold_id, amount, ctx.actor, a.core_key)
-            result = _expect(await ctx.svc.ledger.submit(command), OperationResult)
+            result = await ctx.svc.payments.capture(
+                hold_id, ctx.viewer, ctx.actor, amount=data.amount, idempotency_key=a.core_key
+            )
             return await render.operation(ctx.svc, result, ctx.sees)
 
         return await ctx.once(data, run)
@@ -111,9 +75,9 @@ class HoldController(Controller):
         self, ctx: NamedDependency[Ctx], hold_id: HoldId, data: JSONBody[VoidCreate]
     ) -> Response[HoldRead]:
         async def run(a: Attempt) -> HoldRead:
-            await _party_hold(ctx, hold_id, staff=True, moving=True)
-            command = VoidHold(hold_id, ctx.actor, data.reason, a.core_key)
-            result = _expect(await ctx.svc.ledger.submit(command), HoldResult)
+            result = await ctx.svc.payments.void(
+                hold_id, ctx.viewer, ctx.actor, reason=data.reason, idempotency_key=a.core_key
+            )
             return await render.hold(ctx.svc, result)
 
         return await ctx.once(data, run, status_code=200)

@@ -163,7 +163,7 @@ class PolicyController(Controller):
         """What this transfer would do now: allowed or the denial (code, rule, policy
         version), the fees and the resulting postings. Writes nothing to the ledger (the
         recipient's wallet is opened if they have none, as a transfer would)."""
-        payer = ctx.principal.user_id if ctx.is_user else None
+        payer = ctx.viewer
         outcome = await ctx.svc.payments.dry_run(payer, ctx.actor, data.order())
         return await render.dry_run(ctx.svc, OperationType.TRANSFER, outcome, ctx.sees)
 

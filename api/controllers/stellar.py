@@ -85,7 +85,7 @@ class StellarOutController(Controller):
     @get("/out/{bridge_id:str}", guards=[allow(EVERYONE, scope="read")])
     async def get_out(self, ctx: NamedDependency[Ctx], bridge_id: BridgeId) -> BridgeOutRead:
         """A bridge-out's state (a USER: only their own); ``block_number`` is the ledger."""
-        user = ctx.principal.user_id if ctx.is_user else None
+        user = ctx.viewer
         return await out_read(
             ctx.svc, await erc20.get_bridge_out(ctx.svc.ledger, bridge_id, user=user)
         )

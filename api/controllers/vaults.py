@@ -41,8 +41,7 @@ from api.schemas.vaults import (
     VaultRead,
 )
 from core import vaults
-from core.errors import UnknownAccount, ValidationError, VaultNotFound
-from core.types import AccountKind
+from core.errors import ValidationError
 
 MAX_ID = 2**63 - 1
 VaultId = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
@@ -62,21 +61,6 @@ def viewer(ctx: Ctx, user_id: uuid.UUID | None) -> uuid.UUID | None:
             ctx.check_user(user_id)
         return ctx.principal.user_id
     return user_id
-
-
-async def vault_viewer(ctx: Ctx, vault_id: int, user_id: uuid.UUID | None) -> uuid.UUID:
-    """The member whose view of ``vault_id`` is read: staff without ``user_id`` see it as
-    its creator does."""
-    who = viewer(ctx, user_id)
-    if who is not None:
-        return who
-    try:
-        account = await ctx.svc.account(vault_id)
-    except UnknownAccount:
-        account = None
-    if account is None or account.kind is not AccountKind.VAULT or account.owner_id is None:
-        raise VaultNotFound(f"vault {vault_id} does not exist", vault_id=vault_id)
-    return account.owner_id
 
 
 async def vault_read(ctx: Ctx, v: vaults.Vault) -> VaultRead:
@@ -140,7 +124,7 @@ class VaultController(Controller):
         self, ctx: NamedDependency[Ctx], vault_id: VaultId, user_id: UserParam = None
     ) -> VaultRead:
         """A vault with its balance and the viewer's role."""
-        who = await vault_viewer(ctx, vault_id, user_id)
+        who = viewer(ctx, user_id)
         return await vault_read(
             ctx, await vaults.get_vault(ctx.svc.ledger, user=who, vault_id=vault_id)
         )
@@ -155,9 +139,8 @@ class VaultController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
     ) -> HistoryRead:
         """The vault's entries, newest first, with ``balance_after`` (cursor pagination)."""
-        who = await vault_viewer(ctx, vault_id, user_id)
-        vault = await vaults.get_vault(ctx.svc.ledger, user=who, vault_id=vault_id)
-        page = await vaults.vault_history(
+        who = viewer(ctx, user_id)
+        vault, page = await vaults.vault_history(
             ctx.svc.ledger, user=who, vault_id=vault_id, before_seq=cursor, limit=limit
         )
         return await render.history(ctx.svc, vault_id, vault.asset, page)
@@ -166,7 +149,7 @@ class VaultController(Controller):
     async def list_members(
         self, ctx: NamedDependency[Ctx], vault_id: VaultId, user_id: UserParam = None
     ) -> list[VaultMemberRead]:
-        who = await vault_viewer(ctx, vault_id, user_id)
+        who = viewer(ctx, user_id)
         found = await vaults.list_members(ctx.svc.ledger, user=who, vault_id=vault_id)
         return [member_read(m) for m in found]
 
