@@ -140,12 +140,7 @@ class P2PController(Controller):
 
     @get("/requests/{request_id:int}", guards=READ)
     async def get_request(self, ctx: NamedDependency[Ctx], request_id: RequestId) -> P2PRequestRead:
-        if ctx.is_user:
-            found = await p2p.get_request(
-                ctx.svc.ledger, user=ctx.principal.user_id, request_id=request_id
-            )
-        else:
-            found = await p2p.read_request(ctx.svc.ledger, request_id=request_id)
+        found = await p2p.get_request(ctx.svc.ledger, user=ctx.viewer, request_id=request_id)
         return await request_read(ctx, found)
 
     @post("/requests/{request_id:int}/settle", guards=PARTY, status_code=200)

@@ -29,7 +29,6 @@ from core.p2p.requests import (
     from_row,
     get_request,
     list_requests,
-    read_request,
     validate_request,
 )
 from core.p2p.transitions import (
@@ -62,7 +61,6 @@ __all__ = [
     "from_row",
     "get_request",
     "list_requests",
-    "read_request",
     "resume_settling",
     "settle",
     "settlement_command",

@@ -228,22 +228,12 @@ def not_found(request_id: int) -> P2PRequestNotFound:
     return P2PRequestNotFound(f"p2p request {request_id} does not exist", request_id=request_id)
 
 
-async def get_request(ledger: Ledger, *, user: uuid.UUID, request_id: int) -> P2PRequest:
-    """A request the user is the requester or the payer of. Errors: P2P_REQUEST_NOT_FOUND
-    (also for somebody else's request)."""
+async def get_request(ledger: Ledger, *, user: uuid.UUID | None, request_id: int) -> P2PRequest:
+    """A request the user is the requester or the payer of (``user`` None: staff readers, any
+    request). Errors: P2P_REQUEST_NOT_FOUND (also for somebody else's request)."""
     async with ledger.engine.connect() as conn:
         found = await fetch(conn, request_id)
-    if found is None or user not in (found.requester_id, found.payer_id):
-        raise not_found(request_id)
-    return found
-
-
-async def read_request(ledger: Ledger, *, request_id: int) -> P2PRequest:
-    """Any request, whoever its parties (for staff readers: the caller decides who may).
-    Errors: P2P_REQUEST_NOT_FOUND."""
-    async with ledger.engine.connect() as conn:
-        found = await fetch(conn, request_id)
-    if found is None:
+    if found is None or (user is not None and user not in (found.requester_id, found.payer_id)):
         raise not_found(request_id)
     return found
 

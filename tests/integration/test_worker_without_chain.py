@@ -34,7 +34,7 @@ async def _statuses(world: World, hold_id: int, request_id: int) -> tuple[str, s
         hold = (
             await conn.execute(text("SELECT status FROM holds WHERE id = :id"), {"id": hold_id})
         ).scalar_one()
-    req = await p2p.read_request(world.ledger, request_id=request_id)
+    req = await p2p.get_request(world.ledger, user=None, request_id=request_id)
     return hold, req.status
 
 
