@@ -33,6 +33,7 @@ __all__ = [
     "chain_txs_select",
     "end_carried",
     "enqueue",
+    "finished_unsettled",
     "get_tx",
     "get_tx_by_ref",
     "insert_intent",
@@ -455,3 +456,23 @@ async def lease_and_sign(
             )  # fmt: skip
             return (channel, seq) if moved else None
     return None
+
+
+async def finished_unsettled(
+    engine: AsyncEngine, purpose: str, settled_by: Sequence[str], *, limit: int
+) -> list[ChainTx]:
+    """Rows of ``purpose`` the outbox has finished with (FINALIZED, FAILED, REJECTED, EXPIRED)
+    whose client has not settled them yet: no operation has the idempotency key
+    ``prefix || ref`` for any prefix in ``settled_by``. Oldest first."""
+    async with raw_connection(engine) as conn:
+        rows = await conn.fetch(
+            _SELECT + "WHERE purpose = $1 "
+            "AND status IN ('FINALIZED', 'FAILED', 'REJECTED', 'EXPIRED') AND NOT EXISTS ("
+            "  SELECT 1 FROM operations s WHERE s.idempotency_key = ANY("
+            "    SELECT p || chain_txs.ref FROM unnest($2::text[]) AS p)) "
+            "ORDER BY id LIMIT $3",
+            purpose,
+            list(settled_by),
+            limit,
+        )
+    return [tx_from_row(r) for r in rows]

@@ -40,11 +40,11 @@ from enum import StrEnum
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chain.evm.client import CallReverted, EvmClient, InsufficientFunds, Mined
 from core import chain_txs
 from core.chain_txs import UNFINISHED, ChainTx, TxStatus
+from core.db import Engine
 
 __all__ = ["Finality", "Outbox"]
 
@@ -79,7 +79,7 @@ class Finality(StrEnum):
 
 @dataclass
 class Outbox:
-    engine: AsyncEngine
+    engine: Engine
     client: EvmClient
     confirmations: int = 12
     #: re-sign a BROADCAST transaction still pending this many seconds after it was sent

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
-from sqlalchemy.ext.asyncio import AsyncEngine
 from stellar_sdk import Keypair
 from stellar_sdk import xdr as sx
 
@@ -42,6 +41,7 @@ from chain.stellar.client import CallRefused, SendStatus, StellarClient
 from core import chain_txs
 from core.bridges.stellar import decode_mint_args
 from core.chain_txs import UNFINISHED, ChainTx, TxStatus
+from core.db import Engine
 
 __all__ = ["StellarOutbox", "envelope_bounds"]
 
@@ -71,7 +71,7 @@ def envelope_bounds(raw: bytes) -> tuple[int, int]:
 
 @dataclass
 class StellarOutbox:
-    engine: AsyncEngine
+    engine: Engine
     client: StellarClient
     admin: Keypair
     channels: Sequence[Keypair]

@@ -32,9 +32,8 @@ from eth_abi.abi import encode as abi_encode
 from sqlalchemy import text
 
 from core.bridges.tokens import BridgeToken, get_token, to_token_units
-from core.chain_txs import ChainTx, TxStatus, chain_txs_select, opt_bytes, tx_from_row
+from core.chain_txs import ChainTx, TxStatus, finished_unsettled, opt_bytes
 from core.directory import Directory
-from core.epochs import raw_connection
 from core.errors import (
     BridgePaused,
     InvalidAddress,
@@ -357,14 +356,6 @@ async def unsettled_mints(
 ) -> list[ChainTx]:
     """Mint rows (of ``purpose``) the outbox has finished with (FINALIZED, FAILED, REJECTED,
     EXPIRED) whose bridge-out is not settled yet, oldest first."""
-    async with raw_connection(ledger.engine) as conn:
-        rows = await conn.fetch(
-            chain_txs_select("t") + "WHERE t.purpose = $1 "
-            "AND t.status IN ('FINALIZED', 'FAILED', 'REJECTED', 'EXPIRED') AND NOT EXISTS ("
-            "  SELECT 1 FROM operations s WHERE s.idempotency_key = ANY(ARRAY["
-            "    'bridge-final:' || t.ref, 'bridge-refund:' || t.ref])) "
-            "ORDER BY t.id LIMIT $2",
-            purpose,
-            limit,
-        )
-    return [tx_from_row(r) for r in rows]
+    return await finished_unsettled(
+        ledger.engine, purpose, ("bridge-final:", "bridge-refund:"), limit=limit
+    )
