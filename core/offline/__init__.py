@@ -2,7 +2,10 @@
 
 - ``core.offline.vouchers``: the signed formats (pure);
 - ``core.offline.issuer``: the server key that signs allowance certificates (pure);
-- ``core.offline.allowances``: devices, opening, releasing and reading allowances;
+- ``core.offline.allowances``: devices (registering, revoking), opening, releasing and
+  reading allowances;
+- ``core.offline.opening``: finishing an allowance's opening, and the sweep of those a crash
+  left unfinished;
 - ``core.offline.redemptions``: vouchers captured against their allowance exactly once.
 
 :class:`Offline` is the one door the API uses.

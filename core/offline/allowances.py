@@ -3,8 +3,17 @@ user's AVAILABLE account bound to the key), release it, read them.
 
 Opening is written in three steps so a crash never leaves money reserved without a row:
 the allowance row (OPENING), then the hold under the ledger key ``offline-allowance:<id>``,
-then the row OPEN with its hold. A retry with the same idempotency key finds the OPENING
-row and submits the same hold command again (the ledger answers its stored result).
+then the row OPEN with its hold (``core.offline.opening``). A retry with the same
+idempotency key finds the OPENING row and submits the same hold command again (the ledger
+answers its stored result); the worker's sweep finishes the ones nobody retries.
+
+A revoked device key gets no new allowance (DEVICE_REVOKED, checked again under the
+device's row lock when an allowance becomes OPEN). The allowances it already has stay as
+they are: the vouchers it signed against them are honoured, within each allowance, until
+the allowance expires or the device releases it. A voucher carries no signing time, so the
+server cannot tell one signed before the revocation from one signed after; refusing them
+all would break the promise to payees who accepted them offline while the certificate was
+valid. The revocation bounds what a lost key can still spend to its open allowances.
 
 A release is signed by the device: it names the last cumulative total the device issued.
 While vouchers up to that total are not all redeemed the release is refused
@@ -27,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core import audit
 from core.directory import Directory
 from core.errors import (
+    AllowanceAbandoned,
     AllowanceNotActive,
     DeviceKeyExists,
     DeviceRevoked,
@@ -38,11 +48,12 @@ from core.errors import (
     ValidationError,
     VouchersOutstanding,
 )
+from core.offline import opening
 from core.offline.issuer import Issuer
 from core.offline.vouchers import Certificate, check_device_key, release_message, verify
 from core.payments import Payments
 from core.queries import MAX_PAGE
-from core.types import Actor, CreateHold, HoldResult, HoldStatus, VoidHold, request_hash
+from core.types import Actor, HoldStatus, VoidHold, request_hash
 
 MAX_DEVICE_NAME = 100
 
@@ -54,6 +65,8 @@ class AllowanceStatus(StrEnum):
     SPENT = "SPENT"
     RELEASED = "RELEASED"
     EXPIRED = "EXPIRED"
+    #: never bound: its device was revoked first, or it was abandoned unfinished
+    FAILED = "FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,7 @@ class Device:
     name: str
     status: str
     created_at: datetime
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +107,21 @@ class AllowancePage:
     next_cursor: int | None
 
 
-_DEVICE_COLUMNS = "id, user_id, public_key, name, status, created_at"
+_DEVICE_COLUMNS = "id, user_id, public_key, name, status, created_at, revoked_at"
 _ALLOWANCE_SELECT = (
     "SELECT a.id, a.user_id, a.device_id, d.public_key, a.account_id, a.asset, a.amount, "
     "a.claimed, a.expires_at, a.hold_id, a.status, a.final_cumulative, a.created_at, "
-    "a.request_hash, h.status AS hold_status, a.expires_at <= clock_timestamp() AS past "
+    "a.request_hash, a.failure, h.status AS hold_status, a.expires_at <= clock_timestamp() AS past "
     "FROM offline_allowances a JOIN offline_devices d ON d.id = a.device_id "
     "LEFT JOIN holds h ON h.id = a.hold_id "
 )
 
 
 def _device(row: Any) -> Device:
-    return Device(row.id, row.user_id, bytes(row.public_key), row.name, row.status, row.created_at)
+    return Device(
+        row.id, row.user_id, bytes(row.public_key), row.name, row.status, row.created_at,
+        row.revoked_at,
+    )  # fmt: skip
 
 
 def allowance_status(row: Any) -> AllowanceStatus:
@@ -117,10 +134,6 @@ def allowance_status(row: Any) -> AllowanceStatus:
     if row.hold_status == HoldStatus.VOIDED.value:
         return AllowanceStatus.RELEASED
     return AllowanceStatus.EXPIRED
-
-
-def hold_key(allowance_id: int) -> str:
-    return f"offline-allowance:{allowance_id}"
 
 
 class Allowances:
@@ -172,6 +185,51 @@ class Allowances:
             )
             return [_device(r) for r in rows]
 
+    async def revoke_device(
+        self, user: uuid.UUID | None, actor: Actor, device_id: int, *, reason: str | None = None
+    ) -> Device:
+        """Revoke a device key (``user`` None: any user's, for staff): no allowance is bound to
+        it any more; its open allowances stay (see the module doc). Revoking it again answers
+        the revoked device. Errors: UNKNOWN_DEVICE."""
+        async with self.ledger.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(f"SELECT {_DEVICE_COLUMNS} FROM offline_devices WHERE id = :d FOR UPDATE"),
+                    {"d": device_id},
+                )
+            ).first()
+            if row is None or (user is not None and row.user_id != user):
+                raise UnknownDevice(f"device {device_id} does not exist", device_id=device_id)
+            if row.status == "REVOKED":
+                return _device(row)
+            revoked = (
+                await conn.execute(
+                    text(
+                        "UPDATE offline_devices SET status = 'REVOKED', "
+                        f"revoked_at = clock_timestamp() WHERE id = :d RETURNING {_DEVICE_COLUMNS}"
+                    ),
+                    {"d": device_id},
+                )
+            ).one()
+            still_open = (
+                await conn.execute(
+                    text(
+                        "SELECT a.id FROM offline_allowances a JOIN holds h ON h.id = a.hold_id "
+                        "WHERE a.device_id = :d AND a.status = 'OPEN' AND h.status = 'PENDING' "
+                        "ORDER BY a.id"
+                    ),
+                    {"d": device_id},
+                )
+            ).scalars()
+            await audit.record(
+                conn, actor, "offline.device.revoked", "offline_device", device_id,
+                before={"status": row.status},
+                after={"status": "REVOKED", "revoked_at": revoked.revoked_at,
+                       "open_allowances": list(still_open)},
+                reason=reason,
+            )  # fmt: skip
+        return _device(revoked)
+
     # -- allowances ----------------------------------------------------------------------
     async def open(
         self,
@@ -187,7 +245,8 @@ class Allowances:
         """Reserve ``amount`` of the user's AVAILABLE ``account_id`` until ``expires_at`` for
         vouchers signed by device ``device_id``. Errors: UNKNOWN_ACCOUNT, UNKNOWN_DEVICE,
         DEVICE_REVOKED, INVALID_AMOUNT, INSUFFICIENT_FUNDS, POLICY_DENIED,
-        IDEMPOTENCY_CONFLICT, VALIDATION_ERROR."""
+        IDEMPOTENCY_CONFLICT, VALIDATION_ERROR, ALLOWANCE_ABANDONED (a retry of a request
+        whose allowance the sweep abandoned)."""
         source = await self.payments.source(user, account_id)
         units = await self.directory.parse(amount, source.asset)
         digest = request_hash(
@@ -202,73 +261,62 @@ class Allowances:
             ).first()
             if device is None or device.user_id != user:
                 raise UnknownDevice(f"device {device_id} does not exist", device_id=device_id)
-            if device.status != "ACTIVE":
-                raise DeviceRevoked(f"device {device_id} is revoked", device_id=device_id)
-            allowance_id = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO offline_allowances (user_id, device_id, account_id, asset, "
-                        "amount, expires_at, status, idempotency_key, request_hash) "
-                        "VALUES (:u, :d, :a, :asset, :n, :exp, 'OPENING', :key, :hash) "
-                        "ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
-                        "DO NOTHING RETURNING id"
-                    ),
-                    {
-                        "u": user,
-                        "d": device_id,
-                        "a": account_id,
-                        "asset": source.asset,
-                        "n": units,
-                        "exp": expires_at,
-                        "key": idempotency_key,
-                        "hash": digest,
-                    },
-                )
-            ).scalar()
-            if allowance_id is None:
-                earlier = (
+            allowance_id = None
+            if device.status == "ACTIVE":
+                allowance_id = (
                     await conn.execute(
-                        text(_ALLOWANCE_SELECT + "WHERE a.user_id = :u AND a.idempotency_key = :k"),
-                        {"u": user, "k": idempotency_key},
+                        text(
+                            "INSERT INTO offline_allowances (user_id, device_id, account_id, "
+                            "asset, amount, expires_at, status, idempotency_key, request_hash) "
+                            "VALUES (:u, :d, :a, :asset, :n, :exp, 'OPENING', :key, :hash) "
+                            "ON CONFLICT (user_id, idempotency_key) "
+                            "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+                        ),
+                        {
+                            "u": user,
+                            "d": device_id,
+                            "a": account_id,
+                            "asset": source.asset,
+                            "n": units,
+                            "exp": expires_at,
+                            "key": idempotency_key,
+                            "hash": digest,
+                        },
                     )
-                ).one()
+                ).scalar()
+            if allowance_id is None:
+                # the key's earlier attempt, if any (after a revocation: to finish it FAILED)
+                earlier = None
+                if idempotency_key is not None:
+                    earlier = (
+                        await conn.execute(
+                            text(
+                                _ALLOWANCE_SELECT
+                                + "WHERE a.user_id = :u AND a.idempotency_key = :k"
+                            ),
+                            {"u": user, "k": idempotency_key},
+                        )
+                    ).first()
+                if earlier is None:
+                    raise DeviceRevoked(f"device {device_id} is revoked", device_id=device_id)
                 if bytes(earlier.request_hash) != digest:
                     raise IdempotencyConflict(
                         "this idempotency key was used with a different request",
                         key=idempotency_key,
                     )
                 if earlier.status != "OPENING":
+                    _raise_failed(earlier)
                     return await self._read(earlier, replayed=True)
                 allowance_id = earlier.id
-        hold = await self.ledger.submit(
-            CreateHold(
-                account_id, account_id, source.asset, units, expires_at, actor,
-                hold_key(allowance_id), {"offline_allowance": allowance_id},
-            )
-        )  # fmt: skip
-        if isinstance(hold, LedgerError):
-            async with self.ledger.engine.begin() as conn:
-                await conn.execute(
-                    text("DELETE FROM offline_allowances WHERE id = :id AND status = 'OPENING'"),
-                    {"id": allowance_id},
-                )
-            raise hold
-        if not isinstance(hold, HoldResult):  # pragma: no cover - the ledger answers in kind
-            raise TypeError(type(hold).__name__)
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE offline_allowances SET hold_id = :h, status = 'OPEN', "
-                    "updated_at = now() WHERE id = :id AND status = 'OPENING'"
-                ),
-                {"h": hold.hold_id, "id": allowance_id},
-            )
-            await audit.record(
-                conn, actor, "offline.allowance.opened", "offline_allowance", allowance_id,
-                after={"user_id": user, "device_id": device_id, "account_id": account_id,
-                       "amount": units, "expires_at": expires_at, "hold_id": hold.hold_id},
-            )  # fmt: skip
-            return await self._read(await self._fetch(conn, allowance_id))
+        done = await opening.finish(self.ledger, allowance_id, actor)
+        async with self.ledger.engine.connect() as conn:
+            row = await self._fetch(conn, allowance_id)
+        if row is None:  # the ledger refused the hold: the row is gone
+            if isinstance(done.hold, LedgerError):
+                raise done.hold
+            raise _unknown(allowance_id)  # pragma: no cover - only a refusal deletes it
+        _raise_failed(row)
+        return await self._read(row)
 
     async def release(
         self, user: uuid.UUID, actor: Actor, *, allowance_id: int, final_cumulative: int,
@@ -369,7 +417,7 @@ class Allowances:
 
     async def _read(self, row: Any, *, replayed: bool = False) -> Allowance:
         certificate = ""
-        if row.status != "OPENING":
+        if row.status in {AllowanceStatus.OPEN.value, AllowanceStatus.RELEASED.value}:
             scale = (await self.directory.asset(row.asset)).scale
             certificate = self.issuer.encode(
                 Certificate(
@@ -382,6 +430,17 @@ class Allowances:
             row.amount, row.claimed, row.expires_at, row.hold_id, allowance_status(row),
             row.final_cumulative, row.created_at, certificate, replayed,
         )  # fmt: skip
+
+
+def _raise_failed(row: Any) -> None:
+    """A FAILED allowance answers its request (or a retry of it) with why it failed."""
+    if row.status != AllowanceStatus.FAILED.value:
+        return
+    if row.failure == opening.Failure.DEVICE_REVOKED.value:
+        raise DeviceRevoked(f"device {row.device_id} is revoked", device_id=row.device_id)
+    raise AllowanceAbandoned(
+        f"allowance {row.id} was left unfinished and voided", allowance_id=row.id
+    )
 
 
 def _unknown(allowance_id: int) -> UnknownAllowance:
