@@ -126,7 +126,7 @@ class OfflineController(Controller):
         """Register a device's Ed25519 key (with its proof of possession)."""
 
         async def run(_: Attempt) -> DeviceRead:
-            device = await ctx.svc.offline.allowances.register_device(
+            device = await ctx.svc.offline.devices.register(
                 ctx.principal.user_id, ctx.actor,
                 public_key=unb64(data.public_key, "public_key"),
                 proof=unb64(data.proof, "proof"), name=data.name,
@@ -139,7 +139,7 @@ class OfflineController(Controller):
     async def list_devices(
         self, ctx: NamedDependency[Ctx], user_id: UserParam = None
     ) -> list[DeviceRead]:
-        devices = await ctx.svc.offline.allowances.devices(_who(ctx, user_id))
+        devices = await ctx.svc.offline.devices.list(_who(ctx, user_id))
         return [device_read(d) for d in devices]
 
     @post("/devices/{device_id:int}/revoke", guards=OWNER_OR_STAFF, status_code=200)
@@ -153,7 +153,7 @@ class OfflineController(Controller):
 
         async def run(_: Attempt) -> DeviceRead:
             owner = ctx.principal.user_id if ctx.is_user else None
-            device = await ctx.svc.offline.allowances.revoke_device(
+            device = await ctx.svc.offline.devices.revoke(
                 owner, ctx.actor, device_id, reason=data.reason
             )
             return device_read(device)

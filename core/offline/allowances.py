@@ -1,5 +1,5 @@
-"""Device keys and offline allowances: register a key, reserve an allowance (a hold on the
-user's AVAILABLE account bound to the key), release it, read them.
+"""Offline allowances: reserve one (a hold on the user's AVAILABLE account bound to a device
+key, ``core.offline.devices``), release it, read them.
 
 Opening is written in three steps so a crash never leaves money reserved without a row:
 the allowance row (OPENING), then the hold under the ledger key ``offline-allowance:<id>``,
@@ -38,7 +38,6 @@ from core.directory import Directory
 from core.errors import (
     AllowanceAbandoned,
     AllowanceNotActive,
-    DeviceKeyExists,
     DeviceRevoked,
     IdempotencyConflict,
     InvalidDeviceKey,
@@ -50,12 +49,10 @@ from core.errors import (
 )
 from core.offline import opening
 from core.offline.issuer import Issuer
-from core.offline.vouchers import Certificate, check_device_key, release_message, verify
+from core.offline.vouchers import Certificate, release_message, verify
 from core.payments import Payments
 from core.queries import MAX_PAGE
 from core.types import Actor, HoldStatus, VoidHold, request_hash
-
-MAX_DEVICE_NAME = 100
 
 
 class AllowanceStatus(StrEnum):
@@ -67,17 +64,6 @@ class AllowanceStatus(StrEnum):
     EXPIRED = "EXPIRED"
     #: never bound: its device was revoked first, or it was abandoned unfinished
     FAILED = "FAILED"
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    id: int
-    user_id: uuid.UUID
-    public_key: bytes
-    name: str
-    status: str
-    created_at: datetime
-    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +93,6 @@ class AllowancePage:
     next_cursor: int | None
 
 
-_DEVICE_COLUMNS = "id, user_id, public_key, name, status, created_at, revoked_at"
 _ALLOWANCE_SELECT = (
     "SELECT a.id, a.user_id, a.device_id, d.public_key, a.account_id, a.asset, a.amount, "
     "a.claimed, a.expires_at, a.hold_id, a.status, a.final_cumulative, a.created_at, "
@@ -115,13 +100,6 @@ _ALLOWANCE_SELECT = (
     "FROM offline_allowances a JOIN offline_devices d ON d.id = a.device_id "
     "LEFT JOIN holds h ON h.id = a.hold_id "
 )
-
-
-def _device(row: Any) -> Device:
-    return Device(
-        row.id, row.user_id, bytes(row.public_key), row.name, row.status, row.created_at,
-        row.revoked_at,
-    )  # fmt: skip
 
 
 def allowance_status(row: Any) -> AllowanceStatus:
@@ -137,98 +115,13 @@ def allowance_status(row: Any) -> AllowanceStatus:
 
 
 class Allowances:
-    """Devices and allowances (the vouchers redeemed against them: ``core.offline.redeem``)."""
+    """Allowances (the vouchers redeemed against them: ``core.offline.redemptions``)."""
 
     def __init__(self, directory: Directory, issuer: Issuer) -> None:
         self.directory = directory
         self.ledger = directory.ledger
         self.issuer = issuer
         self.payments = Payments(directory)
-
-    # -- devices -------------------------------------------------------------------------
-    async def register_device(
-        self, user: uuid.UUID, actor: Actor, *, public_key: bytes, proof: bytes, name: str
-    ) -> Device:
-        """Register an Ed25519 key the user's device holds (``proof``: its signature of
-        ``vouchers.device_message``). Errors: INVALID_DEVICE_KEY, DEVICE_KEY_EXISTS,
-        VALIDATION_ERROR (name)."""
-        if not name.strip() or len(name) > MAX_DEVICE_NAME:
-            raise ValidationError(f"a device name has 1-{MAX_DEVICE_NAME} characters", field="name")
-        check_device_key(user, public_key, proof)
-        async with self.ledger.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO offline_devices (user_id, public_key, name) "
-                        "VALUES (:u, :k, :n) ON CONFLICT (public_key) DO NOTHING "
-                        f"RETURNING {_DEVICE_COLUMNS}"
-                    ),
-                    {"u": user, "k": public_key, "n": name},
-                )
-            ).first()
-            if row is None:
-                raise DeviceKeyExists("this public key is already registered", field="public_key")
-            device = _device(row)
-            await audit.record(
-                conn, actor, "offline.device.registered", "offline_device", device.id,
-                after={"user_id": user, "public_key": public_key.hex(), "name": name},
-            )  # fmt: skip
-        return device
-
-    async def devices(self, user: uuid.UUID) -> list[Device]:
-        async with self.ledger.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    f"SELECT {_DEVICE_COLUMNS} FROM offline_devices WHERE user_id = :u ORDER BY id"
-                ),
-                {"u": user},
-            )
-            return [_device(r) for r in rows]
-
-    async def revoke_device(
-        self, user: uuid.UUID | None, actor: Actor, device_id: int, *, reason: str | None = None
-    ) -> Device:
-        """Revoke a device key (``user`` None: any user's, for staff): no allowance is bound to
-        it any more; its open allowances stay (see the module doc). Revoking it again answers
-        the revoked device. Errors: UNKNOWN_DEVICE."""
-        async with self.ledger.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(f"SELECT {_DEVICE_COLUMNS} FROM offline_devices WHERE id = :d FOR UPDATE"),
-                    {"d": device_id},
-                )
-            ).first()
-            if row is None or (user is not None and row.user_id != user):
-                raise UnknownDevice(f"device {device_id} does not exist", device_id=device_id)
-            if row.status == "REVOKED":
-                return _device(row)
-            revoked = (
-                await conn.execute(
-                    text(
-                        "UPDATE offline_devices SET status = 'REVOKED', "
-                        f"revoked_at = clock_timestamp() WHERE id = :d RETURNING {_DEVICE_COLUMNS}"
-                    ),
-                    {"d": device_id},
-                )
-            ).one()
-            still_open = (
-                await conn.execute(
-                    text(
-                        "SELECT a.id FROM offline_allowances a JOIN holds h ON h.id = a.hold_id "
-                        "WHERE a.device_id = :d AND a.status = 'OPEN' AND h.status = 'PENDING' "
-                        "ORDER BY a.id"
-                    ),
-                    {"d": device_id},
-                )
-            ).scalars()
-            await audit.record(
-                conn, actor, "offline.device.revoked", "offline_device", device_id,
-                before={"status": row.status},
-                after={"status": "REVOKED", "revoked_at": revoked.revoked_at,
-                       "open_allowances": list(still_open)},
-                reason=reason,
-            )  # fmt: skip
-        return _device(revoked)
 
     # -- allowances ----------------------------------------------------------------------
     async def open(
