@@ -272,6 +272,8 @@ class UnknownDevice(NotFound):
 
 
 class DeviceRevoked(Conflict):
+    """The device key was revoked: no allowance is bound to it any more."""
+
     code = "DEVICE_REVOKED"
 
 
@@ -291,6 +293,12 @@ class AllowanceReleased(AllowanceNotActive):
 
 class AllowanceExpired(AllowanceNotActive):
     code = "ALLOWANCE_EXPIRED"
+
+
+class AllowanceAbandoned(Conflict):
+    """The allowance was left unfinished by its request and the worker's sweep voided it."""
+
+    code = "ALLOWANCE_ABANDONED"
 
 
 class AllowanceExceeded(Conflict):

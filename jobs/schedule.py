@@ -88,6 +88,11 @@ def worker_jobs(
             housekeeping_interval_s,
         ),
         ScheduledJob(
+            "offline_sweep",
+            partial(housekeeping.offline_sweep, ledger),
+            housekeeping_interval_s,
+        ),
+        ScheduledJob(
             "prune_policy_usage",
             partial(housekeeping.prune_policy_usage, ledger),
             prune_interval_s,

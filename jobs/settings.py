@@ -4,7 +4,7 @@
                                      only the housekeeping jobs and touches no chain (no
                                      ``ETH_RPC_URL`` needed, no local anvil started);
                                      ``valueos worker --no-anchoring`` is the same
-``VALUEOS_EXPIRE_HOLDS_INTERVAL_S``  seconds between hold expiry and P2P housekeeping runs;
+``VALUEOS_EXPIRE_HOLDS_INTERVAL_S``  seconds between hold expiry, P2P and offline sweep runs;
                                      default 60
 ``VALUEOS_PRUNE_INTERVAL_S``         seconds between prunings of expired rolling-limit
                                      buckets; default 3600

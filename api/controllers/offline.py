@@ -4,7 +4,8 @@ redemption of the vouchers devices sign offline.
 - The issuer key (GET ``/issuer``): what payee terminals pin to check allowance certificates
   offline. Any authenticated caller.
 - Devices and allowances: a USER registers their own device keys and reserves and releases
-  their own allowances; reads: the USER themselves, staff readers name ``user_id``.
+  their own allowances; reads: the USER themselves, staff readers name ``user_id``. A device
+  key is revoked by its owner or by staff (admin, ops).
 - Redemptions: a USER redeems vouchers paid to them; every voucher gets its own outcome
   (HONOURED, or REFUSED with a stable code); reads: payer and payee, staff readers.
 """
@@ -20,7 +21,7 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-from api.auth import EVERYONE, USER, allow
+from api.auth import ADMIN, EVERYONE, OPS, USER, allow
 from api.context import Ctx
 from api.controllers.vaults import MAX_ID, UserParam, viewer
 from api.idempotency import Attempt
@@ -30,6 +31,7 @@ from api.schemas.offline import (
     AllowanceRead,
     DeviceCreate,
     DeviceRead,
+    DeviceRevokeCreate,
     IssuerRead,
     RedeemCreate,
     RedeemRead,
@@ -43,8 +45,10 @@ from core.offline import Allowance, Device, Redemption, StoredVoucher, VoucherSt
 from core.offline.redemptions import Role as VoucherRole
 
 AllowanceId = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
+DeviceId = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
 READ = [allow(EVERYONE, scope="read")]
 OWNER = [allow({USER}, scope="payments")]
+OWNER_OR_STAFF = [allow({USER, ADMIN, OPS}, scope="payments")]
 
 
 def b64(raw: bytes) -> str:
@@ -59,7 +63,7 @@ def unb64(text: str, field: str) -> bytes:
 
 
 def device_read(d: Device) -> DeviceRead:
-    return DeviceRead(d.id, b64(d.public_key), d.name, d.status, d.created_at)
+    return DeviceRead(d.id, b64(d.public_key), d.name, d.status, d.created_at, d.revoked_at)
 
 
 async def allowance_read(ctx: Ctx, a: Allowance) -> AllowanceRead:
@@ -122,7 +126,7 @@ class OfflineController(Controller):
         """Register a device's Ed25519 key (with its proof of possession)."""
 
         async def run(_: Attempt) -> DeviceRead:
-            device = await ctx.svc.offline.allowances.register_device(
+            device = await ctx.svc.offline.devices.register(
                 ctx.principal.user_id, ctx.actor,
                 public_key=unb64(data.public_key, "public_key"),
                 proof=unb64(data.proof, "proof"), name=data.name,
@@ -135,8 +139,26 @@ class OfflineController(Controller):
     async def list_devices(
         self, ctx: NamedDependency[Ctx], user_id: UserParam = None
     ) -> list[DeviceRead]:
-        devices = await ctx.svc.offline.allowances.devices(_who(ctx, user_id))
+        devices = await ctx.svc.offline.devices.list(_who(ctx, user_id))
         return [device_read(d) for d in devices]
+
+    @post("/devices/{device_id:int}/revoke", guards=OWNER_OR_STAFF, status_code=200)
+    async def revoke_device(
+        self, ctx: NamedDependency[Ctx], device_id: DeviceId, data: JSONBody[DeviceRevokeCreate]
+    ) -> Response[DeviceRead]:
+        """Revoke a device key: no allowance is bound to it any more (DEVICE_REVOKED). The
+        allowances it already has stay: vouchers it signed against them are honoured, within
+        each, until it expires or the device releases it (a voucher carries no signing time).
+        Revoking a revoked key answers it unchanged."""
+
+        async def run(_: Attempt) -> DeviceRead:
+            owner = ctx.principal.user_id if ctx.is_user else None
+            device = await ctx.svc.offline.devices.revoke(
+                owner, ctx.actor, device_id, reason=data.reason
+            )
+            return device_read(device)
+
+        return await ctx.once(data, run, status_code=200)
 
     @post("/allowances", guards=OWNER)
     async def open_allowance(

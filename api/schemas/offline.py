@@ -12,7 +12,7 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-from api.schemas.common import Amount, Create, Label
+from api.schemas.common import Amount, Create, Label, Reason
 from core.offline import AllowanceStatus, VoucherStatus
 from core.offline.redemptions import MAX_BATCH
 
@@ -38,8 +38,14 @@ class DeviceRead(Struct):
     id: int
     public_key: str
     name: str
+    #: ACTIVE, or REVOKED (no new allowance; its open allowances still honour vouchers)
     status: str
     created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class DeviceRevokeCreate(Create):
+    reason: Reason | None = None
 
 
 class AllowanceCreate(Create):

@@ -2,7 +2,10 @@
 
 - ``core.offline.vouchers``: the signed formats (pure);
 - ``core.offline.issuer``: the server key that signs allowance certificates (pure);
-- ``core.offline.allowances``: devices, opening, releasing and reading allowances;
+- ``core.offline.devices``: device keys (registering, listing, revoking);
+- ``core.offline.allowances``: opening, releasing and reading allowances;
+- ``core.offline.opening``: finishing an allowance's opening, and the sweep of those a crash
+  left unfinished;
 - ``core.offline.redemptions``: vouchers captured against their allowance exactly once.
 
 :class:`Offline` is the one door the API uses.
@@ -16,8 +19,8 @@ from core.offline.allowances import (
     AllowancePage,
     Allowances,
     AllowanceStatus,
-    Device,
 )
+from core.offline.devices import Device, Devices
 from core.offline.issuer import Issuer
 from core.offline.redemptions import (
     Redemption,
@@ -31,6 +34,7 @@ from core.offline.redemptions import (
 class Offline:
     def __init__(self, directory: Directory, issuer: Issuer) -> None:
         self.issuer = issuer
+        self.devices = Devices(directory.ledger)
         self.allowances = Allowances(directory, issuer)
         self.redemptions = Redemptions(directory)
 
@@ -41,6 +45,7 @@ __all__ = [
     "AllowanceStatus",
     "Allowances",
     "Device",
+    "Devices",
     "Issuer",
     "Offline",
     "Redemption",

@@ -1,10 +1,19 @@
-"""Device keys and offline allowances: register a key, reserve an allowance (a hold on the
-user's AVAILABLE account bound to the key), release it, read them.
+"""Offline allowances: reserve one (a hold on the user's AVAILABLE account bound to a device
+key, ``core.offline.devices``), release it, read them.
 
 Opening is written in three steps so a crash never leaves money reserved without a row:
 the allowance row (OPENING), then the hold under the ledger key ``offline-allowance:<id>``,
-then the row OPEN with its hold. A retry with the same idempotency key finds the OPENING
-row and submits the same hold command again (the ledger answers its stored result).
+then the row OPEN with its hold (``core.offline.opening``). A retry with the same
+idempotency key finds the OPENING row and submits the same hold command again (the ledger
+answers its stored result); the worker's sweep finishes the ones nobody retries.
+
+A revoked device key gets no new allowance (DEVICE_REVOKED, checked again under the
+device's row lock when an allowance becomes OPEN). The allowances it already has stay as
+they are: the vouchers it signed against them are honoured, within each allowance, until
+the allowance expires or the device releases it. A voucher carries no signing time, so the
+server cannot tell one signed before the revocation from one signed after; refusing them
+all would break the promise to payees who accepted them offline while the certificate was
+valid. The revocation bounds what a lost key can still spend to its open allowances.
 
 A release is signed by the device: it names the last cumulative total the device issued.
 While vouchers up to that total are not all redeemed the release is refused
@@ -27,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core import audit
 from core.directory import Directory
 from core.errors import (
+    AllowanceAbandoned,
     AllowanceNotActive,
-    DeviceKeyExists,
     DeviceRevoked,
     IdempotencyConflict,
     InvalidDeviceKey,
@@ -38,13 +47,12 @@ from core.errors import (
     ValidationError,
     VouchersOutstanding,
 )
+from core.offline import opening
 from core.offline.issuer import Issuer
-from core.offline.vouchers import Certificate, check_device_key, release_message, verify
+from core.offline.vouchers import Certificate, release_message, verify
 from core.payments import Payments
 from core.queries import MAX_PAGE
-from core.types import Actor, CreateHold, HoldResult, HoldStatus, VoidHold, request_hash
-
-MAX_DEVICE_NAME = 100
+from core.types import Actor, HoldStatus, VoidHold, request_hash
 
 
 class AllowanceStatus(StrEnum):
@@ -54,16 +62,8 @@ class AllowanceStatus(StrEnum):
     SPENT = "SPENT"
     RELEASED = "RELEASED"
     EXPIRED = "EXPIRED"
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    id: int
-    user_id: uuid.UUID
-    public_key: bytes
-    name: str
-    status: str
-    created_at: datetime
+    #: never bound: its device was revoked first, or it was abandoned unfinished
+    FAILED = "FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +93,13 @@ class AllowancePage:
     next_cursor: int | None
 
 
-_DEVICE_COLUMNS = "id, user_id, public_key, name, status, created_at"
 _ALLOWANCE_SELECT = (
     "SELECT a.id, a.user_id, a.device_id, d.public_key, a.account_id, a.asset, a.amount, "
     "a.claimed, a.expires_at, a.hold_id, a.status, a.final_cumulative, a.created_at, "
-    "a.request_hash, h.status AS hold_status, a.expires_at <= clock_timestamp() AS past "
+    "a.request_hash, a.failure, h.status AS hold_status, a.expires_at <= clock_timestamp() AS past "
     "FROM offline_allowances a JOIN offline_devices d ON d.id = a.device_id "
     "LEFT JOIN holds h ON h.id = a.hold_id "
 )
-
-
-def _device(row: Any) -> Device:
-    return Device(row.id, row.user_id, bytes(row.public_key), row.name, row.status, row.created_at)
 
 
 def allowance_status(row: Any) -> AllowanceStatus:
@@ -119,58 +114,14 @@ def allowance_status(row: Any) -> AllowanceStatus:
     return AllowanceStatus.EXPIRED
 
 
-def hold_key(allowance_id: int) -> str:
-    return f"offline-allowance:{allowance_id}"
-
-
 class Allowances:
-    """Devices and allowances (the vouchers redeemed against them: ``core.offline.redeem``)."""
+    """Allowances (the vouchers redeemed against them: ``core.offline.redemptions``)."""
 
     def __init__(self, directory: Directory, issuer: Issuer) -> None:
         self.directory = directory
         self.ledger = directory.ledger
         self.issuer = issuer
         self.payments = Payments(directory)
-
-    # -- devices -------------------------------------------------------------------------
-    async def register_device(
-        self, user: uuid.UUID, actor: Actor, *, public_key: bytes, proof: bytes, name: str
-    ) -> Device:
-        """Register an Ed25519 key the user's device holds (``proof``: its signature of
-        ``vouchers.device_message``). Errors: INVALID_DEVICE_KEY, DEVICE_KEY_EXISTS,
-        VALIDATION_ERROR (name)."""
-        if not name.strip() or len(name) > MAX_DEVICE_NAME:
-            raise ValidationError(f"a device name has 1-{MAX_DEVICE_NAME} characters", field="name")
-        check_device_key(user, public_key, proof)
-        async with self.ledger.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO offline_devices (user_id, public_key, name) "
-                        "VALUES (:u, :k, :n) ON CONFLICT (public_key) DO NOTHING "
-                        f"RETURNING {_DEVICE_COLUMNS}"
-                    ),
-                    {"u": user, "k": public_key, "n": name},
-                )
-            ).first()
-            if row is None:
-                raise DeviceKeyExists("this public key is already registered", field="public_key")
-            device = _device(row)
-            await audit.record(
-                conn, actor, "offline.device.registered", "offline_device", device.id,
-                after={"user_id": user, "public_key": public_key.hex(), "name": name},
-            )  # fmt: skip
-        return device
-
-    async def devices(self, user: uuid.UUID) -> list[Device]:
-        async with self.ledger.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    f"SELECT {_DEVICE_COLUMNS} FROM offline_devices WHERE user_id = :u ORDER BY id"
-                ),
-                {"u": user},
-            )
-            return [_device(r) for r in rows]
 
     # -- allowances ----------------------------------------------------------------------
     async def open(
@@ -187,7 +138,8 @@ class Allowances:
         """Reserve ``amount`` of the user's AVAILABLE ``account_id`` until ``expires_at`` for
         vouchers signed by device ``device_id``. Errors: UNKNOWN_ACCOUNT, UNKNOWN_DEVICE,
         DEVICE_REVOKED, INVALID_AMOUNT, INSUFFICIENT_FUNDS, POLICY_DENIED,
-        IDEMPOTENCY_CONFLICT, VALIDATION_ERROR."""
+        IDEMPOTENCY_CONFLICT, VALIDATION_ERROR, ALLOWANCE_ABANDONED (a retry of a request
+        whose allowance the sweep abandoned)."""
         source = await self.payments.source(user, account_id)
         units = await self.directory.parse(amount, source.asset)
         digest = request_hash(
@@ -202,73 +154,62 @@ class Allowances:
             ).first()
             if device is None or device.user_id != user:
                 raise UnknownDevice(f"device {device_id} does not exist", device_id=device_id)
-            if device.status != "ACTIVE":
-                raise DeviceRevoked(f"device {device_id} is revoked", device_id=device_id)
-            allowance_id = (
-                await conn.execute(
-                    text(
-                        "INSERT INTO offline_allowances (user_id, device_id, account_id, asset, "
-                        "amount, expires_at, status, idempotency_key, request_hash) "
-                        "VALUES (:u, :d, :a, :asset, :n, :exp, 'OPENING', :key, :hash) "
-                        "ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL "
-                        "DO NOTHING RETURNING id"
-                    ),
-                    {
-                        "u": user,
-                        "d": device_id,
-                        "a": account_id,
-                        "asset": source.asset,
-                        "n": units,
-                        "exp": expires_at,
-                        "key": idempotency_key,
-                        "hash": digest,
-                    },
-                )
-            ).scalar()
-            if allowance_id is None:
-                earlier = (
+            allowance_id = None
+            if device.status == "ACTIVE":
+                allowance_id = (
                     await conn.execute(
-                        text(_ALLOWANCE_SELECT + "WHERE a.user_id = :u AND a.idempotency_key = :k"),
-                        {"u": user, "k": idempotency_key},
+                        text(
+                            "INSERT INTO offline_allowances (user_id, device_id, account_id, "
+                            "asset, amount, expires_at, status, idempotency_key, request_hash) "
+                            "VALUES (:u, :d, :a, :asset, :n, :exp, 'OPENING', :key, :hash) "
+                            "ON CONFLICT (user_id, idempotency_key) "
+                            "WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id"
+                        ),
+                        {
+                            "u": user,
+                            "d": device_id,
+                            "a": account_id,
+                            "asset": source.asset,
+                            "n": units,
+                            "exp": expires_at,
+                            "key": idempotency_key,
+                            "hash": digest,
+                        },
                     )
-                ).one()
+                ).scalar()
+            if allowance_id is None:
+                # the key's earlier attempt, if any (after a revocation: to finish it FAILED)
+                earlier = None
+                if idempotency_key is not None:
+                    earlier = (
+                        await conn.execute(
+                            text(
+                                _ALLOWANCE_SELECT
+                                + "WHERE a.user_id = :u AND a.idempotency_key = :k"
+                            ),
+                            {"u": user, "k": idempotency_key},
+                        )
+                    ).first()
+                if earlier is None:
+                    raise DeviceRevoked(f"device {device_id} is revoked", device_id=device_id)
                 if bytes(earlier.request_hash) != digest:
                     raise IdempotencyConflict(
                         "this idempotency key was used with a different request",
                         key=idempotency_key,
                     )
                 if earlier.status != "OPENING":
+                    _raise_failed(earlier)
                     return await self._read(earlier, replayed=True)
                 allowance_id = earlier.id
-        hold = await self.ledger.submit(
-            CreateHold(
-                account_id, account_id, source.asset, units, expires_at, actor,
-                hold_key(allowance_id), {"offline_allowance": allowance_id},
-            )
-        )  # fmt: skip
-        if isinstance(hold, LedgerError):
-            async with self.ledger.engine.begin() as conn:
-                await conn.execute(
-                    text("DELETE FROM offline_allowances WHERE id = :id AND status = 'OPENING'"),
-                    {"id": allowance_id},
-                )
-            raise hold
-        if not isinstance(hold, HoldResult):  # pragma: no cover - the ledger answers in kind
-            raise TypeError(type(hold).__name__)
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE offline_allowances SET hold_id = :h, status = 'OPEN', "
-                    "updated_at = now() WHERE id = :id AND status = 'OPENING'"
-                ),
-                {"h": hold.hold_id, "id": allowance_id},
-            )
-            await audit.record(
-                conn, actor, "offline.allowance.opened", "offline_allowance", allowance_id,
-                after={"user_id": user, "device_id": device_id, "account_id": account_id,
-                       "amount": units, "expires_at": expires_at, "hold_id": hold.hold_id},
-            )  # fmt: skip
-            return await self._read(await self._fetch(conn, allowance_id))
+        done = await opening.finish(self.ledger, allowance_id, actor)
+        async with self.ledger.engine.connect() as conn:
+            row = await self._fetch(conn, allowance_id)
+        if row is None:  # the ledger refused the hold: the row is gone
+            if isinstance(done.hold, LedgerError):
+                raise done.hold
+            raise _unknown(allowance_id)  # pragma: no cover - only a refusal deletes it
+        _raise_failed(row)
+        return await self._read(row)
 
     async def release(
         self, user: uuid.UUID, actor: Actor, *, allowance_id: int, final_cumulative: int,
@@ -369,7 +310,7 @@ class Allowances:
 
     async def _read(self, row: Any, *, replayed: bool = False) -> Allowance:
         certificate = ""
-        if row.status != "OPENING":
+        if row.status in {AllowanceStatus.OPEN.value, AllowanceStatus.RELEASED.value}:
             scale = (await self.directory.asset(row.asset)).scale
             certificate = self.issuer.encode(
                 Certificate(
@@ -382,6 +323,17 @@ class Allowances:
             row.amount, row.claimed, row.expires_at, row.hold_id, allowance_status(row),
             row.final_cumulative, row.created_at, certificate, replayed,
         )  # fmt: skip
+
+
+def _raise_failed(row: Any) -> None:
+    """A FAILED allowance answers its request (or a retry of it) with why it failed."""
+    if row.status != AllowanceStatus.FAILED.value:
+        return
+    if row.failure == opening.Failure.DEVICE_REVOKED.value:
+        raise DeviceRevoked(f"device {row.device_id} is revoked", device_id=row.device_id)
+    raise AllowanceAbandoned(
+        f"allowance {row.id} was left unfinished and voided", allowance_id=row.id
+    )
 
 
 def _unknown(allowance_id: int) -> UnknownAllowance:

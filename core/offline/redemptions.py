@@ -109,6 +109,10 @@ _VOUCHER_SELECT = (
 )
 
 
+#: allowances no certificate was issued for: no voucher can be signed against them
+_NEVER_BOUND = frozenset({AllowanceStatus.OPENING.value, AllowanceStatus.FAILED.value})
+
+
 def capture_key(allowance_id: int, counter: int) -> str:
     return f"offline-voucher:{allowance_id}:{counter}"
 
@@ -192,7 +196,7 @@ class Redemptions:
                     {"a": v.allowance_id},
                 )
             ).first()
-            if row is None or row.status == AllowanceStatus.OPENING.value:
+            if row is None or row.status in _NEVER_BOUND:
                 raise UnknownAllowance(
                     f"allowance {v.allowance_id} does not exist", allowance_id=v.allowance_id
                 )

@@ -204,6 +204,19 @@ class AsyncClient:
         body = {"public_key": public_key, "proof": proof, "name": name}
         return await self._post("/api/v1/offline/devices", body, m.DeviceRead, idempotency_key)
 
+    async def devices(self) -> list[m.DeviceRead]:
+        """Your registered device keys."""
+        return await self._get("/api/v1/offline/devices", list[m.DeviceRead])
+
+    async def revoke_device(
+        self, device_id: int, *, reason: str | None = None, idempotency_key: str | None = None
+    ) -> m.DeviceRead:
+        """Revoke a device key: no new allowance is bound to it; vouchers it signed against
+        its open allowances are still honoured until they expire or are released."""
+        body = {"reason": reason} if reason else {}
+        path = f"/api/v1/offline/devices/{device_id}/revoke"
+        return await self._post(path, body, m.DeviceRead, idempotency_key)
+
     async def open_allowance(
         self, from_account_id: int, device_id: int, amount: str, *, expires_in: int = 7 * 86400,
         idempotency_key: str | None = None,

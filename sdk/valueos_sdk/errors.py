@@ -85,6 +85,10 @@ class AllowanceNotActive(Conflict):
     pass
 
 
+class DeviceRevoked(Conflict):
+    """The device key was revoked: no new allowance for it."""
+
+
 BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
     422: Invalid, 429: RateLimited,
@@ -98,6 +102,8 @@ BY_CODE: dict[str, type[ApiError]] = {
     "ALLOWANCE_NOT_ACTIVE": AllowanceNotActive,
     "ALLOWANCE_RELEASED": AllowanceNotActive,
     "ALLOWANCE_EXPIRED": AllowanceNotActive,
+    "ALLOWANCE_ABANDONED": AllowanceNotActive,
+    "DEVICE_REVOKED": DeviceRevoked,
 }
 
 

@@ -118,8 +118,10 @@ class DeviceRead(Model):
     id: int
     public_key: str
     name: str
+    #: ACTIVE or REVOKED
     status: str
     created_at: Timestamp
+    revoked_at: Timestamp | None = None
 
 
 class AllowanceRead(Model):

@@ -100,6 +100,7 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/offline/issuer"): EVERYONE,
     ("POST", "/api/v1/offline/devices"): {U},
     ("GET", "/api/v1/offline/devices"): EVERYONE,
+    ("POST", "/api/v1/offline/devices/{device_id:int}/revoke"): {U, A, OP},
     ("POST", "/api/v1/offline/allowances"): {U},
     ("GET", "/api/v1/offline/allowances"): EVERYONE,
     ("GET", "/api/v1/offline/allowances/{allowance_id:int}"): EVERYONE,
@@ -154,6 +155,7 @@ SAMPLE = {
     "{policy_id:int}": "999999999",
     "{seq:int}": "999999999",
     "{allowance_id:int}": "999999999",
+    "{device_id:int}": "999999999",
     "{line_id:int}": "999999999",
     "{repayment_id:uuid}": str(uuid.uuid4()),
 }

@@ -68,12 +68,13 @@ OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("POST", "/api/v1/offline/allowances/{allowance_id:int}/release"): (
         OWNED, {"final_cumulative": 0, "signature": "AAAA"},
     ),
+    ("POST", "/api/v1/offline/devices/{device_id:int}/revoke"): (OWNED, {}),
 }  # fmt: skip
 
 #: the 404 that hides someone else's resource (it reads as "no such id")
 HIDDEN = frozenset({
     "UNKNOWN_ACCOUNT", "UNKNOWN_USER", "UNKNOWN_HOLD", "UNKNOWN_OPERATION", "UNKNOWN_ENTRY",
-    "VAULT_NOT_FOUND", "P2P_REQUEST_NOT_FOUND", "UNKNOWN_BRIDGE_OUT", "UNKNOWN_ALLOWANCE",
+    "VAULT_NOT_FOUND", "P2P_REQUEST_NOT_FOUND", "UNKNOWN_BRIDGE_OUT", "UNKNOWN_ALLOWANCE", "UNKNOWN_DEVICE",
     "UNKNOWN_CREDIT_LINE", "UNKNOWN_REPAYMENT", "NOT_FOUND",
 })  # fmt: skip
 
@@ -142,6 +143,8 @@ async def _world(api: Api) -> World:
             "{code:str}": asset,
             "{asset:str}": asset,
             "{allowance_id:int}": str(offline["id"]),
+            # revoked by the test of its route: nothing else here opens an allowance
+            "{device_id:int}": str(device.device_id),
             "{line_id:int}": str(line.json()["id"]),
             "{repayment_id:uuid}": repayment.json()["id"],
             # /collateral/{account_id} and /risk/assessment/{account_id} name the line's

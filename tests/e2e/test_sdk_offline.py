@@ -19,8 +19,15 @@ from core.credentials import Credentials
 from core.types import Role
 from tests.e2e.conftest import BOOTSTRAP, Api, Caller
 from valueos_sdk import AsyncClient, MemoryStore, OfflineQueue, SQLiteStore, Terminal, Wallet
-from valueos_sdk.errors import InsufficientFunds, MirrorMismatch, NotFound, Unreachable
+from valueos_sdk.errors import (
+    DeviceRevoked,
+    InsufficientFunds,
+    MirrorMismatch,
+    NotFound,
+    Unreachable,
+)
 from valueos_sdk.mirror import Mirror
+from valueos_sdk.models import DeviceRead
 from valueos_sdk.store import FAILED
 from valueos_sdk.vouchers import decode_payment, unb64
 
@@ -231,6 +238,28 @@ async def test_three_offline_payments_then_sync(api: Api, net: Network, tmp_path
     assert released.status == "RELEASED"
     balance = await api.balance(a_acc)
     assert (balance["posted"], balance["pending"]) == ("85.25", "0.00")
+
+
+async def test_a_revoked_device_pays_what_it_promised_and_reserves_nothing_more(
+    api: Api, net: Network
+) -> None:
+    asset = await api.asset()
+    alice, a_acc = await api.funded_user(asset, "100.00")
+    client = await client_for(alice, net)
+    wallet = Wallet(client, MemoryStore())
+    shop, s_acc, pos, _ = await payee(api, asset, net)
+    await wallet.reserve(a_acc, "30.00")
+    pos.accept(wallet.pay(shop.user_id, "5.00"))
+    device_id = await wallet.register()
+    revoked = await client.revoke_device(device_id, reason="phone lost")
+    assert isinstance(revoked, DeviceRead) and revoked.status == "REVOKED"
+    assert revoked.revoked_at is not None
+    assert [d.status for d in await client.devices()] == ["REVOKED"]
+    with pytest.raises(DeviceRevoked) as refused:
+        await wallet.reserve(a_acc, "10.00")
+    assert refused.value.code == "DEVICE_REVOKED"
+    assert [a.status for a in await pos.sync()] == ["HONOURED"]
+    assert (await api.balance(s_acc))["posted"] == "5.00"
 
 
 async def test_two_payees_and_a_device_that_double_spends(

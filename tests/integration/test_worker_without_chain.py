@@ -2,7 +2,8 @@
 
 A real worker process on the test database, with no ``ETH_RPC_URL`` and ``ANVIL_BIN``
 pointing nowhere, so any attempt to start or reach a chain would fail the run: a hold and
-a P2P request past their deadlines must still be expired by it.
+a P2P request past their deadlines must still be expired by it, and an offline allowance a
+crash left OPENING (without an Idempotency-Key) abandoned by the offline sweep.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from core.p2p import P2PStatus
 from core.types import HoldStatus
 from tests.conftest import World
 from tests.integration.test_p2p import backdate, request
-from tests.integration.test_vaults import person
+from tests.integration.test_vaults import Person, person
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,6 +37,45 @@ async def _statuses(world: World, hold_id: int, request_id: int) -> tuple[str, s
         ).scalar_one()
     req = await p2p.get_request(world.ledger, user=None, request_id=request_id)
     return hold, req.status
+
+
+async def _left_opening(world: World, owner: Person) -> int:
+    """An allowance row as a request killed before its hold leaves it, 10 minutes ago."""
+    async with world.ledger.engine.begin() as conn:
+        device = (
+            await conn.execute(
+                text(
+                    "INSERT INTO offline_devices (user_id, public_key, name) "
+                    "VALUES (:u, :k, 'phone') RETURNING id"
+                ),
+                {"u": owner.id, "k": os.urandom(32)},
+            )
+        ).scalar_one()
+        return int(
+            (
+                await conn.execute(
+                    text(
+                        "INSERT INTO offline_allowances (user_id, device_id, account_id, asset, "
+                        "amount, expires_at, status, request_hash, created_at) VALUES (:u, :d, "
+                        ":a, :asset, 20, now() + interval '1 day', 'OPENING', '\\x00', "
+                        "now() - interval '10 minutes') RETURNING id"
+                    ),
+                    {"u": owner.id, "d": device, "a": owner.available, "asset": world.asset},
+                )
+            ).scalar_one()
+        )
+
+
+async def _allowance(world: World, allowance_id: int) -> str:
+    async with world.ledger.engine.connect() as conn:
+        return str(
+            (
+                await conn.execute(
+                    text("SELECT status FROM offline_allowances WHERE id = :id"),
+                    {"id": allowance_id},
+                )
+            ).scalar_one()
+        )
 
 
 async def test_worker_without_a_chain_expires_holds_and_p2p_requests(
@@ -53,6 +93,7 @@ async def test_worker_without_a_chain_expires_holds_and_p2p_requests(
         )
     asked = await request(world, payee, payer, 10)
     await backdate(led, asked.id)
+    left = await _left_opening(world, payer)
     pending = (HoldStatus.PENDING, P2PStatus.PENDING)
     assert await _statuses(world, hold.hold_id, asked.id) == pending
 
@@ -77,7 +118,10 @@ async def test_worker_without_a_chain_expires_holds_and_p2p_requests(
     try:
         deadline = asyncio.get_running_loop().time() + 60
         expired = (HoldStatus.EXPIRED, P2PStatus.EXPIRED)
-        while await _statuses(world, hold.hold_id, asked.id) != expired:
+        while (await _statuses(world, hold.hold_id, asked.id), await _allowance(world, left)) != (
+            expired,
+            "FAILED",
+        ):
             assert proc.poll() is None, f"the worker exited:\n{log.read_text()}"
             assert asyncio.get_running_loop().time() < deadline, log.read_text()
             await asyncio.sleep(0.1)

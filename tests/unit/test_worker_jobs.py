@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 LEDGER = cast(Ledger, object())
 JOB = cast(AnchorJob, object())
-HOUSEKEEPING = ["expire_holds", "p2p_housekeeping", "prune_policy_usage"]
+HOUSEKEEPING = ["expire_holds", "p2p_housekeeping", "offline_sweep", "prune_policy_usage"]
 
 
 def _jobs(job: AnchorJob | None) -> dict[str, Any]:
@@ -32,7 +32,7 @@ def test_with_a_chain_every_job_is_listed_and_anchoring_starts_at_once() -> None
     assert list(jobs) == ["seal_and_anchor", "confirm", *HOUSEKEEPING]
     assert jobs["seal_and_anchor"].at_start and jobs["seal_and_anchor"].every_s == 3600
     assert jobs["confirm"].every_s == 60  # never longer than a minute
-    assert [jobs[h].every_s for h in HOUSEKEEPING] == [5, 5, 600]
+    assert [jobs[h].every_s for h in HOUSEKEEPING] == [5, 5, 5, 600]
 
 
 def test_with_a_bridge_minter_the_bridge_out_job_is_listed() -> None:
