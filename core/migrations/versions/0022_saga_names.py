@@ -4,14 +4,14 @@ Over HTTP a saga is still a "transaction" (``/api/v1/transactions``, ``transacti
 inside the service "transaction" means a database transaction only.
 
 Revision ID: 0022_saga_names
-Revises: 0017_idempotency_owner
+Revises: 0019_offline_revoke_sweep
 Create Date: 2026-12-07
 """
 
 from core.migrations.sql import run_script
 
 revision = "0022_saga_names"
-down_revision = "0017_idempotency_owner"
+down_revision = "0019_offline_revoke_sweep"
 branch_labels = None
 depends_on = None
 
