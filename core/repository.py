@@ -30,7 +30,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.chain_txs import insert_intent
 from core.errors import (
@@ -237,6 +237,22 @@ class LedgerStore:
                     continue
                 return await self._isolate(commands, groups, exc)
         return [StorageError("the batch kept conflicting; nothing was written")] * len(commands)
+
+    async def execute_within(
+        self, sa_conn: AsyncConnection, commands: Sequence[Command]
+    ) -> list[Result | LedgerError]:
+        """Apply ``commands`` all-or-nothing inside the caller's open transaction (a savepoint
+        of it): they commit, or roll back, with whatever else the caller writes there. No
+        retry: a deadlock or serialization failure aborts the caller's transaction and is
+        raised as a core error."""
+        if not commands:
+            return []
+        raw = await sa_conn.get_raw_connection()
+        conn: asyncpg.Connection = raw.driver_connection
+        try:
+            return await self._transaction(conn, commands, [1] * len(commands))
+        except asyncpg.PostgresError as exc:
+            raise translate(exc) from exc
 
     async def _isolate(
         self, commands: Sequence[Command], groups: list[int | None], exc: BaseException
