@@ -22,10 +22,11 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.errors import NoRiskParameters, PriceFrozen
 from core.ledger import Ledger
@@ -222,6 +223,31 @@ class RiskLoop:
         report.deferred = budget.deferred
         return report
 
+    async def _post_action(
+        self, conn: AsyncConnection, state: LineState, action: risk.Action, base: PostOperation
+    ) -> int | None:
+        """Post the action's operation in ``conn``'s transaction (``base`` carries actor, key,
+        metadata and reason); None for an action that moves nothing."""
+        line = state.line
+        if action.kind is risk.ActionKind.NOTIFY:
+            return None
+        if action.kind is risk.ActionKind.CUSHION:
+            legs = transfer_legs(
+                line.cushion_account_id, line.credit_account_id, line.debt_asset, action.repaid
+            )
+            command = replace(base, type=OperationType.CUSHION_APPLIED, entries=legs)
+        else:
+            liquidation = {
+                asset: await self._account(asset, SystemAccount.LIQUIDATION)
+                for asset in (line.collateral_asset, line.debt_asset)
+            }
+            bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
+            entries = liquidation_entries(state, action, liquidation, bad_debt)
+            if len(entries) < 2:
+                return None
+            command = replace(base, entries=entries)
+        return (await self.ledger.post_within(conn, command)).operation_id
+
     async def act(
         self,
         line_id: int,
@@ -270,42 +296,13 @@ class RiskLoop:
                     if position.notified:
                         return risk.ActionKind.NONE
                     action = risk.Action(risk.ActionKind.NOTIFY)
-            operation_id = None
             key = f"risk:{line_id}:{tick}" if tick is not None else None
             metadata = {"credit_line": line_id, "action": action.kind.value, "tick": tick}
-            if action.kind is risk.ActionKind.CUSHION:
-                result = await self.ledger.post_within(
-                    conn,
-                    PostOperation(
-                        OperationType.CUSHION_APPLIED,
-                        transfer_legs(
-                            line.cushion_account_id, line.credit_account_id, line.debt_asset,
-                            action.repaid,
-                        ),
-                        actor, key, metadata,
-                    ),
-                )  # fmt: skip
-                operation_id = result.operation_id
-            elif action.kind is not risk.ActionKind.NOTIFY:
-                liquidation = {
-                    line.collateral_asset: await self._account(
-                        line.collateral_asset, SystemAccount.LIQUIDATION
-                    ),
-                    line.debt_asset: await self._account(
-                        line.debt_asset, SystemAccount.LIQUIDATION
-                    ),
-                }
-                bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
-                entries = liquidation_entries(state, action, liquidation, bad_debt)
-                if len(entries) >= 2:
-                    result = await self.ledger.post_within(
-                        conn,
-                        PostOperation(
-                            OperationType.LIQUIDATION, entries, actor, key, metadata,
-                            reason=reason,
-                        ),
-                    )  # fmt: skip
-                    operation_id = result.operation_id
+            operation_id = await self._post_action(
+                conn, state, action, PostOperation(
+                    OperationType.LIQUIDATION, (), actor, key, metadata, reason=reason
+                ),
+            )  # fmt: skip
             await conn.execute(
                 text(
                     "INSERT INTO risk_events (line_id, kind, tick, operation_id, details) "
@@ -322,7 +319,7 @@ class RiskLoop:
                 )
             else:
                 await refresh_limits(conn, line_ids=[line_id])
-        if budget is not None and sold_value and action.sold:
+        if budget is not None and action.sold:
             budget.take(line.collateral_asset, sold_value)
         log.info("risk: line %s %s", line_id, action.kind.value)
         return action.kind

@@ -43,7 +43,7 @@ class CardApp:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 stamp = self.headers["X-Webhook-Timestamp"]
                 good = self.headers["X-Webhook-Signature"] == sign(SECRET, stamp, body)
@@ -134,7 +134,7 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
         assert ops == [] and events == [], "an uncommitted action leaves nothing"
     else:
         assert [(o.line_id, o.action) for o in ops] == [(sold.id, "PARTIAL")]
-        assert [(e.line_id, e.kind, e.operation_id) for e in events][0] == (
+        assert (events[0].line_id, events[0].kind, events[0].operation_id) == (
             sold.id, "PARTIAL", ops[0].id,
         )  # fmt: skip
 
