@@ -3,7 +3,7 @@
 
 * a USER acts on their own lines only (another user's line answers UNKNOWN_CREDIT_LINE, as a
   nonexistent one does); staff (ADMIN, OPS) on any line; a liquidation is ADMIN-only with a
-  reason;
+  reason; risk parameters are written by ADMIN only;
 * amounts arrive as decimal strings in the asset's scale and are parsed exactly (422
   INVALID_AMOUNT otherwise); nothing is written before every check passed.
 """
