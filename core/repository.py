@@ -30,6 +30,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.chain_txs import insert_intent
@@ -247,8 +248,16 @@ class LedgerStore:
         raised as a core error."""
         if not commands:
             return []
+        if not sa_conn.in_transaction():
+            raise RuntimeError("execute_within needs the caller's open transaction")
         raw = await sa_conn.get_raw_connection()
         conn: asyncpg.Connection = raw.driver_connection
+        if not conn.is_in_transaction():
+            # SQLAlchemy begins the driver's transaction at its first statement; without
+            # one, asyncpg would run the batch as a transaction of its own
+            await sa_conn.execute(text("SELECT 1"))
+        if not conn.is_in_transaction():  # pragma: no cover - a driver that never began
+            raise RuntimeError("the caller's transaction has not begun on the driver")
         try:
             return await self._transaction(conn, commands, [1] * len(commands))
         except asyncpg.PostgresError as exc:
