@@ -10,6 +10,7 @@ The card app's HMAC key comes from ``RISK_TEST_WEBHOOK_SECRET``. Points:
 * ``after_post``:  the operation is written, the action's event row is not
 * ``after_event``: an action (operation and event row) is done
 * ``webhook``:     the card app acknowledged a margin call, the worker has not recorded it
+* ``interest``:    a day's interest is posted, its ``interest_accruals`` row is not
 
 The kill wraps the loop's collaborators (the ledger, the loop, the HTTP client) from
 outside; the product code has no test hooks. Exit code 0: every pass ran.
@@ -33,7 +34,7 @@ from jobs.risk import RISK_ACTOR, RiskSettings, risk_pass
 from tests.conftest import settings_for
 
 ACTIONS = {OperationType.LIQUIDATION, OperationType.CUSHION_APPLIED}
-POINTS = ("before_post", "after_post", "after_event", "webhook")
+POINTS = ("before_post", "after_post", "after_event", "webhook", "interest")
 
 
 def die() -> None:
@@ -52,6 +53,8 @@ async def run(db: str, card_app: str, passes: int, die_at: str | None) -> int:
         result = await post(command)
         if command.type in ACTIONS and die_at == "after_post":
             die()
+        if command.type is OperationType.INTEREST and die_at == "interest":
+            die()
         return result
 
     async def post_within_then(conn: Any, command: PostOperation) -> Any:
@@ -59,6 +62,8 @@ async def run(db: str, card_app: str, passes: int, die_at: str | None) -> int:
             die()
         result = await post_within(conn, command)
         if command.type in ACTIONS and die_at == "after_post":
+            die()
+        if command.type is OperationType.INTEREST and die_at == "interest":
             die()
         return result
 

@@ -1,8 +1,9 @@
 """The risk loop survives SIGKILL: a real worker process (``tests.integration.risk_driver``)
 runs the risk job against a fresh database and kills itself at an injected point; a second
 run finishes. Whatever the point: one ledger operation per decision, one event row per
-action (and per operation), the margin call delivered to the card app under one event id,
-value conserved and the reconciler clean."""
+action (and per operation), one interest charge per line and day with its accrual row, the
+margin call delivered to the card app under one event id, value conserved and the reconciler
+clean."""
 
 from __future__ import annotations
 
@@ -115,6 +116,28 @@ async def actions(desk: Desk) -> tuple[list[Any], list[Any]]:
     return list(ops), list(events)
 
 
+async def interest(desk: Desk) -> tuple[list[tuple[int, str, int]], list[tuple[int, str, int]]]:
+    """(line, day, operation) of the INTEREST operations, and of the accrual rows."""
+    async with desk.ledger.engine.connect() as conn:
+        charged = (
+            await conn.execute(
+                text(
+                    "SELECT (metadata->>'credit_line')::bigint, metadata->>'day', id "
+                    "FROM operations WHERE type = 'INTEREST'"
+                )
+            )
+        ).all()
+        accrued = (
+            await conn.execute(
+                text(
+                    "SELECT line_id, day::text, operation_id FROM interest_accruals "
+                    "WHERE operation_id IS NOT NULL"
+                )
+            )
+        ).all()
+    return [tuple(r) for r in charged], [tuple(r) for r in accrued]
+
+
 @pytest.mark.parametrize("point", POINTS)
 async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     point: str, fresh: tuple[str, Ledger], card_app: CardApp
@@ -132,7 +155,9 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     ops, events = await actions(desk)
     if point in {"before_post", "after_post"}:
         assert ops == [] and events == [], "an uncommitted action leaves nothing"
-    else:
+    if point == "interest":
+        assert await interest(desk) == ([], []), "an uncommitted charge leaves nothing"
+    if point not in {"before_post", "after_post"}:
         assert [(o.line_id, o.action) for o in ops] == [(sold.id, "PARTIAL")]
         assert (events[0].line_id, events[0].kind, events[0].operation_id) == (
             sold.id, "PARTIAL", ops[0].id,
@@ -153,6 +178,10 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     assert ids == {f"risk-event-{by_kind['NOTIFY'].id}"}
     assert len(card_app.received) == (2 if point == "webhook" else 1)
     assert {n["line_id"] for n in card_app.received} == {called.id}
+    # the day's interest: one charge per line with debt, each with its accrual row
+    charged, accrued = await interest(desk)
+    assert {line for line, _, _ in charged} == {sold.id, called.id}
+    assert len(set(charged)) == len(charged) and sorted(charged) == sorted(accrued)
     after = await desk.lines.get(sold.id)
     assert after.debt < usd(1_000) and after.collateral < COLL
     assert set((await desk.totals()).values()) == {0}
