@@ -101,7 +101,7 @@ class LiquidationCaps:
     per_asset: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if min(self.global_cap, self.asset_cap, *self.per_asset.values(), 1) <= 0:
+        if min(self.global_cap, self.asset_cap, *self.per_asset.values()) <= 0:
             raise ValueError("liquidation caps must be positive")
 
     def of(self, asset: str) -> int:
