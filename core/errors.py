@@ -357,6 +357,18 @@ class NoRiskParameters(Conflict):
     code = "NO_RISK_PARAMETERS"
 
 
+class UnknownRiskParameters(NotFound):
+    """No risk parameters version has this id."""
+
+    code = "UNKNOWN_RISK_PARAMETERS"
+
+
+class RiskParametersNotDraft(Conflict):
+    """Only a DRAFT version can be activated."""
+
+    code = "RISK_PARAMETERS_NOT_DRAFT"
+
+
 class PriceFrozen(Conflict):
     """The collateral asset's price is stale or untrusted: no new credit, no liquidation."""
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.accounts import Accounts
 from core.batcher import Batcher
@@ -90,6 +90,12 @@ class Ledger:
             root = next((f for f in failures if f.code != "LINKED_OPERATION_FAILED"), failures[0])
             raise root
         return [r for r in results if not isinstance(r, LedgerError)]
+
+    async def post_within(self, conn: AsyncConnection, command: PostOperation) -> OperationResult:
+        """Post inside the caller's open transaction: the operation commits with the caller's
+        other writes or not at all (not group-committed)."""
+        results = await self.store.execute_within(conn, [command])
+        return _expect(results[0], OperationResult)
 
     # -- conveniences ---------------------------------------------------------------------
     async def transfer(

@@ -30,7 +30,8 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.chain_txs import insert_intent
 from core.errors import (
@@ -237,6 +238,30 @@ class LedgerStore:
                     continue
                 return await self._isolate(commands, groups, exc)
         return [StorageError("the batch kept conflicting; nothing was written")] * len(commands)
+
+    async def execute_within(
+        self, sa_conn: AsyncConnection, commands: Sequence[Command]
+    ) -> list[Result | LedgerError]:
+        """Apply ``commands`` all-or-nothing inside the caller's open transaction (a savepoint
+        of it): they commit, or roll back, with whatever else the caller writes there. No
+        retry: a deadlock or serialization failure aborts the caller's transaction and is
+        raised as a core error."""
+        if not commands:
+            return []
+        if not sa_conn.in_transaction():
+            raise RuntimeError("execute_within needs the caller's open transaction")
+        raw = await sa_conn.get_raw_connection()
+        conn: asyncpg.Connection = raw.driver_connection
+        if not conn.is_in_transaction():
+            # SQLAlchemy begins the driver's transaction at its first statement; without
+            # one, asyncpg would run the batch as a transaction of its own
+            await sa_conn.execute(text("SELECT 1"))
+        if not conn.is_in_transaction():  # pragma: no cover - a driver that never began
+            raise RuntimeError("the caller's transaction has not begun on the driver")
+        try:
+            return await self._transaction(conn, commands, [1] * len(commands))
+        except asyncpg.PostgresError as exc:
+            raise translate(exc) from exc
 
     async def _isolate(
         self, commands: Sequence[Command], groups: list[int | None], exc: BaseException

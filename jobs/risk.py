@@ -10,6 +10,11 @@ Settings (environment):
 ``VALUEOS_CARD_WEBHOOK_URL``    where margin calls are POSTed; unset: they wait in
                                 ``risk_events``
 ``VALUEOS_CARD_WEBHOOK_SECRET`` the HMAC key margin calls are signed with (required with the URL)
+``VALUEOS_RISK_CAP_GLOBAL``     collateral value one tick may liquidate, all assets, in debt
+                                minor units; default 100000000 ($1M at scale 2)
+``VALUEOS_RISK_CAP_ASSET``      the same per collateral asset; default 25000000 ($250k)
+``VALUEOS_RISK_CAPS``           ``ASSET=units,ASSET2=units``: per-asset caps overriding the
+                                default (``core.risk.loop.LiquidationCaps``)
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from chain.evm.client import ChainError
 from chain.evm.price_feed import read_round
 from core.ledger import Ledger
 from core.risk.lines import CreditLines
-from core.risk.loop import RiskLoop, TickReport, deliver_notices
+from core.risk.loop import (
+    DEFAULT_ASSET_CAP,
+    DEFAULT_GLOBAL_CAP,
+    LiquidationCaps,
+    RiskLoop,
+    TickReport,
+    deliver_notices,
+)
 from core.risk.prices import Verdict, record_round
 from core.types import Actor, Role
 
@@ -43,6 +55,7 @@ class RiskSettings:
     feeds: dict[str, str] = field(default_factory=dict)
     card_webhook_url: str | None = None
     card_webhook_secret: str | None = field(default=None, repr=False)
+    caps: LiquidationCaps = field(default_factory=LiquidationCaps)
 
     @classmethod
     def from_env(cls) -> RiskSettings:
@@ -57,7 +70,18 @@ class RiskSettings:
         secret = env.get("VALUEOS_CARD_WEBHOOK_SECRET") or None
         if url and not secret:
             raise ValueError("VALUEOS_CARD_WEBHOOK_URL needs VALUEOS_CARD_WEBHOOK_SECRET")
-        return cls(float(env.get("VALUEOS_RISK_INTERVAL_S", "10")), feeds, url, secret)
+        per_asset = {}
+        for pair in filter(None, env.get("VALUEOS_RISK_CAPS", "").split(",")):
+            asset, _, units = pair.partition("=")
+            if not units.strip().isdigit():
+                raise ValueError("VALUEOS_RISK_CAPS must read ASSET=units,... (integers)")
+            per_asset[asset.strip()] = int(units)
+        caps = LiquidationCaps(
+            int(env.get("VALUEOS_RISK_CAP_GLOBAL", DEFAULT_GLOBAL_CAP)),
+            int(env.get("VALUEOS_RISK_CAP_ASSET", DEFAULT_ASSET_CAP)),
+            per_asset,
+        )
+        return cls(float(env.get("VALUEOS_RISK_INTERVAL_S", "10")), feeds, url, secret, caps)
 
 
 async def poll_feeds(
@@ -78,9 +102,10 @@ async def poll_feeds(
 
 async def risk_tick(loop: RiskLoop) -> TickReport:
     report = await loop.tick()
-    if report.actions or report.frozen:
-        log.info("risk tick %s: %s over %s positions, frozen %s", report.tick, report.actions,
-                 report.evaluated, report.frozen)  # fmt: skip
+    if report.actions or report.frozen or report.deferred:
+        log.info("risk tick %s: %s over %s positions, frozen %s, %s sales capped to a later "
+                 "tick", report.tick, report.actions, report.evaluated, report.frozen,
+                 report.deferred)  # fmt: skip
     return report
 
 

@@ -83,7 +83,13 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
             audit=audit_job(led, job.client if job else None, epoch_settings().ledger_id),
             audit_interval_s=settings.audit_interval_s,
-            risk=partial(risk_pass, led, RiskLoop(led, RISK_ACTOR), risk_settings, feeds_w3),
+            risk=partial(
+                risk_pass,
+                led,
+                RiskLoop(led, RISK_ACTOR, caps=risk_settings.caps),
+                risk_settings,
+                feeds_w3,
+            ),
             risk_interval_s=risk_settings.interval_s,
             extra=stellar,
         )

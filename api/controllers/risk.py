@@ -1,6 +1,7 @@
 """Credit lines against crypto collateral (the card backend): lines and card authorizations,
-collateral in and out, the risk assessment and staff liquidation, the ops price push, and fiat
-repayments with the payment provider's signed webhook.
+collateral in and out, the risk assessment and staff liquidation, the ops price push, the
+versioned risk parameters (ADMIN writes, staff reads), and fiat repayments with the payment
+provider's signed webhook.
 
 A USER reaches only their own lines (others answer 404 UNKNOWN_CREDIT_LINE); staff readers see
 any. Writes take an ``Idempotency-Key``. The repayment webhook is signed like the deposit
@@ -13,15 +14,17 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, PathParameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 
 from api import render
-from api.auth import ADMIN, EVERYONE, OPS, PUBLIC, USER, allow
+from api.auth import ADMIN, EVERYONE, OPS, PUBLIC, STAFF_READERS, USER, allow
 from api.context import Ctx, client_ip
 from api.controllers.deposits import webhook_signature
 from api.idempotency import Attempt, idempotent
+from api.schemas.common import ReasonCreate
 from api.schemas.credits import OperationRead
 from api.schemas.holds import HoldRead
 from api.schemas.risk import (
@@ -37,17 +40,22 @@ from api.schemas.risk import (
     RepaymentCreate,
     RepaymentEvent,
     RepaymentRead,
+    RiskParametersCreate,
+    RiskParametersRead,
     StopLossSet,
     ThresholdRead,
 )
 from api.services import Services
 from core.risk.desk import Assessment
 from core.risk.lines import LineState
+from core.risk.params import RiskParameters
 from core.risk.repayments import Repayment
 from core.types import Actor, Role
 
 LineId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 AccountId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+ParametersId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+AssetFilter = Annotated[str | None, QueryParameter(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")]
 WRITERS = [allow({USER, ADMIN, OPS}, scope="payments")]
 READERS = [allow(EVERYONE, scope="read")]
 
@@ -80,6 +88,20 @@ async def assessment_read(svc: Services, a: Assessment) -> AssessmentRead:
          for t in a.thresholds],
         None if price is None else f"{price.answer}e-{price.decimals}",
         a.price_age_s, a.next_action.value,
+    )  # fmt: skip
+
+
+async def parameters_read(svc: Services, p: RiskParameters) -> RiskParametersRead:
+    async def fmt(units: int) -> str:
+        return await svc.fmt(units, p.debt_asset)
+
+    return RiskParametersRead(
+        p.id, p.asset, p.debt_asset, p.version, p.status, p.initial_bps, p.margin_call_bps,
+        p.partial_bps, p.full_bps, p.target_bps, p.penalty_bps, p.close_factor_bps,
+        p.close_factor_hf_bps, await fmt(p.close_factor_min), await fmt(p.min_leftover),
+        str(p.ewma_lambda), str(p.z), p.horizon_periods, p.haircut_floor_bps,
+        p.haircut_ceiling_bps, p.haircut_bps, await fmt(p.buffer), p.apr_bps, p.heartbeat_s,
+        p.max_divergence_bps, p.created_by, p.created_at, p.activated_at,
     )  # fmt: skip
 
 
@@ -255,6 +277,57 @@ class RiskController(Controller):
                 decimals=data.decimals, updated_at=data.updated_at,
             )  # fmt: skip
             return PricePushRead(data.asset, data.round_id, verdict.value)
+
+        return await ctx.once(data, run, status_code=200)
+
+    @post("/parameters", guards=[allow({ADMIN}, scope="admin")], opt={"rate_group": "admin"})
+    async def draft_parameters(
+        self, ctx: NamedDependency[Ctx], data: JSONBody[RiskParametersCreate]
+    ) -> Response[RiskParametersRead]:
+        """Store a DRAFT version of a collateral asset's risk parameters (audited). 422
+        INVALID_RISK_PARAMETERS when the ladder does not rise or a value is out of range, 404
+        UNKNOWN_ASSET for an asset that does not exist or is not of the right kind; nothing is
+        written then."""
+
+        async def run(_: Attempt) -> RiskParametersRead:
+            values = msgspec.structs.asdict(data)
+            found = await ctx.svc.credit_desk.draft_parameters(ctx.actor, values)
+            return await parameters_read(ctx.svc, found)
+
+        return await ctx.once(data, run)
+
+    @get("/parameters", guards=[allow(STAFF_READERS, scope="read")])
+    async def list_parameters(
+        self, ctx: NamedDependency[Ctx], asset: AssetFilter = None
+    ) -> list[RiskParametersRead]:
+        """Every version (of one collateral asset with ``asset``), by asset and version."""
+        found = await ctx.svc.credit_desk.parameter_versions(asset)
+        return [await parameters_read(ctx.svc, p) for p in found]
+
+    @get("/parameters/{parameters_id:int}", guards=[allow(STAFF_READERS, scope="read")])
+    async def get_parameters(
+        self, ctx: NamedDependency[Ctx], parameters_id: ParametersId
+    ) -> RiskParametersRead:
+        return await parameters_read(ctx.svc, await ctx.svc.credit_desk.parameters(parameters_id))
+
+    @post(
+        "/parameters/{parameters_id:int}/activate",
+        guards=[allow({ADMIN}, scope="admin")],
+        status_code=200,
+        opt={"rate_group": "admin"},
+    )
+    async def activate_parameters(
+        self, ctx: NamedDependency[Ctx], parameters_id: ParametersId, data: JSONBody[ReasonCreate]
+    ) -> Response[RiskParametersRead]:
+        """Make a DRAFT its asset's ACTIVE version (the previous one retires; audited with the
+        reason). The haircut is computed now from the asset's price history, and the asset's
+        credit limits follow. 404 UNKNOWN_RISK_PARAMETERS, 409 RISK_PARAMETERS_NOT_DRAFT."""
+
+        async def run(_: Attempt) -> RiskParametersRead:
+            found = await ctx.svc.credit_desk.activate_parameters(
+                ctx.actor, parameters_id, data.reason
+            )
+            return await parameters_read(ctx.svc, found)
 
         return await ctx.once(data, run, status_code=200)
 

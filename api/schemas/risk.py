@@ -139,3 +139,72 @@ class RepaymentRead(Struct):
     overpaid: str | None
     created_at: datetime
     updated_at: datetime
+
+
+Bps = Annotated[int, Meta(ge=0, le=10_000, description="basis points (1 bp = 0.01%)")]
+#: a non-negative decimal string (EWMA lambda, z); its range is checked with the draft
+Ratio = Annotated[str, Meta(pattern=r"^[0-9]{1,6}(\.[0-9]{1,18})?$", examples=["0.94"])]
+
+
+class RiskParametersCreate(Create):
+    """A DRAFT version of a collateral asset's risk parameters. Ratios are basis points of
+    LTV; ``close_factor_min``, ``min_leftover`` and ``buffer`` are decimal strings of the debt
+    asset (omitted: $2,000, $1,000 and 0 in minor units of a scale-2 asset). The ladder must
+    rise (initial < margin call < partial < full <= 100%), the target sit under partial and
+    under 100% - penalty (422 INVALID_RISK_PARAMETERS otherwise, nothing written)."""
+
+    asset: AssetCode
+    debt_asset: AssetCode
+    initial_bps: Bps
+    margin_call_bps: Bps
+    partial_bps: Bps
+    full_bps: Bps
+    target_bps: Bps
+    penalty_bps: Bps
+    close_factor_bps: Bps = 5_000
+    #: the close factor is 100% at or under this health factor (x 10,000)
+    close_factor_hf_bps: Annotated[int, Meta(ge=1, le=1_000_000)] = 9_500
+    close_factor_min: Amount | None = None
+    min_leftover: Amount | None = None
+    ewma_lambda: Ratio = "0.94"
+    z: Ratio = "2.33"
+    horizon_periods: Annotated[int, Meta(ge=1, le=1_000_000)] = 10
+    haircut_floor_bps: Bps = 1_000
+    haircut_ceiling_bps: Bps = 5_000
+    buffer: Amount | None = None
+    apr_bps: Annotated[int, Meta(ge=0, le=1_000_000)] = 1_500
+    heartbeat_s: Annotated[int, Meta(ge=1, le=30 * 86_400)] = 3_600
+    max_divergence_bps: Annotated[int, Meta(ge=1, le=10_000)] = 200
+
+
+class RiskParametersRead(Struct):
+    id: int
+    asset: str
+    debt_asset: str
+    version: int
+    #: DRAFT, ACTIVE or RETIRED
+    status: str
+    initial_bps: int
+    margin_call_bps: int
+    partial_bps: int
+    full_bps: int
+    target_bps: int
+    penalty_bps: int
+    close_factor_bps: int
+    close_factor_hf_bps: int
+    close_factor_min: str
+    min_leftover: str
+    ewma_lambda: str
+    z: str
+    horizon_periods: int
+    haircut_floor_bps: int
+    haircut_ceiling_bps: int
+    #: computed at activation from the price history (the floor while a DRAFT)
+    haircut_bps: int
+    buffer: str
+    apr_bps: int
+    heartbeat_s: int
+    max_divergence_bps: int
+    created_by: str
+    created_at: datetime | None
+    activated_at: datetime | None

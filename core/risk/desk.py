@@ -3,7 +3,7 @@
 
 * a USER acts on their own lines only (another user's line answers UNKNOWN_CREDIT_LINE, as a
   nonexistent one does); staff (ADMIN, OPS) on any line; a liquidation is ADMIN-only with a
-  reason;
+  reason; risk parameters are written by ADMIN only;
 * amounts arrive as decimal strings in the asset's scale and are parsed exactly (422
   INVALID_AMOUNT otherwise); nothing is written before every check passed.
 """
@@ -11,20 +11,28 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from core.directory import Directory
 from core.errors import Forbidden, ReasonRequired, UnknownCreditLine, ValidationError
+from core.money import parse_amount
 from core.risk import math as risk
+from core.risk import params as risk_params
 from core.risk.lines import CreditLines, Line, LineState
 from core.risk.loop import RiskLoop
+from core.risk.params import RiskParameters
 from core.risk.prices import PriceRound, Verdict, record_round
 from core.risk.repayments import Repayment, Repayments
 from core.types import Actor, HoldResult, OperationResult, Role
 
 STAFF = frozenset({Role.ADMIN, Role.OPS})
+#: risk parameters given in debt-asset money (decimal strings at the API)
+MONEY_FIELDS = ("close_factor_min", "min_leftover", "buffer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +184,42 @@ class CreditDesk:
             PriceRound(asset, "push", round_id, answer, decimals, updated_at),
             actor,
         )
+
+    # -- risk parameters ------------------------------------------------------------------
+    async def draft_parameters(self, actor: Actor, values: Mapping[str, Any]) -> RiskParameters:
+        """A DRAFT version from the API's values: the assets must exist (404 UNKNOWN_ASSET),
+        ``close_factor_min``, ``min_leftover`` and ``buffer`` are decimal strings of the debt
+        asset (absent or None: the core's defaults), ``ewma_lambda`` and ``z`` decimal
+        strings; every check passes before anything is written."""
+        if actor.role not in risk_params.WRITERS:
+            raise Forbidden("risk parameters are managed by ADMIN")
+        await self.directory.asset(values["asset"])
+        debt = await self.directory.asset(values["debt_asset"])
+        typed = {k: v for k, v in values.items() if v is not None}
+        for name in MONEY_FIELDS:
+            if name in typed:
+                typed[name] = parse_amount(typed[name], debt.scale, field=name)
+        for name in ("ewma_lambda", "z"):
+            if name in typed:
+                typed[name] = Decimal(typed[name])
+        draft = risk_params.RiskParameterDraft(**typed)
+        draft_id = await risk_params.create_draft(self.ledger.engine, draft, actor)
+        return await risk_params.get(self.ledger.engine, draft_id)
+
+    async def activate_parameters(
+        self, actor: Actor, parameters_id: int, reason: str
+    ) -> RiskParameters:
+        """Make a DRAFT its asset's ACTIVE version (the previous one retires); the haircut is
+        computed from the price history now."""
+        await risk_params.activate(self.ledger.engine, parameters_id, actor, reason)
+        await self.loop.refresh_moved_prices()  # the asset's limits under the new version
+        return await self.parameters(parameters_id)
+
+    async def parameters(self, parameters_id: int) -> RiskParameters:
+        return await risk_params.get(self.ledger.engine, parameters_id)
+
+    async def parameter_versions(self, asset: str | None) -> list[RiskParameters]:
+        return await risk_params.list_versions(self.ledger.engine, asset)
 
     # -- repayments -----------------------------------------------------------------------
     async def initiate_repayment(

@@ -484,23 +484,31 @@ class CreditLines:
             if interest > 0:
                 income = await self.system(row.debt_asset, SystemAccount.INTEREST_INCOME, actor)
                 # interest is charged even over the limit: make room for exactly this charge
-                # first (a card spend racing it may take that room; the charge then fails
-                # and is retried on the next run, under the same key)
-                async with self.engine.begin() as room:
-                    await room.execute(
-                        text(
-                            "UPDATE balances SET floor = least(floor, posted - pending - :i) "
-                            "WHERE account_id = :a"
-                        ),
-                        {"i": interest, "a": row.credit_account_id},
-                    )
-                result = await self.ledger.post(
+                # and post it in this transaction, with its accrual row (a crash leaves all
+                # or nothing); both balance rows are locked first, in id order, as the write
+                # path locks them
+                await conn.execute(
+                    text(
+                        "SELECT 1 FROM balances WHERE account_id IN (:a, :b) "
+                        "ORDER BY account_id FOR UPDATE"
+                    ),
+                    {"a": row.credit_account_id, "b": income},
+                )
+                await conn.execute(
+                    text(
+                        "UPDATE balances SET floor = least(floor, posted - pending - :i) "
+                        "WHERE account_id = :a"
+                    ),
+                    {"i": interest, "a": row.credit_account_id},
+                )
+                result = await self.ledger.post_within(
+                    conn,
                     PostOperation(
                         OperationType.INTEREST,
                         transfer_legs(row.credit_account_id, income, row.debt_asset, interest),
                         actor, f"interest:{line_id}:{day.isoformat()}",
                         {"credit_line": line_id, "day": day.isoformat()},
-                    )
+                    ),
                 )  # fmt: skip
                 operation_id = result.operation_id
             await conn.execute(

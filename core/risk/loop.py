@@ -11,7 +11,8 @@ A tick:
 4. for each candidate, under the line's row lock, reads it again and decides with
    :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
    performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
-   ``risk_events`` row (UNIQUE per line and tick).
+   ``risk_events`` row (UNIQUE per line and tick), both in the transaction holding the row
+   lock; sales count against the tick's :class:`LiquidationCaps`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.errors import NoRiskParameters, PriceFrozen
 from core.ledger import Ledger
@@ -79,6 +81,54 @@ UPDATE credit_lines SET notified_at = NULL WHERE id IN (
 """
 
 
+#: default caps on collateral value sold per tick, debt-asset minor units ($1M / $250k at
+#: scale 2); see :class:`LiquidationCaps`
+DEFAULT_GLOBAL_CAP = 100_000_000
+DEFAULT_ASSET_CAP = 25_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class LiquidationCaps:
+    """Maker-style bounds on what one tick liquidates: the market value of the collateral
+    sold (:func:`core.risk.math.value_of`, debt-asset minor units, rounded down), summed over
+    the tick's sales (``global_cap``) and per collateral asset (``per_asset``, else
+    ``asset_cap``). A sale that would take a sum past its cap waits for a later tick, except
+    the first sale of a tick (globally, or of its asset), which always runs: a position larger
+    than a cap is still liquidated, alone. Staff liquidations are not capped."""
+
+    global_cap: int = DEFAULT_GLOBAL_CAP
+    asset_cap: int = DEFAULT_ASSET_CAP
+    per_asset: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if min(self.global_cap, self.asset_cap, *self.per_asset.values()) <= 0:
+            raise ValueError("liquidation caps must be positive")
+
+    def of(self, asset: str) -> int:
+        return self.per_asset.get(asset, self.asset_cap)
+
+
+@dataclass
+class CapBudget:
+    """What one tick has liquidated so far, against its :class:`LiquidationCaps`."""
+
+    caps: LiquidationCaps
+    total: int = 0
+    by_asset: dict[str, int] = field(default_factory=dict)
+    #: sales that waited for a later tick
+    deferred: int = 0
+
+    def admits(self, asset: str, value: int) -> bool:
+        used = self.by_asset.get(asset, 0)
+        return (self.total == 0 or self.total + value <= self.caps.global_cap) and (
+            used == 0 or used + value <= self.caps.of(asset)
+        )
+
+    def take(self, asset: str, value: int) -> None:
+        self.total += value
+        self.by_asset[asset] = self.by_asset.get(asset, 0) + value
+
+
 @dataclass
 class TickReport:
     tick: int
@@ -86,6 +136,8 @@ class TickReport:
     candidates: int = 0
     actions: dict[str, int] = field(default_factory=dict)
     frozen: list[str] = field(default_factory=list)
+    #: liquidations the caps moved to a later tick
+    deferred: int = 0
 
 
 def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
@@ -98,8 +150,11 @@ def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
 
 
 class RiskLoop:
-    def __init__(self, ledger: Ledger, actor: Actor = SYSTEM_ACTOR) -> None:
+    def __init__(
+        self, ledger: Ledger, actor: Actor = SYSTEM_ACTOR, *, caps: LiquidationCaps | None = None
+    ) -> None:
         self.ledger = ledger
+        self.caps = caps or LiquidationCaps()
         self.engine = ledger.engine
         self.actor = actor
         self._system: dict[tuple[str, SystemAccount], int] = {}
@@ -160,11 +215,38 @@ class RiskLoop:
         await self.refresh_moved_prices()
         report.evaluated, ids = await self.evaluate(asset)
         report.candidates = len(ids)
+        budget = CapBudget(self.caps)
         for line_id in ids:
-            kind = await self.act(line_id, tick=tick)
+            kind = await self.act(line_id, tick=tick, budget=budget)
             if kind is not risk.ActionKind.NONE:
                 report.actions[kind] = report.actions.get(kind, 0) + 1
+        report.deferred = budget.deferred
         return report
+
+    async def _post_action(
+        self, conn: AsyncConnection, state: LineState, action: risk.Action, base: PostOperation
+    ) -> int | None:
+        """Post the action's operation in ``conn``'s transaction (``base`` carries actor, key,
+        metadata and reason); None for an action that moves nothing."""
+        line = state.line
+        if action.kind is risk.ActionKind.NOTIFY:
+            return None
+        if action.kind is risk.ActionKind.CUSHION:
+            legs = transfer_legs(
+                line.cushion_account_id, line.credit_account_id, line.debt_asset, action.repaid
+            )
+            command = replace(base, type=OperationType.CUSHION_APPLIED, entries=legs)
+        else:
+            liquidation = {
+                asset: await self._account(asset, SystemAccount.LIQUIDATION)
+                for asset in (line.collateral_asset, line.debt_asset)
+            }
+            bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
+            entries = liquidation_entries(state, action, liquidation, bad_debt)
+            if len(entries) < 2:
+                return None
+            command = replace(base, entries=entries)
+        return (await self.ledger.post_within(conn, command)).operation_id
 
     async def act(
         self,
@@ -174,11 +256,19 @@ class RiskLoop:
         force_full: bool = False,
         actor: Actor | None = None,
         reason: str | None = None,
+        budget: CapBudget | None = None,
     ) -> risk.ActionKind:
         """Decide and perform one action on a line under its row lock; returns what it did.
 
-        ``force_full`` (staff, with a reason) closes the debt whatever the ladder says, still
-        only on a trusted price."""
+        The action's ledger operation, its ``risk_events`` row, the margin-call mark and the
+        line's new limit are written in ONE database transaction (the one holding the row
+        lock): a crash anywhere leaves all of them or none, and the next tick decides again
+        from what is committed.
+
+        ``budget`` (the tick's liquidation caps): a sale it cannot admit waits for a later
+        tick; the line gets its margin call meanwhile if it has none out. ``force_full``
+        (staff, with a reason) closes the debt whatever the ladder says, still only on a
+        trusted price, and is not capped."""
         actor = actor or self.actor
         async with locked_line(self.engine, line_id) as conn:
             state = await read_state(conn, line_id)
@@ -195,41 +285,24 @@ class RiskLoop:
             )
             if action.kind is risk.ActionKind.NONE or (force_full and state.debt == 0):
                 return risk.ActionKind.NONE
-            operation_id = None
+            line = state.line
+            sold_value = 0
+            if action.sold and budget is not None:
+                price = state.price_per_minor
+                assert price is not None  # noqa: S101 - not frozen, priced
+                sold_value = risk.value_of(action.sold, price)
+                if not budget.admits(line.collateral_asset, sold_value):
+                    budget.deferred += 1
+                    if position.notified:
+                        return risk.ActionKind.NONE
+                    action = risk.Action(risk.ActionKind.NOTIFY)
             key = f"risk:{line_id}:{tick}" if tick is not None else None
             metadata = {"credit_line": line_id, "action": action.kind.value, "tick": tick}
-            line = state.line
-            if action.kind is risk.ActionKind.CUSHION:
-                result = await self.ledger.post(
-                    PostOperation(
-                        OperationType.CUSHION_APPLIED,
-                        transfer_legs(
-                            line.cushion_account_id, line.credit_account_id, line.debt_asset,
-                            action.repaid,
-                        ),
-                        actor, key, metadata,
-                    )
-                )  # fmt: skip
-                operation_id = result.operation_id
-            elif action.kind is not risk.ActionKind.NOTIFY:
-                liquidation = {
-                    line.collateral_asset: await self._account(
-                        line.collateral_asset, SystemAccount.LIQUIDATION
-                    ),
-                    line.debt_asset: await self._account(
-                        line.debt_asset, SystemAccount.LIQUIDATION
-                    ),
-                }
-                bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
-                entries = liquidation_entries(state, action, liquidation, bad_debt)
-                if len(entries) >= 2:
-                    result = await self.ledger.post(
-                        PostOperation(
-                            OperationType.LIQUIDATION, entries, actor, key, metadata,
-                            reason=reason,
-                        )
-                    )  # fmt: skip
-                    operation_id = result.operation_id
+            operation_id = await self._post_action(
+                conn, state, action, PostOperation(
+                    OperationType.LIQUIDATION, (), actor, key, metadata, reason=reason
+                ),
+            )  # fmt: skip
             await conn.execute(
                 text(
                     "INSERT INTO risk_events (line_id, kind, tick, operation_id, details) "
@@ -246,8 +319,10 @@ class RiskLoop:
                 )
             else:
                 await refresh_limits(conn, line_ids=[line_id])
-            log.info("risk: line %s %s", line_id, action.kind.value)
-            return action.kind
+        if budget is not None and action.sold:
+            budget.take(line.collateral_asset, sold_value)
+        log.info("risk: line %s %s", line_id, action.kind.value)
+        return action.kind
 
 
 # ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Risk parameters per collateral asset, versioned like policies: a DRAFT is written, then
 activated (the previous ACTIVE version retires in the same transaction); both audited, both
-staff-only (ADMIN, OPS).
+ADMIN-only. A draft is validated whole (the ladder's order, ranges, signs) and its assets
+checked before anything is written.
 
 Activation computes the haircut from the price history recorded for the asset
 (:func:`core.risk.math.ewma_volatility` of the last ``HISTORY_ROUNDS`` accepted rounds, then
@@ -18,11 +19,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core import audit
-from core.errors import Forbidden, InvalidRiskParameters, NoRiskParameters, UnknownAsset
+from core.errors import (
+    Forbidden,
+    InvalidRiskParameters,
+    NoRiskParameters,
+    RiskParametersNotDraft,
+    UnknownAsset,
+    UnknownRiskParameters,
+)
 from core.risk.math import Ladder, RiskParameterError, ewma_volatility, haircut_bps
 from core.types import Actor, AssetKind, Role
 
-STAFF = frozenset({Role.ADMIN, Role.OPS})
+WRITERS = frozenset({Role.ADMIN})
 #: price rounds the EWMA volatility is computed from
 HISTORY_ROUNDS = 500
 
@@ -95,8 +103,8 @@ def parameters_from_row(row: Any) -> RiskParameters:
 
 
 def _staff(actor: Actor) -> None:
-    if actor.role not in STAFF:
-        raise Forbidden("risk parameters are managed by ADMIN or OPS staff")
+    if actor.role not in WRITERS:
+        raise Forbidden("risk parameters are managed by ADMIN")
 
 
 async def create_draft(engine: AsyncEngine, draft: RiskParameterDraft, actor: Actor) -> int:
@@ -120,6 +128,18 @@ async def create_draft(engine: AsyncEngine, draft: RiskParameterDraft, actor: Ac
             text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
             {"k": f"risk_parameters:{draft.asset}"},
         )
+        lent = (
+            await conn.execute(
+                text("SELECT debt_asset FROM risk_parameters WHERE asset = :a LIMIT 1"),
+                {"a": draft.asset},
+            )
+        ).scalar()
+        if lent is not None and lent != draft.debt_asset:
+            # the asset's lines are in that debt asset: every version lends it
+            raise InvalidRiskParameters(
+                f"{draft.asset} lends {lent}, not {draft.debt_asset}", asset=draft.asset,
+                field="debt_asset",
+            )  # fmt: skip
         values = asdict(draft)
         columns = ", ".join(_DRAFT_FIELDS)
         binds = ", ".join(f":{n}" for n in _DRAFT_FIELDS)
@@ -168,8 +188,15 @@ async def activate(engine: AsyncEngine, parameters_id: int, actor: Actor, reason
                 {"id": parameters_id},
             )
         ).first()
-        if row is None or row.status != "DRAFT":
-            raise NoRiskParameters(f"no draft risk parameters {parameters_id}")
+        if row is None:
+            raise UnknownRiskParameters(
+                f"risk parameters {parameters_id} do not exist", parameters_id=parameters_id
+            )
+        if row.status != "DRAFT":
+            raise RiskParametersNotDraft(
+                f"risk parameters {parameters_id} are {row.status}, not a DRAFT",
+                parameters_id=parameters_id, status=row.status,
+            )  # fmt: skip
         params = parameters_from_row(row)
         sigma = ewma_volatility(await price_history(conn, params.asset), params.ewma_lambda)
         haircut = haircut_bps(
@@ -192,6 +219,11 @@ async def activate(engine: AsyncEngine, parameters_id: int, actor: Actor, reason
             ),
             {"h": haircut, "id": parameters_id},
         )
+        # the asset's limits are recomputed under this version by the next limit refresh
+        # (``RiskLoop.refresh_moved_prices``, every tick), committed or not with it
+        await conn.execute(
+            text("UPDATE risk_assets SET limits_at = NULL WHERE asset = :a"), {"a": params.asset}
+        )
         await audit.record(
             conn, actor, "risk_parameters.activated", "risk_parameters", parameters_id,
             before={"retired": retired},
@@ -210,3 +242,30 @@ async def active(conn: AsyncConnection, asset: str) -> RiskParameters:
     if row is None:
         raise NoRiskParameters(f"{asset} has no active risk parameters", asset=asset)
     return parameters_from_row(row)
+
+
+async def get(engine: AsyncEngine, parameters_id: int) -> RiskParameters:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT * FROM risk_parameters WHERE id = :id"), {"id": parameters_id}
+            )
+        ).first()
+    if row is None:
+        raise UnknownRiskParameters(
+            f"risk parameters {parameters_id} do not exist", parameters_id=parameters_id
+        )
+    return parameters_from_row(row)
+
+
+async def list_versions(engine: AsyncEngine, asset: str | None = None) -> list[RiskParameters]:
+    """Every version (of ``asset``'s, or of all assets), by asset and version."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT * FROM risk_parameters WHERE CAST(:a AS text) IS NULL "
+                "OR asset = CAST(:a AS text) ORDER BY asset, version"
+            ),
+            {"a": asset},
+        )
+        return [parameters_from_row(r) for r in rows]

@@ -135,6 +135,10 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/risk/assessment/{account_id:int}"): EVERYONE,
     ("POST", "/api/v1/risk/liquidation"): {A},
     ("POST", "/api/v1/risk/prices"): {A, OP},
+    ("POST", "/api/v1/risk/parameters"): {A},
+    ("GET", "/api/v1/risk/parameters"): {A, OP, C, R, AU},
+    ("GET", "/api/v1/risk/parameters/{parameters_id:int}"): {A, OP, C, R, AU},
+    ("POST", "/api/v1/risk/parameters/{parameters_id:int}/activate"): {A},
     ("POST", "/api/v1/repayment/initiate"): {U, A, OP},
     ("GET", "/api/v1/repayment/{repayment_id:uuid}"): EVERYONE,
     ("POST", "/api/v1/repayment/webhook"): WEBHOOK,
@@ -157,6 +161,7 @@ SAMPLE = {
     "{allowance_id:int}": "999999999",
     "{device_id:int}": "999999999",
     "{line_id:int}": "999999999",
+    "{parameters_id:int}": "999999999",
     "{repayment_id:uuid}": str(uuid.uuid4()),
 }
 
