@@ -4,14 +4,14 @@ Over HTTP a saga is still a "transaction" (``/api/v1/transactions``, ``transacti
 inside the service "transaction" means a database transaction only.
 
 Revision ID: 0022_saga_names
-Revises: 0019_offline_revoke_sweep
+Revises: 0021_risk_event_per_operation
 Create Date: 2026-12-07
 """
 
 from core.migrations.sql import run_script
 
 revision = "0022_saga_names"
-down_revision = "0019_offline_revoke_sweep"
+down_revision = "0021_risk_event_per_operation"
 branch_labels = None
 depends_on = None
 
