@@ -64,7 +64,7 @@ RAW_DRIVER = {
     "core/chain_txs.py",  # the outbox rows, written inside the posting transaction too
     "core/bridges/supply.py",  # the supply invariant: outbox rows, one snapshot
 }
-_POSITIONAL = re.compile(r"(?<![\w$])\$[1-9][0-9]*(?![0-9.])")
+_POSITIONAL = re.compile(r"(?<![\w$])\$[1-9][0-9]*(?=::|[\s,)\]\"']|$)", re.MULTILINE)
 
 
 def imports(package: str) -> Iterator[tuple[Path, str]]:
