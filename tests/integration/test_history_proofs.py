@@ -17,10 +17,24 @@ from typing import Any
 import pytest
 
 from chain.evm.verify import main as verify_main
-from core.epochs import compute_pending_roots, raw_connection, seal_open_epoch
+from core.epochs import (
+    _store as store_built,
+)
+from core.epochs import (
+    balances_v1_at,
+    build_epoch,
+    compute_pending_roots,
+    load_entries,
+    load_leaves,
+    raw_connection,
+    seal_open_epoch,
+)
 from core.errors import LedgerIntegrityError, ValidationError
+from core.integrity import audit
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, history_bundle
+from merkle.leaves import balance_tree
+from merkle.tree import EMPTY_ROOT
 from tests.conftest import make_world, settings_for
 from tests.support import create_database, drop_database
 
@@ -188,3 +202,67 @@ async def test_a_row_rewritten_after_sealing_is_an_integrity_error(fresh: Ledger
         await conn.execute("ALTER TABLE ledger_entries ENABLE TRIGGER USER")
     with pytest.raises(LedgerIntegrityError, match="do not fold"):
         await history_bundle(fresh, account, 1, 3)
+
+
+async def test_epochs_sealed_in_leaf_format_1_stay_provable_and_the_next_folds_from_genesis(
+    fresh: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database upgraded by migration 0018 holds epochs whose BALANCE leaves are the 7-word
+    format 1. Epoch 1 is stored here exactly as the sealer before 0018 did; epoch 2 is sealed
+    by today's sealer on top of it: format 2, counts and hashes folded from genesis once."""
+    world = await make_world(fresh)
+    a, b = [await world.funded(1_000) for _ in range(2)]
+    await fresh.transfer(source=a, destination=b, asset=world.asset, amount=5)
+    assert await seal_open_epoch(fresh.engine) == 1
+    async with raw_connection(fresh.engine) as conn, conn.transaction():
+        entries = await load_entries(conn, LEDGER_ID, 1)
+        cut = entries[-1].seq
+        old = await balances_v1_at(conn, LEDGER_ID, 1, cut)
+        built = build_epoch(
+            ledger_id=LEDGER_ID, epoch=1, prev_header=EMPTY_ROOT, prev_cut=0, entries=entries,
+            balances=old,
+        )  # fmt: skip
+        assert built.roots.balance_leaf_format == 1
+        await store_built(conn, built, [])
+    await fresh.transfer(source=b, destination=a, asset=world.asset, amount=2)
+    assert await seal_open_epoch(fresh.engine) == 2
+    (r2,) = await compute_pending_roots(fresh.engine, LEDGER_ID)
+    assert r2.balance_leaf_format == 2
+    async with raw_connection(fresh.engine) as conn:
+        _, leaves = await load_leaves(conn, LEDGER_ID, 2)
+    # the new leaves carry counts (funding + transfer + transfer) folded from genesis
+    assert {x.account_id: x.entry_count for x in leaves}[a] == 3
+    assert r2.balances_root == balance_tree(leaves).root
+
+    old_bundle = await balance_proof_bundle(fresh, a, 1)
+    assert "entry_count" not in old_bundle["leaf"]
+    assert run_verify(tmp_path, old_bundle) == 0
+    assert "CONSISTENT: balance leaf is consistent" in capsys.readouterr().out
+    assert run_verify(tmp_path, await history_bundle(fresh, a, 0, 2)) == 0
+    assert "COMPLETE: the 3 entries" in capsys.readouterr().out
+    with pytest.raises(ValidationError, match="before balance leaves carried"):
+        await history_bundle(fresh, a, 1, 2)
+    for first in (None, 2):
+        report = await audit(fresh.engine, LEDGER_ID, first=first, alarm=False)
+        assert report.ok, report.findings
+
+
+async def test_a_rewritten_commitment_row_stops_the_sealer_and_the_proof(fresh: Ledger) -> None:
+    """``balance_commitments`` is checked like the balances: E-1's leaves as the rows give
+    them (commitments included) must hash to its anchored tree."""
+    account = await three_epochs(fresh)
+    async with raw_connection(fresh.engine) as conn:
+        await conn.execute("ALTER TABLE balance_commitments DISABLE TRIGGER USER")
+        await conn.execute(
+            "UPDATE balance_commitments SET entry_count = entry_count - 1 "
+            "WHERE account_id = $1 AND epoch = 3",
+            account,
+        )
+        await conn.execute("ALTER TABLE balance_commitments ENABLE TRIGGER USER")
+    with pytest.raises(LedgerIntegrityError, match="no longer matches the sealed root"):
+        await balance_proof_bundle(fresh, account, 3)
+    world = await make_world(fresh)
+    await world.funded(5)
+    assert await seal_open_epoch(fresh.engine) == 4
+    with pytest.raises(LedgerIntegrityError, match=f"first differing leaf: account {account}"):
+        await compute_pending_roots(fresh.engine, LEDGER_ID)
