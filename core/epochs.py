@@ -606,7 +606,7 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
         running: Running = {} if prev is None else await checked_balances(conn, ledger_id, prev)
         entries = await load_entries(conn, ledger_id, epoch)
         e_tree = await asyncio.to_thread(entry_tree, entries)
-        apply_entries(running, entries, epoch, [e_tree.leaf_hash(i) for i in range(len(entries))])
+        apply_entries(running, entries, epoch, e_tree.leaf_hashes())
         await check_cached(conn, running, (await epoch_bounds(conn, epoch))[1], epoch)
         balances = running_leaves(running, ledger_id, epoch)
         built = await asyncio.to_thread(

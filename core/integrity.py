@@ -360,7 +360,7 @@ async def _audit_epoch(
         if r[6] == epoch
     ]
     e_tree = await asyncio.to_thread(entry_tree, entries)
-    broken = _continuity(running, entries, [e_tree.leaf_hash(i) for i in range(len(entries))])
+    broken = _continuity(running, entries, e_tree.leaf_hashes())
     if broken is not None:
         findings.append(
             Finding(

@@ -822,3 +822,12 @@ def test_packed_hashes_read_as_a_sequence() -> None:
         assert packed.tobytes() == b"".join(hashes)
         with pytest.raises(IndexError):
             packed[7]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 64, 1000])
+def test_leaf_hashes_are_the_input_order_hashes(n: int) -> None:
+    leaves = entries(n, seed=n)
+    tree = entry_tree(leaves)
+    assert tree.leaf_hashes() == [leaf.hash() for leaf in leaves]
+    assert tree.leaf_hashes() == [tree.leaf_hash(i) for i in range(n)]
