@@ -14,7 +14,9 @@ import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProo
 ///      ENTRY leaf   = (uint8 1, bytes32 ledgerId, uint64 epoch, uint64 seq, uint64 operationId,
 ///                      uint64 accountId, bytes32 assetCode, int256 amount, int256 balanceAfter)
 ///      BALANCE leaf = (uint8 2, bytes32 ledgerId, uint64 epoch, uint64 seq, uint64 accountId,
-///                      bytes32 assetCode, int256 balance)
+///                      bytes32 assetCode, int256 balance, uint64 entryCount, bytes32 entriesHash)
+///                     entryCount: the account's entries so far; entriesHash: their running hash
+///                     h_i = keccak256(h_(i-1) ++ entryLeafHash_i) from bytes32(0)
 ///      leaf hash    = keccak256(bytes.concat(keccak256(abi.encode(leaf))))  (OZ StandardMerkleTree)
 ///      header       = keccak256(abi.encode(ledgerId, epoch, prevHeaderHash, entriesRoot,
 ///                      balancesRoot, firstSeq, lastSeq, leafCount))
@@ -208,12 +210,24 @@ contract LedgerAnchor is AccessControl {
         uint64 seq,
         uint64 accountId,
         bytes32 assetCode,
-        int256 balance
+        int256 balance,
+        uint64 entryCount,
+        bytes32 entriesHash
     ) public view returns (bytes32) {
         return keccak256(
             bytes.concat(
                 keccak256(
-                    abi.encode(BALANCE_LEAF_KIND, ledgerId, epoch, seq, accountId, assetCode, balance)
+                    abi.encode(
+                        BALANCE_LEAF_KIND,
+                        ledgerId,
+                        epoch,
+                        seq,
+                        accountId,
+                        assetCode,
+                        balance,
+                        entryCount,
+                        entriesHash
+                    )
                 )
             )
         );
@@ -246,11 +260,13 @@ contract LedgerAnchor is AccessControl {
         uint64 seq,
         uint64 accountId,
         bytes32 assetCode,
-        int256 balance
+        int256 balance,
+        uint64 entryCount,
+        bytes32 entriesHash
     ) external view returns (bool) {
         if (!isAnchored(h) || h.balancesRoot == bytes32(0)) return false;
-        return MerkleProof.verifyCalldata(
-            proof, h.balancesRoot, balanceLeaf(h.epoch, seq, accountId, assetCode, balance)
-        );
+        bytes32 leaf =
+            balanceLeaf(h.epoch, seq, accountId, assetCode, balance, entryCount, entriesHash);
+        return MerkleProof.verifyCalldata(proof, h.balancesRoot, leaf);
     }
 }

@@ -16,7 +16,11 @@ Roots (:func:`compute_roots`, in epoch order, idempotent, resumable after a cras
       ``seq <= cut`` (cut = the last seq of the ledger at the end of E): its balance after
       its last such entry, and that entry's seq. An account that never had an entry has
       balance 0 and no leaf (its balance cannot be proven from this tree, only its absence
-      from the ledger).
+      from the ledger). Each leaf also carries the account's entry count and the running
+      hash of its entries (:func:`merkle.leaves.fold_entries` over their ENTRY leaf hashes),
+      folded like the balance: E - 1's (count, hash) plus E's entries. The accounts whose
+      (count, hash) changed in E get a row in ``balance_commitments`` (migration 0018); a
+      leaf of E reads the latest such row at or before E.
       The balances are *derived from the anchored past*, never re-read from history: the
       BALANCE leaves of E - 1 as the rows give them now must hash to E - 1's stored tree and
       root (else the rows were rewritten after sealing), then each entry of E is applied in
@@ -24,6 +28,12 @@ Roots (:func:`compute_roots`, in epoch order, idempotent, resumable after a cras
       must sum to zero per asset, and every cached balance must be the derived one plus the
       entries after E. Any disagreement is a :class:`LedgerIntegrityError` (an alarm, see
       :mod:`core.integrity`): nothing is stored, nothing is anchored.
+    * leaf format: epochs sealed before migration 0018 keep their 7-word BALANCE leaves
+      (``epoch_roots.balance_leaf_format = 1``, :class:`merkle.leaves.BalanceLeafV1`). The
+      first epoch sealed on top of one is the only time the sealer reads history: it checks
+      E - 1's balances in format 1 against E - 1's stored tree as usual, then folds every
+      entry up to E - 1's cut, per account, into (count, hash) once, checking the running
+      balances on the way, and stores a commitment row for every account at E.
     * header: ``keccak(abi.encode(ledgerId, E, prevHeader, entriesRoot, balancesRoot,
       firstSeq, lastSeq, leafCount))`` with ``prevHeader`` the header of E - 1 (32 zero bytes
       for epoch 1) and ``leafCount`` the number of ENTRY leaves.
@@ -54,14 +64,23 @@ from array import array
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.errors import EpochNotSealed, LedgerIntegrityError, UnknownEpoch
-from merkle.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
-from merkle.tree import EMPTY_ROOT, StandardMerkleTree
+from merkle.leaves import (
+    BALANCE_LEAF_FORMAT,
+    BalanceLeaf,
+    BalanceLeafV1,
+    EntryLeaf,
+    balance_tree,
+    entry_tree,
+    hash_entry_leaves,
+    header_hash,
+)
+from merkle.tree import EMPTY_ROOT, StandardMerkleTree, keccak_256
 
 __all__ = [
     "BALANCE_TREE",
@@ -164,6 +183,7 @@ class EpochRoots:
     balance_count: int
     cut_seq: int
     header: bytes
+    balance_leaf_format: int = BALANCE_LEAF_FORMAT
 
     def header_fields(self) -> dict[str, Any]:
         """JSON-ready header fields (hex for bytes)."""
@@ -232,15 +252,18 @@ def build_epoch(
     prev_header: bytes,
     prev_cut: int,
     entries: Sequence[EntryLeaf],
-    balances: Sequence[BalanceLeaf],
+    balances: Sequence[BalanceLeaf | BalanceLeafV1],
+    entries_tree: StandardMerkleTree | None = None,
 ) -> BuiltEpoch:
     """Both trees and the header of ``epoch`` (pure). ``entries`` ascend by seq, ``balances``
-    by account id; every leaf must carry ``ledger_id`` and ``epoch``."""
+    by account id; every leaf must carry ``ledger_id`` and ``epoch``. ``entries_tree``: the
+    entries tree when the caller already built it (``entry_tree(entries)``)."""
     if any(a.seq >= b.seq for a, b in itertools.pairwise(entries)):
         raise ValueError("entry leaves must ascend by seq")
     if any(a.account_id >= b.account_id for a, b in itertools.pairwise(balances)):
         raise ValueError("balance leaves must ascend by account id")
-    e_tree, b_tree = entry_tree(entries), balance_tree(balances)
+    e_tree = entries_tree if entries_tree is not None else entry_tree(entries)
+    b_tree = balance_tree(balances)
     first_seq = entries[0].seq if entries else 0
     last_seq = entries[-1].seq if entries else 0
     entries_root = e_tree.root if entries else EMPTY_ROOT
@@ -259,6 +282,7 @@ def build_epoch(
         balance_count=len(balances),
         cut_seq=last_seq if entries else prev_cut,
         header=header,
+        balance_leaf_format=balances[0].FORMAT if balances else BALANCE_LEAF_FORMAT,
     )
     return BuiltEpoch(
         roots,
@@ -283,6 +307,7 @@ def roots_from_row(row: asyncpg.Record) -> EpochRoots:
         balance_count=row["balance_count"],
         cut_seq=row["cut_seq"],
         header=bytes(row["header"]),
+        balance_leaf_format=row["balance_leaf_format"],
     )
 
 
@@ -298,13 +323,22 @@ SELECT seq, operation_id, account_id, asset, amount, balance_after, epoch
 FROM ledger_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq
 """
 _BALANCES = """
-SELECT a.id, a.asset, le.seq, le.balance_after
+SELECT a.id, a.asset, le.seq, le.balance_after, c.entry_count, c.entries_hash
 FROM accounts a
 CROSS JOIN LATERAL (
     SELECT seq, balance_after FROM ledger_entries
     WHERE account_id = a.id AND seq <= $1 ORDER BY seq DESC LIMIT 1
 ) le
+LEFT JOIN LATERAL (
+    SELECT entry_count, entries_hash FROM balance_commitments
+    WHERE account_id = a.id AND epoch <= $2 ORDER BY epoch DESC LIMIT 1
+) c ON true
 ORDER BY a.id
+"""
+#: one account's (count, running hash) at the end of an epoch (format 2 epochs)
+COMMITMENT = """
+SELECT entry_count, entries_hash FROM balance_commitments
+WHERE account_id = $1 AND epoch <= $2 ORDER BY epoch DESC LIMIT 1
 """
 
 
@@ -336,11 +370,32 @@ async def load_entries(conn: asyncpg.Connection, ledger_id: bytes, epoch: int) -
 async def balances_at(
     conn: asyncpg.Connection, ledger_id: bytes, epoch: int, cut: int
 ) -> list[BalanceLeaf]:
-    """The BALANCE leaves of ``epoch`` as the rows give them now: each account's
-    ``balance_after`` at its last entry with ``seq <= cut``."""
+    """The BALANCE leaves of ``epoch`` (format 2) as the rows give them now: each account's
+    ``balance_after`` at its last entry with ``seq <= cut``, and its latest (count, hash) in
+    ``balance_commitments`` at or before ``epoch`` (none: 0 and zero bytes, which no honest
+    leaf of an account with entries has)."""
     return [
-        BalanceLeaf(ledger_id, epoch, r[2], r[0], r[1], r[3])
-        for r in await conn.fetch(_BALANCES, cut)
+        BalanceLeaf(
+            ledger_id,
+            epoch,
+            r[2],
+            r[0],
+            r[1],
+            r[3],
+            r[4] or 0,
+            bytes(r[5]) if r[5] is not None else EMPTY_ROOT,
+        )
+        for r in await conn.fetch(_BALANCES, cut, epoch)
+    ]
+
+
+async def balances_v1_at(
+    conn: asyncpg.Connection, ledger_id: bytes, epoch: int, cut: int
+) -> list[BalanceLeafV1]:
+    """The format-1 BALANCE leaves of ``epoch`` (sealed before migration 0018)."""
+    return [
+        BalanceLeafV1(ledger_id, epoch, r[2], r[0], r[1], r[3])
+        for r in await conn.fetch(_BALANCES, cut, epoch)
     ]
 
 
@@ -355,17 +410,24 @@ async def load_leaves(
     return entries, await balances_at(conn, ledger_id, epoch, hi)
 
 
-#: a derived balance: (asset, seq of the account's last entry, balance)
-Running = dict[int, tuple[str, int, int]]
+#: a derived balance: (asset, seq of the account's last entry, balance, entry count, running
+#: hash of the account's entries)
+Running = dict[int, tuple[str, int, int, int, bytes]]
 
 
-def apply_entries(running: Running, entries: Sequence[EntryLeaf], epoch: int) -> None:
-    """Apply ``entries`` (ascending seq) to ``running`` in place; LedgerIntegrityError at the
-    first entry whose ``balance_after`` is not the running balance, or when an operation does
-    not sum to zero per asset (pure)."""
+def apply_entries(
+    running: Running, entries: Sequence[EntryLeaf], epoch: int, hashes: Sequence[bytes]
+) -> None:
+    """Apply ``entries`` (ascending seq; ``hashes`` their ENTRY leaf hashes) to ``running`` in
+    place: balance, last seq, entry count and running hash (:func:`fold_entries`);
+    LedgerIntegrityError at the first entry whose ``balance_after`` is not the running
+    balance, or when an operation does not sum to zero per asset (pure)."""
     sums: dict[tuple[int, str], int] = {}
-    for e in entries:
-        asset, _, balance = running.get(e.account_id, (e.asset_code, 0, 0))
+    k = keccak_256
+    for e, leaf_hash in zip(entries, hashes, strict=True):
+        asset, _, balance, count, folded = running.get(
+            e.account_id, (e.asset_code, 0, 0, 0, EMPTY_ROOT)
+        )
         if asset != e.asset_code:
             raise LedgerIntegrityError(
                 f"entry {e.seq} of epoch {epoch} is in {e.asset_code}, account {e.account_id} "
@@ -379,7 +441,7 @@ def apply_entries(running: Running, entries: Sequence[EntryLeaf], epoch: int) ->
                 f"{e.account_id}'s anchored balance plus its entries give {balance}",
                 epoch=epoch, seq=e.seq, account_id=e.account_id,
             )  # fmt: skip
-        running[e.account_id] = (asset, e.seq, balance)
+        running[e.account_id] = (asset, e.seq, balance, count + 1, k(folded + leaf_hash).digest())
         key = (e.operation_id, asset)
         sums[key] = sums.get(key, 0) + e.amount
     unbalanced = sorted(k for k, v in sums.items() if v != 0)
@@ -394,9 +456,14 @@ def apply_entries(running: Running, entries: Sequence[EntryLeaf], epoch: int) ->
 
 def running_leaves(running: Running, ledger_id: bytes, epoch: int) -> list[BalanceLeaf]:
     return [
-        BalanceLeaf(ledger_id, epoch, seq, account, asset, balance)
-        for account, (asset, seq, balance) in sorted(running.items())
+        BalanceLeaf(ledger_id, epoch, seq, account, asset, balance, count, folded)
+        for account, (asset, seq, balance, count, folded) in sorted(running.items())
     ]
+
+
+def running_from(leaves: Sequence[BalanceLeaf]) -> Running:
+    return {x.account_id: (x.asset_code, x.seq, x.balance, x.entry_count, x.entries_hash)
+            for x in leaves}  # fmt: skip
 
 
 async def stored_leaf_hashes(conn: asyncpg.Connection, epoch: int, tree: int) -> dict[int, bytes]:
@@ -432,9 +499,14 @@ async def checked_balances(
     conn: asyncpg.Connection, ledger_id: bytes, prev: asyncpg.Record
 ) -> Running:
     """The balances at the end of the sealed epoch ``prev`` (its epoch_roots row), read from
-    the rows and checked leaf by leaf against its stored tree and its (anchored) root."""
+    the rows and checked leaf by leaf against its stored tree and its (anchored) root. For a
+    format-1 ``prev`` the entry counts and running hashes are folded from genesis."""
     epoch = prev["epoch"]
-    leaves = await balances_at(conn, ledger_id, epoch, prev["cut_seq"])
+    leaves: list[BalanceLeaf] | list[BalanceLeafV1]
+    if prev["balance_leaf_format"] == 1:
+        leaves = await balances_v1_at(conn, ledger_id, epoch, prev["cut_seq"])
+    else:
+        leaves = await balances_at(conn, ledger_id, epoch, prev["cut_seq"])
     tree = await asyncio.to_thread(balance_tree, leaves)
     stored_root = await conn.fetchval(
         "SELECT root FROM epoch_trees WHERE epoch = $1 AND tree = $2", epoch, BALANCE_TREE
@@ -453,7 +525,35 @@ async def checked_balances(
             f"anchored balances root ({where}): rows were changed after sealing",
             epoch=epoch, account_id=account,
         )  # fmt: skip
-    return {x.account_id: (x.asset_code, x.seq, x.balance) for x in leaves}
+    if prev["balance_leaf_format"] != 1:
+        return running_from(cast("list[BalanceLeaf]", leaves))
+    running = await fold_history(conn, ledger_id, epoch)
+    for x in leaves:
+        asset, seq, balance, _, _ = running.get(x.account_id, ("", 0, 0, 0, EMPTY_ROOT))
+        if (asset, seq, balance) != (x.asset_code, x.seq, x.balance):
+            raise LedgerIntegrityError(
+                f"the entries up to epoch {epoch} give account {x.account_id} balance {balance} "
+                f"at seq {seq}, its anchored leaf says {x.balance} at seq {x.seq}",
+                epoch=epoch, account_id=x.account_id,
+            )  # fmt: skip
+    if len(running) != len(leaves):
+        raise LedgerIntegrityError(
+            f"the entries up to epoch {epoch} touch {len(running)} accounts, its anchored "
+            f"balances tree has {len(leaves)}",
+            epoch=epoch,
+        )
+    return running
+
+
+async def fold_history(conn: asyncpg.Connection, ledger_id: bytes, last_epoch: int) -> Running:
+    """Every account's running state folded from genesis over the entries of epochs
+    1..``last_epoch`` as the rows hold them (epoch by epoch: an operation lies in one)."""
+    running: Running = {}
+    for epoch in range(1, last_epoch + 1):
+        entries = await load_entries(conn, ledger_id, epoch)
+        hashes = await asyncio.to_thread(hash_entry_leaves, entries)
+        apply_entries(running, entries, epoch, hashes)
+    return running
 
 
 _CACHED_AT_CUT = """
@@ -505,7 +605,8 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
             prev_header, prev_cut = bytes(prev["header"]), prev["cut_seq"]
         running: Running = {} if prev is None else await checked_balances(conn, ledger_id, prev)
         entries = await load_entries(conn, ledger_id, epoch)
-        apply_entries(running, entries, epoch)
+        e_tree = await asyncio.to_thread(entry_tree, entries)
+        apply_entries(running, entries, epoch, e_tree.leaf_hashes())
         await check_cached(conn, running, (await epoch_bounds(conn, epoch))[1], epoch)
         balances = running_leaves(running, ledger_id, epoch)
         built = await asyncio.to_thread(
@@ -516,21 +617,36 @@ async def compute_roots(engine: AsyncEngine, epoch: int, ledger_id: bytes) -> Ep
                 prev_cut=prev_cut,
                 entries=entries,
                 balances=balances,
+                entries_tree=e_tree,
             )
         )
-        await _store(conn, built)
+        # rows for the (count, hash) that changed in this epoch; every account's once on top
+        # of a format-1 epoch (nothing stored before)
+        everyone = prev is None or prev["balance_leaf_format"] == 1
+        changed = running.keys() if everyone else {e.account_id for e in entries}
+        commitments = [(a, epoch, running[a][3], running[a][4]) for a in sorted(changed)]
+        await _store(conn, built, commitments)
         return built.roots
 
 
-async def _store(conn: asyncpg.Connection, built: BuiltEpoch) -> None:
+async def _store(
+    conn: asyncpg.Connection,
+    built: BuiltEpoch,
+    commitments: Sequence[tuple[int, int, int, bytes]],
+) -> None:
     r = built.roots
     await conn.execute(
         "INSERT INTO epoch_roots (epoch, ledger_id, prev_header, entries_root, balances_root, "
-        "first_seq, last_seq, leaf_count, balance_count, cut_seq, header) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "first_seq, last_seq, leaf_count, balance_count, cut_seq, header, balance_leaf_format) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         r.epoch, r.ledger_id, r.prev_header, r.entries_root, r.balances_root, r.first_seq,
-        r.last_seq, r.leaf_count, r.balance_count, r.cut_seq, r.header,
+        r.last_seq, r.leaf_count, r.balance_count, r.cut_seq, r.header, r.balance_leaf_format,
     )  # fmt: skip
+    await conn.copy_records_to_table(
+        "balance_commitments",
+        records=commitments,
+        columns=["account_id", "epoch", "entry_count", "entries_hash"],
+    )
     for tree in (built.entries, built.balances):
         await conn.execute(
             "INSERT INTO epoch_trees (epoch, tree, leaf_count, root, keys, positions) "

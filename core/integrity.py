@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,14 +46,23 @@ from core.epochs import (
     build_epoch,
     epoch_bounds,
     first_difference,
+    load_entries,
     raw_connection,
+    running_from,
     running_leaves,
     stored_leaf_hashes,
 )
 from core.errors import LedgerIntegrityError, ReasonRequired, ValidationError
 from core.types import Actor
-from merkle.leaves import EntryLeaf, hash_balance_leaves, hash_entry_leaves
-from merkle.tree import EMPTY_ROOT
+from merkle.leaves import (
+    BalanceLeaf,
+    BalanceLeafV1,
+    EntryLeaf,
+    entry_tree,
+    hash_balance_leaves,
+    hash_entry_leaves,
+)
+from merkle.tree import EMPTY_ROOT, keccak_256
 
 __all__ = [
     "Alarm",
@@ -227,18 +236,26 @@ class AuditReport:
         return not self.findings
 
 
-def _continuity(running: Running, entries: list[EntryLeaf]) -> EntryLeaf | None:
-    """Apply ``entries``; the first whose ``balance_after`` breaks the running balance (the
-    run goes on from each row's own value, so one broken row is one finding) or whose
-    operation does not sum to zero."""
+def _continuity(
+    running: Running, entries: list[EntryLeaf], hashes: Sequence[bytes]
+) -> EntryLeaf | None:
+    """Apply ``entries`` (``hashes``: their leaf hashes, folded into each account's running
+    hash); the first whose ``balance_after`` breaks the running balance (the run goes on from
+    each row's own value, so one broken row is one finding) or whose operation does not sum
+    to zero."""
     bad: EntryLeaf | None = None
     sums: dict[tuple[int, str], int] = {}
     first_of: dict[tuple[int, str], EntryLeaf] = {}
-    for e in entries:
-        _, _, balance = running.get(e.account_id, (e.asset_code, 0, 0))
+    k = keccak_256
+    for e, leaf_hash in zip(entries, hashes, strict=True):
+        _, _, balance, count, folded = running.get(
+            e.account_id, (e.asset_code, 0, 0, 0, EMPTY_ROOT)
+        )
         if bad is None and balance + e.amount != e.balance_after:
             bad = e
-        running[e.account_id] = (e.asset_code, e.seq, e.balance_after)
+        running[e.account_id] = (
+            e.asset_code, e.seq, e.balance_after, count + 1, k(folded + leaf_hash).digest()
+        )  # fmt: skip
         key = (e.operation_id, e.asset_code)
         sums[key] = sums.get(key, 0) + e.amount
         first_of.setdefault(key, e)
@@ -342,7 +359,8 @@ async def _audit_epoch(
         for r in rows
         if r[6] == epoch
     ]
-    broken = _continuity(running, entries)
+    e_tree = await asyncio.to_thread(entry_tree, entries)
+    broken = _continuity(running, entries, e_tree.leaf_hashes())
     if broken is not None:
         findings.append(
             Finding(
@@ -352,7 +370,12 @@ async def _audit_epoch(
                 f"entry seq {broken.seq}",
             )
         )
-    balances = running_leaves(running, ledger_id, epoch)
+    balances: list[BalanceLeaf] | list[BalanceLeafV1] = running_leaves(running, ledger_id, epoch)
+    if stored["balance_leaf_format"] == 1:  # sealed before the leaves carried count and hash
+        balances = [
+            BalanceLeafV1(ledger_id, epoch, x.seq, x.account_id, x.asset_code, x.balance)
+            for x in balances
+        ]
     built = await asyncio.to_thread(
         lambda: build_epoch(
             ledger_id=ledger_id,
@@ -361,6 +384,7 @@ async def _audit_epoch(
             prev_cut=lo,
             entries=entries,
             balances=balances,
+            entries_tree=e_tree,
         )
     )
 
@@ -433,10 +457,17 @@ async def audit(
                 before = await conn.fetchrow(
                     "SELECT * FROM epoch_roots WHERE epoch = $1", start - 1
                 )
-                if before is not None:
+                if before is not None and before["balance_leaf_format"] == 1:
+                    # format-1 leaves hold no counts or hashes: fold the rows from genesis
+                    prev_header = bytes(before["header"])
+                    for e in range(1, start):
+                        rows = await load_entries(conn, ledger_id, e)
+                        hashes = await asyncio.to_thread(hash_entry_leaves, rows)
+                        _continuity(running, rows, hashes)
+                elif before is not None:
                     prev_header = bytes(before["header"])
                     leaves = await balances_at(conn, ledger_id, start - 1, before["cut_seq"])
-                    running = {x.account_id: (x.asset_code, x.seq, x.balance) for x in leaves}
+                    running = running_from(leaves)
             for stored in epochs:
                 if stored["epoch"] != (report.first_epoch + report.epochs):
                     break  # a gap: epochs without roots yet end the pass

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from core.anchors import ANCHOR_SELECT, AnchorRecord, anchor_from_row
-from core.epochs import BALANCE_TREE, ENTRY_TREE, EpochRoots, raw_connection, roots_from_row
+from core.epochs import (
+    BALANCE_TREE,
+    COMMITMENT,
+    ENTRY_TREE,
+    EpochRoots,
+    raw_connection,
+    roots_from_row,
+)
 from core.errors import (
     EpochNotSealed,
     LedgerIntegrityError,
@@ -31,8 +38,8 @@ from core.errors import (
     UnknownEpoch,
     ValidationError,
 )
-from merkle.leaves import BalanceLeaf, EntryLeaf
-from merkle.tree import verify
+from merkle.leaves import BalanceLeaf, BalanceLeafV1, EntryLeaf, fold_entries
+from merkle.tree import EMPTY_ROOT, verify
 
 if TYPE_CHECKING:
     from core.ledger import Ledger
@@ -43,11 +50,14 @@ __all__ = [
     "balance_proof_bundle",
     "entry_account",
     "entry_proof_bundle",
+    "history_bundle",
     "list_anchors",
 ]
 
 BUNDLE_VERSION = 1
 MAX_PAGE = 500
+#: the most entries one history bundle carries (ask for a shorter range beyond)
+MAX_HISTORY = 10_000
 
 
 def _hex(value: bytes | None) -> str | None:
@@ -211,7 +221,9 @@ async def entry_proof_bundle(ledger: Ledger, seq: int, *, check: bool = True) ->
 async def balance_proof_bundle(
     ledger: Ledger, account_id: int, epoch: int, *, check: bool = True
 ) -> dict[str, Any]:
-    """The proof bundle of ``account_id``'s balance at the end of ``epoch`` (``balancesRoot``).
+    """The proof bundle of ``account_id``'s balance at the end of ``epoch`` (``balancesRoot``):
+    its balance, last seq, entry count and the running hash of its entries (epochs sealed in
+    leaf format 1, before migration 0018, have neither count nor hash).
 
     Raises UNKNOWN_ACCOUNT / UNKNOWN_EPOCH / NOT_FOUND (404: the account had no entry by the
     end of the epoch, so it has no leaf), EPOCH_NOT_SEALED (409), LEDGER_INTEGRITY (500).
@@ -227,6 +239,7 @@ async def balance_proof_bundle(
             account_id,
             roots.cut_seq,
         )
+        commitment = await conn.fetchrow(COMMITMENT, account_id, epoch)
         found = await _proof(conn, epoch, BALANCE_TREE, account_id)
     if row is None:
         raise NotFound(
@@ -240,7 +253,18 @@ async def balance_proof_bundle(
             account_id=account_id,
             epoch=epoch,
         )
-    leaf = BalanceLeaf(roots.ledger_id, epoch, row["seq"], account_id, asset, row["balance_after"])
+    fields: dict[str, Any]
+    leaf: BalanceLeaf | BalanceLeafV1
+    if roots.balance_leaf_format == 1:
+        leaf = BalanceLeafV1(
+            roots.ledger_id, epoch, row["seq"], account_id, asset, row["balance_after"]
+        )
+    else:
+        count, folded = (0, EMPTY_ROOT) if commitment is None else tuple(commitment)
+        leaf = BalanceLeaf(
+            roots.ledger_id, epoch, row["seq"], account_id, asset, row["balance_after"], count,
+            bytes(folded),
+        )  # fmt: skip
     leaf_hash = leaf.hash()
     stored, proof = found
     _check(check, roots.balances_root, leaf_hash, stored, proof, f"balance of {account_id}")
@@ -253,4 +277,89 @@ async def balance_proof_bundle(
         "asset_code": leaf.asset_code,
         "balance": str(leaf.balance),
     }
+    if isinstance(leaf, BalanceLeaf):
+        fields["entry_count"] = leaf.entry_count
+        fields["entries_hash"] = _hex(leaf.entries_hash)
     return _bundle("balance", fields, leaf_hash, proof, roots, anchor)
+
+
+async def history_bundle(
+    ledger: Ledger, account_id: int, from_epoch: int, to_epoch: int, *, check: bool = True
+) -> dict[str, Any]:
+    """An account's entries after epoch ``from_epoch`` up to the end of ``to_epoch``, with the
+    balance proof bundles at both ends (``from`` is null when the account had no entry by the
+    end of ``from_epoch``, or ``from_epoch`` is 0: the entries then start at its first).
+
+    Folding the listed entries (their ENTRY leaf hashes) from ``from``'s (entry count,
+    entries hash) must give exactly ``to``'s: ``valueos verify`` checks it, so an omitted,
+    added, reordered or altered entry is caught. Both ends must be sealed in leaf format 2.
+
+    Raises VALIDATION_ERROR (422: ``from_epoch >= to_epoch``, an end in leaf format 1, more
+    than :data:`MAX_HISTORY` entries), plus the errors of :func:`balance_proof_bundle`.
+    """
+    if not 0 <= from_epoch < to_epoch:
+        raise ValidationError(
+            "from_epoch must be smaller than to_epoch", from_epoch=from_epoch, to_epoch=to_epoch
+        )
+    to = await balance_proof_bundle(ledger, account_id, to_epoch, check=check)
+    start: dict[str, Any] | None = None
+    if from_epoch > 0:
+        try:
+            start = await balance_proof_bundle(ledger, account_id, from_epoch, check=check)
+        except NotFound:
+            start = None  # no entry by then: the history starts at the account's first
+    for end in (to, start):
+        if end is not None and "entry_count" not in end["leaf"]:
+            raise ValidationError(
+                f"epoch {end['leaf']['epoch']} was sealed before balance leaves carried an "
+                "entry count and hash: choose a later from_epoch (0 = from the first entry)",
+                epoch=end["leaf"]["epoch"],
+            )
+    lo = start["leaf"]["seq"] if start is not None else 0
+    hi = to["leaf"]["seq"]
+    async with raw_connection(ledger.engine) as conn:
+        rows = await conn.fetch(
+            "SELECT epoch, seq, operation_id, amount, balance_after FROM ledger_entries "
+            "WHERE account_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+            account_id, lo, hi, MAX_HISTORY + 1,
+        )  # fmt: skip
+    if len(rows) > MAX_HISTORY:
+        raise ValidationError(
+            f"more than {MAX_HISTORY} entries between epochs {from_epoch} and {to_epoch}: ask "
+            "for a shorter range",
+            limit=MAX_HISTORY,
+        )
+    ledger_id = bytes.fromhex(to["header"]["ledger_id"][2:])
+    asset = to["leaf"]["asset_code"]
+    leaves = [EntryLeaf(ledger_id, r[0], r[1], r[2], account_id, asset, r[3], r[4]) for r in rows]
+    if check:
+        count = start["leaf"]["entry_count"] if start is not None else 0
+        folded = bytes.fromhex(start["leaf"]["entries_hash"][2:]) if start else EMPTY_ROOT
+        if fold_entries(count, folded, [x.hash() for x in leaves]) != (
+            to["leaf"]["entry_count"], bytes.fromhex(to["leaf"]["entries_hash"][2:])
+        ):  # fmt: skip
+            raise LedgerIntegrityError(
+                f"the entries of account {account_id} between epochs {from_epoch} and "
+                f"{to_epoch} as the rows hold them do not fold to its anchored entries hash",
+                account_id=account_id, epoch=to_epoch,
+            )  # fmt: skip
+    return {
+        "version": BUNDLE_VERSION,
+        "kind": "history",
+        "account_id": account_id,
+        "asset_code": asset,
+        "from_epoch": from_epoch,
+        "to_epoch": to_epoch,
+        "from": start,
+        "to": to,
+        "entries": [
+            {
+                "epoch": x.epoch,
+                "seq": x.seq,
+                "operation_id": x.operation_id,
+                "amount": str(x.amount),
+                "balance_after": str(x.balance_after),
+            }
+            for x in leaves
+        ],
+    }

@@ -10,10 +10,22 @@ ENTRY leaf, one per journal entry posted in the epoch::
 BALANCE leaf, one per (account, asset) balance at the end of the epoch::
 
     abi.encode(uint8 kind = 2, bytes32 ledgerId, uint64 epoch, uint64 seq, uint64 accountId,
-               bytes32 assetCode, int256 balance)
+               bytes32 assetCode, int256 balance, uint64 entryCount, bytes32 entriesHash)
 
     where seq is the seq of the account's last entry at or before the end of the epoch
-    (0 if it has none).
+    (0 if it has none), entryCount the number of the account's entries up to then (all
+    epochs), and entriesHash the running hash of those entries in seq order::
+
+        h_0 = 32 zero bytes;  h_i = keccak256(h_(i-1) ++ entryLeafHash_i)
+
+    with entryLeafHash_i the leaf hash of the account's i-th ENTRY leaf (the hash that is in
+    its epoch's entries tree). A holder of the account's entries between two anchored epochs A
+    and B folds them from A's (entryCount, entriesHash) and must land exactly on B's: an entry
+    omitted, added, reordered or altered changes the result (:func:`fold_entries`).
+
+    Epochs sealed before this layout (``epoch_roots.balance_leaf_format`` 1) keep their
+    BALANCE leaves in the earlier 7-word layout, :class:`BalanceLeafV1` (no entryCount, no
+    entriesHash).
 
 A leaf's hash is OpenZeppelin's standard leaf hash, ``keccak256(keccak256(encoding))``; the
 trees are :class:`merkle.tree.StandardMerkleTree` (sorted leaves, sorted-pair node hashing).
@@ -42,23 +54,27 @@ import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from merkle.tree import EMPTY_ROOT, StandardMerkleTree, keccak256, keccak_256
 
 __all__ = [
     "BALANCE_KIND",
+    "BALANCE_LEAF_FORMAT",
     "BALANCE_TYPES",
+    "BALANCE_TYPES_V1",
     "EMPTY_ROOT",
     "ENTRY_KIND",
     "ENTRY_TYPES",
     "HEADER_TYPES",
     "BalanceLeaf",
+    "BalanceLeafV1",
     "EntryLeaf",
     "asset_code_from_bytes32",
     "asset_code_to_bytes32",
     "balance_tree",
     "entry_tree",
+    "fold_entries",
     "hash_balance_leaves",
     "hash_entry_leaves",
     "header_hash",
@@ -85,7 +101,13 @@ BALANCE_TYPES: tuple[str, ...] = (
     "uint64",
     "bytes32",
     "int256",
+    "uint64",
+    "bytes32",
 )
+#: the BALANCE layout of epochs sealed before entryCount and entriesHash (format 1)
+BALANCE_TYPES_V1: tuple[str, ...] = BALANCE_TYPES[:7]
+#: the BALANCE leaf format of newly sealed epochs (``epoch_roots.balance_leaf_format``)
+BALANCE_LEAF_FORMAT = 2
 HEADER_TYPES: tuple[str, ...] = (
     "bytes32",
     "uint64",
@@ -110,7 +132,9 @@ _HEADER = struct.Struct(">32s24xQ32s32s32s24xQ24xQ24xQ")
 # Bulk fast path: an int256 that fits 64 bits is 24 sign bytes then itself as "q"; struct
 # raises struct.error for anything wider and we fall back. _SIGN[x < 0] are the sign bytes.
 _ENTRY_FAST = struct.Struct(">31xB32s24xQ24xQ24xQ24xQ32s24sq24sq")
-_BALANCE_FAST = struct.Struct(">31xB32s24xQ24xQ24xQ32s24sq")
+_BALANCE_FAST = struct.Struct(">31xB32s24xQ24xQ24xQ32s24sq24xQ32s")
+_BALANCE_TAIL = struct.Struct(">24xQ32s")
+_BALANCE_FAST_V1 = struct.Struct(">31xB32s24xQ24xQ24xQ32s24sq")
 _SIGN = (bytes(24), b"\xff" * 24)
 
 
@@ -221,11 +245,67 @@ class EntryLeaf:
 class BalanceLeaf:
     """The BALANCE leaf of one account's balance in one asset (kind 2); range-checked.
 
-    ``asset_word`` is derived: the bytes32 form of ``asset_code`` that goes into the encoding.
+    ``entry_count`` and ``entries_hash`` are the account's entries so far and their running
+    hash (:func:`fold_entries`). ``asset_word`` is derived: the bytes32 form of ``asset_code``
+    that goes into the encoding.
     """
 
     KIND: ClassVar[int] = BALANCE_KIND
     TYPES: ClassVar[tuple[str, ...]] = BALANCE_TYPES
+    FORMAT: ClassVar[int] = 2
+
+    ledger_id: bytes
+    epoch: int
+    seq: int
+    account_id: int
+    asset_code: str
+    balance: int
+    entry_count: int
+    entries_hash: bytes
+    asset_word: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ledger_id", _bytes32(self.ledger_id, "ledger_id"))
+        for name in ("epoch", "seq", "account_id", "entry_count"):
+            _uint64(getattr(self, name), name)
+        _int256(self.balance, "balance")
+        object.__setattr__(self, "entries_hash", _bytes32(self.entries_hash, "entries_hash"))
+        object.__setattr__(self, "asset_word", asset_code_to_bytes32(self.asset_code))
+
+    def values(self) -> tuple[int, bytes, int, int, int, bytes, int, int, bytes]:
+        """The ABI values, in :data:`BALANCE_TYPES` order."""
+        return (
+            BALANCE_KIND,
+            self.ledger_id,
+            self.epoch,
+            self.seq,
+            self.account_id,
+            self.asset_word,
+            self.balance,
+            self.entry_count,
+            self.entries_hash,
+        )
+
+    def encode(self) -> bytes:
+        """``abi.encode(...)`` of :meth:`values`: 9 words, 288 bytes."""
+        head = _BALANCE_HEAD.pack(
+            BALANCE_KIND, self.ledger_id, self.epoch, self.seq, self.account_id, self.asset_word
+        )
+        return head + _word(self.balance) + _BALANCE_TAIL.pack(self.entry_count, self.entries_hash)
+
+    def hash(self) -> bytes:
+        """The leaf hash, ``keccak256(keccak256(encode()))``."""
+        return keccak256(keccak256(self.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceLeafV1:
+    """The BALANCE leaf of epochs sealed in format 1 (kind 2, 7 words: no ``entryCount``, no
+    ``entriesHash``); kept to serve, audit and verify those epochs' anchored trees."""
+
+    KIND: ClassVar[int] = BALANCE_KIND
+    TYPES: ClassVar[tuple[str, ...]] = BALANCE_TYPES_V1
+    FORMAT: ClassVar[int] = 1
 
     ledger_id: bytes
     epoch: int
@@ -243,7 +323,7 @@ class BalanceLeaf:
         object.__setattr__(self, "asset_word", asset_code_to_bytes32(self.asset_code))
 
     def values(self) -> tuple[int, bytes, int, int, int, bytes, int]:
-        """The ABI values, in :data:`BALANCE_TYPES` order."""
+        """The ABI values, in :data:`BALANCE_TYPES_V1` order."""
         return (
             BALANCE_KIND,
             self.ledger_id,
@@ -264,6 +344,19 @@ class BalanceLeaf:
     def hash(self) -> bytes:
         """The leaf hash, ``keccak256(keccak256(encode()))``."""
         return keccak256(keccak256(self.encode()))
+
+
+def fold_entries(
+    entry_count: int, entries_hash: bytes, entry_leaf_hashes: Sequence[bytes]
+) -> tuple[int, bytes]:
+    """(count, running hash) after appending entries (their ENTRY leaf hashes, in seq order)
+    to an account's (``entry_count``, ``entries_hash``): ``h = keccak256(h ++ leafHash)`` per
+    entry. Start from ``(0, 32 zero bytes)`` for an account's first entry."""
+    h = _bytes32(entries_hash, "entries_hash")
+    k = keccak_256
+    for leaf_hash in entry_leaf_hashes:
+        h = k(h + _bytes32(leaf_hash, "entry leaf hash")).digest()
+    return entry_count + len(entry_leaf_hashes), h
 
 
 def hash_entry_leaves(leaves: Sequence[EntryLeaf]) -> list[bytes]:
@@ -296,12 +389,31 @@ def hash_entry_leaves(leaves: Sequence[EntryLeaf]) -> list[bytes]:
         return [leaf.hash() for leaf in leaves]
 
 
-def hash_balance_leaves(leaves: Sequence[BalanceLeaf]) -> list[bytes]:
+def hash_balance_leaves(leaves: Sequence[BalanceLeaf | BalanceLeafV1]) -> list[bytes]:
     """``[leaf.hash() for leaf in leaves]``, faster (the bulk path of the trees)."""
     k = keccak_256
-    pack = _BALANCE_FAST.pack
     sign = _SIGN
     try:
+        if leaves and isinstance(leaves[0], BalanceLeafV1):
+            pack1 = _BALANCE_FAST_V1.pack
+            return [
+                k(
+                    k(
+                        pack1(
+                            BALANCE_KIND,
+                            x.ledger_id,
+                            x.epoch,
+                            x.seq,
+                            x.account_id,
+                            x.asset_word,
+                            sign[(s := x.balance) < 0],
+                            s,
+                        )
+                    ).digest()
+                ).digest()
+                for x in leaves
+            ]
+        pack = _BALANCE_FAST.pack
         return [
             k(
                 k(
@@ -314,10 +426,12 @@ def hash_balance_leaves(leaves: Sequence[BalanceLeaf]) -> list[bytes]:
                         x.asset_word,
                         sign[(s := x.balance) < 0],
                         s,
+                        x.entry_count,
+                        x.entries_hash,
                     )
                 ).digest()
             ).digest()
-            for x in leaves
+            for x in cast("Sequence[BalanceLeaf]", leaves)
         ]
     except struct.error:
         return [leaf.hash() for leaf in leaves]
@@ -328,7 +442,7 @@ def entry_tree(leaves: Sequence[EntryLeaf]) -> StandardMerkleTree:
     return StandardMerkleTree.build(leaves, hash_entry_leaves)
 
 
-def balance_tree(leaves: Sequence[BalanceLeaf]) -> StandardMerkleTree:
+def balance_tree(leaves: Sequence[BalanceLeaf | BalanceLeafV1]) -> StandardMerkleTree:
     """The balances tree of an epoch (``proof(i)`` is the proof of ``leaves[i]``)."""
     return StandardMerkleTree.build(leaves, hash_balance_leaves)
 

@@ -757,6 +757,12 @@ class StandardMerkleTree:
         """The hash of the ``index``-th leaf in input order."""
         return self._nodes[self.position(index)]
 
+    def leaf_hashes(self) -> list[bytes]:
+        """Every leaf hash in input order (``leaf_hash(i)`` for each i, in bulk)."""
+        if self._by_input is not None:
+            return list(self._by_input)
+        return [self.leaf_hash(i) for i in range(self._n)]
+
     def proof(self, index: int) -> list[bytes]:
         """The proof of the ``index``-th leaf in input order (OpenZeppelin's ``getProof(i)``)."""
         return self._proof_at(self.position(index))

@@ -17,7 +17,7 @@ from litestar.params import PathParameter, QueryParameter
 
 from api.auth import ADMIN, AUDITOR, COMPLIANCE, READ_ONLY, USER, allow
 from api.context import Ctx
-from api.schemas.anchors import AnchorListRead, AnchorRead, ProofBundleRead
+from api.schemas.anchors import AnchorListRead, AnchorRead, HistoryBundleRead, ProofBundleRead
 from core import proofs
 from core.errors import UnknownEntry
 
@@ -74,6 +74,22 @@ class ProofController(Controller):
         await ctx.readable_account(account_id)
         bundle = await proofs.balance_proof_bundle(ctx.svc.ledger, account_id, epoch)
         return msgspec.convert(bundle, ProofBundleRead)
+
+    @get("/history/{account_id:int}", guards=[allow(PROOF_READERS | {USER}, scope="read")])
+    async def history(
+        self,
+        ctx: NamedDependency[Ctx],
+        account_id: BigId,
+        to_epoch: Annotated[int, QueryParameter(ge=1, le=2**63 - 1)],
+        from_epoch: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
+    ) -> HistoryBundleRead:
+        """An account's entries after ``from_epoch`` up to the end of ``to_epoch`` with the
+        balance proof bundles at both ends (0: from the account's first entry); ``valueos
+        verify`` proves none was omitted, added, reordered or altered (422 for more than
+        10,000 entries or an end sealed before balance leaves carried an entry count)."""
+        await ctx.readable_account(account_id)
+        bundle = await proofs.history_bundle(ctx.svc.ledger, account_id, from_epoch, to_epoch)
+        return msgspec.convert(bundle, HistoryBundleRead, from_attributes=False)
 
 
 ROUTES = [AnchorController, ProofController]

@@ -62,6 +62,10 @@ class LeafRead(Struct, omit_defaults=True):
     balance_after: str | None = None
     #: balance leaves
     balance: str | None = None
+    #: balance leaves of epochs sealed in leaf format 2: the account's entries so far and
+    #: their running hash (absent on format-1 epochs)
+    entry_count: int | None = None
+    entries_hash: str | None = None
 
 
 class ProofBundleRead(Struct):
@@ -73,3 +77,29 @@ class ProofBundleRead(Struct):
     proof: list[str]
     header: HeaderRead
     anchor: BundleAnchorRead
+
+
+class HistoryEntryLeafRead(Struct):
+    """One entry of the account (its ENTRY leaf with the bundle's account and asset)."""
+
+    epoch: int
+    seq: int
+    operation_id: int
+    amount: str
+    balance_after: str
+
+
+class HistoryBundleRead(Struct, rename={"start": "from"}):
+    """An account's entries between two epochs and the balance proofs at both ends."""
+
+    version: int
+    #: "history"
+    kind: str
+    account_id: int
+    asset_code: str
+    from_epoch: int
+    to_epoch: int
+    #: the balance bundle at ``from_epoch``; null: the entries start at the account's first
+    start: ProofBundleRead | None
+    to: ProofBundleRead
+    entries: list[HistoryEntryLeafRead]

@@ -27,6 +27,15 @@ What is checked against what, and what each output line means:
      refused; the contract's own ``verifyEntry``/``verifyBalance`` accepts the proof.
 ``NOT CHECKED`` lines name what a run without a trust file or without ``--rpc`` left out.
 
+A HISTORY bundle (``GET /api/v1/proofs/history/{account}``: an account's entries between
+epochs A and B and its balance bundles at A and B; ``from`` null = from its first entry) is
+checked the same way at both ends (each balance bundle through checks 1-7), and then
+(``COMPLETE``): both ends are the bundle's account and asset, the entries ascend by seq after
+A's last seq and lie in epochs A+1..B, the last is B's seq, each ``balance_after`` is the
+previous plus its amount from A's balance and ends on B's balance, and folding the entries'
+ENTRY leaf hashes from A's (entryCount, entriesHash) gives exactly B's: an omitted, added,
+reordered or altered entry is rejected.
+
 Exit status 0 when every check run passes, 1 with the first failing reason otherwise.
 """
 
@@ -40,10 +49,17 @@ from pathlib import Path
 from typing import Any
 
 from chain.evm.trust import Trust, TrustError, load_trust
-from merkle.leaves import BalanceLeaf, EntryLeaf, header_hash
+from merkle.leaves import BalanceLeaf, BalanceLeafV1, EntryLeaf, fold_entries, header_hash
 from merkle.tree import EMPTY_ROOT, verify
 
-__all__ = ["VerificationError", "check_offline", "check_onchain", "check_pinned", "main"]
+__all__ = [
+    "VerificationError",
+    "check_history",
+    "check_offline",
+    "check_onchain",
+    "check_pinned",
+    "main",
+]
 
 
 class VerificationError(Exception):
@@ -72,7 +88,7 @@ def _int(value: Any, name: str) -> int:
     raise VerificationError(f"{name} is not an integer")
 
 
-def _leaf(bundle: dict[str, Any]) -> EntryLeaf | BalanceLeaf:
+def _leaf(bundle: dict[str, Any]) -> EntryLeaf | BalanceLeaf | BalanceLeafV1:
     f = bundle.get("leaf")
     if not isinstance(f, dict):
         raise VerificationError("the bundle has no leaf")
@@ -89,7 +105,16 @@ def _leaf(bundle: dict[str, Any]) -> EntryLeaf | BalanceLeaf:
         if bundle.get("kind") == "balance":
             if f.get("kind") != BalanceLeaf.KIND:
                 raise VerificationError("the leaf is not a BALANCE leaf (kind 2)")
-            return BalanceLeaf(
+            if "entry_count" in f or "entries_hash" in f:
+                return BalanceLeaf(
+                    _b32(f.get("ledger_id"), "leaf.ledger_id"), _int(f.get("epoch"), "epoch"),
+                    _int(f.get("seq"), "seq"), _int(f.get("account_id"), "account_id"),
+                    str(f.get("asset_code")), _int(f.get("balance"), "balance"),
+                    _int(f.get("entry_count"), "entry_count"),
+                    _b32(f.get("entries_hash"), "leaf.entries_hash"),
+                )  # fmt: skip
+            # leaf format 1: an epoch sealed before balance leaves had a count and a hash
+            return BalanceLeafV1(
                 _b32(f.get("ledger_id"), "leaf.ledger_id"), _int(f.get("epoch"), "epoch"),
                 _int(f.get("seq"), "seq"), _int(f.get("account_id"), "account_id"),
                 str(f.get("asset_code")), _int(f.get("balance"), "balance"),
@@ -277,10 +302,13 @@ def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
                 header, proof, leaf.seq, leaf.operation_id, leaf.account_id, leaf.asset_word,
                 leaf.amount, leaf.balance_after,
             ).call()  # fmt: skip
-        else:
+        elif isinstance(leaf, BalanceLeaf):
             ok = contract.functions.verifyBalance(
-                header, proof, leaf.seq, leaf.account_id, leaf.asset_word, leaf.balance
-            ).call()
+                header, proof, leaf.seq, leaf.account_id, leaf.asset_word, leaf.balance,
+                leaf.entry_count, leaf.entries_hash,
+            ).call()  # fmt: skip
+        else:  # format 1: this contract's verifyBalance knows format 2; the root is anchored
+            ok = True  # (isAnchored above) and the proof leads to it (check_offline)
         if not ok:
             raise VerificationError("the contract's own proof check rejects the leaf")
     except (Web3Exception, OSError) as exc:
@@ -289,6 +317,114 @@ def check_onchain(  # noqa: PLR0912, PLR0915 - a checklist
         f"epoch {epoch} is anchored with this header on the pinned contract {address} "
         f"(chain {trust.chain_id}) by {a['tx_hash']} in block {claimed_block} "
         f"(0x{claimed_hash.hex()}, {depth} deep); the contract accepts the proof"
+    )
+
+
+def _end(bundle: dict[str, Any], name: str) -> dict[str, Any]:
+    end = bundle.get(name)
+    if not isinstance(end, dict) or end.get("kind") != "balance":
+        raise VerificationError(f"the history's {name!r} is not a balance bundle")
+    if not isinstance(end.get("leaf"), dict) or "entry_count" not in end["leaf"]:
+        raise VerificationError(
+            f"the history's {name!r} balance leaf has no entry count and hash (leaf format 1)"
+        )
+    return end
+
+
+def history_ends(bundle: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The balance bundles of a history bundle: ``to``, and ``from`` unless it is null."""
+    if bundle.get("version") != 1 or bundle.get("kind") != "history":
+        raise VerificationError("not a history bundle (version 1)")
+    ends = [("to", _end(bundle, "to"))]
+    if bundle.get("from") is not None:
+        ends.insert(0, ("from", _end(bundle, "from")))
+    return ends
+
+
+def check_history(bundle: dict[str, Any]) -> str:  # noqa: PLR0912 - a checklist
+    """The COMPLETE check of a history bundle whose ends passed :func:`check_offline`: the
+    entries fold from ``from``'s (count, hash, balance) to exactly ``to``'s."""
+    ends = dict(history_ends(bundle))
+    to = _leaf(ends["to"])
+    start = _leaf(ends["from"]) if "from" in ends else None
+    if not isinstance(to, BalanceLeaf) or not isinstance(start, BalanceLeaf | None):
+        raise VerificationError("a history's balance leaves carry an entry count and hash")
+    account = _int(bundle.get("account_id"), "account_id")
+    asset = bundle.get("asset_code")
+    a = _int(bundle.get("from_epoch"), "from_epoch")
+    b = _int(bundle.get("to_epoch"), "to_epoch")
+    for name, leaf, epoch in (("to", to, b), ("from", start, a)):
+        if leaf is None:
+            continue
+        if (leaf.account_id, leaf.asset_code, leaf.epoch) != (account, asset, epoch):
+            raise VerificationError(
+                f"the {name!r} balance is of account {leaf.account_id} ({leaf.asset_code}) at "
+                f"epoch {leaf.epoch}, the history is of account {account} ({asset}) at {epoch}"
+            )
+    if start is not None and start.ledger_id != to.ledger_id:
+        raise VerificationError("the two ends belong to different ledgers")
+    if not 0 <= a < b:
+        raise VerificationError(f"from_epoch {a} is not before to_epoch {b}")
+    count, folded, balance, seq = (
+        (start.entry_count, start.entries_hash, start.balance, start.seq)
+        if start is not None
+        else (0, EMPTY_ROOT, 0, 0)
+    )
+    low_epoch = a + 1 if start is not None else 1
+    raw = bundle.get("entries")
+    if not isinstance(raw, list):
+        raise VerificationError("the history's entries are not a list")
+    hashes = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise VerificationError(f"entries[{i}] is not an object")
+        try:
+            e = EntryLeaf(
+                to.ledger_id, _int(item.get("epoch"), f"entries[{i}].epoch"),
+                _int(item.get("seq"), f"entries[{i}].seq"),
+                _int(item.get("operation_id"), f"entries[{i}].operation_id"), account,
+                to.asset_code, _int(item.get("amount"), f"entries[{i}].amount"),
+                _int(item.get("balance_after"), f"entries[{i}].balance_after"),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise VerificationError(f"entries[{i}]: {exc}") from None
+        if e.seq <= seq:
+            raise VerificationError(
+                f"entry {e.seq} is not after entry {seq}: entries out of order or repeated, "
+                "or before the 'from' balance"
+            )
+        if not low_epoch <= e.epoch <= b:
+            raise VerificationError(
+                f"entry {e.seq} is of epoch {e.epoch}, outside {low_epoch}..{b}"
+            )
+        if balance + e.amount != e.balance_after:
+            raise VerificationError(
+                f"entry {e.seq}: balance_after {e.balance_after} is not {balance} + {e.amount}"
+            )
+        balance, seq = e.balance_after, e.seq
+        hashes.append(e.hash())
+    count, folded = fold_entries(count, folded, hashes)
+    if count != to.entry_count:
+        raise VerificationError(
+            f"the history lists {count - (start.entry_count if start else 0)} entries, the "
+            f"anchored entry counts say {to.entry_count - (start.entry_count if start else 0)}: "
+            "an entry is missing or added"
+        )
+    if folded != to.entries_hash:
+        raise VerificationError(
+            "the listed entries do not fold to the anchored entries hash of epoch "
+            f"{b}: an entry was altered, replaced or reordered"
+        )
+    if (balance, seq) != (to.balance, to.seq):
+        raise VerificationError(
+            f"the entries end at balance {balance} (seq {seq}), the anchored balance of epoch {b} "
+            f"is {to.balance} (seq {to.seq})"
+        )
+    since = f"the end of epoch {a}" if start is not None else "the account's first entry"
+    return (
+        f"the {len(hashes)} entries of account {account} ({to.asset_code}) from {since} to the "
+        f"end of epoch {b} are all of them, in order: they fold to the anchored entry count "
+        f"{to.entry_count} and entries hash 0x{to.entries_hash.hex()}, balance {to.balance}"
     )
 
 
@@ -304,7 +440,7 @@ def _trust(path: Path | None) -> Trust | None:
         raise VerificationError(str(exc)) from None
 
 
-def main(command: str, argv: list[str]) -> int:
+def main(command: str, argv: list[str]) -> int:  # noqa: PLR0912 - one line per check
     parser = argparse.ArgumentParser(prog=f"valueos {command}", description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path, help="the proof bundle (JSON)")
     parser.add_argument(
@@ -326,13 +462,23 @@ def main(command: str, argv: list[str]) -> int:
             raise VerificationError(f"cannot read {ns.bundle}: {exc}") from None
         if not isinstance(bundle, dict):
             raise VerificationError("a bundle is a JSON object")
-        lines.append(("CONSISTENT", check_offline(bundle)))
-        if trust is not None:
-            lines.append(("PINNED", check_pinned(bundle, trust)))
-        else:
+        history = bundle.get("kind") == "history"
+        ends = history_ends(bundle) if history else [("", bundle)]
+        for name, end in ends:
+            label = f"{name}: " if name else ""
+            lines.append(("CONSISTENT", label + check_offline(end)))
+        if history:
+            lines.append(("COMPLETE", check_history(bundle)))
+        for name, end in ends:
+            label = f"{name}: " if name else ""
+            if trust is not None:
+                lines.append(("PINNED", label + check_pinned(end, trust)))
+        if trust is None:
             lines.append(("NOT CHECKED", "the ledger identity (no trust file pinned)"))
         if ns.rpc and trust is not None:
-            lines.append(("VALID", check_onchain(bundle, ns.rpc, trust)))
+            for name, end in ends:
+                label = f"{name}: " if name else ""
+                lines.append(("VALID", label + check_onchain(end, ns.rpc, trust)))
         else:
             lines.append(
                 ("NOT CHECKED", "the root against the chain (no --rpc): the bundle alone could "

@@ -5,7 +5,13 @@ balance must equal the server's posted balance. A mismatch raises :class:`Mirror
 nothing inconsistent is stored.
 
 State lives in the store under ``mirror.<account id>``: the entries held (oldest first) as
-``[seq, operation id, type, amount, balance_after]`` with amounts in minor units.
+``[seq, operation id, type, amount, balance_after, epoch]`` with amounts in minor units.
+
+:meth:`Mirror.verify_balance` proves the mirror complete up to an epoch: the account's balance
+leaf of that epoch (its bundle, checked against the balances root and, with a node, the
+anchored header) commits to the account's entry count and the running hash of its entries;
+the mirror's own entries must fold to exactly those, so a server that hid or invented an
+entry (even with consistent ``balance_after`` values) is caught.
 """
 
 from __future__ import annotations
@@ -16,7 +22,12 @@ from typing import Any
 from valueos_sdk.client import AsyncClient
 from valueos_sdk.errors import MirrorMismatch
 from valueos_sdk.models import HistoryEntryRead
-from valueos_sdk.proofs import LedgerIdentity, check_anchored, check_entry_bundle
+from valueos_sdk.proofs import (
+    LedgerIdentity,
+    check_anchored,
+    check_balance_bundle,
+    check_entry_bundle,
+)
 from valueos_sdk.store import Store
 
 
@@ -35,8 +46,8 @@ class MirroredAccount:
     account_id: int
     asset: str
     scale: int
-    #: (seq, operation id, operation type, amount, balance_after), oldest first
-    entries: list[tuple[int, int, str, int, int]]
+    #: (seq, operation id, operation type, amount, balance_after, epoch), oldest first
+    entries: list[tuple[int, int, str, int, int, int]]
 
     @property
     def balance(self) -> int:
@@ -52,8 +63,10 @@ class Mirror:
         state = self.store.get(f"mirror.{account_id}")
         if state is None:
             return None
-        return MirroredAccount(account_id, state["asset"], state["scale"],
-                               [tuple(e) for e in state["entries"]])  # fmt: skip
+        entries = [tuple(e) for e in state["entries"]]
+        if any(len(e) != 6 for e in entries):  # mirrored before entries kept their epoch
+            return None
+        return MirroredAccount(account_id, state["asset"], state["scale"], entries)
 
     async def pull(self, account_id: int, *, page: int = 100) -> MirroredAccount:
         """Fetch the entries newer than those held, check them, store them."""
@@ -87,7 +100,7 @@ class Mirror:
                 raise MirrorMismatch(f"entry {e.seq} is not after entry {entries[-1][0]}")
             if before + amount != after:
                 raise MirrorMismatch(f"entry {e.seq}: balance_after {after} != {before} + {amount}")
-            entries.append((e.seq, e.operation_id, e.operation_type, amount, after))
+            entries.append((e.seq, e.operation_id, e.operation_type, amount, after, e.epoch))
         mirrored = MirroredAccount(account_id, asset, scale or 0, entries)
         self._save(mirrored)
         return mirrored
@@ -125,6 +138,37 @@ class Mirror:
         bundle = await self.client.request("GET", f"/api/v1/proofs/entries/{seq}")
         header = check_entry_bundle(
             bundle, account_id=account_id, entry=entry, asset=held.asset, identity=identity
+        )
+        if rpc_url is not None:
+            if identity is None:
+                raise ValueError("checking against the chain needs the pinned identity")
+            await check_anchored(header, rpc_url, identity)
+        return header
+
+    async def verify_balance(
+        self,
+        account_id: int,
+        epoch: int,
+        *,
+        identity: LedgerIdentity | None = None,
+        rpc_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Prove the mirror complete up to the end of ``epoch``: the account's balance bundle
+        (``GET /proofs/balances/{id}?epoch=``) must lead to that epoch's balances root, and
+        the mirrored entries up to the leaf's seq must fold to its entry count and entries
+        hash and end on its balance (pulling first when the mirror is behind); with
+        ``rpc_url`` and the pinned ``identity``, the root must be the anchored one. Returns
+        the header."""
+        bundle = await self.client.request(
+            "GET", f"/api/v1/proofs/balances/{account_id}", params={"epoch": epoch}
+        )
+        held = self.account(account_id)
+        seq = int((bundle.get("leaf") or {}).get("seq", 0))
+        if held is None or not held.entries or held.entries[-1][0] < seq:
+            held = await self.pull(account_id)
+        upto = [(e[0], e[1], e[3], e[4], e[5]) for e in held.entries if e[0] <= seq]
+        header = check_balance_bundle(
+            bundle, account_id=account_id, asset=held.asset, entries=upto, identity=identity
         )
         if rpc_url is not None:
             if identity is None:

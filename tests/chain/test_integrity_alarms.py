@@ -40,6 +40,7 @@ from jobs.anchor import AnchorJob
 from jobs.audit import chain_reader
 from jobs.audit import main as audit_main
 from jobs.seal_and_anchor import seal_and_anchor
+from merkle.leaves import fold_entries
 from tests.chain.conftest import await_automine, rpc
 from tests.conftest import World, make_world
 from tests.support import raw_connect
@@ -118,7 +119,8 @@ async def test_edited_history_raises_an_alarm_and_pauses_until_acknowledged(
 async def rewrite_epoch_consistently(ledger: Ledger, ledger_id: bytes, seqs: list[int]) -> None:
     """The operator's forgery: the mint ``seqs`` (debit, credit) moves 1,000,000.00 more
     (both legs, their balance_after, both cached balances: every sum still holds), and epoch
-    1's stored trees, roots and header are rewritten to match the forged rows."""
+    1's running entries hashes, stored trees, roots and header are rewritten to match the
+    forged rows."""
     for seq, delta in ((seqs[0], -MILLION), (seqs[1], MILLION)):
         await tamper(
             ledger,
@@ -127,6 +129,17 @@ async def rewrite_epoch_consistently(ledger: Ledger, ledger_id: bytes, seqs: lis
             ("UPDATE balances SET posted = posted + $2 WHERE account_id = "
              "(SELECT account_id FROM ledger_entries WHERE seq = $1)", seq, delta),
         )  # fmt: skip
+    async with raw_connection(ledger.engine) as conn:
+        entries, _ = await load_leaves(conn, ledger_id, 1)
+    # the balance leaves' entry counts and hashes, folded over the forged entries
+    folded: dict[int, tuple[int, bytes]] = {}
+    for e in entries:
+        folded[e.account_id] = fold_entries(*folded.get(e.account_id, (0, bytes(32))), [e.hash()])
+    await tamper(
+        ledger,
+        *(("UPDATE balance_commitments SET entries_hash = $3 WHERE account_id = $1 "
+           "AND epoch = $2", account, 1, h) for account, (_, h) in folded.items()),
+    )  # fmt: skip
     async with raw_connection(ledger.engine) as conn:
         entries, balances = await load_leaves(conn, ledger_id, 1)
     built = build_epoch(

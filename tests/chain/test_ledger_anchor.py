@@ -46,7 +46,9 @@ ENTRY_TYPES = [
     "int256",
     "int256",
 ]
-BALANCE_TYPES = ["uint8", "bytes32", "uint64", "uint64", "uint64", "bytes32", "int256"]
+BALANCE_TYPES = [
+    "uint8", "bytes32", "uint64", "uint64", "uint64", "bytes32", "int256", "uint64", "bytes32",
+]  # fmt: skip
 HEADER_TYPES = [
     "bytes32",
     "uint64",
@@ -123,12 +125,16 @@ class Balance:
     account_id: int
     asset_code: bytes
     balance: int
+    entry_count: int
+    entries_hash: bytes
 
     def leaf(self, ledger_id: bytes, epoch: int) -> list[Any]:
-        return [2, ledger_id, epoch, self.seq, self.account_id, self.asset_code, self.balance]
+        return [2, ledger_id, epoch, self.seq, self.account_id, self.asset_code, self.balance,
+                self.entry_count, self.entries_hash]  # fmt: skip
 
     def args(self, epoch: int) -> list[Any]:
-        return [epoch, self.seq, self.account_id, self.asset_code, self.balance]
+        return [epoch, self.seq, self.account_id, self.asset_code, self.balance,
+                self.entry_count, self.entries_hash]  # fmt: skip
 
 
 def _int256(rng: random.Random) -> int:
@@ -164,6 +170,8 @@ def random_balances(rng: random.Random, n: int, first_seq: int = 1) -> list[Bala
             account_id=rng.randint(0, UINT64_MAX),
             asset_code=rng.randbytes(32),
             balance=_int256(rng),
+            entry_count=rng.randint(0, UINT64_MAX),
+            entries_hash=rng.randbytes(32),
         )
         for i in range(n)
     ]
@@ -639,11 +647,16 @@ def test_proofs_verify_and_forgeries_fail(
 
     # An entry and its proof presented as a balance (same seq/account/asset, balanceAfter as
     # the balance), and a balance proof presented as an entry.
-    as_balance = [epoch, entry.seq, entry.account_id, entry.asset_code, entry.balance_after]
+    as_balance = [epoch, entry.seq, entry.account_id, entry.asset_code, entry.balance_after,
+                  entry.operation_id, entry.asset_code]  # fmt: skip
     assert not verify_balance(anchorer, proof, *as_balance)
     as_entry = [epoch, balance.seq, 0, balance.account_id, balance.asset_code, 0, balance.balance]
     assert not verify_entry(anchorer, bproof, *as_entry)
-    assert not verify_balance(anchorer, bproof, *balance.args(epoch)[:4], balance.balance ^ 1)
+    b_args = balance.args(epoch)
+    assert not verify_balance(anchorer, bproof, *b_args[:4], balance.balance ^ 1, *b_args[5:])
+    # the entry count or the entries hash changed: an omitted or altered entry
+    assert not verify_balance(anchorer, bproof, *b_args[:5], b_args[5] ^ 1, b_args[6])
+    assert not verify_balance(anchorer, bproof, *b_args[:6], _flip(b_args[6]))
     if bproof:
         assert not verify_balance(anchorer, bproof[:-1], *balance.args(epoch))
         assert not verify_balance(anchorer, [_flip(bproof[0]), *bproof[1:]], *balance.args(epoch))
@@ -715,6 +728,8 @@ def test_python_side_trees_and_headers_verify_on_chain(
             account_id=rng.randint(0, UINT64_MAX),
             asset_code=rng.choice(assets),
             balance=_int256(rng),
+            entry_count=rng.randint(0, UINT64_MAX),
+            entries_hash=rng.randbytes(32),
         )
         for _ in range(size)
     ]
@@ -739,7 +754,8 @@ def test_python_side_trees_and_headers_verify_on_chain(
         assert verify_entry(anchorer, e_tree.proof(i), *args, x.balance_after)
         assert fns.entryLeaf(*args, x.balance_after).call() == x.hash()
     for i, y in enumerate(balances):
-        args = [epoch, y.seq, y.account_id, y.asset_word, y.balance]
+        args = [epoch, y.seq, y.account_id, y.asset_word, y.balance, y.entry_count,
+                y.entries_hash]  # fmt: skip
         assert verify_balance(anchorer, b_tree.proof(i), *args)
         assert fns.balanceLeaf(*args).call() == y.hash()
 

@@ -123,6 +123,7 @@ TABLE: dict[tuple[str, str], set[Role] | str] = {
     ("GET", "/api/v1/anchors"): {A, C, R, AU},
     ("GET", "/api/v1/proofs/entries/{seq:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/proofs/balances/{account_id:int}"): {U, A, C, R, AU},
+    ("GET", "/api/v1/proofs/history/{account_id:int}"): {U, A, C, R, AU},
     ("GET", "/api/v1/audit"): {A, C, AU},
     ("POST", "/api/v1/credit/issue"): {U, A, OP},
     ("GET", "/api/v1/credit/{line_id:int}"): EVERYONE,

@@ -209,6 +209,28 @@ async def test_balance_bundle_over_http_verifies_offline(sealed: Sealed, tmp_pat
         check_offline(swapped)
 
 
+async def test_history_bundle_over_http_verifies_complete(sealed: Sealed, tmp_path: Path) -> None:
+    api = sealed.api
+    url = f"/api/v1/proofs/history/{sealed.a}"
+    r = await api.http.get(f"{url}?from_epoch=1&to_epoch=2", headers=sealed.alice.headers)
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert (bundle["from"]["leaf"]["epoch"], bundle["to"]["leaf"]["epoch"]) == (1, 2)
+    assert [e["seq"] for e in bundle["entries"]] == [sealed.later_seq]
+    assert bundle["to"]["leaf"]["entry_count"] == bundle["from"]["leaf"]["entry_count"] + 1
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(bundle))
+    assert main("verify", [str(path)]) == 0
+    whole = await api.http.get(f"{url}?to_epoch=2", headers=sealed.alice.headers)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["from"] is None
+    assert [e["seq"] for e in whole.json()["entries"]][-1] == sealed.later_seq
+    problem(await api.http.get(f"{url}?to_epoch=2", headers=sealed.bob.headers), 404,
+            "UNKNOWN_ACCOUNT")  # fmt: skip
+    r = await api.http.get(f"{url}?from_epoch=2&to_epoch=2", headers=api.admin.headers)
+    assert r.status_code == 422, r.text
+
+
 async def test_users_get_proofs_of_their_own_only(sealed: Sealed) -> None:
     api, bob = sealed.api, sealed.bob
     seq = sealed.alice_seqs[0]

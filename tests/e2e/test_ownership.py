@@ -39,6 +39,7 @@ OWNERSHIP: dict[tuple[str, str], tuple[str, dict[str, Any] | None]] = {
     ("GET", "/api/v1/accounts/{account_id:int}/entries"): (OWNED, None),
     ("GET", "/api/v1/accounts/{account_id:int}/balance"): (OWNED, None),
     ("GET", "/api/v1/proofs/balances/{account_id:int}"): (OWNED, None),
+    ("GET", "/api/v1/proofs/history/{account_id:int}"): (OWNED, None),
     ("GET", "/api/v1/proofs/entries/{seq:int}"): (OWNED, None),
     ("GET", "/api/v1/holds/{hold_id:int}"): (OWNED, None),
     ("POST", "/api/v1/holds/{hold_id:int}/void"): (OWNED, {"reason": "ownership test"}),
@@ -191,6 +192,8 @@ async def _url(api: Api, world: World, path: str) -> str:
         path = path.replace("{request_id:int}", await _fresh(api, world, "p2p", action))
     if "/proofs/balances/" in path:
         path += "?epoch=1"
+    if "/proofs/history/" in path:
+        path += "?to_epoch=1"
     return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -107,3 +108,62 @@ async def test_mirrored_entries_are_proven_and_a_forged_bundle_is_caught(
         await lying.verify_entry(account, seq)
     with pytest.raises(MirrorMismatch, match="not mirrored"):
         await mirror.verify_entry(account, 10**9)
+
+
+class Hiding(httpx.AsyncBaseTransport):
+    """A lying server: the account's entry listing leaves out one entry and shifts the
+    ``balance_after`` of the newer ones, so the mirror's own continuity check passes."""
+
+    def __init__(self, app: object, hidden_seq: int) -> None:
+        self.inner = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        self.hidden_seq = hidden_seq
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not request.url.path.endswith("/entries"):
+            return response
+        body = json.loads(await response.aread())
+        hidden = [e for e in body["entries"] if e["seq"] == self.hidden_seq]
+        if hidden:
+            gone = Decimal(hidden[0]["amount"])
+            body["entries"] = [e for e in body["entries"] if e["seq"] != self.hidden_seq]
+            for e in body["entries"]:  # newest first
+                if e["seq"] > self.hidden_seq:
+                    e["balance_after"] = str(Decimal(e["balance_after"]) - gone)
+        return httpx.Response(200, json=body)
+
+
+async def test_the_balance_leaf_proves_the_mirror_complete_and_catches_a_hidden_entry(
+    world: tuple[Api, Caller, int, Forging],
+) -> None:
+    api, alice, account, transport = world
+    token = alice.headers["Authorization"][7:]
+    pinned = LedgerIdentity(31337, "0x" + "00" * 20, epoch_settings().ledger_id)
+    honest = Mirror(
+        AsyncClient("http://valueos.test", token=token, transport=transport), MemoryStore()
+    )
+    header = await honest.verify_balance(account, 1, identity=pinned)
+    assert header["epoch"] == 1
+    held = honest.account(account)
+    assert held is not None and len(held.entries) == 3
+    # the server hides the 12.34 transfer and keeps every balance_after consistent
+    hiding = Hiding(api.app, hidden_seq=held.entries[1][0])
+    lied_to = Mirror(
+        AsyncClient("http://valueos.test", token=token, transport=hiding), MemoryStore()
+    )
+    pulled = await lied_to.pull(account)  # the mirror's own checks pass
+    assert len(pulled.entries) == 2
+    with pytest.raises(
+        MirrorMismatch, match="entries up to epoch 1, the anchored balance leaf commits to 3"
+    ):
+        await lied_to.verify_balance(account, 1, identity=pinned)
+    # an entry held with another amount (and consistent balances) than the one sealed
+    store = MemoryStore()
+    altered = Mirror(AsyncClient("http://valueos.test", token=token, transport=transport), store)
+    await altered.pull(account)
+    state = copy.deepcopy(store.get(f"mirror.{account}"))
+    state["entries"][0][3] += 1
+    state["entries"][0][4] += 1
+    store.put(f"mirror.{account}", state)
+    with pytest.raises(MirrorMismatch, match="do not fold to the anchored entries hash"):
+        await altered.verify_balance(account, 1)

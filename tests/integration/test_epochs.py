@@ -28,7 +28,7 @@ from core.errors import EpochNotSealed, LedgerIntegrityError, NotFound, UnknownE
 from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from merkle.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
-from merkle.tree import EMPTY_ROOT, verify
+from merkle.tree import EMPTY_ROOT, keccak256, verify
 from tests.conftest import World, make_world, settings_for
 from tests.support import create_database, drop_database, raw_connect
 
@@ -74,10 +74,27 @@ async def _balances_at(ledger: Ledger, cut: int) -> dict[int, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
+async def _from_genesis(ledger: Ledger, cut: int) -> dict[int, tuple[int, bytes]]:
+    """Every account's (entry count, running hash) at ``cut``, folded from its first entry
+    over the rows (each entry's ENTRY leaf with its own epoch), independently of the sealer."""
+    async with raw_connection(ledger.engine) as conn:
+        rows = await conn.fetch(
+            "SELECT epoch, seq, operation_id, account_id, asset, amount, balance_after "
+            "FROM ledger_entries WHERE seq <= $1 ORDER BY seq",
+            cut,
+        )
+    folded: dict[int, tuple[int, bytes]] = {}
+    for epoch, *fields in rows:
+        count, h = folded.get(fields[2], (0, bytes(32)))
+        folded[fields[2]] = (count + 1, keccak256(h + EntryLeaf(LEDGER_ID, epoch, *fields).hash()))
+    return folded
+
+
 async def _assert_balance_leaves_at_cut(ledger: Ledger, roots: EpochRoots) -> None:
     """The balance leaves of a sealed epoch, as loaded and as stored in its root, are the
     balances at the epoch's own cut, recomputed independently from the entries: the sum of
-    each account's entries with seq <= cut, and its last such seq."""
+    each account's entries with seq <= cut, its last such seq, and their count and running
+    hash folded from genesis."""
     async with raw_connection(ledger.engine) as conn:
         cut = await conn.fetchval("SELECT last_seq FROM epochs WHERE id = $1", roots.epoch)
         rows = await conn.fetch(
@@ -87,8 +104,9 @@ async def _assert_balance_leaves_at_cut(ledger: Ledger, roots: EpochRoots) -> No
             cut,
         )
         _, loaded = await load_leaves(conn, LEDGER_ID, roots.epoch)
+    folded = await _from_genesis(ledger, cut)
     expected = [
-        BalanceLeaf(LEDGER_ID, roots.epoch, seq, account, asset, int(total))
+        BalanceLeaf(LEDGER_ID, roots.epoch, seq, account, asset, int(total), *folded[account])
         for account, asset, seq, total in rows
     ]
     assert roots.cut_seq == cut
@@ -122,8 +140,9 @@ async def test_seal_computes_roots_header_chain_and_proofs(fresh: Ledger) -> Non
     assert r1.entries_root == entry_tree(entries).root
     assert (r1.first_seq, r1.last_seq) == (entries[0].seq, entries[-1].seq)
     last: dict[int, EntryLeaf] = {e.account_id: e for e in entries}
+    folded = await _from_genesis(fresh, r1.last_seq)
     balances = [
-        BalanceLeaf(LEDGER_ID, 1, e.seq, acc, e.asset_code, e.balance_after)
+        BalanceLeaf(LEDGER_ID, 1, e.seq, acc, e.asset_code, e.balance_after, *folded[acc])
         for acc, e in sorted(last.items())
     ]
     assert r1.balances_root == balance_tree(balances).root

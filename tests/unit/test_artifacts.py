@@ -72,7 +72,7 @@ def test_ledger_anchor_artifact_has_the_agreed_interface() -> None:
     assert {
         "anchor(uint64,bytes32,bytes32,bytes32,uint64,uint64,uint64)",
         "verifyEntry(tuple,bytes32[],uint64,uint64,uint64,bytes32,int256,int256)",
-        "verifyBalance(tuple,bytes32[],uint64,uint64,bytes32,int256)",
+        "verifyBalance(tuple,bytes32[],uint64,uint64,bytes32,int256,uint64,bytes32)",
         "isAnchored(tuple)",
         "headerHash(tuple)",
         "headerOf(uint64)",

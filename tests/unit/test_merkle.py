@@ -25,17 +25,20 @@ from hypothesis import strategies as st
 import merkle.tree
 from merkle.leaves import (
     BALANCE_TYPES,
+    BALANCE_TYPES_V1,
     ENTRY_TYPES,
     HEADER_TYPES,
     INT256_MAX,
     INT256_MIN,
     UINT64_MAX,
     BalanceLeaf,
+    BalanceLeafV1,
     EntryLeaf,
     asset_code_from_bytes32,
     asset_code_to_bytes32,
     balance_tree,
     entry_tree,
+    fold_entries,
     hash_balance_leaves,
     hash_entry_leaves,
     header_hash,
@@ -98,6 +101,8 @@ def random_balance(rng: random.Random, account: int) -> BalanceLeaf:
         account_id=account,
         asset_code=rng.choice(ASSETS),
         balance=random_amount(rng),
+        entry_count=random_u64(rng),
+        entries_hash=rng.randbytes(32),
     )
 
 
@@ -328,8 +333,9 @@ def test_tampered_and_reinterpreted_leaves_fail() -> None:
         assert not verify(tree.root, swapped_hash, proof)
         # the entry's own fields read as a balance leaf
         as_balance = BalanceLeaf(
-            leaf.ledger_id, leaf.epoch, leaf.seq, leaf.account_id, leaf.asset_code, leaf.amount
-        )
+            leaf.ledger_id, leaf.epoch, leaf.seq, leaf.account_id, leaf.asset_code, leaf.amount,
+            leaf.operation_id, leaf.ledger_id,
+        )  # fmt: skip
         assert as_balance.hash() != leaf.hash()
         assert not verify(tree.root, as_balance.hash(), proof)
         with pytest.raises(KeyError):
@@ -488,15 +494,43 @@ def test_entry_encoding_equals_eth_abi(
 
 @pytest.mark.unit
 @settings(max_examples=300, deadline=None)
-@given(bytes32s, u64s, u64s, u64s, codes, ints256)
+@given(bytes32s, u64s, u64s, u64s, codes, ints256, u64s, bytes32s)
 def test_balance_encoding_equals_eth_abi(
-    ledger: bytes, epoch: int, seq: int, account: int, code: str, balance: int
-) -> None:
-    leaf = BalanceLeaf(ledger, epoch, seq, account, code, balance)
+    ledger: bytes, epoch: int, seq: int, account: int, code: str, balance: int, count: int,
+    entries_hash: bytes,
+) -> None:  # fmt: skip
+    leaf = BalanceLeaf(ledger, epoch, seq, account, code, balance, count, entries_hash)
     expected = abi_encode(list(BALANCE_TYPES), list(leaf.values()))
+    assert len(expected) == 9 * 32
     assert leaf.encode() == expected
     assert leaf.hash() == keccak256(keccak256(expected))
     assert hash_balance_leaves([leaf]) == [leaf.hash()]
+    old = BalanceLeafV1(ledger, epoch, seq, account, code, balance)
+    expected_v1 = abi_encode(list(BALANCE_TYPES_V1), list(old.values()))
+    assert old.encode() == expected_v1
+    assert hash_balance_leaves([old]) == [old.hash()] != [leaf.hash()]
+
+
+@pytest.mark.unit
+@settings(max_examples=100, deadline=None)
+@given(st.lists(bytes32s, max_size=8), st.integers(0, 8))
+def test_fold_entries_is_the_running_keccak_and_splits_anywhere(
+    hashes: list[bytes], cut: int
+) -> None:
+    """h_i = keccak256(h_(i-1) ++ leafHash_i) from zero bytes; folding in two parts (two
+    epochs) equals folding at once, and dropping, adding or swapping an entry changes it."""
+    h = bytes(32)
+    for x in hashes:
+        h = keccak256(h + x)
+    whole = fold_entries(0, bytes(32), hashes)
+    assert whole == (len(hashes), h)
+    cut = min(cut, len(hashes))
+    assert fold_entries(*fold_entries(0, bytes(32), hashes[:cut]), hashes[cut:]) == whole
+    if hashes:
+        assert fold_entries(0, bytes(32), hashes[1:])[1] != h
+        assert fold_entries(0, bytes(32), [*hashes, hashes[0]])[1] != h
+    if len(set(hashes)) > 1:
+        assert fold_entries(0, bytes(32), hashes[::-1])[1] != h or hashes == hashes[::-1]
 
 
 @pytest.mark.unit
@@ -583,14 +617,19 @@ def test_entry_range_errors(field: str, value: object) -> None:
 
 @pytest.mark.unit
 def test_balance_and_header_range_errors() -> None:
-    BalanceLeaf(LEDGER, 0, 0, 0, "USD", INT256_MIN)
-    BalanceLeaf(LEDGER, UINT64_MAX, UINT64_MAX, UINT64_MAX, "USD", INT256_MAX)
+    z = bytes(32)
+    BalanceLeaf(LEDGER, 0, 0, 0, "USD", INT256_MIN, 0, z)
+    BalanceLeaf(LEDGER, UINT64_MAX, UINT64_MAX, UINT64_MAX, "USD", INT256_MAX, UINT64_MAX, z)
     with pytest.raises(ValueError, match="balance"):
-        BalanceLeaf(LEDGER, 0, 0, 0, "USD", INT256_MAX + 1)
+        BalanceLeaf(LEDGER, 0, 0, 0, "USD", INT256_MAX + 1, 0, z)
     with pytest.raises(ValueError, match="account_id"):
-        BalanceLeaf(LEDGER, 0, 0, -1, "USD", 0)
+        BalanceLeaf(LEDGER, 0, 0, -1, "USD", 0, 0, z)
     with pytest.raises(ValueError, match="seq"):
-        BalanceLeaf(LEDGER, 0, UINT64_MAX + 1, 0, "USD", 0)
+        BalanceLeaf(LEDGER, 0, UINT64_MAX + 1, 0, "USD", 0, 0, z)
+    with pytest.raises(ValueError, match="entry_count"):
+        BalanceLeaf(LEDGER, 0, 0, 0, "USD", 0, -1, z)
+    with pytest.raises(ValueError, match="entries_hash"):
+        BalanceLeaf(LEDGER, 0, 0, 0, "USD", 0, 0, z[:31])
     zero = bytes(32)
     header_hash(LEDGER, UINT64_MAX, zero, zero, zero, 0, UINT64_MAX, UINT64_MAX)
     with pytest.raises(ValueError, match="leaf_count"):
@@ -610,7 +649,7 @@ def test_leaves_are_frozen_values() -> None:
     assert leaf.TYPES == ENTRY_TYPES
     assert BalanceLeaf.TYPES == BALANCE_TYPES
     assert leaf.values()[0] == 1
-    assert BalanceLeaf(LEDGER, 0, 0, 0, "USD", 0).values()[0] == 2
+    assert BalanceLeaf(LEDGER, 0, 0, 0, "USD", 0, 0, bytes(32)).values()[0] == 2
     assert process_proof(leaf.hash(), []) == leaf.hash()
 
 
@@ -783,3 +822,12 @@ def test_packed_hashes_read_as_a_sequence() -> None:
         assert packed.tobytes() == b"".join(hashes)
         with pytest.raises(IndexError):
             packed[7]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 64, 1000])
+def test_leaf_hashes_are_the_input_order_hashes(n: int) -> None:
+    leaves = entries(n, seed=n)
+    tree = entry_tree(leaves)
+    assert tree.leaf_hashes() == [leaf.hash() for leaf in leaves]
+    assert tree.leaf_hashes() == [tree.leaf_hash(i) for i in range(n)]

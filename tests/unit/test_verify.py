@@ -25,7 +25,7 @@ def _epoch() -> tuple[BuiltEpoch, list[EntryLeaf], list[BalanceLeaf]]:
     entries = [
         EntryLeaf(LEDGER, 1, s, s // 2, 1 + s % 3, "USD", (-1) ** s * s, s) for s in range(1, 8)
     ]
-    balances = [BalanceLeaf(LEDGER, 1, 7, a, "USD", 100 * a) for a in (1, 2, 3)]
+    balances = [BalanceLeaf(LEDGER, 1, 7, a, "USD", 100 * a, a, bytes([a]) * 32) for a in (1, 2, 3)]
     built = build_epoch(
         ledger_id=LEDGER, epoch=1, prev_header=EMPTY_ROOT, prev_cut=0, entries=entries,
         balances=balances,
@@ -68,7 +68,8 @@ def test_stored_rows_keys_and_positions_serve_valid_proofs() -> None:
     bundle = {
         "version": 1, "kind": "balance",
         "leaf": {"kind": 2, "ledger_id": "0x" + LEDGER.hex(), "epoch": 1, "seq": 7,
-                 "account_id": 2, "asset_code": "USD", "balance": "200"},
+                 "account_id": 2, "asset_code": "USD", "balance": "200", "entry_count": 2,
+                 "entries_hash": "0x" + "02" * 32},
         "proof": _proof(built.balances, 1), "header": built.roots.header_fields(),
     }  # fmt: skip
     assert "balances root" in check_offline(bundle)

@@ -9,14 +9,14 @@ allowance keeps the hold it may have got, voided under the ledger key
 ``offline-failed:<id>``. OPEN and RELEASED allowances always have a hold, OPENING ones never.
 
 Revision ID: 0019_offline_revoke_sweep
-Revises: 0017_idempotency_owner
+Revises: 0018_balance_commitments
 Create Date: 2026-12-07
 """
 
 from core.migrations.sql import run_script
 
 revision = "0019_offline_revoke_sweep"
-down_revision = "0017_idempotency_owner"
+down_revision = "0018_balance_commitments"
 branch_labels = None
 depends_on = None
 
