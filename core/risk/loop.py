@@ -145,8 +145,8 @@ class RiskLoop:
             async with self.engine.begin() as conn:
                 await conn.execute(text("SELECT valueos_risk_rebase(:a)"), {"a": code})
         ids: list[int] = []
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 # one snapshot; the price is a literal to the planner: a range of the index
                 await conn.execute(text("SET TRANSACTION READ ONLY"))

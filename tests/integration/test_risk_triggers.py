@@ -225,7 +225,7 @@ async def _apply(desk: Desk, lines: list[Line], positions: list[Any], choice: An
             column = "trigger" if kind == "trigger" else "stop_loss_answer"
             at = (
                 await conn.execute(
-                    text(f"SELECT {column} FROM credit_line_triggers WHERE line_id = :l"),  # noqa: S608
+                    text(f"SELECT {column} FROM credit_line_triggers WHERE line_id = :l"),
                     {"l": line.id},
                 )
             ).scalar()
