@@ -1,7 +1,7 @@
 """Risk loop throughput on the real database: positions evaluated per second per tick.
 
     python -m bench.risk [--sizes 10000,100000,1000000] [--repeat 5] [--naive-sample 2000]
-                         [--scan-repeat 1] [--limits]
+                         [--scan-repeat 1] [--limits] [--hot-path]
 
 Three ways over the same rows, measured in the same run:
 
@@ -14,9 +14,13 @@ Three ways over the same rows, measured in the same run:
   timed on ``--naive-sample`` positions and its rate extrapolated.
 
 Also printed: the setup time, the set-based recompute of every line's trigger
-(``valueos_risk_rebase``: what activating a new parameter version costs the next tick) and,
+(``core.risk.triggers.rebase``: what activating a new parameter version costs the next tick) and,
 with ``--limits``, the set-based refresh of every line's limit and floor
 (``core.risk.lines.refresh_limits``: what a price move costs the tick before it evaluates).
+``--hot-path`` then prices the triggers' upkeep on the ledger's write: the balance update a
+posting batch runs (``SET posted, pending, ...`` over 2,000 rows from ``unnest``), on other
+accounts and on lines' credit accounts, with the two ``balances`` triggers enabled and
+disabled, alternating, in the same run.
 
 Setup writes the positions' rows set-based with ``generate_series`` into a throwaway database,
 on the production tables (logged, with their triggers: inserting the lines computes their
@@ -38,12 +42,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.ledger import Ledger
+from core.risk import triggers
 from core.risk.lines import read_state, refresh_limits
 from core.risk.loop import SCAN_CANDIDATES, RiskLoop
 from core.risk.math import decide
 from tests.conftest import settings_for
 from tests.integration.risk_support import make_desk
-from tests.support import create_database, drop_database
+from tests.support import create_database, drop_database, raw_connect
 
 TABLES = ("users", "accounts", "balances", "credit_lines", "credit_line_triggers")
 
@@ -151,8 +156,7 @@ async def full_scan(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float
 
 async def rebase(ledger: Ledger, asset: str) -> float:
     start = time.perf_counter()
-    async with ledger.engine.begin() as conn:
-        await conn.execute(text("SELECT valueos_risk_rebase(:a)"), {"a": asset})
+    await triggers.rebase(ledger.engine, asset)
     return time.perf_counter() - start
 
 
@@ -186,6 +190,49 @@ async def naive(ledger: Ledger, asset: str, sample: int) -> tuple[float, int, in
     return elapsed, len(ids), acting
 
 
+_BATCH_UPDATE = (
+    "UPDATE balances b SET posted = b.posted + u.delta, pending = b.pending, "
+    "last_seq = b.last_seq, updated_at = clock_timestamp() "
+    "FROM unnest($1::bigint[], $2::bigint[]) AS u(id, delta) WHERE b.account_id = u.id"
+)
+
+
+async def hot_path(url: str, rounds: int = 5, statements: int = 20, rows: int = 2000) -> None:
+    conn = await raw_connect(url)
+    try:
+        plain = [r[0] for r in await conn.fetch(
+            "SELECT b.account_id FROM balances b JOIN accounts a ON a.id = b.account_id "
+            "WHERE a.kind = 'AVAILABLE' AND b.credit_line_id IS NULL ORDER BY 1 LIMIT $1", rows
+        )]  # fmt: skip
+        marked = [r[0] for r in await conn.fetch(
+            "SELECT b.account_id FROM balances b JOIN accounts a ON a.id = b.account_id "
+            "WHERE a.kind = 'CREDIT' AND b.credit_line_id IS NOT NULL ORDER BY 1 LIMIT $1", rows
+        )]  # fmt: skip
+        for label, ids in (("other accounts", plain), ("lines' credit accounts", marked)):
+            timed: dict[bool, list[float]] = {True: [], False: []}
+            for r in range(rounds):
+                for enabled in (True, False) if r % 2 else (False, True):
+                    verb = "ENABLE" if enabled else "DISABLE"
+                    await conn.execute(
+                        f"ALTER TABLE balances {verb} TRIGGER balances_risk_note, "
+                        f"{verb} TRIGGER balances_risk_noted"
+                    )
+                    start = time.perf_counter()
+                    for i in range(statements):
+                        await conn.execute(_BATCH_UPDATE, ids, [1 - 2 * (i % 2)] * len(ids))
+                    timed[enabled].append((time.perf_counter() - start) / statements)
+            on, off = statistics.median(timed[True]), statistics.median(timed[False])
+            print(f"balance update of {len(ids)} rows, {label}: {on * 1000:.2f} ms with the "
+                  f"triggers, {off * 1000:.2f} ms without ({on / off:.2f}x)",
+                  flush=True)  # fmt: skip
+    finally:
+        await conn.execute(
+            "ALTER TABLE balances ENABLE TRIGGER balances_risk_note, "
+            "ENABLE TRIGGER balances_risk_noted"
+        )
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -193,6 +240,7 @@ async def main() -> None:
     parser.add_argument("--scan-repeat", type=int, default=1, help="full scans per size")
     parser.add_argument("--naive-sample", type=int, default=2000)
     parser.add_argument("--limits", action="store_true", help="also time refresh_limits")
+    parser.add_argument("--hot-path", action="store_true", help="price the triggers' upkeep")
     args = parser.parse_args()
     url = await create_database()
     ledger = Ledger.connect(settings_for(url, pool_size=4))
@@ -218,6 +266,8 @@ async def main() -> None:
                   f"{total / naive_rate:>18,.0f} {scan_s / median:>6.0f}x "
                   f"{total / naive_rate / median:>7,.0f}x {rebase_s:>9.2f}{limits_s}",
                   flush=True)  # fmt: skip
+        if args.hot_path:
+            await hot_path(url)
     finally:
         await ledger.close()
         await drop_database(url)

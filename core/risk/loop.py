@@ -13,7 +13,8 @@ A tick:
    above the current price. It returns exactly the lines :data:`SCAN_CANDIDATES` (the same
    predicate evaluated over every open line, in SQL ``numeric``) returns; an asset whose
    triggers were computed with other parameters or price decimals is first recomputed
-   set-based (``valueos_risk_rebase``), and read by the scan if it moved again meanwhile;
+   set-based (:func:`core.risk.triggers.rebase`), and read by the scan if it moved again
+   meanwhile;
 4. for each candidate, under the line's row lock, reads it again and decides with
    :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
    performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
@@ -35,6 +36,7 @@ from sqlalchemy import text
 from core.errors import NoRiskParameters, PriceFrozen
 from core.ledger import Ledger
 from core.risk import math as risk
+from core.risk import triggers
 from core.risk.lines import (
     VALUE_SQL,
     LineState,
@@ -86,7 +88,8 @@ WHERE collateral_asset = :asset AND open AND trigger >= :price
 #: the assets a tick evaluates, with whether their lines' triggers are current
 _ASSETS = """
 SELECT ra.asset, ra.price_answer,
-       coalesce(b.params_id = p.id AND b.decimals = ra.price_decimals, false) AS current
+       coalesce(b.complete AND b.params_id = p.id AND b.decimals = ra.price_decimals, false)
+         AS current
 FROM risk_assets ra
 JOIN risk_parameters p ON p.asset = ra.asset AND p.status = 'ACTIVE'
 LEFT JOIN risk_trigger_basis b ON b.asset = ra.asset
@@ -142,8 +145,7 @@ class RiskLoop:
             await conn.execute(text(CLEAR_NOTICES), scope)
             stale = [a for a, _, current in await conn.execute(text(_ASSETS), scope) if not current]
         for code in stale:
-            async with self.engine.begin() as conn:
-                await conn.execute(text("SELECT valueos_risk_rebase(:a)"), {"a": code})
+            await triggers.rebase(self.engine, code)
         ids: list[int] = []
         async with self.engine.connect() as plain:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")

@@ -1,7 +1,7 @@
 """Risk triggers (migration 0020): per credit line the highest price answer at which the line
 needs a decision, kept by the database in the transaction of every change to its balances,
 stop-loss or status, and recomputed set-based per asset when its parameters or price decimals
-change (``valueos_risk_rebase``). The risk loop reads them through an index
+change (:func:`rebase`). The risk loop reads them through an index
 (:data:`core.risk.loop.CANDIDATES`).
 
 :func:`drift` is the check of that maintenance: the lines whose stored row differs from what
@@ -11,7 +11,10 @@ their balances, line and basis give now.
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+#: lines recomputed per transaction by :func:`rebase`
+REBASE_CHUNK = 20_000
 
 _DRIFT = """
 SELECT t.line_id FROM credit_line_triggers t
@@ -44,3 +47,30 @@ ORDER BY 1
 async def drift(conn: AsyncConnection, asset: str | None = None) -> list[int]:
     """Lines (of ``asset``, or all) whose trigger row does not match their state now."""
     return [int(i) for i in (await conn.execute(text(_DRIFT), {"asset": asset})).scalars()]
+
+
+async def rebase(engine: AsyncEngine, asset: str, chunk: int = REBASE_CHUNK) -> bool:
+    """Recompute every line of ``asset`` with its current active parameters and price
+    decimals, ``chunk`` lines per transaction; True if the basis is complete afterwards
+    (False: another rebase started meanwhile and completes it)."""
+    async with engine.begin() as conn:
+        generation = (
+            await conn.execute(text("SELECT valueos_risk_rebase_start(:a)"), {"a": asset})
+        ).scalar_one()
+    after = 0
+    while True:
+        async with engine.begin() as conn:
+            last, lines = (
+                await conn.execute(
+                    text("SELECT * FROM valueos_risk_rebase_chunk(:a, :after, :n)"),
+                    {"a": asset, "after": after, "n": chunk},
+                )
+            ).one()
+        if not lines:
+            break
+        after = int(last)
+    async with engine.begin() as conn:
+        done = await conn.execute(
+            text("SELECT valueos_risk_rebase_finish(:a, :g)"), {"a": asset, "g": generation}
+        )
+        return bool(done.scalar())

@@ -7,6 +7,7 @@ random positions and prices including prices exactly at each line's trigger."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -87,7 +88,9 @@ async def test_every_posting_on_a_line_moves_its_trigger(desk: Desk) -> None:
     await in_step(desk)
     repayments = Repayments(desk.ledger)
     repayment = await repayments.initiate(line.id, usd(100), "CARD", ADMIN)
-    await repayments.settle(repayment.id, f"evt-{line.id}", succeeded=True, actor=ADMIN)
+    await repayments.settle(
+        repayment.id, f"trigger-evt-{uuid.uuid4()}", succeeded=True, actor=ADMIN
+    )
     await in_step(desk)
     await desk.lines.withdraw(line.id, COLL // 2, ADMIN)
     await in_step(desk)
@@ -95,7 +98,7 @@ async def test_every_posting_on_a_line_moves_its_trigger(desk: Desk) -> None:
     assert (await stored(desk, line)).trigger >= 1_000 * 10**8
     await in_step(desk)
     await desk.lines.set_stop_loss(line.id, None, ADMIN)
-    await desk.lines.credit_yield(line.id, usd(30), ADMIN, f"yield-{line.id}")
+    await desk.lines.credit_yield(line.id, usd(30), ADMIN, f"trigger-yield-{uuid.uuid4()}")
     held = await desk.lines.authorize(
         line.id, usd(50), ADMIN, expires_at=datetime.now(UTC) + timedelta(hours=1)
     )
@@ -179,6 +182,18 @@ async def test_racing_postings_on_one_line_leave_its_trigger_current(
     row = await stored(desk, line)
     assert (row.exposure, row.collateral) == (70_000, COLL - 400_000_000)
     await in_step(desk)
+    async with desk.ledger.engine.begin() as conn:  # back to what the entries say
+        await conn.execute(
+            text(
+                "UPDATE balances SET "
+                "pending = pending - CASE WHEN account_id = :a THEN 70000 ELSE 0 END, "
+                "posted = posted + CASE WHEN account_id = :c THEN 400000000 ELSE 0 END "
+                "WHERE account_id IN (:a, :c)"
+            ),
+            {"a": line.credit_account_id, "c": line.collateral_account_id},
+        )
+    await in_step(desk)
+    assert await desk.ledger.reconcile() == []
 
 
 # --------------------------------------------------------------------------------------

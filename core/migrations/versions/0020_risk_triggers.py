@@ -7,9 +7,9 @@ the credit account, collateral = posted of the collateral account, stop-loss, op
 ``trigger`` = ``valueos_risk_trigger(...)``: the line needs a decision at price answer ``P``
 exactly when ``P <= trigger`` (``-Infinity``: never; ``Infinity``: at any price). The margin
 call part depends on the asset's active parameters and price decimals; the ones every line's
-trigger was computed with are the asset's ``risk_trigger_basis`` row, and
-``valueos_risk_rebase(asset)`` recomputes all of the asset's lines set-based when the basis
-moved (a new parameter version, other price decimals).
+trigger was computed with are the asset's ``risk_trigger_basis`` row, and the
+``valueos_risk_rebase_*`` functions recompute all of the asset's lines set-based, in chunks,
+when the basis moved (a new parameter version, other price decimals).
 
 Maintenance, in the transaction of every change:
 
@@ -39,9 +39,11 @@ UPGRADE = """
 ALTER TABLE balances ADD COLUMN credit_line_id bigint;
 
 CREATE TABLE risk_trigger_basis (
-    asset      text PRIMARY KEY REFERENCES assets (code),
-    params_id  bigint REFERENCES risk_parameters (id),
-    decimals   smallint
+    asset       text PRIMARY KEY REFERENCES assets (code),
+    params_id   bigint REFERENCES risk_parameters (id),
+    decimals    smallint,
+    generation  bigint NOT NULL,
+    complete    boolean NOT NULL
 );
 
 CREATE TABLE credit_line_triggers (
@@ -99,23 +101,38 @@ BEGIN
     WHERE t.line_id = l.id AND l.id = ANY(ids);
 END $$;
 
--- Every line of ``asset_code`` recomputed from its stored inputs against the asset's current
--- active parameters and price decimals, which become its basis; returns the lines.
-CREATE FUNCTION valueos_risk_rebase(asset_code text) RETURNS bigint
+-- Rebasing an asset: ``_start`` makes its current active parameters and price decimals the
+-- basis (a new generation, not complete); ``_chunk`` recomputes the next ``n`` of its lines
+-- after ``after`` from their stored inputs with the basis as it is then (their rows locked in
+-- line order, in a short transaction of its own: card spends wait for a chunk, not for the
+-- asset); ``_finish`` marks the basis complete if no other start came since. Every other
+-- computation uses the basis row as it is, so once complete every line is computed with it.
+CREATE FUNCTION valueos_risk_rebase_start(asset_code text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    n bigint;
+    g bigint;
 BEGIN
-    INSERT INTO risk_trigger_basis (asset) VALUES (asset_code) ON CONFLICT DO NOTHING;
-    PERFORM 1 FROM risk_trigger_basis WHERE asset = asset_code FOR UPDATE;
-    UPDATE risk_trigger_basis b SET params_id = x.params_id, decimals = x.decimals
-    FROM (SELECT (SELECT p.id FROM risk_parameters p
-                  WHERE p.asset = asset_code AND p.status = 'ACTIVE') AS params_id,
-                 (SELECT ra.price_decimals FROM risk_assets ra
-                  WHERE ra.asset = asset_code) AS decimals) x
-    WHERE b.asset = asset_code;
-    PERFORM 1 FROM credit_line_triggers WHERE collateral_asset = asset_code
-        ORDER BY line_id FOR UPDATE;
+    INSERT INTO risk_trigger_basis AS b (asset, params_id, decimals, generation, complete)
+    SELECT asset_code,
+           (SELECT p.id FROM risk_parameters p
+            WHERE p.asset = asset_code AND p.status = 'ACTIVE'),
+           (SELECT ra.price_decimals FROM risk_assets ra WHERE ra.asset = asset_code), 1, false
+    ON CONFLICT (asset) DO UPDATE SET params_id = excluded.params_id,
+        decimals = excluded.decimals, generation = b.generation + 1, complete = false
+    RETURNING generation INTO g;
+    RETURN g;
+END $$;
+
+CREATE FUNCTION valueos_risk_rebase_chunk(asset_code text, after bigint, n integer,
+                                          OUT last_id bigint, OUT lines integer)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT array_agg(x.line_id ORDER BY x.line_id) INTO ids FROM (
+        SELECT line_id FROM credit_line_triggers
+        WHERE collateral_asset = asset_code AND line_id > after
+        ORDER BY line_id LIMIT n FOR UPDATE) x;
     UPDATE credit_line_triggers t
     SET trigger = valueos_risk_trigger(t.exposure, t.collateral, t.stop_loss_answer,
                                        p.margin_call_bps, da.scale, ca.scale, b.decimals)
@@ -124,10 +141,16 @@ BEGIN
     JOIN assets da ON da.code = l.debt_asset
     JOIN risk_trigger_basis b ON b.asset = l.collateral_asset
     LEFT JOIN risk_parameters p ON p.id = b.params_id
-    WHERE t.line_id = l.id AND t.collateral_asset = asset_code;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    WHERE t.line_id = ANY(ids) AND l.id = t.line_id;
+    last_id := ids[cardinality(ids)];
+    lines := coalesce(cardinality(ids), 0);
 END $$;
+
+CREATE FUNCTION valueos_risk_rebase_finish(asset_code text, g bigint) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    UPDATE risk_trigger_basis SET complete = true
+    WHERE asset = asset_code AND generation = g RETURNING true
+$$;
 
 CREATE FUNCTION valueos_risk_note() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -210,7 +233,9 @@ DROP TRIGGER credit_lines_risk_added ON credit_lines;
 DROP TRIGGER balances_risk_noted ON balances;
 DROP TRIGGER balances_risk_note ON balances;
 DROP FUNCTION valueos_risk_line_changed(), valueos_risk_lines_added(), valueos_risk_noted(),
-    valueos_risk_note(), valueos_risk_rebase(text), valueos_risk_recompute(bigint[]),
+    valueos_risk_note(), valueos_risk_rebase_start(text),
+    valueos_risk_rebase_chunk(text, bigint, integer), valueos_risk_rebase_finish(text, bigint),
+    valueos_risk_recompute(bigint[]),
     valueos_risk_trigger(bigint, bigint, numeric, integer, integer, integer, integer);
 DROP INDEX credit_lines_notified;
 DROP TABLE credit_line_triggers, risk_trigger_basis;
