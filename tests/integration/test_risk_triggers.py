@@ -7,6 +7,7 @@ random positions and prices including prices exactly at each line's trigger."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -23,6 +24,7 @@ from core.risk.lines import Line
 from core.risk.loop import CANDIDATES, SCAN_CANDIDATES
 from core.risk.repayments import Repayments
 from core.risk.triggers import drift
+from core.types import AccountKind, OperationType, SystemAccount
 from tests.conftest import settings_for
 from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
 from tests.support import create_database, drop_database, raw_connect, wait_until_blocked
@@ -194,6 +196,66 @@ async def test_racing_postings_on_one_line_leave_its_trigger_current(
         )
     await in_step(desk)
     assert await desk.ledger.reconcile() == []
+
+
+async def test_concurrent_postings_across_lines_keep_every_trigger_current(
+    desk: Desk, database_url: str
+) -> None:
+    """Card spends (hold, capture or void) and collateral moves on a few lines from two
+    ledgers at once (two batchers: batches of several lines' accounts commit concurrently,
+    their trigger rows locked in line order); afterwards no row drifts and the books
+    reconcile."""
+    second = Ledger.connect(settings_for(database_url, pool_size=4))
+    try:
+        lines = [await desk.line(4 * COLL) for _ in range(4)]
+        settlement = await desk.ledger.accounts.system_account(
+            desk.debt, SystemAccount.CARD_SETTLEMENT, actor=ADMIN
+        )
+        wallets = {
+            line.id: (await desk.ledger.accounts.ensure_wallet(
+                line.owner_id, desk.coll, actor=ADMIN))[AccountKind.AVAILABLE]
+            for line in lines
+        }  # fmt: skip
+        issuance = await desk.ledger.accounts.system_account(
+            desk.coll, SystemAccount.ISSUANCE, actor=ADMIN
+        )
+        for line in lines:
+            await desk.ledger.transfer(
+                source=issuance, destination=wallets[line.id], asset=desk.coll,
+                amount=4 * COLL, type_=OperationType.MINT,
+            )  # fmt: skip
+        rng = random.Random(15)
+
+        async def step(ledger: Ledger, line: Line, kind: int) -> None:
+            if kind == 0:
+                hold = await ledger.hold(
+                    source=line.credit_account_id, destination=settlement, asset=desk.debt,
+                    amount=rng.randint(1, 500), ttl=timedelta(hours=1),
+                )  # fmt: skip
+                if rng.random() < 0.7:
+                    await ledger.capture(hold.hold_id)
+                else:
+                    await ledger.void(hold.hold_id)
+            else:
+                source, destination = line.collateral_account_id, wallets[line.id]
+                if kind == 1:
+                    source, destination = destination, source
+                await ledger.transfer(
+                    source=source, destination=destination, asset=desk.coll,
+                    amount=rng.randint(1, COLL // 100),
+                )  # fmt: skip
+
+        async def worker(ledger: Ledger, n: int) -> None:
+            for _ in range(n):
+                await step(ledger, rng.choice(lines), rng.randrange(3))
+
+        await asyncio.gather(
+            *(worker(ledger, 25) for ledger in (desk.ledger, second) for _ in range(8))
+        )
+        await in_step(desk)
+        assert await desk.ledger.reconcile() == []
+    finally:
+        await second.close()
 
 
 # --------------------------------------------------------------------------------------
