@@ -1,15 +1,33 @@
-"""Risk loop throughput on the real database: positions evaluated per second per tick, the
-set-based pass (``core.risk.loop.RiskLoop.evaluate``: one statement over every open line) next
-to a naive loop reading and deciding one position at a time (``core.risk.lines.read_state`` +
-``core.risk.math.decide``), measured in the same run on the same rows.
+"""Risk loop throughput on the real database: positions evaluated per second per tick.
 
-    python -m bench.risk [--sizes 10000,100000] [--naive-sample 2000] [--repeat 3]
+    python -m bench.risk [--sizes 10000,100000,1000000] [--repeat 5] [--naive-sample 2000]
+                         [--scan-repeat 1] [--limits] [--hot-path]
 
-Setup (not measured) writes the positions' rows directly with ``generate_series`` into a
-throwaway database: users, the four accounts of each line, their balance rows (debt drawn
-uniformly from $200 to $1,400 against 1 wETH at $2,000, so about 8% sit over the 65% margin
-call) and the lines. The naive loop is timed on ``--naive-sample`` positions and its rate
-extrapolated (reading a million positions one by one would take minutes).
+Three ways over the same rows, measured in the same run:
+
+* **indexed** (``core.risk.loop.RiskLoop.evaluate``, what a tick runs): the margin calls to
+  clear, then per asset one range read of the triggers index (``trigger >= price``);
+* **full scan** (``core.risk.loop.SCAN_CANDIDATES``): the same predicate evaluated in one
+  statement over every open line joined with its two balance rows (the previous pass);
+  the bench checks both return the same lines;
+* **naive**: a loop reading and deciding one position at a time (``read_state`` + ``decide``),
+  timed on ``--naive-sample`` positions and its rate extrapolated.
+
+Also printed: the setup time, the set-based recompute of every line's trigger
+(``core.risk.triggers.rebase``: what activating a new parameter version costs the next tick) and,
+with ``--limits``, the set-based refresh of every line's limit and floor
+(``core.risk.lines.refresh_limits``: what a price move costs the tick before it evaluates).
+``--hot-path`` then prices the triggers' upkeep on the ledger's write: the balance update a
+posting batch runs (``SET posted, pending, ...`` over 2,000 rows from ``unnest``), on other
+accounts and on lines' credit accounts, with the two ``balances`` triggers enabled and
+disabled, alternating, in the same run.
+
+Setup writes the positions' rows set-based with ``generate_series`` into a throwaway database,
+on the production tables (logged, with their triggers: inserting the lines computes their
+triggers): users, the four accounts of each line with precomputed ids, their balance rows
+(debt drawn uniformly from $200 to $1,400 against 1 wETH at $2,000, so about 8% sit over the
+65% margin call) and the lines; the secondary indexes and foreign keys of those tables are
+dropped for the load and built again after it, then the tables are vacuumed and analyzed.
 """
 
 from __future__ import annotations
@@ -18,63 +36,135 @@ import argparse
 import asyncio
 import statistics
 import time
+from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.ledger import Ledger
-from core.risk.lines import read_state
+from core.risk import triggers
+from core.risk.lines import read_state, refresh_limits
+from core.risk.loop import SCAN_CANDIDATES, RiskLoop
 from core.risk.math import decide
 from tests.conftest import settings_for
 from tests.integration.risk_support import make_desk
-from tests.support import create_database, drop_database
+from tests.support import create_database, drop_database, raw_connect
 
-SETUP = [
-    "CREATE TEMP TABLE bench_users AS SELECT g AS n, gen_random_uuid() AS id, "
-    "(20000 + (random() * 120000)::bigint) AS debt FROM generate_series(1, :n) g",
-    "INSERT INTO users (id) SELECT id FROM bench_users",
-    "INSERT INTO accounts (asset, kind, owner_id) SELECT :debt, 'CREDIT', id FROM bench_users",
-    "INSERT INTO accounts (asset, kind, owner_id) SELECT :coll, 'COLLATERAL', id FROM bench_users",
-    "INSERT INTO accounts (asset, kind, owner_id, metadata) SELECT :debt, 'VAULT', id, "
-    '\'{"purpose": "cushion"}\' FROM bench_users',
-    "INSERT INTO accounts (asset, kind, owner_id) SELECT :debt, 'AVAILABLE', id FROM bench_users",
-    "INSERT INTO balances (account_id, posted, floor) SELECT a.id, CASE a.kind "
-    "WHEN 'CREDIT' THEN -u.debt WHEN 'COLLATERAL' THEN 1000000000 ELSE 0 END, "
-    "CASE a.kind WHEN 'CREDIT' THEN NULL ELSE 0 END "
-    "FROM accounts a JOIN bench_users u ON u.id = a.owner_id",
-    "INSERT INTO credit_lines (owner_id, debt_asset, collateral_asset, credit_account_id, "
+TABLES = ("users", "accounts", "balances", "credit_lines", "credit_line_triggers")
+
+#: ``:a0`` the first account id, ``:l0`` the line id before the first
+LOAD = [
+    "SELECT setseed(0.15)",
+    "CREATE TEMP TABLE bench_users AS SELECT g, ('00000000-0000-4000-8000-' || "
+    "lpad(to_hex(:l0 + g), 12, '0'))::uuid AS id, (20000 + (random() * 120000)::bigint) AS debt "
+    "FROM generate_series(1, :n) g",
+    "INSERT INTO users (id) SELECT id FROM bench_users ORDER BY g",
+    "INSERT INTO accounts (id, asset, kind, owner_id, metadata) OVERRIDING SYSTEM VALUE "
+    "SELECT :a0 + 4 * (u.g - 1) + k, CASE WHEN k = 1 THEN :coll ELSE :debt END, "
+    "(ARRAY['CREDIT', 'COLLATERAL', 'VAULT', 'AVAILABLE'])[k + 1], u.id, "
+    "CASE WHEN k = 2 THEN '{\"purpose\": \"cushion\"}'::jsonb ELSE '{}'::jsonb END "
+    "FROM bench_users u CROSS JOIN generate_series(0, 3) k ORDER BY u.g, k",
+    "SELECT setval(pg_get_serial_sequence('accounts', 'id'), (SELECT max(id) FROM accounts))",
+    "INSERT INTO balances (account_id, posted, floor, credit_line_id) "
+    "SELECT :a0 + 4 * (u.g - 1) + k, CASE k WHEN 0 THEN -u.debt WHEN 1 THEN 1000000000 "
+    "ELSE 0 END, CASE WHEN k = 0 THEN NULL ELSE 0 END, CASE WHEN k < 2 THEN :l0 + u.g END "
+    "FROM bench_users u CROSS JOIN generate_series(0, 3) k ORDER BY u.g, k",
+    "INSERT INTO credit_lines (id, owner_id, debt_asset, collateral_asset, credit_account_id, "
     "collateral_account_id, cushion_account_id, available_account_id, credit_limit) "
-    "SELECT u.id, :debt, :coll, cr.id, co.id, cu.id, av.id, 100000 FROM bench_users u "
-    "JOIN accounts cr ON cr.owner_id = u.id AND cr.kind = 'CREDIT' "
-    "JOIN accounts co ON co.owner_id = u.id AND co.kind = 'COLLATERAL' "
-    "JOIN accounts cu ON cu.owner_id = u.id AND cu.kind = 'VAULT' "
-    "JOIN accounts av ON av.owner_id = u.id AND av.kind = 'AVAILABLE'",
+    "OVERRIDING SYSTEM VALUE SELECT :l0 + u.g, u.id, :debt, :coll, :a0 + 4 * (u.g - 1), "
+    ":a0 + 4 * (u.g - 1) + 1, :a0 + 4 * (u.g - 1) + 2, :a0 + 4 * (u.g - 1) + 3, 100000 "
+    "FROM bench_users u ORDER BY u.g",
+    "SELECT setval(pg_get_serial_sequence('credit_lines', 'id'), "
+    "(SELECT max(id) FROM credit_lines))",
     "DROP TABLE bench_users",
 ]
 
 
-async def populate(ledger: Ledger, n: int) -> str:
+async def _scalar(conn: AsyncConnection, sql: str, **args: Any) -> Any:
+    return (await conn.execute(text(sql), args)).scalar()
+
+
+async def populate(ledger: Ledger, n: int) -> tuple[str, float]:
+    """A desk and ``n`` lines on it; returns its collateral asset and the setup seconds."""
+    start = time.perf_counter()
     desk = await make_desk(ledger)
+    await RiskLoop(ledger).evaluate(desk.coll)  # the asset's trigger basis, before its lines
     async with ledger.engine.begin() as conn:
-        for statement in SETUP:
-            await conn.execute(text(statement), {"n": n, "debt": desk.debt, "coll": desk.coll})
+        indexes = (
+            await conn.execute(
+                text(
+                    "SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) "
+                    "FROM pg_index i WHERE i.indrelid = ANY(CAST(:t AS regclass[])) AND NOT "
+                    "EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"
+                ),
+                {"t": list(TABLES)},
+            )
+        ).all()
+        foreign = (
+            await conn.execute(
+                text(
+                    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                    "FROM pg_constraint WHERE contype = 'f' "
+                    "AND conrelid = ANY(CAST(:t AS regclass[]))"
+                ),
+                {"t": list(TABLES)},
+            )
+        ).all()
+        for table, name, _ in foreign:
+            await conn.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
+        for name, _ in indexes:
+            await conn.execute(text(f"DROP INDEX {name}"))
+        a0 = await _scalar(conn, "SELECT coalesce(max(id), 0) + 1 FROM accounts")
+        l0 = await _scalar(conn, "SELECT coalesce(max(id), 0) FROM credit_lines")
+        for statement in LOAD:
+            await conn.execute(
+                text(statement),
+                {"n": n, "debt": desk.debt, "coll": desk.coll, "a0": a0, "l0": l0},
+            )
+        for _, definition in indexes:
+            await conn.execute(text(definition))
+        for table, name, definition in foreign:
+            await conn.execute(text(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}'))
     async with ledger.engine.connect() as conn:
         await conn.execute(text("COMMIT"))
-        await conn.execute(text("VACUUM ANALYZE balances, credit_lines, accounts"))
-    return desk.coll
+        await conn.execute(text(f"VACUUM ANALYZE {', '.join(TABLES)}"))
+    return desk.coll, time.perf_counter() - start
 
 
-async def set_based(ledger: Ledger, asset: str, repeat: int) -> tuple[float, int, int]:
-    from core.risk.loop import RiskLoop  # noqa: PLC0415
-
+async def indexed(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float], int, list[int]]:
     loop = RiskLoop(ledger)
     times = []
-    total = candidates = 0
+    total, ids = 0, []
     for _ in range(repeat):
         start = time.perf_counter()
         total, ids = await loop.evaluate(asset)
         times.append(time.perf_counter() - start)
-        candidates = len(ids)
-    return statistics.median(times), total, candidates
+    return times, total, ids
+
+
+async def full_scan(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float], list[int]]:
+    times = []
+    ids: list[int] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        async with ledger.engine.connect() as conn:
+            ids = [int(i) for i in (await conn.execute(text(SCAN_CANDIDATES), {"asset": asset}))
+                   .scalars()]  # fmt: skip
+        times.append(time.perf_counter() - start)
+    return times, ids
+
+
+async def rebase(ledger: Ledger, asset: str) -> float:
+    start = time.perf_counter()
+    await triggers.rebase(ledger.engine, asset)
+    return time.perf_counter() - start
+
+
+async def limits(ledger: Ledger, asset: str) -> float:
+    start = time.perf_counter()
+    async with ledger.engine.begin() as conn:
+        await refresh_limits(conn, asset=asset)
+    return time.perf_counter() - start
 
 
 async def naive(ledger: Ledger, asset: str, sample: int) -> tuple[float, int, int]:
@@ -100,27 +190,84 @@ async def naive(ledger: Ledger, asset: str, sample: int) -> tuple[float, int, in
     return elapsed, len(ids), acting
 
 
+_BATCH_UPDATE = (
+    "UPDATE balances b SET posted = b.posted + u.delta, pending = b.pending, "
+    "last_seq = b.last_seq, updated_at = clock_timestamp() "
+    "FROM unnest($1::bigint[], $2::bigint[]) AS u(id, delta) WHERE b.account_id = u.id"
+)
+
+
+async def hot_path(url: str, rounds: int = 5, statements: int = 20, rows: int = 2000) -> None:
+    conn = await raw_connect(url)
+    try:
+        plain = [r[0] for r in await conn.fetch(
+            "SELECT b.account_id FROM balances b JOIN accounts a ON a.id = b.account_id "
+            "WHERE a.kind = 'AVAILABLE' AND b.credit_line_id IS NULL ORDER BY 1 LIMIT $1", rows
+        )]  # fmt: skip
+        marked = [r[0] for r in await conn.fetch(
+            "SELECT b.account_id FROM balances b JOIN accounts a ON a.id = b.account_id "
+            "WHERE a.kind = 'CREDIT' AND b.credit_line_id IS NOT NULL ORDER BY 1 LIMIT $1", rows
+        )]  # fmt: skip
+        for label, ids in (("other accounts", plain), ("lines' credit accounts", marked)):
+            timed: dict[bool, list[float]] = {True: [], False: []}
+            for r in range(rounds):
+                for enabled in (True, False) if r % 2 else (False, True):
+                    verb = "ENABLE" if enabled else "DISABLE"
+                    await conn.execute(
+                        f"ALTER TABLE balances {verb} TRIGGER balances_risk_note, "
+                        f"{verb} TRIGGER balances_risk_noted"
+                    )
+                    start = time.perf_counter()
+                    for i in range(statements):
+                        await conn.execute(_BATCH_UPDATE, ids, [1 - 2 * (i % 2)] * len(ids))
+                    timed[enabled].append((time.perf_counter() - start) / statements)
+            on, off = statistics.median(timed[True]), statistics.median(timed[False])
+            print(f"balance update of {len(ids)} rows, {label}: {on * 1000:.2f} ms with the "
+                  f"triggers, {off * 1000:.2f} ms without ({on / off:.2f}x)",
+                  flush=True)  # fmt: skip
+    finally:
+        await conn.execute(
+            "ALTER TABLE balances ENABLE TRIGGER balances_risk_note, "
+            "ENABLE TRIGGER balances_risk_noted"
+        )
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--repeat", type=int, default=5, help="indexed ticks per size")
+    parser.add_argument("--scan-repeat", type=int, default=1, help="full scans per size")
     parser.add_argument("--naive-sample", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--limits", action="store_true", help="also time refresh_limits")
+    parser.add_argument("--hot-path", action="store_true", help="price the triggers' upkeep")
     args = parser.parse_args()
     url = await create_database()
     ledger = Ledger.connect(settings_for(url, pool_size=4))
     try:
-        print(f"{'positions':>10} {'set-based s/tick':>17} {'positions/s':>13} "
-              f"{'naive positions/s':>18} {'naive s/tick (extrap.)':>23} {'speed-up':>9} "
-              f"{'over margin':>12}")  # fmt: skip
+        print(f"{'positions':>10} {'setup s':>8} {'tick s min':>11} {'tick s med':>11} "
+              f"{'positions/s':>13} {'candidates':>11} {'scan s':>8} {'naive pos/s':>12} "
+              f"{'naive s (extrap.)':>18} {'x scan':>7} {'x naive':>8} {'rebase s':>9}"
+              f"{' limits s' if args.limits else ''}",
+              flush=True)  # fmt: skip
         for n in (int(s) for s in args.sizes.split(",")):
-            asset = await populate(ledger, n)
-            seconds, total, candidates = await set_based(ledger, asset, args.repeat)
+            asset, setup_s = await populate(ledger, n)
+            times, total, ids = await indexed(ledger, asset, args.repeat)
+            scan_times, scan_ids = await full_scan(ledger, asset, args.scan_repeat)
+            if scan_ids != ids:
+                raise SystemExit(f"the indexed pass and the scan disagree at {n} positions")
             naive_s, sampled, _ = await naive(ledger, asset, min(args.naive_sample, n))
+            rebase_s = await rebase(ledger, asset)
+            limits_s = f" {await limits(ledger, asset):>8.2f}" if args.limits else ""
+            median, scan_s = statistics.median(times), statistics.median(scan_times)
             naive_rate = sampled / naive_s
-            rate = total / seconds
-            print(f"{total:>10} {seconds:>17.3f} {rate:>13,.0f} {naive_rate:>18,.0f} "
-                  f"{total / naive_rate:>23.1f} {rate / naive_rate:>8.0f}x {candidates:>12}",
+            print(f"{total:>10} {setup_s:>8.1f} {min(times):>11.3f} {median:>11.3f} "
+                  f"{total / median:>13,.0f} {len(ids):>11} {scan_s:>8.2f} {naive_rate:>12,.0f} "
+                  f"{total / naive_rate:>18,.0f} {scan_s / median:>6.0f}x "
+                  f"{total / naive_rate / median:>7,.0f}x {rebase_s:>9.2f}{limits_s}",
                   flush=True)  # fmt: skip
+        if args.hot_path:
+            await hot_path(url)
     finally:
         await ledger.close()
         await drop_database(url)

@@ -5,9 +5,16 @@ A tick:
 
 1. freezes assets whose price is older than their heartbeat (:func:`core.risk.prices.freeze_stale`);
 2. refreshes limits and floors of every line whose asset's price or freeze changed;
-3. :data:`CANDIDATES`: one statement over all open lines (collateral value, exposure, thresholds
-   in SQL ``numeric``, exact) returns the lines over margin call, at their stop-loss, or with a
-   margin call out, skipping frozen assets; and clears the margin call of lines back under it;
+3. :meth:`RiskLoop.evaluate` clears the margin call of lines back under it
+   (:data:`CLEAR_NOTICES`, over the lines with one out) and returns the lines over margin call
+   or at their stop-loss, skipping frozen assets: per asset one index range read of
+   :data:`CANDIDATES`, the lines whose trigger (migration 0020: the highest price answer at
+   which the line needs a decision, kept with its balances in the same transaction) is at or
+   above the current price. It returns exactly the lines :data:`SCAN_CANDIDATES` (the same
+   predicate evaluated over every open line, in SQL ``numeric``) returns; an asset whose
+   triggers were computed with other parameters or price decimals is first recomputed
+   set-based (:func:`core.risk.triggers.rebase`), and read by the scan if it moved again
+   meanwhile;
 4. for each candidate, under the line's row lock, reads it again and decides with
    :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
    performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
@@ -31,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.errors import NoRiskParameters, PriceFrozen
 from core.ledger import Ledger
 from core.risk import math as risk
+from core.risk import triggers
 from core.risk.lines import (
     VALUE_SQL,
     LineState,
@@ -64,13 +72,31 @@ WHERE l.status = 'OPEN' AND NOT ra.frozen
 """
 _OVER_MARGIN = f"(cb.pending - cb.posted)::numeric * 10000 > {VALUE_SQL} * p.margin_call_bps"
 
-#: every open position, once: the lines needing a decision this tick
-CANDIDATES = f"""
+#: every open position, once: the lines needing a decision this tick, by a full scan
+SCAN_CANDIDATES = f"""
 SELECT l.id {_FROM} AND (
     (cb.pending - cb.posted > 0 AND {_OVER_MARGIN})
     OR (l.stop_loss_answer IS NOT NULL AND c.posted > 0
         AND ra.price_answer <= l.stop_loss_answer)
 ) ORDER BY l.id
+"""
+
+#: the same lines of one asset whose triggers are current, from the triggers index
+CANDIDATES = """
+SELECT line_id FROM credit_line_triggers
+WHERE collateral_asset = :asset AND open AND trigger >= :price
+"""
+
+#: the assets a tick evaluates, with whether their lines' triggers are current
+_ASSETS = """
+SELECT ra.asset, ra.price_answer,
+       coalesce(b.complete AND b.params_id = p.id AND b.decimals = ra.price_decimals, false)
+         AS current
+FROM risk_assets ra
+JOIN risk_parameters p ON p.asset = ra.asset AND p.status = 'ACTIVE'
+LEFT JOIN risk_trigger_basis b ON b.asset = ra.asset
+WHERE NOT ra.frozen AND (CAST(:asset AS text) IS NULL OR ra.asset = CAST(:asset AS text))
+ORDER BY ra.asset
 """
 
 #: margin calls answered: the line is back at or under its margin-call LTV
@@ -172,17 +198,34 @@ class RiskLoop:
         scope = {"asset": asset}
         async with self.engine.begin() as conn:
             await conn.execute(text(CLEAR_NOTICES), scope)
-            ids = [int(i) for i in (await conn.execute(text(CANDIDATES), scope)).scalars()]
-            total = (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) FROM credit_lines WHERE status = 'OPEN' AND "
-                        "(CAST(:asset AS text) IS NULL OR collateral_asset = CAST(:asset AS text))"
-                    ),
-                    scope,
-                )
-            ).scalar_one()
-        return int(total), ids
+            stale = [a for a, _, current in await conn.execute(text(_ASSETS), scope) if not current]
+        for code in stale:
+            await triggers.rebase(self.engine, code)
+        ids: list[int] = []
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                # one snapshot; the price is a literal to the planner: a range of the index
+                await conn.execute(text("SET TRANSACTION READ ONLY"))
+                await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+                for code, price, current in (await conn.execute(text(_ASSETS), scope)).all():
+                    statement, args = (
+                        (CANDIDATES, {"asset": code, "price": price})
+                        if current
+                        else (SCAN_CANDIDATES, {"asset": code})
+                    )
+                    ids += (await conn.execute(text(statement), args)).scalars()
+                total = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(*) FROM credit_lines WHERE status = 'OPEN' AND "
+                            "(CAST(:asset AS text) IS NULL OR "
+                            "collateral_asset = CAST(:asset AS text))"
+                        ),
+                        scope,
+                    )
+                ).scalar_one()
+        return int(total), sorted(int(i) for i in ids)
 
     async def refresh_moved_prices(self) -> None:
         async with self.engine.begin() as conn:

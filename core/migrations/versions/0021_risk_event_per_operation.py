@@ -4,14 +4,14 @@ The loop writes an action's operation and its event row in one transaction; this
 the database refuse a second event naming the same operation.
 
 Revision ID: 0021_risk_event_per_operation
-Revises: 0019_offline_revoke_sweep
+Revises: 0020_risk_triggers
 Create Date: 2026-12-07
 """
 
 from core.migrations.sql import run_script
 
 revision = "0021_risk_event_per_operation"
-down_revision = "0019_offline_revoke_sweep"
+down_revision = "0020_risk_triggers"
 branch_labels = None
 depends_on = None
 
