@@ -94,8 +94,12 @@ class Ledger:
     async def post_within(self, conn: AsyncConnection, command: PostOperation) -> OperationResult:
         """Post inside the caller's open transaction: the operation commits with the caller's
         other writes or not at all (not group-committed)."""
-        results = await self.store.execute_within(conn, [command])
-        return _expect(results[0], OperationResult)
+        return _expect(await self.submit_within(conn, command), OperationResult)
+
+    async def submit_within(self, conn: AsyncConnection, command: Command) -> Result | LedgerError:
+        """:meth:`post_within` answering a refusal instead of raising it: a caller that commits
+        after a refusal keeps its record (the failed operation under its idempotency key)."""
+        return (await self.store.execute_within(conn, [command]))[0]
 
     # -- conveniences ---------------------------------------------------------------------
     async def transfer(

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from core import audit
 from core.errors import (
     CreditLineExists,
+    LedgerError,
     LtvBreach,
     NoRiskParameters,
     PriceFrozen,
@@ -354,7 +355,9 @@ class CreditLines:
         self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None
     ) -> OperationResult:
         """Collateral back to the owner's AVAILABLE account, only if the position stays at or
-        under its initial LTV afterwards (and the price is trusted)."""
+        under its initial LTV afterwards (and the price is trusted). The withdrawal and the
+        lower limit it leaves commit together; a refused withdrawal commits only its refusal
+        (remembered under ``idempotency_key``)."""
         async with locked_line(self.engine, line_id) as conn:
             # hold the credit account's balance row: no spend slips between check and post
             await conn.execute(
@@ -379,7 +382,8 @@ class CreditLines:
             wallet = await self.ledger.accounts.ensure_wallet(
                 state.line.owner_id, state.line.collateral_asset, actor=actor
             )
-            result = await self.ledger.post(
+            outcome = await self.ledger.submit_within(
+                conn,
                 PostOperation(
                     OperationType.COLLATERAL_WITHDRAW,
                     transfer_legs(
@@ -387,10 +391,14 @@ class CreditLines:
                         state.line.collateral_asset, amount,
                     ),
                     actor, idempotency_key, {"credit_line": line_id},
-                )
+                ),
             )  # fmt: skip
-            await refresh_limits(conn, line_ids=[line_id])
-            return result
+            if isinstance(outcome, OperationResult):
+                await refresh_limits(conn, line_ids=[line_id])
+                return outcome
+        if isinstance(outcome, LedgerError):
+            raise outcome
+        raise TypeError(f"a withdrawal answered {type(outcome).__name__}")  # pragma: no cover
 
     # -- card spends ----------------------------------------------------------------------
     async def authorize(

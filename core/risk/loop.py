@@ -4,8 +4,7 @@ at most once per position, on the few the statement returns.
 A tick:
 
 1. freezes assets whose price is older than their heartbeat (:func:`core.risk.prices.freeze_stale`);
-2. refreshes limits and floors of every line whose asset's price or freeze changed;
-3. :meth:`RiskLoop.evaluate` clears the margin call of lines back under it
+2. :meth:`RiskLoop.evaluate` clears the margin call of lines back under it
    (:data:`CLEAR_NOTICES`, over the lines with one out) and returns the lines over margin call
    or at their stop-loss, skipping frozen assets: per asset one index range read of
    :data:`CANDIDATES`, the lines whose trigger (migration 0020: the highest price answer at
@@ -15,11 +14,15 @@ A tick:
    triggers were computed with other parameters or price decimals is first recomputed
    set-based (:func:`core.risk.triggers.rebase`), and read by the scan if it moved again
    meanwhile;
-4. for each candidate, under the line's row lock, reads it again and decides with
+3. for each candidate, under the line's row lock, reads it again and decides with
    :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
    performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
    ``risk_events`` row (UNIQUE per line and tick), both in the transaction holding the row
-   lock; sales count against the tick's :class:`LiquidationCaps`.
+   lock; sales count against the tick's :class:`LiquidationCaps`;
+4. refreshes limits and floors of every open line whose asset's price or freeze changed
+   (:meth:`RiskLoop.refresh_moved_prices`), in chunks of :data:`REFRESH_CHUNK` lines, one
+   transaction each. The decisions come first: they do not read limits, and at a million
+   lines the refresh takes tens of seconds (``python -m bench.risk --limits``).
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ WHERE l.status = 'OPEN' AND NOT ra.frozen
   AND (CAST(:asset AS text) IS NULL OR l.collateral_asset = CAST(:asset AS text))
 """
 _OVER_MARGIN = f"(cb.pending - cb.posted)::numeric * 10000 > {VALUE_SQL} * p.margin_call_bps"
+
+#: lines whose limits one transaction of :meth:`RiskLoop.refresh_moved_prices` recomputes (a card
+#: spend on one of them waits for at most one chunk)
+REFRESH_CHUNK = 20_000
 
 #: every open position, once: the lines needing a decision this tick, by a full scan
 SCAN_CANDIDATES = f"""
@@ -227,18 +234,41 @@ class RiskLoop:
                 ).scalar_one()
         return int(total), sorted(int(i) for i in ids)
 
-    async def refresh_moved_prices(self) -> None:
-        async with self.engine.begin() as conn:
+    async def refresh_moved_prices(self, chunk: int | None = None) -> None:
+        """Limits and floors of every open line of each asset whose price or freeze changed
+        since its last refresh, ``chunk`` lines (by id) per transaction; the asset is marked
+        refreshed for the price it started from (a price that moves meanwhile is refreshed
+        by the next call). Idempotent: two workers refreshing at once only repeat work."""
+        size = REFRESH_CHUNK if chunk is None else chunk
+        async with self.engine.connect() as conn:
             moved = (
                 await conn.execute(
                     text(
                         "SELECT asset, updated_at FROM risk_assets "
-                        "WHERE limits_at IS DISTINCT FROM updated_at FOR UPDATE"
+                        "WHERE limits_at IS DISTINCT FROM updated_at ORDER BY asset"
                     )
                 )
             ).all()
-            for asset, updated_at in moved:
-                await refresh_limits(conn, asset=asset)
+        for asset, updated_at in moved:
+            after = 0
+            while True:
+                async with self.engine.begin() as conn:
+                    ids = list(
+                        (
+                            await conn.execute(
+                                text(
+                                    "SELECT id FROM credit_lines WHERE collateral_asset = :a "
+                                    "AND status = 'OPEN' AND id > :after ORDER BY id LIMIT :n"
+                                ),
+                                {"a": asset, "after": after, "n": size},
+                            )
+                        ).scalars()
+                    )
+                    if not ids:
+                        break
+                    await refresh_limits(conn, line_ids=ids)
+                after = ids[-1]
+            async with self.engine.begin() as conn:
                 await conn.execute(
                     text("UPDATE risk_assets SET limits_at = :u WHERE asset = :a"),
                     {"u": updated_at, "a": asset},
@@ -255,7 +285,6 @@ class RiskLoop:
             )
         report = TickReport(tick)
         report.frozen = await freeze_stale(self.engine, self.actor)
-        await self.refresh_moved_prices()
         report.evaluated, ids = await self.evaluate(asset)
         report.candidates = len(ids)
         budget = CapBudget(self.caps)
@@ -264,6 +293,7 @@ class RiskLoop:
             if kind is not risk.ActionKind.NONE:
                 report.actions[kind] = report.actions.get(kind, 0) + 1
         report.deferred = budget.deferred
+        await self.refresh_moved_prices()
         return report
 
     async def _post_action(

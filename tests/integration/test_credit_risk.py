@@ -14,7 +14,7 @@ from core.errors import InsufficientFunds, LtvBreach
 from core.ledger import Ledger
 from core.risk.math import ActionKind
 from core.risk.prices import Verdict
-from core.types import EntrySpec, OperationType, PostOperation, Side, SystemAccount
+from core.types import AccountKind, EntrySpec, OperationType, PostOperation, Side, SystemAccount
 from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
 
 pytestmark = pytest.mark.integration
@@ -233,4 +233,70 @@ async def test_a_repayment_posted_before_a_crash_is_adopted_not_posted_again(des
         ).scalar_one()
     assert posted == 1
     assert await desk.balance(line.credit_account_id) == -usd(100)
+    await conserved(desk)
+
+
+async def test_limits_follow_the_price_in_chunks(desk: Desk) -> None:
+    """A price move is refreshed a chunk of lines per transaction: every line, across chunk
+    boundaries, ends with the limit and floor its collateral gives at the new price; the
+    asset is marked refreshed only after its last chunk."""
+    lines = [await desk.line(COLL * (i + 1), spend=usd(100)) for i in range(5)]
+    before = [(await desk.lines.get(line.id)).line.credit_limit for line in lines]
+    await desk.price(1_000)  # half: every limit halves (50% initial LTV caps the haircut's)
+
+    async def floor(account_id: int) -> int:
+        async with desk.ledger.engine.connect() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        text("SELECT floor FROM balances WHERE account_id = :a"),
+                        {"a": account_id},
+                    )
+                ).scalar_one()
+            )
+
+    async def marked() -> bool:
+        async with desk.ledger.engine.connect() as conn:
+            return bool(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT limits_at IS NOT DISTINCT FROM updated_at FROM risk_assets "
+                            "WHERE asset = :a"
+                        ),
+                        {"a": desk.coll},
+                    )
+                ).scalar_one()
+            )
+
+    assert not await marked()
+    await desk.loop.refresh_moved_prices(chunk=2)
+    assert await marked()
+    for line, old in zip(lines, before, strict=True):
+        state = await desk.lines.get(line.id)
+        assert state.line.credit_limit * 2 in (old, old - 1)  # rounded down at the new price
+        assert await floor(line.credit_account_id) == -state.line.credit_limit
+    await conserved(desk)
+
+
+async def test_a_refused_withdrawal_is_remembered_under_its_key(desk: Desk) -> None:
+    """The withdrawal posts inside the line's transaction; a refusal still commits its record,
+    so a retry under the key answers the same refusal once the line could afford it."""
+    line = await desk.line(COLL)
+    with pytest.raises(InsufficientFunds):
+        await desk.lines.withdraw(line.id, 2 * COLL, ADMIN, "too-much")
+    owner = (await desk.lines.get(line.id)).line.owner_id
+    wallet = await desk.ledger.accounts.ensure_wallet(owner, desk.coll, actor=ADMIN)
+    issuance = await desk.ledger.accounts.system_account(
+        desk.coll, SystemAccount.ISSUANCE, actor=ADMIN
+    )
+    await desk.ledger.transfer(
+        source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=desk.coll,
+        amount=COLL, type_=OperationType.MINT,
+    )  # fmt: skip
+    await desk.lines.deposit(line.id, COLL, ADMIN)  # now 2 COLL are there
+    with pytest.raises(InsufficientFunds):  # the key remembers the refusal
+        await desk.lines.withdraw(line.id, 2 * COLL, ADMIN, "too-much")
+    await desk.lines.withdraw(line.id, 2 * COLL, ADMIN, "enough")
+    assert (await desk.lines.get(line.id)).collateral == 0
     await conserved(desk)

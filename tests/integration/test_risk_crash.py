@@ -23,10 +23,11 @@ import pytest
 from sqlalchemy import text
 
 from core.ledger import Ledger
+from core.risk.lines import refresh_limits
 from core.risk.loop import sign
 from tests.conftest import settings_for
 from tests.integration.risk_driver import POINTS
-from tests.integration.risk_support import COLL, Desk, make_desk, usd
+from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
 from tests.support import create_database, drop_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -186,3 +187,33 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     assert after.debt < usd(1_000) and after.collateral < COLL
     assert set((await desk.totals()).values()) == {0}
     assert await desk.ledger.reconcile() == []
+
+
+async def test_a_withdrawal_and_its_lower_limit_commit_together(
+    fresh: tuple[str, Ledger],
+) -> None:
+    """A process killed right after the ledger answered a collateral withdrawal: either the
+    withdrawal and the lower limit it leaves are both there, or neither is; never the
+    collateral gone with the old limit still open for card spends."""
+    url, ledger = fresh
+    desk = await make_desk(ledger)
+    line = await desk.line(2 * COLL, spend=usd(500))
+    before = await desk.lines.get(line.id)
+    command = [sys.executable, "-m", "tests.integration.withdraw_driver", "--db", url]
+    command += ["--line", str(line.id), "--amount", str(COLL)]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    run = subprocess.run
+    done = await asyncio.to_thread(run, command, env=env, cwd=ROOT, timeout=120, check=False)
+    assert done.returncode == -signal.SIGKILL
+    after = await desk.lines.get(line.id)
+    if after.collateral == before.collateral:  # nothing committed: the retry does it once
+        assert after.line.credit_limit == before.line.credit_limit
+        await desk.lines.withdraw(line.id, COLL, ADMIN, "withdraw-driver")
+        after = await desk.lines.get(line.id)
+    assert after.collateral == before.collateral - COLL
+    assert after.line.credit_limit < before.line.credit_limit
+    async with ledger.engine.begin() as conn:  # what a refresh sets now: already there
+        await refresh_limits(conn, line_ids=[line.id])
+    assert (await desk.lines.get(line.id)).line.credit_limit == after.line.credit_limit
+    assert set((await desk.totals()).values()) == {0}
+    assert await ledger.reconcile() == []
