@@ -4,6 +4,7 @@ writer."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any
 
@@ -24,6 +25,10 @@ from core.offline import Issuer, Offline
 from core.payments import Payments
 from core.request_records import Records
 from core.risk.desk import CreditDesk
+from core.risk.price_signing import PriceSigners
+from core.settings import epoch_settings
+
+log = logging.getLogger(__name__)
 
 
 class Services(Directory):
@@ -38,7 +43,14 @@ class Services(Directory):
         self.offline = Offline(
             self, Issuer(settings.offline_issuer_seed or secrets.token_bytes(32))
         )
-        self.credit_desk = CreditDesk(self)
+        if not settings.price_signers:
+            log.warning(
+                "no price signers configured (VALUEOS_PRICE_SIGNERS): "
+                "POST /api/v1/risk/prices refuses every round"
+            )
+        self.credit_desk = CreditDesk(
+            self, PriceSigners(settings.price_signers, epoch_settings().ledger_id)
+        )
         self.stellar: StellarClient | None = (
             StellarClient(settings.stellar_rpc_url, settings.stellar_passphrase)
             if settings.stellar_rpc_url and settings.stellar_passphrase

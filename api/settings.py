@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from core.risk.price_signing import parse_signers
 from core.settings import DatabaseSettings, database_settings
 
 
@@ -42,6 +44,17 @@ def load_offline_seed(path: Path) -> bytes:
     with os.fdopen(fd, "w") as handle:
         handle.write(seed.hex() + "\n")
     return seed
+
+
+def load_price_signers(env: Mapping[str, str]) -> dict[str, bytes]:
+    """The ops price signers' public keys: ``VALUEOS_PRICE_SIGNERS`` (``name:base64-key,...``)
+    and the file ``VALUEOS_PRICE_SIGNERS_FILE`` names (the same entries, one or more a line,
+    ``#`` comments), merged; a name given twice with different keys is an error."""
+    text = env.get("VALUEOS_PRICE_SIGNERS", "")
+    path = env.get("VALUEOS_PRICE_SIGNERS_FILE")
+    if path:
+        text += "\n" + Path(path).read_text()
+    return parse_signers(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,9 @@ class ApiSettings:
     #: bridge-out's destination is checked against; unset: Stellar bridge-outs are refused
     stellar_rpc_url: str | None = None
     stellar_passphrase: str | None = None
+    #: ``VALUEOS_PRICE_SIGNERS`` / ``VALUEOS_PRICE_SIGNERS_FILE``: name -> Ed25519 public key
+    #: of each ops price signer; empty: ``POST /risk/prices`` refuses every round (503)
+    price_signers: Mapping[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -102,6 +118,7 @@ class ApiSettings:
             eth_rpc_url=os.environ.get("ETH_RPC_URL") or None,
             stellar_rpc_url=os.environ.get("STELLAR_RPC_URL") or None,
             stellar_passphrase=os.environ.get("STELLAR_NETWORK_PASSPHRASE") or None,
+            price_signers=load_price_signers(os.environ),
             rate_limits=RateLimits(
                 api=_int("VALUEOS_RATE_API", 600),
                 admin=_int("VALUEOS_RATE_ADMIN", 120),

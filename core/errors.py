@@ -407,6 +407,28 @@ class AddressAlreadyLinked(Conflict):
     code = "ADDRESS_ALREADY_LINKED"
 
 
+class PriceSignatureInvalid(LedgerError):
+    """A pushed price round without a signer or signature, or whose Ed25519 signature does
+    not verify with the named signer's key over the round (``core.risk.price_signing``)."""
+
+    code = "PRICE_SIGNATURE_INVALID"
+    status = 401
+
+
+class UnknownPriceSigner(LedgerError):
+    """The round names a signer the server is not configured to trust."""
+
+    code = "UNKNOWN_PRICE_SIGNER"
+    status = 403
+
+
+class PriceSignersNotConfigured(LedgerError):
+    """No price signer is configured: the ops price push refuses every round."""
+
+    code = "PRICE_SIGNERS_NOT_CONFIGURED"
+    status = 503
+
+
 ERRORS_BY_CODE: dict[str, type[LedgerError]] = {}
 
 

@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("chain.evm.verify", "verify a proof bundle offline (and on-chain with --rpc)"),
     "audit": ("jobs.audit", "self-audit: rebuild sealed epochs, compare with the chain; alarms"),
     "trust": ("jobs.trust", "trust export: the file auditors pin (chain id, contract, ledger id)"),
+    "price-keygen": ("valueos.price_commands", "an ops price signer's Ed25519 key file"),
+    "price-sign": ("valueos.price_commands", "a signed ops price round (the request body)"),
 }
 
 

@@ -268,13 +268,17 @@ class RiskController(Controller):
     async def push_price(
         self, ctx: NamedDependency[Ctx], data: JSONBody[PricePush]
     ) -> Response[PricePushRead]:
-        """The ops price source: a round judged like a feed's (ACCEPTED, or a verdict that
-        freezes the asset)."""
+        """The ops price source: a round signed by a configured ops signer (Ed25519 over the
+        canonical message in the README), judged like a feed's (ACCEPTED, DUPLICATE for a
+        round id already recorded, or a verdict that freezes the asset). 401
+        PRICE_SIGNATURE_INVALID, 403 UNKNOWN_PRICE_SIGNER, 503 PRICE_SIGNERS_NOT_CONFIGURED;
+        nothing is recorded then."""
 
         async def run(_: Attempt) -> PricePushRead:
             verdict = await ctx.svc.credit_desk.push_price(
                 ctx.actor, asset=data.asset, round_id=data.round_id, answer=data.answer,
-                decimals=data.decimals, updated_at=data.updated_at,
+                decimals=data.decimals, updated_at=data.updated_at, signer=data.signer,
+                signature=data.signature,
             )  # fmt: skip
             return PricePushRead(data.asset, data.round_id, verdict.value)
 

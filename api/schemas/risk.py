@@ -58,6 +58,11 @@ class PricePush(Create):
     answer: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
     decimals: Annotated[int, Meta(ge=0, le=36)]
     updated_at: AwareTime
+    #: the ops signer's name (one of ``VALUEOS_PRICE_SIGNERS``)
+    signer: Annotated[str, Meta(max_length=64)] | None = None
+    #: standard base64 of the signer's Ed25519 signature over the round's canonical message
+    #: (README, "Prices"; ``valueos price-sign`` makes one)
+    signature: Annotated[str, Meta(max_length=128)] | None = None
 
 
 class RepaymentCreate(Create):

@@ -26,6 +26,7 @@ from core.risk import params as risk_params
 from core.risk.lines import CreditLines, Line, LineState
 from core.risk.loop import RiskLoop
 from core.risk.params import RiskParameters
+from core.risk.price_signing import PriceSigners, SignedRound
 from core.risk.prices import PriceRound, Verdict, record_round
 from core.risk.repayments import Repayment, Repayments
 from core.types import Actor, HoldResult, OperationResult, Role
@@ -55,8 +56,10 @@ class Assessment:
 
 
 class CreditDesk:
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, price_signers: PriceSigners | None = None) -> None:
         self.directory = directory
+        #: the ops signers whose pushed rounds are recorded (none: every push is refused)
+        self.price_signers = price_signers or PriceSigners()
         self.ledger = directory.ledger
         self.lines = CreditLines(self.ledger)
         self.repayments = Repayments(self.ledger)
@@ -173,15 +176,19 @@ class CreditDesk:
 
     async def push_price(
         self, actor: Actor, *, asset: str, round_id: int, answer: int, decimals: int,
-        updated_at: datetime,
+        updated_at: datetime, signer: str | None, signature: str | None,
     ) -> Verdict:  # fmt: skip
-        """The ops push source (authenticated staff; audited when it freezes)."""
+        """The ops push source: staff (ADMIN, OPS) send a round signed by a configured ops
+        signer (:meth:`PriceSigners.verify`: 503, 401 or 403 before anything is written);
+        the round is recorded with the signer's name and judged like a feed's."""
         if actor.role not in STAFF:
             raise Forbidden("prices are pushed by ADMIN or OPS")
+        signed = SignedRound(asset, round_id, answer, decimals, updated_at)
+        name = self.price_signers.verify(signer, signature, signed)
         await self.directory.asset(asset)
         return await record_round(
             self.ledger.engine,
-            PriceRound(asset, "push", round_id, answer, decimals, updated_at),
+            PriceRound(asset, "push", round_id, answer, decimals, updated_at, signer=name),
             actor,
         )
 

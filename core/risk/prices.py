@@ -12,7 +12,9 @@ A round recorded again (same source and id) is a ``DUPLICATE`` and changes nothi
 ACCEPTED round lifts a freeze.
 
 Sources: ``chainlink`` (an ``AggregatorV3Interface`` read over RPC by the worker, see
-``chain.evm.price_feed``) and ``push`` (the signed push endpoint for ops).
+``chain.evm.price_feed``) and ``push`` (the ops push endpoint; each pushed round carries the
+Ed25519 signature of a configured signer, checked before it gets here by
+:mod:`core.risk.price_signing`, and the signer's name is stored with the round).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class PriceRound:
     answer: int
     decimals: int
     updated_at: datetime
+    #: the ops signer whose signature the round carried (``push`` rounds); None for a feed
+    signer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,9 @@ async def _limits(conn: AsyncConnection, asset: str) -> tuple[int, int]:
     )  # fmt: skip
 
 
-async def _freeze(conn: AsyncConnection, asset: str, reason: str, actor: Actor) -> None:
+async def _freeze(
+    conn: AsyncConnection, asset: str, reason: str, actor: Actor, signer: str | None
+) -> None:
     changed = (
         await conn.execute(
             text(
@@ -95,8 +101,9 @@ async def _freeze(conn: AsyncConnection, asset: str, reason: str, actor: Actor) 
     if changed is not None:
         log.warning("ALARM: collateral asset %s frozen: %s", asset, reason)
         await audit.record(
-            conn, actor, "risk_asset.frozen", "asset", asset, after={"reason": reason}
-        )
+            conn, actor, "risk_asset.frozen", "asset", asset,
+            after={"reason": reason} | ({"signer": signer} if signer else {}),
+        )  # fmt: skip
 
 
 async def record_round(engine: AsyncEngine, r: PriceRound, actor: Actor) -> Verdict:
@@ -151,17 +158,17 @@ async def record_round(engine: AsyncEngine, r: PriceRound, actor: Actor) -> Verd
             await conn.execute(
                 text(
                     "INSERT INTO price_rounds (asset, source, round_id, answer, decimals, "
-                    "updated_at, verdict) VALUES (:a, :s, :id, :ans, :d, :at, :v) "
+                    "updated_at, verdict, signer) VALUES (:a, :s, :id, :ans, :d, :at, :v, :sg) "
                     "ON CONFLICT DO NOTHING RETURNING round_id"
                 ),
                 {"a": r.asset, "s": r.source, "id": r.round_id, "ans": r.answer,
-                 "d": r.decimals, "at": r.updated_at, "v": verdict.value},
+                 "d": r.decimals, "at": r.updated_at, "v": verdict.value, "sg": r.signer},
             )
         ).first()  # fmt: skip
         if inserted is None:
             return Verdict.DUPLICATE
         if verdict is not Verdict.ACCEPTED:
-            await _freeze(conn, r.asset, verdict.value, actor)
+            await _freeze(conn, r.asset, verdict.value, actor, r.signer)
             return verdict
         await conn.execute(
             text(
@@ -174,7 +181,8 @@ async def record_round(engine: AsyncEngine, r: PriceRound, actor: Actor) -> Verd
         if state.frozen:
             await audit.record(
                 conn, actor, "risk_asset.unfrozen", "asset", r.asset,
-                before={"reason": state.frozen_reason}, after={"round": r.round_id},
+                before={"reason": state.frozen_reason},
+                after={"round": r.round_id} | ({"signer": r.signer} if r.signer else {}),
             )  # fmt: skip
     return verdict
 
@@ -193,7 +201,7 @@ async def freeze_stale(engine: AsyncEngine, actor: Actor) -> list[str]:
         )
         stale = [r.asset for r in rows]
         for asset in stale:
-            await _freeze(conn, asset, Verdict.STALE.value, actor)
+            await _freeze(conn, asset, Verdict.STALE.value, actor, None)
     return stale
 
 

@@ -21,10 +21,13 @@ from api.controllers.deposits import sign
 from api.services import Services
 from api.settings import ApiSettings, RateLimits
 from core.credentials import Credentials
+from core.risk.price_signing import public_key_of
 from core.types import AccountKind, Actor, Role
 from tests.conftest import settings_for
 
 WEBHOOK_SECRET = "test-webhook-secret"  # noqa: S105 - a test fixture
+#: the e2e app trusts one ops price signer with this seed (a test fixture)
+PRICE_SIGNER, PRICE_SIGNER_SEED = "ops-e2e", bytes(range(32))
 BOOTSTRAP = Actor("e2e-bootstrap", Role.SYSTEM)
 ROLES = (Role.USER, Role.ADMIN, Role.OPS, Role.COMPLIANCE, Role.READ_ONLY, Role.AUDITOR)
 HIGH = RateLimits(api=100_000, admin=100_000, webhooks=100_000, auth=100_000, auth_failures=100_000)
@@ -36,6 +39,7 @@ def make_settings(database_url: str, **overrides: Any) -> ApiSettings:
         "webhook_secret": WEBHOOK_SECRET,
         "database": settings_for(database_url),
         "rate_limits": HIGH,
+        "price_signers": {PRICE_SIGNER: public_key_of(PRICE_SIGNER_SEED)},
     }
     return ApiSettings(**(values | overrides))
 

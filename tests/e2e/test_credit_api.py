@@ -16,9 +16,11 @@ from sqlalchemy import text
 
 from api.provider_double import PaymentProviderDouble
 from core.risk import params as risk_params
+from core.risk.price_signing import SignedRound, sign_round
 from core.risk.repayments import ProviderPayout, RepaymentStatus
+from core.settings import epoch_settings
 from core.types import Role
-from tests.e2e.conftest import WEBHOOK_SECRET, Api
+from tests.e2e.conftest import PRICE_SIGNER, PRICE_SIGNER_SEED, WEBHOOK_SECRET, Api
 from tests.integration.risk_support import ADMIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -51,12 +53,20 @@ async def make_assets(api: Api) -> tuple[str, str]:
     return debt, coll
 
 
+def signed_price(asset: str, round_id: int, dollars: int) -> dict[str, Any]:
+    """A round signed by the e2e app's ops signer: the body of ``POST /risk/prices``."""
+    r = SignedRound(asset, round_id, dollars * 10**8, 8, datetime.now(UTC))
+    return {"asset": r.asset, "round_id": r.round_id, "answer": r.answer,
+            "decimals": r.decimals, "updated_at": r.updated_at.isoformat(),
+            "signer": PRICE_SIGNER,
+            "signature": sign_round(PRICE_SIGNER_SEED, epoch_settings().ledger_id, PRICE_SIGNER,
+                                    r)}  # fmt: skip
+
+
 async def push(api: Api, asset: str, round_id: int, dollars: int) -> str:
     ops = await api.caller(Role.OPS)
     r = await api.http.post(
-        "/api/v1/risk/prices",
-        json={"asset": asset, "round_id": round_id, "answer": dollars * 10**8, "decimals": 8,
-              "updated_at": datetime.now(UTC).isoformat()},
+        "/api/v1/risk/prices", json=signed_price(asset, round_id, dollars),
         headers=ops.headers | {"Idempotency-Key": uuid.uuid4().hex},
     )  # fmt: skip
     assert r.status_code == 200, r.text
