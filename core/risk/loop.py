@@ -125,9 +125,11 @@ class LiquidationCaps:
     """Maker-style bounds on what one tick liquidates: the market value of the collateral
     sold (:func:`core.risk.math.value_of`, debt-asset minor units, rounded down), summed over
     the tick's sales (``global_cap``) and per collateral asset (``per_asset``, else
-    ``asset_cap``). A sale that would take a sum past its cap waits for a later tick, except
-    the first sale of a tick (globally, or of its asset), which always runs: a position larger
-    than a cap is still liquidated, alone. Staff liquidations are not capped."""
+    ``asset_cap``). A sale that would take a sum past its cap is cut to the room left (a
+    partial lot, :func:`core.risk.math.capped_lot`) or, when that lot would be dust or leave a
+    dust position, waits for a later tick; the first sale of a tick (globally, or of its asset)
+    always runs whole: a position larger than a cap is still liquidated, alone. Staff
+    liquidations are not capped."""
 
     global_cap: int = DEFAULT_GLOBAL_CAP
     asset_cap: int = DEFAULT_ASSET_CAP
@@ -150,12 +152,19 @@ class CapBudget:
     by_asset: dict[str, int] = field(default_factory=dict)
     #: sales that waited for a later tick
     deferred: int = 0
+    #: sales cut to the room left (the rest for later ticks)
+    cut: int = 0
 
-    def admits(self, asset: str, value: int) -> bool:
+    def room(self, asset: str) -> int | None:
+        """The market value the next sale of ``asset`` may have (negative: none); None when
+        unbounded (no sale yet this tick, overall and of the asset)."""
+        rooms = []
+        if self.total:
+            rooms.append(self.caps.global_cap - self.total)
         used = self.by_asset.get(asset, 0)
-        return (self.total == 0 or self.total + value <= self.caps.global_cap) and (
-            used == 0 or used + value <= self.caps.of(asset)
-        )
+        if used:
+            rooms.append(self.caps.of(asset) - used)
+        return min(rooms) if rooms else None
 
     def take(self, asset: str, value: int) -> None:
         self.total += value
@@ -171,6 +180,8 @@ class TickReport:
     frozen: list[str] = field(default_factory=list)
     #: liquidations the caps moved to a later tick
     deferred: int = 0
+    #: liquidations the caps cut to a partial lot
+    cut: int = 0
 
 
 def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
@@ -293,6 +304,7 @@ class RiskLoop:
             if kind is not risk.ActionKind.NONE:
                 report.actions[kind] = report.actions.get(kind, 0) + 1
         report.deferred = budget.deferred
+        report.cut = budget.cut
         await self.refresh_moved_prices()
         return report
 
@@ -338,8 +350,10 @@ class RiskLoop:
         lock): a crash anywhere leaves all of them or none, and the next tick decides again
         from what is committed.
 
-        ``budget`` (the tick's liquidation caps): a sale it cannot admit waits for a later
-        tick; the line gets its margin call meanwhile if it has none out. ``force_full``
+        ``budget`` (the tick's liquidation caps): a sale it cannot admit whole is cut to the
+        room left (:func:`core.risk.math.capped_lot`), or waits for a later tick when that lot
+        would be dust or leave a dust position; a waiting line gets its margin call meanwhile
+        if it has none out. ``force_full``
         (staff, with a reason) closes the debt whatever the ladder says, still only on a
         trusted price, and is not capped."""
         actor = actor or self.actor
@@ -360,15 +374,24 @@ class RiskLoop:
                 return risk.ActionKind.NONE
             line = state.line
             sold_value = 0
+            capped: dict[str, int] = {}
             if action.sold and budget is not None:
                 price = state.price_per_minor
                 assert price is not None  # noqa: S101 - not frozen, priced
                 sold_value = risk.value_of(action.sold, price)
-                if not budget.admits(line.collateral_asset, sold_value):
-                    budget.deferred += 1
-                    if position.notified:
-                        return risk.ActionKind.NONE
-                    action = risk.Action(risk.ActionKind.NOTIFY)
+                room = budget.room(line.collateral_asset)
+                if room is not None and sold_value > room:
+                    lot = risk.capped_lot(position, ladder, action, room)
+                    if lot is None:
+                        budget.deferred += 1
+                        if position.notified:
+                            return risk.ActionKind.NONE
+                        action = risk.Action(risk.ActionKind.NOTIFY)
+                    else:
+                        budget.cut += 1
+                        capped = {"capped_from": action.sold}
+                        action = lot
+                        sold_value = risk.value_of(action.sold, price)
             key = f"risk:{line_id}:{tick}" if tick is not None else None
             metadata = {"credit_line": line_id, "action": action.kind.value, "tick": tick}
             operation_id = await self._post_action(
@@ -382,8 +405,8 @@ class RiskLoop:
                     "VALUES (:l, :k, :t, :o, CAST(:d AS jsonb))"
                 ),
                 {"l": line_id, "k": action.kind.value, "t": tick, "o": operation_id,
-                 "d": json.dumps(_details(state, action) | ({"reason": reason} if reason
-                                                             else {}))},
+                 "d": json.dumps(_details(state, action) | capped
+                                 | ({"reason": reason} if reason else {}))},
             )  # fmt: skip
             if action.kind is risk.ActionKind.NOTIFY:
                 await conn.execute(

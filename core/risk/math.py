@@ -331,6 +331,33 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
     return action
 
 
+def capped_lot(p: Position, ladder: Ladder, action: Action, room: int) -> Action | None:
+    """The part of ``action``'s sale that fits under a liquidation cap with ``room`` debt minor
+    units of market value left (Maker Liquidations 2.0 ``dog.bark``'s partial lot), or None
+    when the sale must wait for a later tick.
+
+    The lot is the most collateral whose value (rounded down, :func:`value_of`) is at most
+    ``room``: collateral minor units rounded **down**, so the cap is never passed. Its proceeds
+    repay debt like any sale (surplus to the user past the debt; no shortfall, since collateral
+    remains). It waits when the lot would be worth less than the dust minimum (the ladder's
+    ``min_leftover``, like Maker's ``dust``: no sliver of a sale), or when what remains would be
+    a dust position: collateral value under ``min_leftover``, or debt left but under it."""
+    if room < 0 or p.price <= 0:
+        return None
+    # value_of(q) <= room  <=>  q * num < (room + 1) * den
+    fits = ((room + 1) * p.price.denominator - 1) // p.price.numerator
+    sold = min(fits, action.sold - 1)
+    if sold <= 0 or value_of(sold, p.price) < max(ladder.min_leftover, 1):
+        return None
+    lot = _sale(action.kind, sold, p, ladder)
+    left_debt = p.debt - lot.repaid
+    if value_of(p.collateral - sold, p.price) < ladder.min_leftover or (
+        0 < left_debt < ladder.min_leftover
+    ):
+        return None
+    return lot
+
+
 def decide(p: Position, ladder: Ladder) -> Action:
     """The one action for this tick, in order: nothing on a frozen price; full past ``full``
     (or with no collateral value left); the user's stop-loss; the cushion once over margin
