@@ -69,6 +69,20 @@ async def test_a_signed_round_is_recorded_with_its_signer(api: Api) -> None:
     assert [(x[2], x[4], x[5]) for x in rounds] == [(1, "ACCEPTED", PRICE_SIGNER),
                                                     (2, "ACCEPTED", PRICE_SIGNER)]  # fmt: skip
     assert prices[0][1] == 2_100 * 10**8 and prices[0][3] is False
+    # a signed round that freezes the asset names its signer in the audit record
+    r = await post(api, signed_price(coll, 3, 0))
+    assert r.status_code == 200 and r.json()["verdict"] == "NON_POSITIVE", r.text
+    async with api.services.ledger.engine.connect() as conn:
+        after = (
+            await conn.execute(
+                text("SELECT after FROM audit_log WHERE action = 'risk_asset.frozen' "
+                     "AND entity_id = :a ORDER BY id DESC LIMIT 1"),
+                {"a": coll},
+            )
+        ).scalar_one()  # fmt: skip
+    assert after == {"reason": "NON_POSITIVE", "signer": PRICE_SIGNER}
+    rounds, _, _ = await state(api, coll)
+    assert rounds[-1][4:] == ("NON_POSITIVE", PRICE_SIGNER)
 
 
 async def test_tampered_unknown_wrong_key_and_missing_signatures_write_nothing(api: Api) -> None:
