@@ -118,10 +118,12 @@ async def test_worker_without_a_chain_expires_holds_and_p2p_requests(
     try:
         deadline = asyncio.get_running_loop().time() + 60
         expired = (HoldStatus.EXPIRED, P2PStatus.EXPIRED)
-        while (await _statuses(world, hold.hold_id, asked.id), await _allowance(world, left)) != (
-            expired,
-            "FAILED",
-        ):
+        # the sweep marks the allowance FAILED, then voids its hold: wait for both
+        while (
+            await _statuses(world, hold.hold_id, asked.id),
+            await _allowance(world, left),
+            (await led.queries.balance(payer.available)).pending,
+        ) != (expired, "FAILED", 0):
             assert proc.poll() is None, f"the worker exited:\n{log.read_text()}"
             assert asyncio.get_running_loop().time() < deadline, log.read_text()
             await asyncio.sleep(0.1)
