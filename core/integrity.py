@@ -339,6 +339,18 @@ SELECT account_id, entry_count, entries_hash FROM balance_commitments WHERE epoc
 """
 
 
+def _expected_commitments(
+    leaf_format: int, prev_format: int | None, running: Running, entries: list[EntryLeaf]
+) -> dict[int, tuple[int, bytes]]:
+    """The commitment rows the sealer stores for an epoch: a row for each account whose
+    (count, hash) the epoch's ``entries`` changed, every account's on top of a format-1 epoch
+    (which stored none; ``prev_format`` None: the first epoch), none in a format-1 epoch."""
+    if leaf_format == 1:
+        return {}
+    changed = running.keys() if prev_format in (None, 1) else {e.account_id for e in entries}
+    return {a: (running[a][3], running[a][4]) for a in changed}
+
+
 async def _compare_commitments(
     conn: asyncpg.Connection, epoch: int, expected: dict[int, tuple[int, bytes]]
 ) -> Finding | None:
@@ -443,13 +455,7 @@ async def _audit_epoch(
     mismatch = _compare_roots(stored, built)
     if mismatch is not None and not findings:
         findings.append(Finding(epoch, f"epoch {epoch}: {mismatch}"))
-    # the commitment rows this epoch's sealer stored: the accounts it changed (every account
-    # on top of a format-1 epoch, which stored none)
-    expected: dict[int, tuple[int, bytes]] = {}
-    if stored["balance_leaf_format"] != 1:
-        everyone = epoch == 1 or prev_format == 1
-        changed = running.keys() if everyone else {e.account_id for e in entries}
-        expected = {a: (running[a][3], running[a][4]) for a in changed}
+    expected = _expected_commitments(stored["balance_leaf_format"], prev_format, running, entries)
     found = await _compare_commitments(conn, epoch, expected)
     if found is not None:
         findings.append(found)
