@@ -5,6 +5,7 @@ application and database (as tests/e2e/test_anchors_api.py does)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from core.types import Role
 from tests.e2e.conftest import BOOTSTRAP, Api, Caller, make_settings, running
 from tests.e2e.test_anchors_api import LEDGER_ID, seal
 from tests.support import create_database, drop_database
-from valueos_sdk import AsyncClient, MemoryStore, models
+from valueos_sdk import AsyncClient, Client, MemoryStore, models
 from valueos_sdk.errors import HistoryTooLong, MirrorMismatch
 from valueos_sdk.mirror import Mirror
 from valueos_sdk.proofs import LedgerIdentity, check_history_bundle
@@ -268,6 +269,18 @@ async def test_the_sdk_reads_and_verifies_history_bundles(
     )
     assert part.start is not None and part.start.entry_count == 2
     assert part.entries == full.entries[2:]
+    # the blocking facade: the same calls (the server's answer replayed on its own loop)
+    served = msgspec.to_builtins(bundle)
+    carol_token = carol.headers["Authorization"][7:]
+
+    def blocking() -> tuple[models.HistoryBundleRead, list[tuple[int, int, int, int, int]]]:
+        replay = httpx.MockTransport(lambda _: httpx.Response(200, json=served))
+        with Client("http://valueos.test", token=carol_token, transport=replay) as vo:
+            got = vo.history_proof(c, to_epoch=e4)
+            return got, vo.verified_history(c, to_epoch=e4, identity=pinned).entries
+
+    got, entries = await asyncio.to_thread(blocking)
+    assert got == bundle and entries == full.entries
     with pytest.raises(MirrorMismatch, match="another ledger"):
         check_history_bundle(bundle, identity=LedgerIdentity(31337, "0x" + "00" * 20, b"\x01" * 32))
     for forge, message in HISTORY_FORGERIES.values():
