@@ -66,6 +66,7 @@ PUBLIC_DETAILS: dict[str, tuple[str, ...]] = {
         "policy_id", "asset", "operation_type", "version", "rule", "rule_kind", "claim",
     ),
     "INVALID_POLICY": ("path", "problem"),
+    "HISTORY_TOO_LONG": ("limit",),
 }  # fmt: skip
 _AT_PATH = re.compile(r"at `\$\.?([A-Za-z0-9_.\[\]]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")

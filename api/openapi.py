@@ -32,7 +32,7 @@ PROBLEM_SCHEMA = Schema(
         "details": Schema(
             type=OpenAPIType.OBJECT,
             description="specifics of some codes, e.g. POLICY_DENIED: policy_id, version, "
-            "rule, rule_kind; INVALID_POLICY: path, problem",
+            "rule, rule_kind; INVALID_POLICY: path, problem; HISTORY_TOO_LONG: limit",
         ),
     },
     description="RFC 9457 problem details",

@@ -31,6 +31,12 @@ class ValidationError(LedgerError):
     status = 422
 
 
+class HistoryTooLong(ValidationError):
+    """A history bundle would list more entries than one bundle holds (``limit``)."""
+
+    code = "HISTORY_TOO_LONG"
+
+
 class UnbalancedOperation(ValidationError):
     code = "UNBALANCED_OPERATION"
 

@@ -15,7 +15,12 @@ Self-audit (:func:`audit`)
     ``balance_after`` continuing the running balance of its account from the epochs before,
     every operation summing to zero per asset; both trees rebuilt (balances from the running
     balances, not from ``balance_after`` look-ups) and compared level by level with the stored
-    tree rows (the root row included), keys and positions; the header chain recomputed; and,
+    tree rows (the root row included), keys and positions; the stored ``balance_commitments``
+    rows of the epoch (one per account whose entry count and running hash the epoch changed;
+    every account's on top of a format-1 epoch; none in a format-1 epoch) compared with the
+    rebuilt counts and hashes, a missing or extra row included; in a partial audit, the
+    balances it starts from (the epoch before, as the rows give them, commitments included)
+    checked against that epoch's stored balances root; the header chain recomputed; and,
     when given a reader of the chain, the header and both roots compared with what the
     contract holds. Each differing epoch yields one finding (and one alarm) with its first
     differing leaf. Each pass is recorded in ``integrity_audits`` (epochs, entries, seconds).
@@ -37,6 +42,7 @@ from sqlalchemy import text
 from core import audit as audit_log
 from core.db import Engine
 from core.epochs import (
+    BALANCE_TREE,
     ENTRY_TREE,
     BuiltEpoch,
     EpochRoots,
@@ -58,6 +64,7 @@ from merkle.leaves import (
     BalanceLeaf,
     BalanceLeafV1,
     EntryLeaf,
+    balance_tree,
     entry_tree,
     hash_balance_leaves,
     hash_entry_leaves,
@@ -327,6 +334,50 @@ def _compare_roots(stored: asyncpg.Record, built: BuiltEpoch) -> str | None:
     return None
 
 
+_COMMITMENTS = """
+SELECT account_id, entry_count, entries_hash FROM balance_commitments WHERE epoch = $1
+"""
+
+
+def _expected_commitments(
+    leaf_format: int, prev_format: int | None, running: Running, entries: list[EntryLeaf]
+) -> dict[int, tuple[int, bytes]]:
+    """The commitment rows the sealer stores for an epoch: a row for each account whose
+    (count, hash) the epoch's ``entries`` changed, every account's on top of a format-1 epoch
+    (which stored none; ``prev_format`` None: the first epoch), none in a format-1 epoch."""
+    if leaf_format == 1:
+        return {}
+    changed = running.keys() if prev_format in (None, 1) else {e.account_id for e in entries}
+    return {a: (running[a][3], running[a][4]) for a in changed}
+
+
+async def _compare_commitments(
+    conn: asyncpg.Connection, epoch: int, expected: dict[int, tuple[int, bytes]]
+) -> Finding | None:
+    """The epoch's stored ``balance_commitments`` rows against ``expected`` (account ->
+    rebuilt (entry count, running hash)); a finding naming the first differing account."""
+    stored = {r[0]: (r[1], bytes(r[2])) for r in await conn.fetch(_COMMITMENTS, epoch)}
+    if stored == expected:
+        return None
+    account = min(a for a in stored.keys() | expected.keys() if stored.get(a) != expected.get(a))
+    if account not in stored:
+        what = "is missing"
+    elif account not in expected:
+        what = "is extra: the epoch's entries do not change that account's count and hash"
+    else:
+        count, folded = stored[account]
+        what = (
+            f"(entry count {count}, entries hash 0x{folded.hex()}) differs from the one "
+            f"rebuilt from the rows (entry count {expected[account][0]}, entries hash "
+            f"0x{expected[account][1].hex()})"
+        )
+    return Finding(
+        epoch,
+        f"epoch {epoch}: the stored balance commitment row of account {account} {what}",
+        f"balance commitment of account {account}",
+    )
+
+
 async def _audit_epoch(
     conn: asyncpg.Connection,
     ledger_id: bytes,
@@ -335,6 +386,7 @@ async def _audit_epoch(
     prev_header: bytes,
     onchain: OnChainRoots | None,
     status: str | None,
+    prev_format: int | None,
 ) -> tuple[list[Finding], BuiltEpoch | None, int]:
     epoch = stored["epoch"]
     findings: list[Finding] = []
@@ -403,6 +455,10 @@ async def _audit_epoch(
     mismatch = _compare_roots(stored, built)
     if mismatch is not None and not findings:
         findings.append(Finding(epoch, f"epoch {epoch}: {mismatch}"))
+    expected = _expected_commitments(stored["balance_leaf_format"], prev_format, running, entries)
+    found = await _compare_commitments(conn, epoch, expected)
+    if found is not None:
+        findings.append(found)
     if onchain is not None and status in ("CONFIRMED", "FINALIZED"):
         r = built.roots
         held = await onchain(r)
@@ -425,6 +481,25 @@ async def _audit_epoch(
                 Finding(epoch, f"epoch {epoch}: the contract refuses the rebuilt header fields")
             )
     return findings, built, len(entries)
+
+
+async def _check_start(
+    conn: asyncpg.Connection, before: asyncpg.Record, leaves: list[BalanceLeaf]
+) -> Finding | None:
+    """A partial audit starts from the balances of the epoch before as the rows give them
+    (its commitment rows included): they must hash to that epoch's stored balances root."""
+    epoch = before["epoch"]
+    tree = await asyncio.to_thread(balance_tree, leaves)
+    if tree.root == bytes(before["balances_root"]):
+        return None
+    stored = await stored_leaf_hashes(conn, epoch, BALANCE_TREE)
+    account = first_difference(stored, {x.account_id: x.hash() for x in leaves})
+    return Finding(
+        epoch,
+        f"epoch {epoch}: its balances as the rows give them now (balance commitments "
+        f"included), where this audit starts, do not hash to its stored balances root",
+        f"balance of account {account}" if account is not None else None,
+    )
 
 
 async def audit(
@@ -453,10 +528,12 @@ async def audit(
             report.first_epoch, report.last_epoch = start, epochs[-1]["epoch"]
             running: Running = {}
             prev_header = EMPTY_ROOT
+            prev_format: int | None = None
             if start > 1:  # start from the rows at the end of the epoch before, as stored
                 before = await conn.fetchrow(
                     "SELECT * FROM epoch_roots WHERE epoch = $1", start - 1
                 )
+                prev_format = before["balance_leaf_format"] if before is not None else None
                 if before is not None and before["balance_leaf_format"] == 1:
                     # format-1 leaves hold no counts or hashes: fold the rows from genesis
                     prev_header = bytes(before["header"])
@@ -468,12 +545,17 @@ async def audit(
                     prev_header = bytes(before["header"])
                     leaves = await balances_at(conn, ledger_id, start - 1, before["cut_seq"])
                     running = running_from(leaves)
+                    found = await _check_start(conn, before, leaves)
+                    if found is not None:
+                        report.findings.append(found)
             for stored in epochs:
                 if stored["epoch"] != (report.first_epoch + report.epochs):
                     break  # a gap: epochs without roots yet end the pass
                 findings, built, n = await _audit_epoch(
-                    conn, ledger_id, stored, running, prev_header, onchain, stored["status"]
-                )
+                    conn, ledger_id, stored, running, prev_header, onchain, stored["status"],
+                    prev_format,
+                )  # fmt: skip
+                prev_format = stored["balance_leaf_format"]
                 report.findings += findings
                 report.epochs += 1
                 report.entries += n

@@ -31,6 +31,7 @@ from core.epochs import (
 )
 from core.errors import (
     EpochNotSealed,
+    HistoryTooLong,
     LedgerIntegrityError,
     NotFound,
     UnknownAccount,
@@ -294,8 +295,9 @@ async def history_bundle(
     entries hash) must give exactly ``to``'s: ``valueos verify`` checks it, so an omitted,
     added, reordered or altered entry is caught. Both ends must be sealed in leaf format 2.
 
-    Raises VALIDATION_ERROR (422: ``from_epoch >= to_epoch``, an end in leaf format 1, more
-    than :data:`MAX_HISTORY` entries), plus the errors of :func:`balance_proof_bundle`.
+    Raises VALIDATION_ERROR (422: ``from_epoch >= to_epoch``, an end in leaf format 1),
+    HISTORY_TOO_LONG (422, ``details.limit``: more than :data:`MAX_HISTORY` entries), plus
+    the errors of :func:`balance_proof_bundle`.
     """
     if not 0 <= from_epoch < to_epoch:
         raise ValidationError(
@@ -324,9 +326,9 @@ async def history_bundle(
             account_id, lo, hi, MAX_HISTORY + 1,
         )  # fmt: skip
     if len(rows) > MAX_HISTORY:
-        raise ValidationError(
+        raise HistoryTooLong(
             f"more than {MAX_HISTORY} entries between epochs {from_epoch} and {to_epoch}: ask "
-            "for a shorter range",
+            "for a shorter range (pieces between sealed epochs)",
             limit=MAX_HISTORY,
         )
     ledger_id = bytes.fromhex(to["header"]["ledger_id"][2:])

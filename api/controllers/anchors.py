@@ -85,8 +85,9 @@ class ProofController(Controller):
     ) -> HistoryBundleRead:
         """An account's entries after ``from_epoch`` up to the end of ``to_epoch`` with the
         balance proof bundles at both ends (0: from the account's first entry); ``valueos
-        verify`` proves none was omitted, added, reordered or altered (422 for more than
-        10,000 entries or an end sealed before balance leaves carried an entry count)."""
+        verify`` proves none was omitted, added, reordered or altered (422 HISTORY_TOO_LONG
+        for more than 10,000 entries: ask for pieces between sealed epochs; 422
+        VALIDATION_ERROR for an end sealed before balance leaves carried an entry count)."""
         await ctx.readable_account(account_id)
         bundle = await proofs.history_bundle(ctx.svc.ledger, account_id, from_epoch, to_epoch)
         return msgspec.convert(bundle, HistoryBundleRead, from_attributes=False)

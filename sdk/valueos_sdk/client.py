@@ -27,6 +27,7 @@ import msgspec
 
 from valueos_sdk import models as m
 from valueos_sdk.errors import ApiError, IdempotencyInProgress, Unreachable, from_problem
+from valueos_sdk.proofs import LedgerIdentity, VerifiedHistory, verified_history
 
 T = TypeVar("T")
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -184,6 +185,44 @@ class AsyncClient:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    # -- proofs (checked locally by :mod:`valueos_sdk.proofs`) ------------------------------
+    async def entry_proof(self, seq: int) -> m.ProofBundleRead:
+        """The proof bundle of entry ``seq`` against its epoch's entries root."""
+        return await self._get(f"/api/v1/proofs/entries/{seq}", m.ProofBundleRead)
+
+    async def balance_proof(self, account_id: int, epoch: int) -> m.ProofBundleRead:
+        """The proof bundle of the account's balance leaf at the end of ``epoch``."""
+        return await self._get(
+            f"/api/v1/proofs/balances/{account_id}", m.ProofBundleRead, epoch=epoch
+        )
+
+    async def history_proof(
+        self, account_id: int, *, to_epoch: int, from_epoch: int = 0
+    ) -> m.HistoryBundleRead:
+        """One history bundle: the account's entries after ``from_epoch`` (0: from its first)
+        up to the end of ``to_epoch`` with the balance bundles at both ends (422 for more
+        than 10,000 entries: :meth:`verified_history` splits the range)."""
+        return await self._get(
+            f"/api/v1/proofs/history/{account_id}", m.HistoryBundleRead,
+            to_epoch=to_epoch, from_epoch=from_epoch,
+        )  # fmt: skip
+
+    async def verified_history(
+        self,
+        account_id: int,
+        *,
+        to_epoch: int,
+        from_epoch: int = 0,
+        identity: LedgerIdentity | None = None,
+        rpc_url: str | None = None,
+    ) -> VerifiedHistory:
+        """The account's history between two epochs, proven complete locally, fetched in
+        pieces ending on sealed epochs when it is long (:func:`.proofs.verified_history`)."""
+        return await verified_history(
+            self, account_id, to_epoch=to_epoch, from_epoch=from_epoch, identity=identity,
+            rpc_url=rpc_url,
+        )  # fmt: skip
 
     # -- writes --------------------------------------------------------------------------
     async def transfer(

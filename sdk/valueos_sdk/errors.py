@@ -89,6 +89,11 @@ class DeviceRevoked(Conflict):
     """The device key was revoked: no new allowance for it."""
 
 
+class HistoryTooLong(Invalid):
+    """422: a history bundle would list more entries than the server's limit
+    (``details['limit']``); ask for pieces between sealed epochs."""
+
+
 BY_STATUS: dict[int, type[ApiError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
     422: Invalid, 429: RateLimited,
@@ -104,6 +109,7 @@ BY_CODE: dict[str, type[ApiError]] = {
     "ALLOWANCE_EXPIRED": AllowanceNotActive,
     "ALLOWANCE_ABANDONED": AllowanceNotActive,
     "DEVICE_REVOKED": DeviceRevoked,
+    "HISTORY_TOO_LONG": HistoryTooLong,
 }
 
 

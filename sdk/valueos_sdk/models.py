@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Struct, field
 
 #: a time with its zone (the server always sends one)
 Timestamp = Annotated[datetime, Meta(tz=True)]
@@ -186,9 +186,85 @@ class VoucherPageRead(Model):
     next_cursor: int | None
 
 
+# -- proof bundles: bytes are 0x-prefixed hex, leaf amounts and balances integer strings in
+# minor units (what the leaves hash); checked by :mod:`valueos_sdk.proofs`
+
+
+class HeaderRead(Model):
+    ledger_id: str
+    epoch: int
+    prev_header: str
+    entries_root: str
+    balances_root: str
+    first_seq: int
+    last_seq: int
+    leaf_count: int
+    header_hash: str
+
+
+class BundleAnchorRead(Model):
+    status: str
+    chain_id: int | None
+    contract_address: str | None
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+
+
+class LeafRead(Model, omit_defaults=True):
+    #: 1 = ENTRY, 2 = BALANCE
+    kind: int
+    ledger_id: str
+    epoch: int
+    seq: int
+    account_id: int
+    asset_code: str
+    operation_id: int | None = None
+    amount: str | None = None
+    balance_after: str | None = None
+    balance: str | None = None
+    #: balance leaves of epochs sealed in leaf format 2 (absent on format 1)
+    entry_count: int | None = None
+    entries_hash: str | None = None
+
+
+class ProofBundleRead(Model):
+    version: int
+    #: "entry" or "balance"
+    kind: str
+    leaf: LeafRead
+    leaf_hash: str
+    proof: list[str]
+    header: HeaderRead
+    anchor: BundleAnchorRead
+
+
+class HistoryEntryLeafRead(Model):
+    epoch: int
+    seq: int
+    operation_id: int
+    amount: str
+    balance_after: str
+
+
+class HistoryBundleRead(Model):
+    version: int
+    #: "history"
+    kind: str
+    account_id: int
+    asset_code: str
+    from_epoch: int
+    to_epoch: int
+    #: the balance bundle at ``from_epoch``; None: the entries start at the account's first
+    start: ProofBundleRead | None = field(name="from")
+    to: ProofBundleRead
+    entries: list[HistoryEntryLeafRead]
+
+
 #: every model checked against the server's OpenAPI components of the same name
 ALL: tuple[type[Model], ...] = (
     MeRead, TokenRead, BalanceRead, AccountRead, CompartmentRead, WalletRead, HistoryEntryRead,
     HistoryRead, EntryRead, OperationRead, IssuerRead, DeviceRead, AllowanceRead, AllowancePageRead,
-    VoucherOutcomeRead, RedeemRead, VoucherRead, VoucherPageRead,
+    VoucherOutcomeRead, RedeemRead, VoucherRead, VoucherPageRead, HeaderRead, BundleAnchorRead,
+    LeafRead, ProofBundleRead, HistoryEntryLeafRead, HistoryBundleRead,
 )  # fmt: skip

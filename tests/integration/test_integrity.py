@@ -356,3 +356,116 @@ async def test_reconcile_checks_the_running_balance_after_sequence(sealed: Seale
     drifts = await ledger.reconcile()
     assert [(d.subject, d.id, d.field) for d in drifts] == [("entry", first, "balance_after")]
     assert drifts[0].found == drifts[0].expected + 9
+
+
+# ------------------------------------------------------------------ balance commitments
+
+
+async def commitment_rows(ledger: Ledger, epoch: int) -> dict[int, tuple[int, bytes]]:
+    async with raw_connection(ledger.engine) as conn:
+        rows = await conn.fetch(
+            "SELECT account_id, entry_count, entries_hash FROM balance_commitments "
+            "WHERE epoch = $1",
+            epoch,
+        )
+    return {r[0]: (r[1], bytes(r[2])) for r in rows}
+
+
+async def test_the_self_audit_checks_every_balance_commitment_row(sealed: Sealed) -> None:
+    """A commitment row of a sealed epoch whose leaves are already stored: rewritten,
+    deleted, or added for an account without entries in that epoch (its values copied from
+    the row before, so the epoch's leaves are unchanged). Only the self-audit looks at the
+    rows of past epochs; each case is one finding naming the epoch and the account."""
+    ledger = sealed.world.ledger
+    await seal_two(ledger)
+    assert (await integrity.audit(ledger.engine, LEDGER_ID)).ok
+    rows = await commitment_rows(ledger, 2)
+    assert set(rows) >= {sealed.a, sealed.b, sealed.c}
+    flipped = min(rows)
+    await tamper(
+        ledger,
+        (
+            "UPDATE balance_commitments SET entries_hash = set_byte(entries_hash, 31, "
+            "get_byte(entries_hash, 31) # 1) WHERE account_id = $1 AND epoch = 2",
+            flipped,
+        ),
+    )
+    report = await integrity.audit(ledger.engine, LEDGER_ID, alarm=False)
+    assert [(f.epoch, f.first_leaf) for f in report.findings] == [
+        (2, f"balance commitment of account {flipped}")
+    ]
+    assert f"commitment row of account {flipped} (entry count" in report.findings[0].detail
+    assert "differs from the one rebuilt" in report.findings[0].detail
+    await tamper(
+        ledger,
+        (
+            "UPDATE balance_commitments SET entries_hash = $2 WHERE account_id = $1 AND epoch = 2",
+            flipped, rows[flipped][1],
+        ),
+    )  # fmt: skip
+    assert (await integrity.audit(ledger.engine, LEDGER_ID, alarm=False)).ok
+
+    deleted = max(rows)
+    await tamper(
+        ledger,
+        ("DELETE FROM balance_commitments WHERE account_id = $1 AND epoch = 2", deleted),
+    )
+    report = await integrity.audit(ledger.engine, LEDGER_ID, alarm=False)
+    assert [(f.epoch, f.first_leaf) for f in report.findings] == [
+        (2, f"balance commitment of account {deleted}")
+    ]
+    assert f"commitment row of account {deleted} is missing" in report.findings[0].detail
+    count, folded = rows[deleted]
+    await tamper(
+        ledger,
+        (
+            "INSERT INTO balance_commitments (account_id, epoch, entry_count, entries_hash) "
+            "VALUES ($1, 2, $2, $3)",
+            deleted, count, folded,
+        ),
+    )  # fmt: skip
+    assert (await integrity.audit(ledger.engine, LEDGER_ID, alarm=False)).ok
+
+    idle = min(set(await commitment_rows(ledger, 1)) - set(rows))  # no entries in epoch 2
+    count, folded = (await commitment_rows(ledger, 1))[idle]
+    await tamper(
+        ledger,
+        (
+            "INSERT INTO balance_commitments (account_id, epoch, entry_count, entries_hash) "
+            "VALUES ($1, 2, $2, $3)",
+            idle, count, folded,
+        ),
+    )  # fmt: skip
+    report = await integrity.audit(ledger.engine, LEDGER_ID)
+    assert [(f.epoch, f.first_leaf) for f in report.findings] == [
+        (2, f"balance commitment of account {idle}")
+    ]
+    assert f"commitment row of account {idle} is extra" in report.findings[0].detail
+    alarms = await integrity.open_alarms(ledger.engine)
+    assert [(a.source, a.epoch) for a in alarms] == [("audit", 2)]
+    assert await integrity.paused(ledger.engine)
+
+
+async def test_a_partial_audit_checks_the_commitments_it_starts_from(sealed: Sealed) -> None:
+    """An audit of epoch 2 alone starts from epoch 1's balances as the rows give them: a
+    rewritten commitment row of epoch 1 is named there, not blamed on epoch 2."""
+    ledger = sealed.world.ledger
+    await seal_two(ledger)
+    assert (await integrity.audit(ledger.engine, LEDGER_ID, first=2, alarm=False)).ok
+    await tamper(
+        ledger,
+        (
+            "UPDATE balance_commitments SET entry_count = entry_count + 1 "
+            "WHERE account_id = $1 AND epoch = 1",
+            sealed.a,
+        ),
+    )
+    report = await integrity.audit(ledger.engine, LEDGER_ID, first=2, alarm=False)
+    assert (report.findings[0].epoch, report.findings[0].first_leaf) == (
+        1, f"balance of account {sealed.a}",
+    )  # fmt: skip
+    assert "where this audit starts" in report.findings[0].detail
+    full = await integrity.audit(ledger.engine, LEDGER_ID, alarm=False)
+    assert [(f.epoch, f.first_leaf) for f in full.findings] == [
+        (1, f"balance commitment of account {sealed.a}")
+    ]
