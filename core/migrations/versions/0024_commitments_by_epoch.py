@@ -5,14 +5,14 @@ account at or before an epoch) but not "every row of epoch E", which the self-au
 with its rebuild for each epoch it audits.
 
 Revision ID: 0024_commitments_by_epoch
-Revises: 0022_saga_names
+Revises: 0023_price_round_signer
 Create Date: 2026-12-07
 """
 
 from core.migrations.sql import run_script
 
 revision = "0024_commitments_by_epoch"
-down_revision = "0022_saga_names"
+down_revision = "0023_price_round_signer"
 branch_labels = None
 depends_on = None
 
