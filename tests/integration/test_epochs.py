@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -29,23 +28,12 @@ from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, entry_proof_bundle, list_anchors
 from merkle.leaves import BalanceLeaf, EntryLeaf, balance_tree, entry_tree, header_hash
 from merkle.tree import EMPTY_ROOT, keccak256, verify
-from tests.conftest import World, make_world, settings_for
-from tests.support import create_database, drop_database, raw_connect
+from tests.conftest import World, make_world
+from tests.support import raw_connect
 
 pytestmark = pytest.mark.integration
 
 LEDGER_ID = b"\x11" * 32
-
-
-@pytest.fixture
-async def fresh() -> AsyncIterator[Ledger]:
-    url = await create_database()
-    led = Ledger.connect(settings_for(url))
-    try:
-        yield led
-    finally:
-        await led.close()
-        await drop_database(url)
 
 
 async def _entry_rows(ledger: Ledger, epoch: int) -> list[EntryLeaf]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +35,11 @@ from core.ledger import Ledger
 from core.proofs import balance_proof_bundle, history_bundle
 from merkle.leaves import balance_tree
 from merkle.tree import EMPTY_ROOT
-from tests.conftest import make_world, settings_for
-from tests.support import create_database, drop_database
+from tests.conftest import make_world
 
 pytestmark = pytest.mark.integration
 
 LEDGER_ID = b"\x11" * 32
-
-
-@pytest.fixture
-async def fresh() -> AsyncIterator[Ledger]:
-    url = await create_database()
-    led = Ledger.connect(settings_for(url))
-    try:
-        yield led
-    finally:
-        await led.close()
-        await drop_database(url)
 
 
 async def three_epochs(ledger: Ledger) -> int:

@@ -9,7 +9,6 @@ such a person bypasses first. Each test gets its own database (sealing is global
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,24 +21,13 @@ from core.ledger import Ledger
 from core.proofs import entry_proof_bundle
 from core.types import Actor, Role
 from jobs.bridge_out import bridge_out_pass
-from tests.conftest import World, make_world, settings_for
-from tests.support import create_database, drop_database, raw_connect
+from tests.conftest import World, make_world
+from tests.support import raw_connect
 
 pytestmark = pytest.mark.integration
 
 LEDGER_ID = b"\x11" * 32
 MILLION = 100_000_000  # 1,000,000.00 at scale 2
-
-
-@pytest.fixture
-async def fresh() -> AsyncIterator[Ledger]:
-    url = await create_database()
-    led = Ledger.connect(settings_for(url))
-    try:
-        yield led
-    finally:
-        await led.close()
-        await drop_database(url)
 
 
 async def tamper(ledger: Ledger, *statements: tuple[str, Any]) -> None:
