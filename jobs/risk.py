@@ -1,5 +1,6 @@
 """The risk jobs: read the Chainlink feeds, run a risk tick, charge the day's interest and
-deliver margin calls to the card app. Each body is one call into ``core.risk`` (or
+deliver margin calls to the card app (``risk``); bring the lines' stored limits to the current
+prices (``risk_limits``). Each body is one call into ``core.risk`` (or
 ``chain.evm.price_feed`` for the read).
 
 Settings (environment):
@@ -101,12 +102,18 @@ async def poll_feeds(
 
 
 async def risk_tick(loop: RiskLoop) -> TickReport:
-    report = await loop.tick()
+    report = await loop.tick(refresh=False)
     if report.actions or report.frozen or report.deferred:
         log.info("risk tick %s: %s over %s positions, frozen %s, %s sales cut to a partial "
                  "lot, %s capped to a later tick", report.tick, report.actions,
                  report.evaluated, report.frozen, report.cut, report.deferred)  # fmt: skip
     return report
+
+
+async def refresh_limits(loop: RiskLoop) -> None:
+    """The worker's ``risk_limits`` job: the stored limits of lines whose asset's price moved,
+    a chunk of lines per transaction (its own job: the risk ticks do not wait for it)."""
+    await loop.refresh_moved_prices()
 
 
 async def daily_interest(ledger: Ledger) -> int:

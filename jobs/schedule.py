@@ -48,6 +48,7 @@ def worker_jobs(
     audit: Callable[[], Awaitable[object]] | None = None,
     audit_interval_s: float = 21600.0,
     risk: Callable[[], Awaitable[object]] | None = None,
+    risk_limits: Callable[[], Awaitable[object]] | None = None,
     risk_interval_s: float = 10.0,
     extra: Sequence[ScheduledJob] = (),
 ) -> list[ScheduledJob]:
@@ -76,6 +77,8 @@ def worker_jobs(
         jobs.append(ScheduledJob("self_audit", audit, audit_interval_s))
     if risk is not None:
         jobs.append(ScheduledJob("risk", risk, risk_interval_s, at_start=True))
+    if risk_limits is not None:
+        jobs.append(ScheduledJob("risk_limits", risk_limits, risk_interval_s, at_start=True))
     jobs += extra
     return [
         *jobs,

@@ -22,7 +22,7 @@ from core.settings import epoch_settings
 from jobs import wiring
 from jobs.anchor import AnchorJob
 from jobs.audit import audit_job
-from jobs.risk import RISK_ACTOR, RiskSettings, risk_pass
+from jobs.risk import RISK_ACTOR, RiskSettings, refresh_limits, risk_pass
 from jobs.schedule import start_scheduler, worker_jobs
 from jobs.settings import WorkerSettings
 
@@ -70,6 +70,7 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
         )  # fmt: skip
         if stellar_client is not None:
             stack.push_async_callback(stellar_client.close)
+        risk_loop = RiskLoop(led, RISK_ACTOR, caps=risk_settings.caps)
         jobs = worker_jobs(
             led,
             job,
@@ -83,13 +84,8 @@ async def run_worker(options: WorkerOptions, stop: asyncio.Event) -> int:
             bridge_supply_interval_s=settings.bridge_supply_interval_s,
             audit=audit_job(led, job.client if job else None, epoch_settings().ledger_id),
             audit_interval_s=settings.audit_interval_s,
-            risk=partial(
-                risk_pass,
-                led,
-                RiskLoop(led, RISK_ACTOR, caps=risk_settings.caps),
-                risk_settings,
-                feeds_w3,
-            ),
+            risk=partial(risk_pass, led, risk_loop, risk_settings, feeds_w3),
+            risk_limits=partial(refresh_limits, risk_loop),
             risk_interval_s=risk_settings.interval_s,
             extra=stellar,
         )

@@ -41,6 +41,7 @@ from core.errors import (
 from core.ledger import Ledger
 from core.risk import math as risk
 from core.risk.params import RiskParameters, parameters_from_row
+from core.risk.prices import DEFAULT_HEARTBEAT_S
 from core.storage_errors import translate
 from core.types import (
     AccountKind,
@@ -86,6 +87,19 @@ WITH v AS (
 UPDATE balances b SET floor = least(-v.lim, b.posted - b.pending)
 FROM v WHERE b.account_id = v.credit_account_id
   AND b.account_id IN (SELECT account_id FROM locked)
+"""
+
+
+#: before a card authorization: whether the line's limit predates its asset's price, freeze or
+#: parameters (``moved``), and whether the price outlived its heartbeat unfrozen (``expired``)
+_SPEND_CHECK = """
+SELECT ra.limits_at IS DISTINCT FROM ra.updated_at AS moved,
+       NOT ra.frozen AND ra.price_at < clock_timestamp()
+           - make_interval(secs => coalesce(p.heartbeat_s, :hb)) AS expired
+FROM credit_lines l
+JOIN risk_assets ra ON ra.asset = l.collateral_asset
+LEFT JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
+WHERE l.id = :id
 """
 
 
@@ -412,9 +426,25 @@ class CreditLines:
         merchant: str | None = None,
     ) -> HoldResult:
         """A card authorization: a hold from the credit account to card settlement (the
-        floor, -limit, bounds it); captured or voided through the ordinary hold commands."""
+        floor, -limit, bounds it); captured or voided through the ordinary hold commands.
+
+        The limit it meets is the current price's: when the asset's price (or freeze, or
+        parameters) changed since its lines' limits were last refreshed, this line's limit and
+        floor are refreshed first; a price older than its heartbeat refuses new credit
+        (PRICE_FROZEN) before the tick gets to freeze the asset."""
         state = await self.get(line_id)
         settlement = await self.system(state.line.debt_asset, SystemAccount.CARD_SETTLEMENT, actor)
+        async with self.engine.begin() as conn:
+            check = (
+                await conn.execute(text(_SPEND_CHECK), {"id": line_id, "hb": DEFAULT_HEARTBEAT_S})
+            ).one()
+            if check.expired:
+                raise PriceFrozen(
+                    f"{state.line.collateral_asset} price is older than its heartbeat",
+                    asset=state.line.collateral_asset,
+                )
+            if check.moved:
+                await refresh_limits(conn, line_ids=[line_id])
         return await self.ledger.hold(
             source=state.line.credit_account_id, destination=settlement,
             asset=state.line.debt_asset, amount=amount, expires_at=expires_at, actor=actor,

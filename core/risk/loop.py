@@ -285,7 +285,11 @@ class RiskLoop:
                     {"u": updated_at, "a": asset},
                 )
 
-    async def tick(self, asset: str | None = None) -> TickReport:
+    async def tick(self, asset: str | None = None, *, refresh: bool = True) -> TickReport:
+        """Steps 1 to 4 of the module's tick; ``refresh`` False leaves step 4 (the limits) to
+        its own job, as the worker does: at a million lines it takes tens of seconds, and the
+        next decisions must not wait for it (card authorizations meet the current price's limit
+        either way: :meth:`core.risk.lines.CreditLines.authorize`)."""
         async with self.engine.connect() as conn:
             tick = int(
                 (
@@ -305,7 +309,8 @@ class RiskLoop:
                 report.actions[kind] = report.actions.get(kind, 0) + 1
         report.deferred = budget.deferred
         report.cut = budget.cut
-        await self.refresh_moved_prices()
+        if refresh:
+            await self.refresh_moved_prices()
         return report
 
     async def _post_action(

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from core.errors import InsufficientFunds, LtvBreach
+from core.errors import InsufficientFunds, LtvBreach, PriceFrozen
 from core.ledger import Ledger
 from core.risk.math import ActionKind
 from core.risk.prices import Verdict
@@ -300,3 +300,36 @@ async def test_a_refused_withdrawal_is_remembered_under_its_key(desk: Desk) -> N
     await desk.lines.withdraw(line.id, 2 * COLL, ADMIN, "enough")
     assert (await desk.lines.get(line.id)).collateral == 0
     await conserved(desk)
+
+
+async def test_an_authorization_meets_the_current_price_limit(desk: Desk) -> None:
+    """After a price drop, before any refresh of the stored limits, a card authorization is
+    bounded by the limit at the new price (the line's limit is refreshed first), not the old
+    one."""
+    line = await desk.line(COLL)  # $2,000 of collateral: limit $1,000 (50% initial LTV)
+    assert (await desk.lines.get(line.id)).line.credit_limit == usd(1_000)
+    await desk.price(1_000)  # limit $500 at the new price; the stored one is still $1,000
+    assert (await desk.lines.get(line.id)).line.credit_limit == usd(1_000)
+    with pytest.raises(InsufficientFunds):
+        await desk.spend(line.id, usd(600))
+    assert (await desk.lines.get(line.id)).line.credit_limit == usd(500)
+    await desk.spend(line.id, usd(500))
+    with pytest.raises(InsufficientFunds):
+        await desk.spend(line.id, 1)
+    await conserved(desk)
+
+
+async def test_an_authorization_on_a_price_past_its_heartbeat_is_refused(desk: Desk) -> None:
+    """A price older than its heartbeat gives no new credit even before a tick freezes the
+    asset."""
+    line = await desk.line(COLL)
+    async with desk.ledger.engine.begin() as conn:  # the last accepted price, two hours old
+        await conn.execute(
+            text(
+                "UPDATE risk_assets SET price_at = price_at - interval '2 hours' WHERE asset = :a"
+            ),
+            {"a": desk.coll},
+        )
+    with pytest.raises(PriceFrozen):
+        await desk.spend(line.id, usd(1))
+    assert (await desk.lines.get(line.id)).debt == 0

@@ -90,14 +90,19 @@ def test_the_self_audit_is_listed_on_its_interval(monkeypatch: pytest.MonkeyPatc
     assert WorkerSettings.from_env().audit_interval_s == 6 * 3600  # every epoch at least daily
 
 
-def test_the_risk_job_is_listed_and_starts_at_once() -> None:
+def test_the_risk_jobs_are_listed_and_start_at_once() -> None:
     async def body() -> None:
+        return None
+
+    async def limits() -> None:
         return None
 
     listed = worker_jobs(
         LEDGER, None, anchor_interval_s=3600, housekeeping_interval_s=5, prune_interval_s=600,
-        risk=body, risk_interval_s=7,
+        risk=body, risk_limits=limits, risk_interval_s=7,
     )  # fmt: skip
     jobs = {j.id: j for j in listed}
-    assert list(jobs) == ["risk", *HOUSEKEEPING]
+    assert list(jobs) == ["risk", "risk_limits", *HOUSEKEEPING]
     assert jobs["risk"].body is body and jobs["risk"].every_s == 7 and jobs["risk"].at_start
+    # the limits refresh is a job of its own: a long one never delays the next tick
+    assert jobs["risk_limits"].body is limits and jobs["risk_limits"].every_s == 7
