@@ -612,6 +612,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 predicted = ("INVALID_AMOUNT", None)
             elif moved > h.remaining:
                 predicted = ("HOLD_AMOUNT_EXCEEDED", None)
+            elif h.destination == h.source:
+                # a hold reserving funds on its own source (an offline allowance's) is moved
+                # by captures naming another payee only
+                predicted = ("VALIDATION_ERROR", None)
             else:
                 # the whole reservation ends, then ``moved`` is posted source -> destination
                 m.accounts[h.source].pending -= h.remaining
