@@ -32,7 +32,8 @@ def problem(r: Any, status: int, code: str) -> None:
     assert r.json()["code"] == code, r.text
 
 
-async def make_assets(api: Api) -> tuple[str, str]:
+async def create_assets(api: Api) -> tuple[str, str]:
+    """A fresh debt asset (scale 2) and collateral asset (scale 9), created over HTTP."""
     tag = uuid.uuid4().hex[:8].upper()
     debt, coll = f"USD{tag}", f"WETH{tag}"
     for code, scale, kind in ((debt, 2, "FIAT_CREDIT"), (coll, 9, "COLLATERAL")):
@@ -41,6 +42,11 @@ async def make_assets(api: Api) -> tuple[str, str]:
             headers=api.admin.headers,
         )  # fmt: skip
         assert r.status_code == 201, r.text
+    return debt, coll
+
+
+async def make_assets(api: Api) -> tuple[str, str]:
+    debt, coll = await create_assets(api)
     engine = api.services.ledger.engine
     draft = risk_params.RiskParameterDraft(
         asset=coll, debt_asset=debt, initial_bps=5_000, margin_call_bps=6_500,

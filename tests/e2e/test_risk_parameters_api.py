@@ -12,21 +12,10 @@ from sqlalchemy import text
 
 from core.types import Role
 from tests.e2e.conftest import Api
+from tests.e2e.test_credit_api import create_assets as make_assets
 from tests.e2e.test_credit_api import problem, push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-async def make_assets(api: Api) -> tuple[str, str]:
-    tag = uuid.uuid4().hex[:8].upper()
-    debt, coll = f"USD{tag}", f"WETH{tag}"
-    for code, scale, kind in ((debt, 2, "FIAT_CREDIT"), (coll, 9, "COLLATERAL")):
-        r = await api.http.post(
-            "/api/v1/assets", json={"code": code, "name": code, "scale": scale, "kind": kind},
-            headers=api.admin.headers,
-        )  # fmt: skip
-        assert r.status_code == 201, r.text
-    return debt, coll
 
 
 def ladder(coll: str, debt: str, **overrides: Any) -> dict[str, Any]:
