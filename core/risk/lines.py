@@ -51,6 +51,7 @@ from core.types import (
     OperationResult,
     OperationType,
     PostOperation,
+    Result,
     Side,
     SystemAccount,
     transfer_legs,
@@ -101,6 +102,16 @@ JOIN risk_assets ra ON ra.asset = l.collateral_asset
 LEFT JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
 WHERE l.id = :id
 """
+
+
+def _posted(outcome: Result | LedgerError) -> OperationResult:
+    """The posting's result, or its refusal raised (after the caller's transaction kept its
+    record)."""
+    if isinstance(outcome, LedgerError):
+        raise outcome
+    if not isinstance(outcome, OperationResult):  # pragma: no cover - a posting answers so
+        raise TypeError(f"a posting answered {type(outcome).__name__}")
+    return outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,13 +357,15 @@ class CreditLines:
     async def deposit(
         self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None
     ) -> OperationResult:
-        """Collateral from the owner's AVAILABLE account into the line."""
+        """Collateral from the owner's AVAILABLE account into the line; the deposit and the
+        higher limit it gives commit together (a refusal commits only its record)."""
         async with locked_line(self.engine, line_id) as conn:
             state = await read_state(conn, line_id)
             wallet = await self.ledger.accounts.ensure_wallet(
                 state.line.owner_id, state.line.collateral_asset, actor=actor
             )
-            result = await self.ledger.post(
+            outcome = await self._post_with_limit(
+                conn, line_id,
                 PostOperation(
                     OperationType.COLLATERAL_DEPOSIT,
                     transfer_legs(
@@ -360,10 +373,20 @@ class CreditLines:
                         state.line.collateral_asset, amount,
                     ),
                     actor, idempotency_key, {"credit_line": line_id},
-                )
+                ),
             )  # fmt: skip
+        return _posted(outcome)
+
+    async def _post_with_limit(
+        self, conn: AsyncConnection, line_id: int, command: PostOperation
+    ) -> Result | LedgerError:
+        """Post ``command`` in ``conn``'s transaction (the line's lock) and, if it is
+        posted, the line's new limit with it; a refusal is answered, not raised, so the
+        caller commits its record (:meth:`core.ledger.Ledger.submit_within`)."""
+        outcome = await self.ledger.submit_within(conn, command)
+        if isinstance(outcome, OperationResult):
             await refresh_limits(conn, line_ids=[line_id])
-            return result
+        return outcome
 
     async def withdraw(
         self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None
@@ -396,8 +419,8 @@ class CreditLines:
             wallet = await self.ledger.accounts.ensure_wallet(
                 state.line.owner_id, state.line.collateral_asset, actor=actor
             )
-            outcome = await self.ledger.submit_within(
-                conn,
+            outcome = await self._post_with_limit(
+                conn, line_id,
                 PostOperation(
                     OperationType.COLLATERAL_WITHDRAW,
                     transfer_legs(
@@ -407,12 +430,7 @@ class CreditLines:
                     actor, idempotency_key, {"credit_line": line_id},
                 ),
             )  # fmt: skip
-            if isinstance(outcome, OperationResult):
-                await refresh_limits(conn, line_ids=[line_id])
-                return outcome
-        if isinstance(outcome, LedgerError):
-            raise outcome
-        raise TypeError(f"a withdrawal answered {type(outcome).__name__}")  # pragma: no cover
+        return _posted(outcome)
 
     # -- card spends ----------------------------------------------------------------------
     async def authorize(

@@ -1,7 +1,7 @@
-"""A process withdrawing collateral from a credit line, SIGKILLed the moment the ledger has
-answered the withdrawal's posting (before anything else the withdrawal does):
+"""A process depositing or withdrawing collateral on a credit line, SIGKILLed the moment the
+ledger has answered the posting (before anything else the deposit or withdrawal does):
 
-    python -m tests.integration.withdraw_driver --db URL --line N --amount UNITS
+    python -m tests.integration.withdraw_driver --db URL --line N --amount UNITS [--deposit]
 
 The kill wraps the ledger's posting methods from outside; the product code has no test
 hooks. Exit code 0: the withdrawal finished (the kill point was never reached).
@@ -23,14 +23,17 @@ from tests.conftest import settings_for
 ADMIN = Actor("withdraw-driver", Role.ADMIN)
 
 
-async def run(db: str, line_id: int, amount: int) -> int:
+MOVES = (OperationType.COLLATERAL_DEPOSIT, OperationType.COLLATERAL_WITHDRAW)
+
+
+async def run(db: str, line_id: int, amount: int, deposit: bool) -> int:
     ledger = Ledger.connect(settings_for(db))
     methods = {name: getattr(ledger, name) for name in ("post", "post_within", "submit_within")}
 
     def killing(name: str) -> Any:
         async def wrapped(*args: Any, **kwargs: Any) -> Any:
             result = await methods[name](*args, **kwargs)
-            if args[-1].type is OperationType.COLLATERAL_WITHDRAW:
+            if args[-1].type in MOVES:
                 os.kill(os.getpid(), signal.SIGKILL)
             return result
 
@@ -39,7 +42,9 @@ async def run(db: str, line_id: int, amount: int) -> int:
     for name in methods:
         setattr(ledger, name, killing(name))
     try:
-        await CreditLines(ledger).withdraw(line_id, amount, ADMIN, "withdraw-driver")
+        lines = CreditLines(ledger)
+        move = lines.deposit if deposit else lines.withdraw
+        await move(line_id, amount, ADMIN, "withdraw-driver")
         return 0
     finally:
         await ledger.close()
@@ -50,8 +55,9 @@ def main() -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--line", type=int, required=True)
     parser.add_argument("--amount", type=int, required=True)
+    parser.add_argument("--deposit", action="store_true")
     ns = parser.parse_args()
-    return asyncio.run(run(ns.db, ns.line, ns.amount))
+    return asyncio.run(run(ns.db, ns.line, ns.amount, ns.deposit))
 
 
 if __name__ == "__main__":
