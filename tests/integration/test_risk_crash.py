@@ -190,18 +190,29 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     assert await desk.ledger.reconcile() == []
 
 
-async def test_a_withdrawal_and_its_lower_limit_commit_together(
-    fresh: tuple[str, Ledger],
+@pytest.mark.parametrize("deposit", [False, True], ids=["withdrawal", "deposit"])
+async def test_a_collateral_move_and_its_new_limit_commit_together(
+    fresh: tuple[str, Ledger], deposit: bool
 ) -> None:
-    """A process killed right after the ledger answered a collateral withdrawal: either the
-    withdrawal and the lower limit it leaves are both there, or neither is; never the
+    """A process killed right after the ledger answered a collateral withdrawal (deposit):
+    the move and the lower (higher) limit it leaves are both there, or neither is; never the
     collateral gone with the old limit still open for card spends."""
     url, ledger = fresh
     desk = await make_desk(ledger)
     line = await desk.line(2 * COLL, spend=usd(500))
+    if deposit:  # the owner has one more COLL to deposit
+        owner = (await desk.lines.get(line.id)).line.owner_id
+        wallet = await ledger.accounts.ensure_wallet(owner, desk.coll, actor=ADMIN)
+        issuance = await ledger.accounts.system_account(
+            desk.coll, SystemAccount.ISSUANCE, actor=ADMIN
+        )
+        await ledger.transfer(
+            source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=desk.coll,
+            amount=COLL, type_=OperationType.MINT,
+        )  # fmt: skip
     before = await desk.lines.get(line.id)
     command = [sys.executable, "-m", "tests.integration.withdraw_driver", "--db", url]
-    command += ["--line", str(line.id), "--amount", str(COLL)]
+    command += ["--line", str(line.id), "--amount", str(COLL)] + (["--deposit"] if deposit else [])
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     run = subprocess.run
     done = await asyncio.to_thread(run, command, env=env, cwd=ROOT, timeout=120, check=False)
@@ -209,44 +220,12 @@ async def test_a_withdrawal_and_its_lower_limit_commit_together(
     after = await desk.lines.get(line.id)
     if after.collateral == before.collateral:  # nothing committed: the retry does it once
         assert after.line.credit_limit == before.line.credit_limit
-        await desk.lines.withdraw(line.id, COLL, ADMIN, "withdraw-driver")
+        move = desk.lines.deposit if deposit else desk.lines.withdraw
+        await move(line.id, COLL, ADMIN, "withdraw-driver")
         after = await desk.lines.get(line.id)
-    assert after.collateral == before.collateral - COLL
-    assert after.line.credit_limit < before.line.credit_limit
-    async with ledger.engine.begin() as conn:  # what a refresh sets now: already there
-        await refresh_limits(conn, line_ids=[line.id])
-    assert (await desk.lines.get(line.id)).line.credit_limit == after.line.credit_limit
-    assert set((await desk.totals()).values()) == {0}
-    assert await ledger.reconcile() == []
-
-
-async def test_a_deposit_and_its_higher_limit_commit_together(fresh: tuple[str, Ledger]) -> None:
-    """A process killed right after the ledger answered a collateral deposit: the deposit and
-    the higher limit it gives are both there, or neither is."""
-    url, ledger = fresh
-    desk = await make_desk(ledger)
-    line = await desk.line(COLL)
-    owner = (await desk.lines.get(line.id)).line.owner_id
-    wallet = await ledger.accounts.ensure_wallet(owner, desk.coll, actor=ADMIN)
-    issuance = await ledger.accounts.system_account(desk.coll, SystemAccount.ISSUANCE, actor=ADMIN)
-    await ledger.transfer(
-        source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=desk.coll,
-        amount=COLL, type_=OperationType.MINT,
-    )  # fmt: skip
-    before = await desk.lines.get(line.id)
-    command = [sys.executable, "-m", "tests.integration.withdraw_driver", "--db", url]
-    command += ["--line", str(line.id), "--amount", str(COLL), "--deposit"]
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    run = subprocess.run
-    done = await asyncio.to_thread(run, command, env=env, cwd=ROOT, timeout=120, check=False)
-    assert done.returncode == -signal.SIGKILL
-    after = await desk.lines.get(line.id)
-    if after.collateral == before.collateral:  # nothing committed: the retry does it once
-        assert after.line.credit_limit == before.line.credit_limit
-        await desk.lines.deposit(line.id, COLL, ADMIN, "withdraw-driver")
-        after = await desk.lines.get(line.id)
-    assert after.collateral == before.collateral + COLL
-    assert after.line.credit_limit > before.line.credit_limit
+    sign = 1 if deposit else -1
+    assert after.collateral == before.collateral + sign * COLL
+    assert (after.line.credit_limit - before.line.credit_limit) * sign > 0
     async with ledger.engine.begin() as conn:  # what a refresh sets now: already there
         await refresh_limits(conn, line_ids=[line.id])
     assert (await desk.lines.get(line.id)).line.credit_limit == after.line.credit_limit
