@@ -1,11 +1,12 @@
 """The credit-line risk model as pure functions: no I/O, no clock, no float on a money path.
 
 Units. A position owes ``debt`` minor units of the debt asset (e.g. USD cents) and holds
-``collateral`` minor units of one collateral asset (e.g. wETH wei). A :class:`Price` is a feed's
-integer answer with its decimals (USD per one whole collateral unit, as Chainlink reports it);
-:meth:`Price.per_minor` turns it into the exact rational "debt minor units per collateral minor
-unit" every computation here uses. Ratios (LTV thresholds, penalty, haircut) are integer basis
-points (1 bp = 1/10,000).
+``collateral`` minor units of its line's collateral asset (e.g. wETH wei), and possibly
+holdings of further collateral assets (:class:`Holding`), each with its own price and ladder.
+A :class:`Price` is a feed's integer answer with its decimals (USD per one whole collateral
+unit, as Chainlink reports it); :meth:`Price.per_minor` turns it into the exact rational "debt
+minor units per collateral minor unit" every computation here uses. Ratios (LTV thresholds,
+penalty, haircut) are integer basis points (1 bp = 1/10,000).
 
 Rounding, each in one place and in one direction, never more than one minor unit:
 
@@ -24,16 +25,25 @@ Rounding, each in one place and in one direction, never more than one minor unit
   down once;
 * every threshold test is an exact integer comparison (no rounding at all): a threshold is
   *crossed* when LTV is strictly above it; exactly at a threshold is still on the safe side.
+
+Several collateral assets (Aave v3's weighted thresholds). A position holding several assets
+crosses threshold ``k`` when ``debt * 10,000 > sum value_i * k_i`` (each value rounded down, each
+``k_i`` its own asset's ladder): its threshold is the value-weighted mean of its assets'. A sale
+sells the assets in :func:`sale_order` (the lowest penalty first: the cheapest for the user),
+each only as far as the goal needs; the line's own (first) asset's ladder gives the rules that
+are the position's, not an asset's: close factor, its bounds, and the minimum leftover. With one
+asset every formula here is the single-asset one.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
 from enum import StrEnum
 from fractions import Fraction
+from functools import partial
 
 BPS = 10_000
 #: interest: APR in basis points accrues per day over this many days a year
@@ -147,9 +157,7 @@ def close_factor_bps(debt: int, value: int, ladder: Ladder) -> int:
     """The share of the debt one partial may repay: ``close_factor_bps`` while HF is strictly
     above ``close_factor_hf_bps`` and debt and collateral value are both at least
     ``close_factor_min``; all of it otherwise (Aave v3.3)."""
-    hf_above = value * ladder.partial_bps * BPS > ladder.close_factor_hf_bps * debt * BPS
-    big = debt >= ladder.close_factor_min and value >= ladder.close_factor_min
-    return ladder.close_factor_bps if hf_above and big else BPS
+    return _close_factor(debt, value, value * ladder.partial_bps, ladder)
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +241,26 @@ class ActionKind(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Holding:
+    """Collateral of one asset: the line's own (built from :class:`Position`'s first fields)
+    or a further asset the line holds (:attr:`Position.others`)."""
+
+    asset: str
+    quantity: int  # collateral minor units held
+    price: Fraction  # debt minor units per collateral minor unit
+    ladder: Ladder  # this asset's thresholds and penalty
+    stop_loss: Fraction | None = None  # sell all of this asset when price <= this
+
+    @property
+    def value(self) -> int:
+        return value_of(self.quantity, self.price)
+
+    def pays(self, quantity: int) -> int:
+        """What selling ``quantity`` of it pays (:func:`proceeds_of`, rounded down)."""
+        return proceeds_of(quantity, self.price, self.ladder.penalty_bps)
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     debt: int  # minor units owed (> 0 means owed)
     collateral: int  # collateral minor units held
@@ -240,7 +268,46 @@ class Position:
     cushion: int = 0  # yield cushion, debt minor units
     stop_loss: Fraction | None = None  # sell everything when price <= this
     notified: bool = False  # a margin call is already out for this crossing
-    frozen: bool = False  # the asset's price cannot be trusted now
+    frozen: bool = False  # a held asset's price cannot be trusted now
+    asset: str = ""  # the line's own collateral asset
+    #: further collateral assets held, each with its own price and ladder
+    others: tuple[Holding, ...] = ()
+
+    def holdings(self, ladder: Ladder) -> tuple[Holding, ...]:
+        """Every holding, the line's own first (with ``ladder``, the line's)."""
+        own = Holding(self.asset, self.collateral, self.price, ladder, self.stop_loss)
+        return (own, *self.others)
+
+    def value(self) -> int:
+        """The collateral's value: the sum of each holding's (each rounded down)."""
+        return value_of(self.collateral, self.price) + sum(h.value for h in self.others)
+
+
+def capacity(holdings: tuple[Holding, ...], threshold: Callable[[Ladder], int]) -> int:
+    """``sum value_i * threshold_i`` (debt minor units x bps): a position crosses that
+    threshold when ``debt * BPS`` is above it (:func:`crossed_capacity`)."""
+    return sum(h.value * threshold(h.ladder) for h in holdings)
+
+
+def crossed_capacity(debt: int, cap: int) -> bool:
+    """:func:`crossed` against a :func:`capacity` (the weighted threshold), exact."""
+    return debt > 0 and debt * BPS > cap
+
+
+def sale_order(holdings: tuple[Holding, ...]) -> list[int]:
+    """The order a sale takes the holdings in: the lowest penalty first (what the sale costs
+    the user), then the line's own asset, then the order the line holds them in."""
+    return sorted(range(len(holdings)), key=lambda i: (holdings[i].ladder.penalty_bps, i))
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    """What a sale takes of one further collateral asset (:attr:`Action.lots`)."""
+
+    asset: str
+    quantity: int
+    #: what the lot pays, rounded down (:func:`proceeds_of`); part of :attr:`Action.proceeds`
+    proceeds: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,18 +323,40 @@ class Action:
     surplus: int = 0
     #: debt left unpaid after all collateral was sold: written off to bad debt
     shortfall: int = 0
+    #: what the sale takes of the line's further collateral assets (``sold`` is its own's)
+    lots: tuple[Lot, ...] = ()
+
+    @property
+    def sells(self) -> bool:
+        return self.sold > 0 or any(lot.quantity for lot in self.lots)
 
 
 NO_ACTION = Action(ActionKind.NONE)
 
 
-def _sale(kind: ActionKind, sold: int, p: Position, ladder: Ladder) -> Action:
-    proceeds = proceeds_of(sold, p.price, ladder.penalty_bps)
-    repaid = min(proceeds, max(p.debt, 0))
+def _sale_of(kind: ActionKind, holdings: tuple[Holding, ...], sold: list[int], debt: int) -> Action:
+    """The action selling ``sold[i]`` of each holding: proceeds (each lot rounded down) repay
+    the debt, the rest is surplus; debt left once every holding is sold out is the shortfall
+    (never for a partial)."""
+    paid = [h.pays(q) for q, h in zip(sold, holdings, strict=True)]
+    proceeds = sum(paid)
+    repaid = min(proceeds, max(debt, 0))
     shortfall = 0
-    if sold >= p.collateral and repaid < p.debt and kind is not ActionKind.PARTIAL:
-        shortfall = p.debt - repaid
-    return Action(kind, sold, proceeds, repaid, proceeds - repaid, shortfall)
+    sold_out = all(q >= h.quantity for q, h in zip(sold, holdings, strict=True))
+    if sold_out and repaid < debt and kind is not ActionKind.PARTIAL:
+        shortfall = debt - repaid
+    lots = tuple(
+        Lot(h.asset, q, pay)
+        for q, h, pay in zip(sold[1:], holdings[1:], paid[1:], strict=True)
+        if q > 0
+    )
+    return Action(kind, sold[0], proceeds, repaid, proceeds - repaid, shortfall, lots)
+
+
+def _sale(kind: ActionKind, sold: int, p: Position, ladder: Ladder) -> Action:
+    """A sale of ``sold`` units of the line's own asset only."""
+    holdings = p.holdings(ladder)
+    return _sale_of(kind, holdings, [sold] + [0] * (len(holdings) - 1), p.debt)
 
 
 def _smallest(quantity_hint: int, limit: int, good: Callable[[int], bool]) -> int:
@@ -286,94 +375,237 @@ def _smallest(quantity_hint: int, limit: int, good: Callable[[int], bool]) -> in
     return hi
 
 
+def _largest_within(h: Holding, limit: int, room: int) -> int:
+    """The largest q in [0, limit] whose proceeds are at most ``room`` (0 if none is)."""
+    over = _smallest(0, limit, lambda q: h.pays(q) > room)
+    return max(over - 1 if h.pays(over) > room else over, 0)
+
+
+def _covers(h: Holding, need: int, quantity: int) -> bool:
+    return h.pays(quantity) >= need
+
+
 def full_sale(p: Position, ladder: Ladder, kind: ActionKind = ActionKind.FULL) -> Action:
     """Sell the fewest collateral units whose proceeds cover the whole debt (all of it if they
-    cannot: the rest is the shortfall)."""
-    if p.debt <= 0:
-        return _sale(kind, 0, p, ladder)
-    discounted = p.price * (BPS - ladder.penalty_bps) / BPS
-    hint = int(Fraction(p.debt) / discounted) if discounted > 0 else p.collateral
-    sold = _smallest(
-        min(hint, p.collateral),
-        p.collateral,
-        lambda q: proceeds_of(q, p.price, ladder.penalty_bps) >= p.debt,
-    )
-    return _sale(kind, sold, p, ladder)
+    cannot: the rest is the shortfall), taking the holdings in :func:`sale_order`."""
+    holdings = p.holdings(ladder)
+    sold = [0] * len(holdings)
+    need = p.debt
+    for i in sale_order(holdings):
+        if need <= 0:
+            break
+        h = holdings[i]
+        discounted = h.price * (BPS - h.ladder.penalty_bps) / BPS
+        hint = int(Fraction(need) / discounted) if discounted > 0 else h.quantity
+        covers = partial(_covers, h, need)
+        sold[i] = _smallest(min(hint, h.quantity), h.quantity, covers)
+        need -= h.pays(sold[i])
+    return _sale_of(kind, holdings, sold, p.debt)
 
 
 def partial_sale(p: Position, ladder: Ladder) -> Action:
     """Sell the fewest units that bring LTV back to ``target`` (at most the close factor's
-    share of the debt); a full sale when the leftover would be under ``min_leftover`` or the
-    target cannot be reached with the collateral held."""
-    value = value_of(p.collateral, p.price)
-    t = Fraction(ladder.target_bps, BPS)
-    discounted = p.price * (BPS - ladder.penalty_bps) / BPS
+    share of the debt), taking the holdings in :func:`sale_order`, each whole before the next;
+    a full sale when the leftover would be under ``min_leftover`` or the target cannot be
+    reached with the collateral held."""
+    holdings = p.holdings(ladder)
+    sold = [0] * len(holdings)
 
-    def restored(q: int) -> bool:
-        repaid = min(proceeds_of(q, p.price, ladder.penalty_bps), p.debt)
-        left_value = value_of(p.collateral - q, p.price)
-        return not crossed(p.debt - repaid, left_value, ladder.target_bps)
+    def restored(trial: list[int]) -> bool:
+        paid = sum(
+            proceeds_of(q, h.price, h.ladder.penalty_bps)
+            for q, h in zip(trial, holdings, strict=True)
+        )
+        left = tuple(
+            replace(h, quantity=h.quantity - q) for q, h in zip(trial, holdings, strict=True)
+        )
+        return not crossed_capacity(
+            p.debt - min(paid, p.debt), capacity(left, lambda lad: lad.target_bps)
+        )
 
-    exact = (p.debt - t * value) / (discounted - t * p.price)  # > 0 over partial
-    if exact >= p.collateral or not restored(p.collateral):
+    for j in sale_order(holdings):
+        h = holdings[j]
+        if h.quantity <= 0 or h.price <= 0:
+            continue
+        others = [q if i != j else 0 for i, q in enumerate(sold)]
+        paid = sum(
+            proceeds_of(q, o.price, o.ladder.penalty_bps)
+            for q, o in zip(others, holdings, strict=True)
+        )
+        cap = capacity(
+            tuple(
+                replace(o, quantity=o.quantity - q) for q, o in zip(others, holdings, strict=True)
+            ),
+            lambda lad: lad.target_bps,
+        )
+        discounted = h.price * (BPS - h.ladder.penalty_bps) / BPS
+        per_unit = discounted - Fraction(h.ladder.target_bps, BPS) * h.price  # > 0 (validate)
+        exact = (p.debt - paid - Fraction(cap, BPS)) / per_unit
+
+        def with_j(q: int, j: int = j, others: list[int] = others) -> bool:
+            return restored([q if i == j else o for i, o in enumerate(others)])
+
+        if exact >= h.quantity or not with_j(h.quantity):
+            sold[j] = h.quantity
+            continue
+        sold[j] = _smallest(int(exact), h.quantity, with_j)
+        break
+    else:
         return full_sale(p, ladder)
-    sold = _smallest(int(exact), p.collateral, restored)
-    max_repay = (p.debt * close_factor_bps(p.debt, value, ladder)) // BPS
-    if proceeds_of(sold, p.price, ladder.penalty_bps) > max_repay:
-        # the largest sale whose proceeds stay within the close factor
-        over = _smallest(0, sold, lambda q: proceeds_of(q, p.price, ladder.penalty_bps) > max_repay)
-        sold = over - 1 if proceeds_of(over, p.price, ladder.penalty_bps) > max_repay else over
-    action = _sale(ActionKind.PARTIAL, sold, p, ladder)
+    value = p.value()
+    hf_capacity = capacity(holdings, lambda lad: lad.partial_bps)
+    max_repay = (p.debt * _close_factor(p.debt, value, hf_capacity, ladder)) // BPS
+    taken = 0
+    order = sale_order(holdings)
+    for n, j in enumerate(order):
+        h = holdings[j]
+        pays = h.pays(sold[j])
+        if taken + pays > max_repay:
+            # the largest sale whose proceeds stay within the close factor
+            sold[j] = _largest_within(h, sold[j], max_repay - taken)
+            for k in order[n + 1 :]:
+                sold[k] = 0
+            break
+        taken += pays
+    action = _sale_of(ActionKind.PARTIAL, holdings, sold, p.debt)
     left_debt = p.debt - action.repaid
-    left_value = value_of(p.collateral - sold, p.price)
-    if sold == 0 or left_debt < ladder.min_leftover or left_value < ladder.min_leftover:
+    left_value = sum(value_of(h.quantity - q, h.price) for q, h in zip(sold, holdings, strict=True))
+    if not any(sold) or left_debt < ladder.min_leftover or left_value < ladder.min_leftover:
         return full_sale(p, ladder)
     return action
 
 
-def capped_lot(p: Position, ladder: Ladder, action: Action, room: int) -> Action | None:
-    """The part of ``action``'s sale that fits under a liquidation cap with ``room`` debt minor
-    units of market value left (Maker Liquidations 2.0 ``dog.bark``'s partial lot), or None
-    when the sale must wait for a later tick.
+def _close_factor(debt: int, value: int, hf_capacity: int, ladder: Ladder) -> int:
+    """:func:`close_factor_bps` with the health factor's numerator given as a
+    :func:`capacity` at the partial threshold (the weighted form)."""
+    hf_above = hf_capacity * BPS > ladder.close_factor_hf_bps * debt * BPS
+    big = debt >= ladder.close_factor_min and value >= ladder.close_factor_min
+    return ladder.close_factor_bps if hf_above and big else BPS
 
-    The lot is the most collateral whose value (rounded down, :func:`value_of`) is at most
-    ``room``: collateral minor units rounded **down**, so the cap is never passed. Its proceeds
-    repay debt like any sale (surplus to the user past the debt; no shortfall, since collateral
-    remains). It waits when the lot would be worth less than the dust minimum (the ladder's
-    ``min_leftover``, like Maker's ``dust``: no sliver of a sale), or when what remains would be
-    a dust position: collateral value under ``min_leftover``, or debt left but under it."""
-    if room < 0 or p.price <= 0:
-        return None
+
+def lot_values(p: Position, ladder: Ladder, action: Action) -> dict[str, int]:
+    """The market value (:func:`value_of`, rounded down) of what ``action`` sells, per
+    collateral asset."""
+    holdings = {h.asset: h for h in p.holdings(ladder)}
+    values: dict[str, int] = {}
+    if action.sold:
+        values[p.asset] = value_of(action.sold, p.price)
+    for lot in action.lots:
+        values[lot.asset] = values.get(lot.asset, 0) + value_of(
+            lot.quantity, holdings[lot.asset].price
+        )
+    return values
+
+
+def _fits(price: Fraction, room: int) -> int:
+    """The most collateral minor units whose value (rounded down) is at most ``room``."""
     # value_of(q) <= room  <=>  q * num < (room + 1) * den
-    fits = ((room + 1) * p.price.denominator - 1) // p.price.numerator
-    sold = min(fits, action.sold - 1)
-    if sold <= 0 or value_of(sold, p.price) < max(ladder.min_leftover, 1):
+    return ((room + 1) * price.denominator - 1) // price.numerator
+
+
+def _lot_or_wait(
+    p: Position, ladder: Ladder, kind: ActionKind, holdings: tuple[Holding, ...], sold: list[int]
+) -> Action | None:
+    """The cut sale, or None when it is dust or leaves a dust position (see
+    :func:`capped_lot`)."""
+    lot_value = sum(value_of(q, h.price) for q, h in zip(sold, holdings, strict=True))
+    if not any(sold) or lot_value < max(ladder.min_leftover, 1):
         return None
-    lot = _sale(action.kind, sold, p, ladder)
+    lot = _sale_of(kind, holdings, sold, p.debt)
     left_debt = p.debt - lot.repaid
-    if value_of(p.collateral - sold, p.price) < ladder.min_leftover or (
-        0 < left_debt < ladder.min_leftover
-    ):
+    left_value = sum(value_of(h.quantity - q, h.price) for q, h in zip(sold, holdings, strict=True))
+    if left_value < ladder.min_leftover or 0 < left_debt < ladder.min_leftover:
         return None
     return lot
 
 
+def capped_lot(p: Position, ladder: Ladder, action: Action, room: int) -> Action | None:
+    """The part of ``action``'s sale (of the line's own asset) that fits under a liquidation
+    cap with ``room`` debt minor units of market value left (Maker Liquidations 2.0
+    ``dog.bark``'s partial lot), or None when the sale must wait for a later tick.
+
+    The lot is the most collateral whose value (rounded down, :func:`value_of`) is at most
+    ``room``, and less than the whole sale: collateral minor units rounded **down**, so the cap
+    is never passed. Its proceeds repay debt like any sale (surplus to the user past the debt;
+    no shortfall, since collateral remains). It waits when the lot would be worth less than the
+    dust minimum (the ladder's ``min_leftover``, like Maker's ``dust``: no sliver of a sale), or
+    when what remains would be a dust position: collateral value under ``min_leftover``, or
+    debt left but under it."""
+    if room < 0 or p.price <= 0:
+        return None
+    holdings = p.holdings(ladder)
+    sold = [min(_fits(p.price, room), action.sold - 1)] + [0] * (len(holdings) - 1)
+    if sold[0] <= 0:
+        return None
+    return _lot_or_wait(p, ladder, action.kind, holdings, sold)
+
+
+def capped_sale(
+    p: Position,
+    ladder: Ladder,
+    action: Action,
+    global_room: int | None,
+    asset_rooms: dict[str, int | None],
+) -> Action | None:
+    """``action`` when its sale fits the rooms a tick's liquidation caps leave (``None``:
+    unbounded), else the part that fits, or None when it must wait (:func:`capped_lot`'s rule).
+
+    The lots are taken in :func:`sale_order`; each counts against the global room and its
+    asset's; the first that does not fit whole is cut to the most that fits (and less than
+    itself), and the later ones are dropped."""
+    holdings = p.holdings(ladder)
+    sold = [action.sold] + [0] * (len(holdings) - 1)
+    index = {h.asset: i for i, h in enumerate(holdings)}
+    for lot in action.lots:
+        sold[index[lot.asset]] = lot.quantity
+    order = [i for i in sale_order(holdings) if sold[i] > 0]
+    taken_total = 0
+    taken: dict[str, int] = {}
+    for n, j in enumerate(order):
+        h = holdings[j]
+        asset_room = asset_rooms.get(h.asset)
+        rooms = []
+        if global_room is not None:
+            rooms.append(global_room - taken_total)
+        if asset_room is not None:
+            rooms.append(asset_room - taken.get(h.asset, 0))
+        worth = value_of(sold[j], h.price)
+        if not rooms or worth <= min(rooms):
+            taken_total += worth
+            taken[h.asset] = taken.get(h.asset, 0) + worth
+            continue
+        room = min(rooms)
+        sold[j] = max(min(_fits(h.price, room), sold[j] - 1), 0) if room >= 0 else 0
+        for k in order[n + 1 :]:
+            sold[k] = 0
+        return _lot_or_wait(p, ladder, action.kind, holdings, sold)
+    return action
+
+
 def decide(p: Position, ladder: Ladder) -> Action:
     """The one action for this tick, in order: nothing on a frozen price; full past ``full``
-    (or with no collateral value left); the user's stop-loss; the cushion once over margin
-    call; a partial over ``partial``; a margin-call notice once per crossing."""
+    (or with no collateral value left); the user's stop-loss (every holding at its stop is sold
+    whole); the cushion once over margin call; a partial over ``partial``; a margin-call notice
+    once per crossing. Thresholds are weighted over the holdings (:func:`capacity`)."""
     if p.frozen:
         return NO_ACTION
-    value = value_of(p.collateral, p.price)
-    if p.debt > 0 and (value == 0 or crossed(p.debt, value, ladder.full_bps)):
+    holdings = p.holdings(ladder)
+    value = p.value()
+    if p.debt > 0 and (
+        value == 0 or crossed_capacity(p.debt, capacity(holdings, lambda lad: lad.full_bps))
+    ):
         return full_sale(p, ladder)
-    if p.stop_loss is not None and p.collateral > 0 and p.price <= p.stop_loss:
-        return _sale(ActionKind.STOP_LOSS, p.collateral, p, ladder)
-    if not crossed(p.debt, value, ladder.margin_call_bps):
+    stops = [
+        h.quantity if h.stop_loss is not None and h.quantity > 0 and h.price <= h.stop_loss else 0
+        for h in holdings
+    ]
+    if any(stops):
+        return _sale_of(ActionKind.STOP_LOSS, holdings, stops, p.debt)
+    if not crossed_capacity(p.debt, capacity(holdings, lambda lad: lad.margin_call_bps)):
         return NO_ACTION
     if p.cushion > 0:
         used = min(p.cushion, p.debt)
         return Action(ActionKind.CUSHION, repaid=used)
-    if crossed(p.debt, value, ladder.partial_bps):
+    if crossed_capacity(p.debt, capacity(holdings, lambda lad: lad.partial_bps)):
         return partial_sale(p, ladder)
     return NO_ACTION if p.notified else Action(ActionKind.NOTIFY)
