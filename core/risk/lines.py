@@ -9,10 +9,17 @@ until its posting is committed, so two of them never decide from the same state.
 do not take that lock: the database's floor (``balances_floor`` CHECK) bounds them, and a
 withdrawal holds the credit account's balance row while it checks and posts.
 
+Collateral: a line holds its own collateral asset (``collateral_asset``, whose active risk
+parameters lend its debt asset and give its buffer, APR and the position's sale rules) and any
+further assets deposited into it (``credit_line_collateral``, migration 0025), each in a
+COLLATERAL account of its own and judged with its own asset's parameters.
+
 Limit (refreshed set-based on every price change, deposit, withdrawal and action):
-``limit = min(sum value * (1 - H) - buffer, value * initial LTV)``, rounded down, >= 0, and
-the credit account's floor = ``least(-limit, posted - pending)``: a line over its limit (prices
-fell) cannot spend more but is never made to break the CHECK. A frozen price gives limit 0.
+``limit = min(sum value_i * (1 - H_i) - buffer, sum value_i * initial LTV_i)``, each term
+rounded down, >= 0, and the credit account's floor = ``least(-limit, posted - pending)``: a line
+over its limit (prices fell) cannot spend more but is never made to break the CHECK. An asset
+whose price is frozen (or missing, or without active parameters) counts for nothing; without
+its own asset's parameters the limit is 0.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from core.errors import (
     NoRiskParameters,
     PriceFrozen,
     UnknownCreditLine,
+    ValidationError,
 )
 from core.ledger import Ledger
 from core.risk import math as risk
@@ -57,19 +65,34 @@ from core.types import (
     transfer_legs,
 )
 
-#: the value of a line's collateral in debt minor units, rounded down (core.risk.math.value_of)
-VALUE_SQL = (
-    "div(c.posted::numeric * ra.price_answer * power(10::numeric, da.scale), "
-    "power(10::numeric, ca.scale + ra.price_decimals))"
+
+def value_sql(c: str = "c", ra: str = "ra", ca: str = "ca", da: str = "da") -> str:
+    """SQL for the value of a collateral balance (``c``: its balances row, ``ra``: its
+    risk_assets row, ``ca``/``da``: the collateral and debt assets) in debt minor units,
+    rounded down (core.risk.math.value_of)."""
+    return (
+        f"div({c}.posted::numeric * {ra}.price_answer * power(10::numeric, {da}.scale), "
+        f"power(10::numeric, {ca}.scale + {ra}.price_decimals))"
+    )
+
+
+#: the value of a line's own collateral (aliases c, ra, ca, da)
+VALUE_SQL = value_sql()
+
+#: a further holding's value, 0 while its price is frozen or missing
+_FURTHER_VALUE = (
+    f"CASE WHEN xra.frozen OR xra.price_answer IS NULL THEN 0 "
+    f"ELSE {value_sql('xc', 'xra', 'xca', 'da')} END"
 )
 
 _REFRESH = f"""
 WITH v AS (
     SELECT l.id, l.credit_account_id,
-           CASE WHEN ra.frozen OR p.id IS NULL OR ra.price_answer IS NULL THEN 0 ELSE
+           CASE WHEN p.id IS NULL THEN 0 ELSE
              greatest(0, least(
-               div({VALUE_SQL} * (10000 - p.haircut_bps), 10000) - p.buffer,
-               div({VALUE_SQL} * p.initial_bps, 10000)))
+               div(own.value * (10000 - p.haircut_bps), 10000) + coalesce(x.haircut, 0)
+                 - p.buffer,
+               div(own.value * p.initial_bps + coalesce(x.initial, 0), 10000)))
            END::bigint AS lim
     FROM credit_lines l
     JOIN balances c ON c.account_id = l.collateral_account_id
@@ -77,6 +100,18 @@ WITH v AS (
     JOIN assets ca ON ca.code = l.collateral_asset
     JOIN assets da ON da.code = l.debt_asset
     LEFT JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN ra.frozen OR ra.price_answer IS NULL THEN 0 ELSE {VALUE_SQL} END
+               AS value) own
+    LEFT JOIN LATERAL (
+        SELECT sum(div({_FURTHER_VALUE} * (10000 - xp.haircut_bps), 10000)) AS haircut,
+               sum({_FURTHER_VALUE} * xp.initial_bps) AS initial
+        FROM credit_line_collateral x
+        JOIN balances xc ON xc.account_id = x.account_id
+        JOIN risk_assets xra ON xra.asset = x.asset
+        JOIN assets xca ON xca.code = x.asset
+        JOIN risk_parameters xp ON xp.asset = x.asset AND xp.status = 'ACTIVE'
+        WHERE l.multi_collateral AND x.line_id = l.id) x ON true
     WHERE l.status = 'OPEN' AND {{where}}
 ), locked AS (
     SELECT b.account_id FROM balances b JOIN v ON v.credit_account_id = b.account_id
@@ -91,16 +126,20 @@ FROM v WHERE b.account_id = v.credit_account_id
 """
 
 
-#: before a card authorization: whether the line's limit predates its asset's price, freeze or
-#: parameters (``moved``), and whether the price outlived its heartbeat unfrozen (``expired``)
+#: before a card authorization, over the line's own asset and the further ones it holds:
+#: whether the line's limit predates a price, freeze or parameters (``moved``), and the first
+#: asset whose price outlived its heartbeat unfrozen (``expired``)
 _SPEND_CHECK = """
-SELECT ra.limits_at IS DISTINCT FROM ra.updated_at AS moved,
-       NOT ra.frozen AND ra.price_at < clock_timestamp()
-           - make_interval(secs => coalesce(p.heartbeat_s, :hb)) AS expired
-FROM credit_lines l
-JOIN risk_assets ra ON ra.asset = l.collateral_asset
-LEFT JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
-WHERE l.id = :id
+SELECT coalesce(bool_or(ra.limits_at IS DISTINCT FROM ra.updated_at), false) AS moved,
+       min(h.asset) FILTER (WHERE NOT ra.frozen AND ra.price_at < clock_timestamp()
+           - make_interval(secs => coalesce(p.heartbeat_s, :hb))) AS expired
+FROM (SELECT collateral_asset AS asset FROM credit_lines WHERE id = :id
+      UNION ALL
+      SELECT x.asset FROM credit_line_collateral x
+      JOIN balances b ON b.account_id = x.account_id
+      WHERE x.line_id = :id AND b.posted > 0) h
+JOIN risk_assets ra ON ra.asset = h.asset
+LEFT JOIN risk_parameters p ON p.asset = h.asset AND p.status = 'ACTIVE'
 """
 
 
@@ -129,6 +168,8 @@ class Line:
     notified_at: datetime | None
     status: str
     created_at: datetime
+    #: the line holds further collateral assets (:class:`Held`)
+    multi_collateral: bool = False
 
 
 def _line(row: Any) -> Line:
@@ -136,8 +177,37 @@ def _line(row: Any) -> Line:
         row.id, row.owner_id, row.debt_asset, row.collateral_asset, row.credit_account_id,
         row.collateral_account_id, row.cushion_account_id, row.available_account_id,
         row.credit_limit, None if row.stop_loss_answer is None else int(row.stop_loss_answer),
-        row.notified_at, row.status, row.created_at,
+        row.notified_at, row.status, row.created_at, bool(row.multi_collateral),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A collateral asset a line holds, with its balance, price and parameters: the line's own
+    (:meth:`LineState.holdings` builds it) or a further one."""
+
+    asset: str
+    account_id: int
+    quantity: int
+    price: risk.Price | None
+    price_at: datetime | None
+    frozen: bool
+    frozen_reason: str | None
+    params: RiskParameters | None
+    scale: int
+    stop_loss_answer: int | None
+
+    @property
+    def trusted(self) -> bool:
+        """Its price can be acted on: present, not frozen, under active parameters."""
+        return not self.frozen and self.price is not None and self.params is not None
+
+    def price_per_minor(self, debt_scale: int) -> Fraction | None:
+        return None if self.price is None else self.price.per_minor(self.scale, debt_scale)
+
+    def value(self, debt_scale: int) -> int:
+        px = self.price_per_minor(debt_scale)
+        return 0 if px is None else risk.value_of(self.quantity, px)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +227,8 @@ class LineState:
     collateral_scale: int
     debt_scale: int
     now: datetime
+    #: the further collateral assets the line holds (empty for most lines)
+    others: tuple[Held, ...] = ()
 
     @property
     def price_per_minor(self) -> Fraction | None:
@@ -164,23 +236,57 @@ class LineState:
             return None
         return self.price.per_minor(self.collateral_scale, self.debt_scale)
 
+    def holdings(self) -> tuple[Held, ...]:
+        """Every collateral asset of the line, its own first."""
+        own = Held(
+            self.line.collateral_asset, self.line.collateral_account_id, self.collateral,
+            self.price, self.price_at, self.frozen, self.frozen_reason, self.params,
+            self.collateral_scale, self.line.stop_loss_answer,
+        )  # fmt: skip
+        return (own, *self.others)
+
+    def held(self, asset: str) -> Held | None:
+        return next((h for h in self.holdings() if h.asset == asset), None)
+
+    @property
+    def trusted(self) -> bool:
+        """Every price the position's value depends on can be acted on: its own asset's, and
+        each further asset's it holds any of."""
+        own, *others = self.holdings()
+        return own.trusted and all(h.trusted for h in others if h.quantity > 0)
+
     @property
     def value(self) -> int:
-        px = self.price_per_minor
-        return 0 if px is None else risk.value_of(self.collateral, px)
+        """The collateral's value in debt minor units, each asset's rounded down; a frozen
+        asset's counts (at its last price) as the risk loop would not act on it anyway."""
+        return sum(h.value(self.debt_scale) for h in self.holdings())
 
-    def position(self) -> risk.Position:
+    def position(self, *, without: tuple[str, int] | None = None) -> risk.Position:
+        """The position the risk model judges (``without``: as if ``(asset, quantity)`` had
+        been withdrawn first)."""
         px = self.price_per_minor
         if px is None or self.params is None:
             return risk.Position(self.debt, self.collateral, Fraction(0), frozen=True)
+        out_asset, out_quantity = without or ("", 0)
+        held: list[risk.Holding] = []
+        for h in self.others:
+            quantity = h.quantity - (out_quantity if h.asset == out_asset else 0)
+            hpx = h.price_per_minor(self.debt_scale)
+            if quantity <= 0 or hpx is None or h.params is None:
+                continue
+            stop = None if h.stop_loss_answer is None or h.price is None else risk.Price(
+                h.stop_loss_answer, h.price.decimals
+            ).per_minor(h.scale, self.debt_scale)  # fmt: skip
+            held.append(risk.Holding(h.asset, quantity, hpx, h.params.ladder, stop))
         stop = None
         if self.line.stop_loss_answer is not None and self.price is not None:
             stop = risk.Price(self.line.stop_loss_answer, self.price.decimals).per_minor(
                 self.collateral_scale, self.debt_scale
             )
+        own = self.collateral - (out_quantity if out_asset == self.line.collateral_asset else 0)
         return risk.Position(
-            self.debt, self.collateral, px, self.cushion, stop,
-            self.line.notified_at is not None, self.frozen,
+            self.debt, max(own, 0), px, self.cushion, stop, self.line.notified_at is not None,
+            not self.trusted, self.line.collateral_asset, tuple(held),
         )  # fmt: skip
 
 
@@ -199,25 +305,54 @@ LEFT JOIN risk_assets ra ON ra.asset = l.collateral_asset
 WHERE l.id = :id
 """
 
+_FURTHER = """
+SELECT x.asset, x.account_id, x.stop_loss_answer, c.posted, ra.price_answer, ra.price_decimals,
+       ra.price_at, ra.frozen, ra.frozen_reason, a.scale
+FROM credit_line_collateral x
+JOIN balances c ON c.account_id = x.account_id
+JOIN assets a ON a.code = x.asset
+LEFT JOIN risk_assets ra ON ra.asset = x.asset
+WHERE x.line_id = :id
+ORDER BY x.created_at, x.asset
+"""
+
+
+def _price(row: Any) -> risk.Price | None:
+    if row.price_answer is None:
+        return None
+    return risk.Price(int(row.price_answer), int(row.price_decimals))
+
+
+def _held(row: Any, params: RiskParameters | None) -> Held:
+    stop = None if row.stop_loss_answer is None else int(row.stop_loss_answer)
+    frozen = True if row.frozen is None else bool(row.frozen)
+    return Held(
+        row.asset, row.account_id, int(row.posted), _price(row), row.price_at, frozen,
+        row.frozen_reason, params, row.scale, stop,
+    )  # fmt: skip
+
 
 async def read_state(conn: AsyncConnection, line_id: int) -> LineState:
     row = (await conn.execute(text(_STATE), {"id": line_id})).first()
     if row is None:
         raise UnknownCreditLine(f"credit line {line_id} does not exist", line_id=line_id)
-    params_row = (
-        await conn.execute(
-            text("SELECT * FROM risk_parameters WHERE asset = :a AND status = 'ACTIVE'"),
-            {"a": row.collateral_asset},
+    further = []
+    if row.multi_collateral:
+        further = list((await conn.execute(text(_FURTHER), {"id": line_id})).all())
+    assets = [row.collateral_asset, *(f.asset for f in further)]
+    params = {
+        p.asset: parameters_from_row(p)
+        for p in await conn.execute(
+            text("SELECT * FROM risk_parameters WHERE asset = ANY(:a) AND status = 'ACTIVE'"),
+            {"a": assets},
         )
-    ).first()
-    price = None
-    if row.price_answer is not None:
-        price = risk.Price(int(row.price_answer), int(row.price_decimals))
+    }
+    others = tuple(_held(f, params.get(f.asset)) for f in further)
     return LineState(
         _line(row), max(int(row.exposure), 0), max(int(row.owed), 0), int(row.collateral),
-        int(row.cushion), price, row.price_at, bool(row.frozen) if row.frozen is not None
-        else True, row.frozen_reason, None if params_row is None
-        else parameters_from_row(params_row), row.collateral_scale, row.debt_scale, row.now,
+        int(row.cushion), _price(row), row.price_at, bool(row.frozen) if row.frozen is not None
+        else True, row.frozen_reason, params.get(row.collateral_asset), row.collateral_scale,
+        row.debt_scale, row.now, others,
     )  # fmt: skip
 
 
@@ -344,7 +479,9 @@ class CreditLines:
                 await conn.execute(
                     text(
                         "SELECT id FROM credit_lines WHERE credit_account_id = :a "
-                        "OR collateral_account_id = :a"
+                        "OR collateral_account_id = :a "
+                        "UNION ALL SELECT line_id FROM credit_line_collateral "
+                        "WHERE account_id = :a"
                     ),
                     {"a": account_id},
                 )
@@ -355,27 +492,73 @@ class CreditLines:
 
     # -- collateral ---------------------------------------------------------------------
     async def deposit(
-        self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None
-    ) -> OperationResult:
-        """Collateral from the owner's AVAILABLE account into the line; the deposit and the
-        higher limit it gives commit together (a refusal commits only its record)."""
+        self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None,
+        asset: str | None = None,
+    ) -> OperationResult:  # fmt: skip
+        """Collateral from the owner's AVAILABLE account into the line (``asset``: the line's
+        own collateral asset by default; another asset is added to the line first, under its
+        own active parameters lending the line's debt asset). The deposit and the higher limit
+        it gives commit together (a refusal commits only its record, and an added asset stays
+        added, empty, as an opened wallet does)."""
         async with locked_line(self.engine, line_id) as conn:
             state = await read_state(conn, line_id)
+            held = await self._holding(conn, state, asset or state.line.collateral_asset, actor)
             wallet = await self.ledger.accounts.ensure_wallet(
-                state.line.owner_id, state.line.collateral_asset, actor=actor
+                state.line.owner_id, held.asset, actor=actor
             )
             outcome = await self._post_with_limit(
                 conn, line_id,
                 PostOperation(
                     OperationType.COLLATERAL_DEPOSIT,
                     transfer_legs(
-                        wallet[AccountKind.AVAILABLE], state.line.collateral_account_id,
-                        state.line.collateral_asset, amount,
+                        wallet[AccountKind.AVAILABLE], held.account_id, held.asset, amount
                     ),
-                    actor, idempotency_key, {"credit_line": line_id},
+                    actor, idempotency_key, {"credit_line": line_id} | _asset_note(state, held),
                 ),
             )  # fmt: skip
         return _posted(outcome)
+
+    async def _holding(
+        self, conn: AsyncConnection, state: LineState, asset: str, actor: Actor
+    ) -> Held:
+        """The line's holding of ``asset``, added (in ``conn``'s transaction, which holds the
+        line's lock) when the line has none yet."""
+        held = state.held(asset)
+        if held is not None:
+            return held
+        lends = (
+            await conn.execute(
+                text(
+                    "SELECT debt_asset FROM risk_parameters WHERE asset = :a AND status = 'ACTIVE'"
+                ),
+                {"a": asset},
+            )
+        ).scalar()
+        if lends != state.line.debt_asset:
+            raise NoRiskParameters(
+                f"no active risk parameters lend {state.line.debt_asset} against {asset}",
+                asset=asset,
+            )
+        account = await self.ledger.accounts.open_account_in(
+            conn, asset=asset, kind=AccountKind.COLLATERAL, owner_id=state.line.owner_id,
+            actor=actor, floor=0, metadata={"credit_line": state.line.id},
+        )  # fmt: skip
+        await conn.execute(
+            text(
+                "INSERT INTO credit_line_collateral (line_id, asset, account_id) "
+                "VALUES (:l, :a, :acc)"
+            ),
+            {"l": state.line.id, "a": asset, "acc": account},
+        )
+        await conn.execute(
+            text("UPDATE credit_lines SET multi_collateral = true WHERE id = :l"),
+            {"l": state.line.id},
+        )
+        await audit.record(
+            conn, actor, "credit_line.collateral_added", "credit_line", state.line.id,
+            after={"asset": asset, "account_id": account},
+        )  # fmt: skip
+        return (await read_state(conn, state.line.id)).held(asset) or _never(asset)
 
     async def _post_with_limit(
         self, conn: AsyncConnection, line_id: int, command: PostOperation
@@ -389,12 +572,14 @@ class CreditLines:
         return outcome
 
     async def withdraw(
-        self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None
-    ) -> OperationResult:
-        """Collateral back to the owner's AVAILABLE account, only if the position stays at or
-        under its initial LTV afterwards (and the price is trusted). The withdrawal and the
-        lower limit it leaves commit together; a refused withdrawal commits only its refusal
-        (remembered under ``idempotency_key``)."""
+        self, line_id: int, amount: int, actor: Actor, idempotency_key: str | None = None,
+        asset: str | None = None,
+    ) -> OperationResult:  # fmt: skip
+        """Collateral (of ``asset``, the line's own by default) back to the owner's AVAILABLE
+        account, only if the position stays at or under its initial LTV afterwards (weighted
+        over its assets, every price trusted). The withdrawal and the lower limit it leaves
+        commit together; a refused withdrawal commits only its refusal (remembered under
+        ``idempotency_key``)."""
         async with locked_line(self.engine, line_id) as conn:
             # hold the credit account's balance row: no spend slips between check and post
             await conn.execute(
@@ -405,29 +590,31 @@ class CreditLines:
                 {"id": line_id},
             )
             state = await read_state(conn, line_id)
+            code = asset or state.line.collateral_asset
+            held = state.held(code)
+            if held is None:
+                raise ValidationError(
+                    f"credit line {line_id} holds no {code}", field="asset", asset=code
+                )
             if state.debt > 0:
-                if state.frozen or state.price_per_minor is None:
-                    raise PriceFrozen(f"{state.line.collateral_asset} price is not trusted now")
-                if state.params is None:
-                    raise NoRiskParameters(f"{state.line.collateral_asset} has no parameters")
-                left = risk.value_of(state.collateral - amount, state.price_per_minor)
-                if risk.crossed(state.debt, left, state.params.initial_bps):
+                if not state.trusted:
+                    raise PriceFrozen(f"a price credit line {line_id} depends on is not trusted")
+                left = state.position(without=(code, amount))
+                initial = risk.capacity(left.holdings(_ladder(state)), lambda lad: lad.initial_bps)
+                if risk.crossed_capacity(state.debt, initial):
                     raise LtvBreach(
                         "the withdrawal would leave the line over its initial LTV",
                         line_id=line_id,
                     )
             wallet = await self.ledger.accounts.ensure_wallet(
-                state.line.owner_id, state.line.collateral_asset, actor=actor
+                state.line.owner_id, code, actor=actor
             )
             outcome = await self._post_with_limit(
                 conn, line_id,
                 PostOperation(
                     OperationType.COLLATERAL_WITHDRAW,
-                    transfer_legs(
-                        state.line.collateral_account_id, wallet[AccountKind.AVAILABLE],
-                        state.line.collateral_asset, amount,
-                    ),
-                    actor, idempotency_key, {"credit_line": line_id},
+                    transfer_legs(held.account_id, wallet[AccountKind.AVAILABLE], code, amount),
+                    actor, idempotency_key, {"credit_line": line_id} | _asset_note(state, held),
                 ),
             )  # fmt: skip
         return _posted(outcome)
@@ -456,10 +643,9 @@ class CreditLines:
             check = (
                 await conn.execute(text(_SPEND_CHECK), {"id": line_id, "hb": DEFAULT_HEARTBEAT_S})
             ).one()
-            if check.expired:
+            if check.expired is not None:
                 raise PriceFrozen(
-                    f"{state.line.collateral_asset} price is older than its heartbeat",
-                    asset=state.line.collateral_asset,
+                    f"{check.expired} price is older than its heartbeat", asset=check.expired
                 )
             if check.moved:
                 await refresh_limits(conn, line_ids=[line_id])
@@ -580,30 +766,60 @@ class CreditLines:
             )
             return 1 if interest > 0 else 0
 
-    async def set_stop_loss(self, line_id: int, answer: int | None, actor: Actor) -> None:
+    async def set_stop_loss(
+        self, line_id: int, answer: int | None, actor: Actor, asset: str | None = None
+    ) -> None:
+        """Set (``None``: clear) the stop-loss of the line's holding of ``asset`` (its own
+        collateral asset by default)."""
         async with locked_line(self.engine, line_id) as conn:
-            await conn.execute(
-                text("UPDATE credit_lines SET stop_loss_answer = :s WHERE id = :id"),
-                {"s": answer, "id": line_id},
-            )
+            state = await read_state(conn, line_id)
+            code = asset or state.line.collateral_asset
+            if code == state.line.collateral_asset:
+                statement = "UPDATE credit_lines SET stop_loss_answer = :s WHERE id = :id"
+            elif state.held(code) is not None:
+                statement = (
+                    "UPDATE credit_line_collateral SET stop_loss_answer = :s "
+                    "WHERE line_id = :id AND asset = :a"
+                )
+            else:
+                raise ValidationError(
+                    f"credit line {line_id} holds no {code}", field="asset", asset=code
+                )
+            await conn.execute(text(statement), {"s": answer, "id": line_id, "a": code})
             await audit.record(
                 conn, actor, "credit_line.stop_loss", "credit_line", line_id,
-                after={"stop_loss_answer": answer},
+                after={"asset": code, "stop_loss_answer": answer},
             )  # fmt: skip
+
+
+def _ladder(state: LineState) -> risk.Ladder:
+    if state.params is None:
+        raise NoRiskParameters(f"{state.line.collateral_asset} has no parameters")
+    return state.params.ladder
+
+
+def _asset_note(state: LineState, held: Held) -> dict[str, str]:
+    """Operation metadata naming a further asset (the line's own goes unnamed, as before)."""
+    return {} if held.asset == state.line.collateral_asset else {"asset": held.asset}
+
+
+def _never(asset: str) -> Held:  # pragma: no cover - the row was just inserted
+    raise LookupError(f"the {asset} holding just added is not there")
 
 
 def liquidation_entries(
     state: LineState, action: risk.Action, liquidation: dict[str, int], bad_debt: int
 ) -> tuple[EntrySpec, ...]:
-    """The balanced legs of a sale: collateral to the liquidation account; its proceeds to
-    the credit account (repaid) and the user's AVAILABLE (surplus); bad debt for the rest."""
+    """The balanced legs of a sale: each asset's collateral sold to its liquidation account;
+    the proceeds to the credit account (repaid) and the user's AVAILABLE (surplus); bad debt
+    for the rest."""
     line = state.line
     legs: list[EntrySpec] = []
-    if action.sold:
-        legs += transfer_legs(
-            line.collateral_account_id, liquidation[line.collateral_asset],
-            line.collateral_asset, action.sold,
-        )  # fmt: skip
+    lots = [(line.collateral_asset, action.sold)] + [(x.asset, x.quantity) for x in action.lots]
+    for asset, quantity in lots:
+        held = state.held(asset)
+        if quantity and held is not None:
+            legs += transfer_legs(held.account_id, liquidation[asset], asset, quantity)
     if action.proceeds:
         legs.append(EntrySpec(liquidation[line.debt_asset], line.debt_asset, action.proceeds,
                               Side.DEBIT))  # fmt: skip

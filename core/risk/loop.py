@@ -70,10 +70,20 @@ JOIN risk_assets ra ON ra.asset = l.collateral_asset
 JOIN risk_parameters p ON p.asset = l.collateral_asset AND p.status = 'ACTIVE'
 JOIN assets ca ON ca.code = l.collateral_asset
 JOIN assets da ON da.code = l.debt_asset
-WHERE l.status = 'OPEN' AND NOT ra.frozen
+WHERE l.status = 'OPEN' AND NOT ra.frozen AND NOT l.multi_collateral
   AND (CAST(:asset AS text) IS NULL OR l.collateral_asset = CAST(:asset AS text))
 """
 _OVER_MARGIN = f"(cb.pending - cb.posted)::numeric * 10000 > {VALUE_SQL} * p.margin_call_bps"
+
+#: the open lines whose limits depend on an asset's price, in chunks: those it is the own
+#: collateral of, then those holding it as a further asset
+_LINES_OF_ASSET = (
+    "SELECT id FROM credit_lines WHERE collateral_asset = :a AND status = 'OPEN' "
+    "AND id > :after ORDER BY id LIMIT :n",
+    "SELECT x.line_id FROM credit_line_collateral x JOIN credit_lines l ON l.id = x.line_id "
+    "WHERE x.asset = :a AND l.status = 'OPEN' AND x.line_id > :after "
+    "ORDER BY x.line_id LIMIT :n",
+)
 
 #: lines whose limits one transaction of :meth:`RiskLoop.refresh_moved_prices` recomputes (a card
 #: spend on one of them waits for at most one chunk)
@@ -111,6 +121,56 @@ CLEAR_NOTICES = f"""
 UPDATE credit_lines SET notified_at = NULL WHERE id IN (
     SELECT l.id {_FROM} AND l.notified_at IS NOT NULL
     AND NOT (cb.pending - cb.posted > 0 AND {_OVER_MARGIN}))
+"""
+
+#: the open lines holding several collateral assets (of ``:asset``, if given), each once with
+#: its exposure, whether every price it holds collateral at can be acted on, its margin-call
+#: capacity (sum value_i * margin_call_i, core.risk.math.capacity) and whether a stop-loss is hit
+_MULTI = f"""
+WITH h AS (
+    SELECT l.id AS line_id, l.collateral_asset AS asset, l.collateral_account_id AS account_id,
+           l.stop_loss_answer AS stop
+    FROM credit_lines l WHERE l.multi_collateral AND l.status = 'OPEN'
+    UNION ALL
+    SELECT x.line_id, x.asset, x.account_id, x.stop_loss_answer
+    FROM credit_line_collateral x JOIN credit_lines l ON l.id = x.line_id
+    WHERE l.multi_collateral AND l.status = 'OPEN'
+), m AS (
+    SELECT h.line_id,
+           bool_and(c.posted = 0 OR (NOT ra.frozen AND ra.price_answer IS NOT NULL
+                                     AND p.id IS NOT NULL)) AS trusted,
+           sum(CASE WHEN c.posted = 0 OR ra.price_answer IS NULL OR p.id IS NULL THEN 0
+                    ELSE {VALUE_SQL} * p.margin_call_bps END) AS margin_cap,
+           bool_or(h.stop IS NOT NULL AND c.posted > 0 AND ra.price_answer <= h.stop) AS stop_hit,
+           bool_or(h.asset = CAST(:asset AS text)) AS holds
+    FROM h
+    JOIN credit_lines l ON l.id = h.line_id
+    JOIN balances c ON c.account_id = h.account_id
+    JOIN assets ca ON ca.code = h.asset
+    JOIN assets da ON da.code = l.debt_asset
+    LEFT JOIN risk_assets ra ON ra.asset = h.asset
+    LEFT JOIN risk_parameters p ON p.asset = h.asset AND p.status = 'ACTIVE'
+    GROUP BY h.line_id
+)
+SELECT m.line_id, l.notified_at IS NOT NULL AS notified, m.trusted, m.stop_hit,
+       cb.pending - cb.posted > 0
+         AND (cb.pending - cb.posted)::numeric * 10000 > m.margin_cap AS over_margin
+FROM m
+JOIN credit_lines l ON l.id = m.line_id
+JOIN balances cb ON cb.account_id = l.credit_account_id
+WHERE CAST(:asset AS text) IS NULL OR m.holds
+"""
+
+#: the lines of several assets needing a decision this tick (a scan of those lines only: their
+#: value depends on several prices, so they have no trigger row in the index)
+MULTI_CANDIDATES = f"""
+SELECT line_id FROM ({_MULTI}) s WHERE s.trusted AND (s.over_margin OR s.stop_hit)
+"""
+
+#: :data:`CLEAR_NOTICES` of the lines of several assets
+CLEAR_MULTI_NOTICES = f"""
+UPDATE credit_lines SET notified_at = NULL WHERE id IN (
+    SELECT line_id FROM ({_MULTI}) s WHERE s.notified AND s.trusted AND NOT s.over_margin)
 """
 
 
@@ -155,16 +215,15 @@ class CapBudget:
     #: sales cut to the room left (the rest for later ticks)
     cut: int = 0
 
-    def room(self, asset: str) -> int | None:
-        """The market value the next sale of ``asset`` may have (negative: none); None when
-        unbounded (no sale yet this tick, overall and of the asset)."""
-        rooms = []
-        if self.total:
-            rooms.append(self.caps.global_cap - self.total)
+    def global_room(self) -> int | None:
+        """The market value the tick's next sales may still have in all (negative: none);
+        None while unbounded (no sale yet this tick)."""
+        return self.caps.global_cap - self.total if self.total else None
+
+    def asset_room(self, asset: str) -> int | None:
+        """The same for ``asset``'s sales; None until the tick sold some of it."""
         used = self.by_asset.get(asset, 0)
-        if used:
-            rooms.append(self.caps.of(asset) - used)
-        return min(rooms) if rooms else None
+        return self.caps.of(asset) - used if used else None
 
     def take(self, asset: str, value: int) -> None:
         self.total += value
@@ -185,12 +244,21 @@ class TickReport:
 
 
 def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
-    return {
+    details: dict[str, Any] = {
         "debt": state.debt, "collateral": state.collateral, "value": state.value,
         "price": None if state.price is None else state.price.answer,
         "sold": action.sold, "proceeds": action.proceeds, "repaid": action.repaid,
         "surplus": action.surplus, "shortfall": action.shortfall,
     }  # fmt: skip
+    if state.others:
+        details["held"] = {
+            h.asset: {"quantity": h.quantity, "price": None if h.price is None else h.price.answer}
+            for h in state.others
+        }
+        details["lots"] = [
+            {"asset": x.asset, "sold": x.quantity, "proceeds": x.proceeds} for x in action.lots
+        ]
+    return details
 
 
 class RiskLoop:
@@ -216,6 +284,7 @@ class RiskLoop:
         scope = {"asset": asset}
         async with self.engine.begin() as conn:
             await conn.execute(text(CLEAR_NOTICES), scope)
+            await conn.execute(text(CLEAR_MULTI_NOTICES), scope)
             stale = [a for a, _, current in await conn.execute(text(_ASSETS), scope) if not current]
         for code in stale:
             await triggers.rebase(self.engine, code)
@@ -233,12 +302,15 @@ class RiskLoop:
                         else (SCAN_CANDIDATES, {"asset": code})
                     )
                     ids += (await conn.execute(text(statement), args)).scalars()
+                ids += (await conn.execute(text(MULTI_CANDIDATES), scope)).scalars()
                 total = (
                     await conn.execute(
                         text(
-                            "SELECT count(*) FROM credit_lines WHERE status = 'OPEN' AND "
+                            "SELECT count(*) FROM credit_lines l WHERE status = 'OPEN' AND "
                             "(CAST(:asset AS text) IS NULL OR "
-                            "collateral_asset = CAST(:asset AS text))"
+                            "collateral_asset = CAST(:asset AS text) OR (multi_collateral "
+                            "AND EXISTS (SELECT 1 FROM credit_line_collateral x WHERE "
+                            "x.line_id = l.id AND x.asset = CAST(:asset AS text))))"
                         ),
                         scope,
                     )
@@ -261,24 +333,18 @@ class RiskLoop:
                 )
             ).all()
         for asset, updated_at in moved:
-            after = 0
-            while True:
-                async with self.engine.begin() as conn:
-                    ids = list(
-                        (
-                            await conn.execute(
-                                text(
-                                    "SELECT id FROM credit_lines WHERE collateral_asset = :a "
-                                    "AND status = 'OPEN' AND id > :after ORDER BY id LIMIT :n"
-                                ),
-                                {"a": asset, "after": after, "n": size},
-                            )
-                        ).scalars()
-                    )
-                    if not ids:
-                        break
-                    await refresh_limits(conn, line_ids=ids)
-                after = ids[-1]
+            for statement in _LINES_OF_ASSET:
+                after = 0
+                while True:
+                    async with self.engine.begin() as conn:
+                        found = await conn.execute(
+                            text(statement), {"a": asset, "after": after, "n": size}
+                        )
+                        ids = list(found.scalars())
+                        if not ids:
+                            break
+                        await refresh_limits(conn, line_ids=ids)
+                    after = ids[-1]
             async with self.engine.begin() as conn:
                 await conn.execute(
                     text("UPDATE risk_assets SET limits_at = :u WHERE asset = :a"),
@@ -327,9 +393,9 @@ class RiskLoop:
             )
             command = replace(base, type=OperationType.CUSHION_APPLIED, entries=legs)
         else:
+            assets = {line.collateral_asset, line.debt_asset, *(x.asset for x in action.lots)}
             liquidation = {
-                asset: await self._account(asset, SystemAccount.LIQUIDATION)
-                for asset in (line.collateral_asset, line.debt_asset)
+                asset: await self._account(asset, SystemAccount.LIQUIDATION) for asset in assets
             }
             bad_debt = await self._account(line.debt_asset, SystemAccount.BAD_DEBT)
             entries = liquidation_entries(state, action, liquidation, bad_debt)
@@ -366,9 +432,9 @@ class RiskLoop:
             state = await read_state(conn, line_id)
             if state.params is None:
                 raise NoRiskParameters(f"{state.line.collateral_asset} has no parameters")
-            if state.frozen or state.price is None:
+            if not state.trusted:
                 if force_full:
-                    raise PriceFrozen(f"{state.line.collateral_asset} price is not trusted now")
+                    raise PriceFrozen(f"a price credit line {line_id} depends on is not trusted")
                 return risk.ActionKind.NONE
             position = state.position()
             ladder = state.params.ladder
@@ -377,26 +443,22 @@ class RiskLoop:
             )
             if action.kind is risk.ActionKind.NONE or (force_full and state.debt == 0):
                 return risk.ActionKind.NONE
-            line = state.line
-            sold_value = 0
+            sold: dict[str, int] = {}
             capped: dict[str, int] = {}
-            if action.sold and budget is not None:
-                price = state.price_per_minor
-                assert price is not None  # noqa: S101 - not frozen, priced
-                sold_value = risk.value_of(action.sold, price)
-                room = budget.room(line.collateral_asset)
-                if room is not None and sold_value > room:
-                    lot = risk.capped_lot(position, ladder, action, room)
-                    if lot is None:
-                        budget.deferred += 1
-                        if position.notified:
-                            return risk.ActionKind.NONE
-                        action = risk.Action(risk.ActionKind.NOTIFY)
-                    else:
-                        budget.cut += 1
-                        capped = {"capped_from": action.sold}
-                        action = lot
-                        sold_value = risk.value_of(action.sold, price)
+            if action.sells and budget is not None:
+                values = risk.lot_values(position, ladder, action)
+                rooms = {asset: budget.asset_room(asset) for asset in values}
+                lot = risk.capped_sale(position, ladder, action, budget.global_room(), rooms)
+                if lot is None:
+                    budget.deferred += 1
+                    if position.notified:
+                        return risk.ActionKind.NONE
+                    action = risk.Action(risk.ActionKind.NOTIFY)
+                elif lot is not action:
+                    budget.cut += 1
+                    capped = {"capped_from": action.sold}
+                    action = lot
+                sold = risk.lot_values(position, ladder, action)
             key = f"risk:{line_id}:{tick}" if tick is not None else None
             metadata = {"credit_line": line_id, "action": action.kind.value, "tick": tick}
             operation_id = await self._post_action(
@@ -420,8 +482,9 @@ class RiskLoop:
                 )
             else:
                 await refresh_limits(conn, line_ids=[line_id])
-        if budget is not None and action.sold:
-            budget.take(line.collateral_asset, sold_value)
+        if budget is not None:
+            for asset, value in sold.items():
+                budget.take(asset, value)
         log.info("risk: line %s %s", line_id, action.kind.value)
         return action.kind
 

@@ -27,7 +27,7 @@ LEFT JOIN risk_trigger_basis b ON b.asset = l.collateral_asset
 LEFT JOIN risk_parameters p ON p.id = b.params_id
 WHERE (CAST(:asset AS text) IS NULL OR l.collateral_asset = CAST(:asset AS text))
   AND (t.collateral_asset <> l.collateral_asset
-    OR t.open <> (l.status = 'OPEN')
+    OR t.open <> (l.status = 'OPEN' AND NOT l.multi_collateral)
     OR t.exposure <> cb.pending - cb.posted
     OR t.collateral <> c.posted
     OR t.stop_loss_answer IS DISTINCT FROM l.stop_loss_answer
