@@ -35,30 +35,39 @@ class Desk:
     coll: str
     round_id: int = 100
 
+    #: further collateral assets (:func:`add_asset`)
+    others: tuple[str, ...] = ()
+
     async def price(self, dollars: int | float, *, source: str = "push",
-                    at: datetime | None = None, round_id: int | None = None) -> Verdict:  # fmt: skip
+                    at: datetime | None = None, round_id: int | None = None,
+                    asset: str | None = None) -> Verdict:  # fmt: skip
         self.round_id += 1
         answer = round(dollars * 10**DECIMALS)
         return await record_round(
             self.ledger.engine,
-            PriceRound(self.coll, source, round_id if round_id is not None else self.round_id,
-                       answer, DECIMALS, at or datetime.now(UTC)),
+            PriceRound(asset or self.coll, source,
+                       round_id if round_id is not None else self.round_id, answer, DECIMALS,
+                       at or datetime.now(UTC)),
             ADMIN,
+        )  # fmt: skip
+
+    async def fund(self, owner: uuid.UUID, asset: str, amount: int) -> None:
+        """Mint ``amount`` of ``asset`` into the owner's AVAILABLE account."""
+        wallet = await self.ledger.accounts.ensure_wallet(owner, asset, actor=ADMIN)
+        issuance = await self.ledger.accounts.system_account(
+            asset, SystemAccount.ISSUANCE, actor=ADMIN
+        )
+        await self.ledger.transfer(
+            source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=asset,
+            amount=amount, type_=OperationType.MINT,
         )  # fmt: skip
 
     async def line(self, collateral: int, *, spend: int = 0) -> Line:
         """A new user with ``collateral`` deposited into a new line and ``spend`` drawn (a card
         authorization captured)."""
         owner = await self.ledger.accounts.create_user(email=None, actor=ADMIN)
-        wallet = await self.ledger.accounts.ensure_wallet(owner, self.coll, actor=ADMIN)
-        issuance = await self.ledger.accounts.system_account(
-            self.coll, SystemAccount.ISSUANCE, actor=ADMIN
-        )
         if collateral:
-            await self.ledger.transfer(
-                source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=self.coll,
-                amount=collateral, type_=OperationType.MINT,
-            )  # fmt: skip
+            await self.fund(owner, self.coll, collateral)
         line = await self.lines.open(owner, self.coll, self.debt, ADMIN)
         if collateral:
             await self.lines.deposit(line.id, collateral, ADMIN)
@@ -80,7 +89,7 @@ class Desk:
                     "SELECT a.asset, sum(b.posted) FROM balances b JOIN accounts a ON "
                     "a.id = b.account_id WHERE a.asset = ANY(:a) GROUP BY a.asset"
                 ),
-                {"a": [self.debt, self.coll]},
+                {"a": [self.debt, self.coll, *self.others]},
             )
             return {r[0]: int(r[1]) for r in rows}
 
@@ -93,6 +102,32 @@ class Desk:
                     )
                 ).scalar_one()
             )
+
+
+#: a second collateral asset's parameters: a wider ladder and a lower penalty than wETH's
+BTC_PARAMETERS: dict[str, object] = {
+    "initial_bps": 6_000, "margin_call_bps": 7_000, "partial_bps": 8_000, "full_bps": 9_200,
+    "target_bps": 6_500, "penalty_bps": 300, "min_leftover": usd(100),
+    "haircut_floor_bps": 2_000, "haircut_ceiling_bps": 5_000, "buffer": 0, "apr_bps": 1_000,
+}  # fmt: skip
+#: its minor units per whole unit (wBTC: 8 decimals)
+BTC = 10**8
+
+
+async def add_asset(desk: Desk, dollars: int = 60_000, **overrides: object) -> str:
+    """A further collateral asset lending the desk's debt asset, ACTIVE at ``dollars``."""
+    code = f"WBTC{uuid.uuid4().hex[:8].upper()}"
+    await desk.ledger.accounts.create_asset(
+        code=code, name="wrapped bitcoin", scale=8, kind=AssetKind.COLLATERAL, actor=ADMIN
+    )
+    values = BTC_PARAMETERS | {"asset": code, "debt_asset": desk.debt} | overrides
+    draft = risk_params.RiskParameterDraft(**values)  # type: ignore[arg-type]
+    draft_id = await risk_params.create_draft(desk.ledger.engine, draft, ADMIN)
+    assert await desk.price(dollars, asset=code) is Verdict.ACCEPTED
+    await risk_params.activate(desk.ledger.engine, draft_id, ADMIN, "test desk")
+    await desk.loop.refresh_moved_prices()
+    desk.others += (code,)
+    return code
 
 
 async def make_desk(ledger: Ledger, **overrides: object) -> Desk:
