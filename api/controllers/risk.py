@@ -33,6 +33,7 @@ from api.schemas.risk import (
     CollateralMove,
     CreditIssueCreate,
     CreditLineRead,
+    HoldingRead,
     LiquidationCreate,
     LiquidationRead,
     PricePush,
@@ -47,7 +48,8 @@ from api.schemas.risk import (
 )
 from api.services import Services
 from core.risk.desk import Assessment
-from core.risk.lines import LineState
+from core.risk.lines import Held, LineState
+from core.risk.math import Price
 from core.risk.params import RiskParameters
 from core.risk.repayments import Repayment
 from core.types import Actor, Role
@@ -64,16 +66,30 @@ def _caller(ctx: Ctx) -> uuid.UUID | None:
     return ctx.principal.user_id if ctx.is_user else None
 
 
+def _price(price: Price | None) -> str | None:
+    return None if price is None else f"{price.answer}e-{price.decimals}"
+
+
+async def _holding_read(svc: Services, s: LineState, h: Held) -> HoldingRead:
+    age = None if h.price_at is None else (s.now - h.price_at).total_seconds()
+    return HoldingRead(
+        h.asset, h.account_id, await svc.fmt(h.quantity, h.asset),
+        await svc.fmt(h.value(s.debt_scale), s.line.debt_asset), _price(h.price), age, h.frozen,
+        h.stop_loss_answer,
+    )  # fmt: skip
+
+
 async def line_read(svc: Services, s: LineState) -> CreditLineRead:
     debt, coll = s.line.debt_asset, s.line.collateral_asset
     limit = s.line.credit_limit
+    holdings = [await _holding_read(svc, s, h) for h in s.holdings()]
     return CreditLineRead(
         s.line.id, s.line.owner_id, s.line.status, debt, coll, s.line.credit_account_id,
         s.line.collateral_account_id, s.line.cushion_account_id, await svc.fmt(limit, debt),
         await svc.fmt(s.debt, debt), await svc.fmt(max(limit - s.debt, 0), debt),
         (s.debt * 10_000) // limit if limit else 0, await svc.fmt(s.collateral, coll),
         await svc.fmt(s.value, debt), await svc.fmt(s.cushion, debt), s.frozen,
-        s.frozen_reason, s.line.created_at,
+        s.frozen_reason, s.line.created_at, holdings,
     )  # fmt: skip
 
 
@@ -86,8 +102,7 @@ async def assessment_read(svc: Services, a: Assessment) -> AssessmentRead:
         None if a.health_factor is None else int(a.health_factor * 10_000),
         [ThresholdRead(t.name, t.ltv_bps, await svc.fmt(t.debt_room, debt), t.crossed)
          for t in a.thresholds],
-        None if price is None else f"{price.answer}e-{price.decimals}",
-        a.price_age_s, a.next_action.value,
+        _price(price), a.price_age_s, a.next_action.value,
     )  # fmt: skip
 
 
@@ -177,7 +192,7 @@ class CreditController(Controller):
 
         async def run(_: Attempt) -> CreditLineRead:
             state = await ctx.svc.credit_desk.stop_loss(
-                _caller(ctx), ctx.actor, line_id, answer=data.answer
+                _caller(ctx), ctx.actor, line_id, answer=data.answer, asset=data.asset
             )
             return await line_read(ctx.svc, state)
 
@@ -192,12 +207,14 @@ class CollateralController(Controller):
     async def deposit(
         self, ctx: NamedDependency[Ctx], data: JSONBody[CollateralMove]
     ) -> Response[OperationRead]:
-        """Collateral from the owner's AVAILABLE account into the line."""
+        """Collateral from the owner's AVAILABLE account into the line (``asset``: the line's own
+        collateral asset by default; another asset is added to the line when it has ACTIVE risk
+        parameters lending the line's debt asset, else 409 NO_RISK_PARAMETERS)."""
 
         async def run(a: Attempt) -> OperationRead:
             result = await ctx.svc.credit_desk.deposit(
                 _caller(ctx), ctx.actor, line_id=data.line_id, amount=data.amount,
-                idempotency_key=a.core_key,
+                asset=data.asset, idempotency_key=a.core_key,
             )  # fmt: skip
             return await render.operation(ctx.svc, result, ctx.sees)
 
@@ -207,13 +224,15 @@ class CollateralController(Controller):
     async def withdraw(
         self, ctx: NamedDependency[Ctx], data: JSONBody[CollateralMove]
     ) -> Response[OperationRead]:
-        """Collateral back to AVAILABLE, only if the line stays at or under its initial LTV
-        (409 LTV_BREACH otherwise; 409 PRICE_FROZEN while the price is untrusted)."""
+        """Collateral (of ``asset``, the line's own by default) back to AVAILABLE, only if the
+        line stays at or under its initial LTV, weighted over its assets (409 LTV_BREACH
+        otherwise; 409 PRICE_FROZEN while a price it depends on is untrusted; 422
+        VALIDATION_ERROR for an asset the line does not hold)."""
 
         async def run(a: Attempt) -> OperationRead:
             result = await ctx.svc.credit_desk.withdraw(
                 _caller(ctx), ctx.actor, line_id=data.line_id, amount=data.amount,
-                idempotency_key=a.core_key,
+                asset=data.asset, idempotency_key=a.core_key,
             )  # fmt: skip
             return await render.operation(ctx.svc, result, ctx.sees)
 

@@ -26,6 +26,9 @@ class CreditIssueCreate(Create):
 class CollateralMove(Create):
     line_id: Id
     amount: Amount
+    #: the collateral asset moved (the line's own by default); depositing another asset with
+    #: ACTIVE risk parameters lending the line's debt asset adds it to the line
+    asset: AssetCode | None = None
 
 
 class AuthorizeCreate(Create):
@@ -42,6 +45,8 @@ class StopLossSet(Create):
     sold; null clears it."""
 
     answer: Annotated[int, Meta(ge=1, le=2**63 - 1)] | None
+    #: the held asset it applies to (the line's own by default)
+    asset: AssetCode | None = None
 
 
 class LiquidationCreate(Create):
@@ -80,6 +85,20 @@ class RepaymentEvent(Create):
     amount: Amount | None = None
 
 
+class HoldingRead(Struct):
+    """One collateral asset of a line (its own first, then those added to it)."""
+
+    asset: str
+    account_id: int
+    amount: str
+    #: in the debt asset, rounded down; at the last price even while it is frozen
+    value: str
+    price: str | None
+    price_age_s: float | None
+    price_frozen: bool
+    stop_loss_answer: int | None
+
+
 class CreditLineRead(Struct):
     id: int
     user_id: uuid.UUID
@@ -94,12 +113,17 @@ class CreditLineRead(Struct):
     used: str
     available_credit: str
     utilization_bps: int
+    #: the line's own collateral asset held
     collateral: str
+    #: the value of all the line's collateral (every holding), in the debt asset
     collateral_value: str
     cushion: str
+    #: the line's own asset's price is frozen
     price_frozen: bool
     frozen_reason: str | None
     created_at: datetime
+    #: every collateral asset the line holds, its own first
+    holdings: list[HoldingRead]
 
 
 class ThresholdRead(Struct):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
+from operator import attrgetter
 from typing import Any
 
 from core.directory import Directory
@@ -109,32 +110,38 @@ class CreditDesk:
         )  # fmt: skip
 
     async def stop_loss(
-        self, caller: uuid.UUID | None, actor: Actor, line_id: int, *, answer: int | None
-    ) -> LineState:
-        """Set (or clear, ``None``) the line's stop-loss: the feed answer (same decimals as the
-        asset's price) at or under which the loop sells all its collateral."""
+        self, caller: uuid.UUID | None, actor: Actor, line_id: int, *, answer: int | None,
+        asset: str | None = None,
+    ) -> LineState:  # fmt: skip
+        """Set (or clear, ``None``) the stop-loss of the line's holding of ``asset`` (its own
+        collateral asset by default): the feed answer (same decimals as the asset's price) at
+        or under which the loop sells all of that asset."""
         await self._line(caller, line_id)
         if answer is not None and answer <= 0:
             raise ValidationError("a stop-loss price must be positive", field="answer")
-        await self.lines.set_stop_loss(line_id, answer, actor)
+        await self.lines.set_stop_loss(line_id, answer, actor, asset)
         return await self.lines.get(line_id)
 
     # -- collateral -----------------------------------------------------------------------
     async def deposit(
         self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str,
-        idempotency_key: str | None,
+        idempotency_key: str | None, asset: str | None = None,
     ) -> OperationResult:  # fmt: skip
+        """Collateral of ``asset`` (the line's own by default; another one is added to the
+        line) into the line; the amount is parsed in that asset's scale."""
         state = await self._line(caller, line_id)
-        units = await self.directory.parse(amount, state.line.collateral_asset)
-        return await self.lines.deposit(line_id, units, actor, idempotency_key)
+        code = asset or state.line.collateral_asset
+        units = await self.directory.parse(amount, code)
+        return await self.lines.deposit(line_id, units, actor, idempotency_key, asset=code)
 
     async def withdraw(
         self, caller: uuid.UUID | None, actor: Actor, *, line_id: int, amount: str,
-        idempotency_key: str | None,
+        idempotency_key: str | None, asset: str | None = None,
     ) -> OperationResult:  # fmt: skip
         state = await self._line(caller, line_id)
-        units = await self.directory.parse(amount, state.line.collateral_asset)
-        return await self.lines.withdraw(line_id, units, actor, idempotency_key)
+        code = asset or state.line.collateral_asset
+        units = await self.directory.parse(amount, code)
+        return await self.lines.withdraw(line_id, units, actor, idempotency_key, asset=code)
 
     async def collateral(self, caller: uuid.UUID | None, account_id: int) -> LineState:
         """The line a collateral (or credit) account belongs to."""
@@ -143,20 +150,32 @@ class CreditDesk:
 
     # -- risk -----------------------------------------------------------------------------
     async def assessment(self, caller: uuid.UUID | None, account_id: int) -> Assessment:
+        """LTV, health factor and the ladder's thresholds of the line, each weighted over its
+        collateral assets (:func:`core.risk.math.capacity`): a threshold's ``ltv_bps`` is the
+        position's own (the value-weighted mean of its assets', rounded down)."""
         state = await self.collateral(caller, account_id)
         value = state.value
         params = state.params
         thresholds: list[Threshold] = []
         hf = None
         if params is not None:
-            for name, bps in (
-                ("initial", params.initial_bps), ("margin_call", params.margin_call_bps),
-                ("partial_liquidation", params.partial_bps),
-                ("full_liquidation", params.full_bps),
+            held = tuple(
+                risk.Holding(h.asset, h.quantity, px, h.params.ladder)
+                for h in state.holdings()
+                if h.params is not None and (px := h.price_per_minor(state.debt_scale))
+            )
+            for name, pick in (
+                ("initial", "initial_bps"), ("margin_call", "margin_call_bps"),
+                ("partial_liquidation", "partial_bps"), ("full_liquidation", "full_bps"),
             ):  # fmt: skip
-                room = (value * bps) // risk.BPS - state.debt
-                thresholds.append(Threshold(name, bps, room, risk.crossed(state.debt, value, bps)))
-            hf = risk.health_factor(state.debt, value, params.partial_bps)
+                cap = risk.capacity(held, attrgetter(pick))
+                bps = cap // value if value else int(getattr(params, pick))
+                room = cap // risk.BPS - state.debt
+                thresholds.append(
+                    Threshold(name, bps, room, risk.crossed_capacity(state.debt, cap))
+                )
+            partial = risk.capacity(held, lambda lad: lad.partial_bps)
+            hf = None if state.debt <= 0 else Fraction(partial, state.debt * risk.BPS)
         age = None if state.price_at is None else (state.now - state.price_at).total_seconds()
         action = risk.ActionKind.NONE
         if params is not None:

@@ -231,3 +231,109 @@ async def test_the_card_backend_over_http(api: Api) -> None:
     found = {(m.provider_ref, m.kind) for m in await repayments.reconcile(tampered)}
     assert {(str(first), "AMOUNT"), ("ghost", "MISSING_IN_LEDGER")} <= found
     assert await api.services.ledger.reconcile() == []
+
+
+async def test_a_line_of_two_collateral_assets_over_http(api: Api) -> None:
+    """A second asset deposited into a line: its holdings, the weighted limit and thresholds,
+    a withdrawal of it, its own stop-loss; an asset without parameters for the line's debt, or
+    one the line does not hold, is refused with nothing written."""
+    debt, coll = await make_assets(api)
+    tag = uuid.uuid4().hex[:8].upper()
+    btc, bare = f"WBTC{tag}", f"WSOL{tag}"
+    for code in (btc, bare):
+        r = await api.http.post(
+            "/api/v1/assets", json={"code": code, "name": code, "scale": 8, "kind": "COLLATERAL"},
+            headers=api.admin.headers,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+    engine = api.services.ledger.engine
+    draft = risk_params.RiskParameterDraft(
+        asset=btc, debt_asset=debt, initial_bps=6_000, margin_call_bps=7_000, partial_bps=8_000,
+        full_bps=9_200, target_bps=6_500, penalty_bps=300, min_leftover=10_000,
+    )  # fmt: skip
+    draft_id = await risk_params.create_draft(engine, draft, ADMIN)
+    await push(api, btc, 1, 60_000)
+    await risk_params.activate(engine, draft_id, ADMIN, "e2e")
+    user, _ = await api.funded_user(coll, "1.000000000")
+    for asset in (btc, bare):
+        r = await api.http.post(
+            "/api/v1/credits/mint",
+            json={"user_id": str(user.user_id), "asset": asset, "amount": "1.00000000"},
+            headers=api.admin.headers,
+        )
+        assert r.status_code == 201, r.text
+
+    def key() -> dict[str, str]:
+        return user.headers | {"Idempotency-Key": uuid.uuid4().hex}
+
+    r = await api.http.post(
+        "/api/v1/credit/issue",
+        json={"user_id": str(user.user_id), "collateral_asset": coll, "debt_asset": debt},
+        headers=key(),
+    )
+    line_id = r.json()["id"]
+    for asset, amount in ((None, "1"), (btc, "0.10000000")):
+        body = {"line_id": line_id, "amount": amount} | ({"asset": asset} if asset else {})
+        r = await api.http.post("/api/v1/collateral/deposit", json=body, headers=key())
+        assert r.status_code == 201, r.text
+
+    before = await snapshot(api)
+    r = await api.http.post(
+        "/api/v1/collateral/deposit",
+        json={"line_id": line_id, "amount": "0.1", "asset": bare}, headers=key(),
+    )  # fmt: skip
+    problem(r, 409, "NO_RISK_PARAMETERS")
+    r = await api.http.post(
+        "/api/v1/collateral/withdraw",
+        json={"line_id": line_id, "amount": "0.1", "asset": bare}, headers=key(),
+    )  # fmt: skip
+    problem(r, 422, "VALIDATION_ERROR")
+    r = await api.http.post(
+        "/api/v1/collateral/deposit",
+        json={"line_id": line_id, "amount": "0.000000001", "asset": btc}, headers=key(),
+    )  # fmt: skip
+    problem(r, 422, "INVALID_AMOUNT")  # wBTC has 8 decimals
+    assert await snapshot(api) == before
+
+    r = await api.http.get(f"/api/v1/credit/{line_id}", headers=user.headers)
+    line = r.json()
+    assert [(h["asset"], h["amount"], h["value"]) for h in line["holdings"]] == [
+        (coll, "1.000000000", "2000.00"), (btc, "0.10000000", "6000.00")
+    ]  # fmt: skip
+    # $2,000 x 50% + $6,000 x 60% (each under its haircut value)
+    assert line["credit_limit"] == "4600.00" and line["collateral_value"] == "8000.00"
+    r = await api.http.get(f"/api/v1/collateral/{line['holdings'][1]['account_id']}",
+                           headers=user.headers)  # fmt: skip
+    assert r.status_code == 200 and r.json()["id"] == line_id
+
+    r = await api.http.post(
+        f"/api/v1/credit/{line_id}/authorize", json={"amount": "4000.00"}, headers=key()
+    )
+    assert r.status_code == 201, r.text
+    r = await api.http.get(
+        f"/api/v1/risk/assessment/{line['credit_account_id']}", headers=user.headers
+    )
+    thresholds = {t["name"]: t for t in r.json()["thresholds"]}
+    # margin call: ($2,000 x 65% + $6,000 x 70%) / $8,000 = 68.75%; room $5,500 - $4,000
+    assert thresholds["margin_call"]["ltv_bps"] == 6_875
+    assert thresholds["margin_call"]["debt_room"] == "1500.00"
+    assert r.json()["ltv_bps"] == 5_000
+
+    # the most wBTC that keeps the line under its weighted initial LTV: $4,000 of debt needs
+    # $1,000 + 0.6 x (wBTC value) >= $4,000, so $5,000 of wBTC stays
+    r = await api.http.post(
+        "/api/v1/collateral/withdraw",
+        json={"line_id": line_id, "amount": "0.01666667", "asset": btc}, headers=key(),
+    )  # fmt: skip
+    problem(r, 409, "LTV_BREACH")
+    r = await api.http.post(
+        "/api/v1/collateral/withdraw",
+        json={"line_id": line_id, "amount": "0.01666666", "asset": btc}, headers=key(),
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = await api.http.post(
+        f"/api/v1/credit/{line_id}/stop-loss", json={"answer": 40_000 * 10**8, "asset": btc},
+        headers=key(),
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert [h["stop_loss_answer"] for h in r.json()["holdings"]] == [None, 40_000 * 10**8]
