@@ -1,7 +1,7 @@
 """Risk loop throughput on the real database: positions evaluated per second per tick.
 
     python -m bench.risk [--sizes 10000,100000,1000000] [--repeat 5] [--naive-sample 2000]
-                         [--scan-repeat 1] [--limits] [--hot-path]
+                         [--scan-repeat 1] [--limits] [--hot-path] [--multi-every N]
 
 Three ways over the same rows, measured in the same run:
 
@@ -21,6 +21,12 @@ with ``--limits``, the set-based refresh of every line's limit and floor
 posting batch runs (``SET posted, pending, ...`` over 2,000 rows from ``unnest``), on other
 accounts and on lines' credit accounts, with the two ``balances`` triggers enabled and
 disabled, alternating, in the same run.
+
+``--multi-every N`` gives every N-th line a second collateral asset (0.001 wBTC at $60,000,
+under its own parameters): those lines have no trigger row in the index and the tick reads them
+by the scan of lines of several assets (``core.risk.loop.MULTI_CANDIDATES``), printed apart
+(``multi s``: that scan alone); the bench checks the tick returns exactly the full scan's lines
+plus that scan's.
 
 Setup writes the positions' rows set-based with ``generate_series`` into a throwaway database,
 on the production tables (logged, with their triggers: inserting the lines computes their
@@ -44,13 +50,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.ledger import Ledger
 from core.risk import triggers
 from core.risk.lines import read_state, refresh_limits
-from core.risk.loop import SCAN_CANDIDATES, RiskLoop
+from core.risk.loop import MULTI_CANDIDATES, SCAN_CANDIDATES, RiskLoop
 from core.risk.math import decide
 from tests.conftest import settings_for
-from tests.integration.risk_support import make_desk
+from tests.integration.risk_support import add_asset, make_desk
 from tests.support import create_database, drop_database, raw_connect
 
-TABLES = ("users", "accounts", "balances", "credit_lines", "credit_line_triggers")
+TABLES = (
+    "users", "accounts", "balances", "credit_lines", "credit_line_triggers",
+    "credit_line_collateral",
+)  # fmt: skip
 
 #: ``:a0`` the first account id, ``:l0`` the line id before the first
 LOAD = [
@@ -80,14 +89,33 @@ LOAD = [
 ]
 
 
+#: ``:every`` the line id step, ``:a1`` the first account id, ``:btc`` the second asset
+MULTI_LOAD = [
+    "CREATE TEMP TABLE bench_multi AS SELECT id AS line_id, owner_id, "
+    "row_number() OVER (ORDER BY id) - 1 AS r FROM credit_lines "
+    "WHERE collateral_asset = :coll AND id % :every = 0",
+    "INSERT INTO accounts (id, asset, kind, owner_id, metadata) OVERRIDING SYSTEM VALUE "
+    "SELECT :a1 + r, :btc, 'COLLATERAL', owner_id, '{}'::jsonb FROM bench_multi ORDER BY r",
+    "SELECT setval(pg_get_serial_sequence('accounts', 'id'), (SELECT max(id) FROM accounts))",
+    "INSERT INTO balances (account_id, posted, floor) "
+    "SELECT :a1 + r, 100000, 0 FROM bench_multi ORDER BY r",
+    "INSERT INTO credit_line_collateral (line_id, asset, account_id) "
+    "SELECT line_id, :btc, :a1 + r FROM bench_multi ORDER BY r",
+    "UPDATE credit_lines SET multi_collateral = true WHERE id IN (SELECT line_id FROM bench_multi)",
+    "DROP TABLE bench_multi",
+]
+
+
 async def _scalar(conn: AsyncConnection, sql: str, **args: Any) -> Any:
     return (await conn.execute(text(sql), args)).scalar()
 
 
-async def populate(ledger: Ledger, n: int) -> tuple[str, float]:
-    """A desk and ``n`` lines on it; returns its collateral asset and the setup seconds."""
+async def populate(ledger: Ledger, n: int, multi_every: int = 0) -> tuple[str, float]:
+    """A desk and ``n`` lines on it (every ``multi_every``-th with a second asset); returns its
+    collateral asset and the setup seconds."""
     start = time.perf_counter()
     desk = await make_desk(ledger)
+    btc = await add_asset(desk) if multi_every else None
     await RiskLoop(ledger).evaluate(desk.coll)  # the asset's trigger basis, before its lines
     async with ledger.engine.begin() as conn:
         indexes = (
@@ -121,6 +149,13 @@ async def populate(ledger: Ledger, n: int) -> tuple[str, float]:
                 text(statement),
                 {"n": n, "debt": desk.debt, "coll": desk.coll, "a0": a0, "l0": l0},
             )
+        if btc is not None:
+            a1 = await _scalar(conn, "SELECT coalesce(max(id), 0) + 1 FROM accounts")
+            for statement in MULTI_LOAD:
+                await conn.execute(
+                    text(statement),
+                    {"coll": desk.coll, "btc": btc, "every": multi_every, "a1": a1},
+                )
         for _, definition in indexes:
             await conn.execute(text(definition))
         for table, name, definition in foreign:
@@ -134,7 +169,7 @@ async def populate(ledger: Ledger, n: int) -> tuple[str, float]:
 async def indexed(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float], int, list[int]]:
     loop = RiskLoop(ledger)
     times = []
-    total, ids = 0, []
+    total, ids = 0, list[int]()
     for _ in range(repeat):
         start = time.perf_counter()
         total, ids = await loop.evaluate(asset)
@@ -142,13 +177,15 @@ async def indexed(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float],
     return times, total, ids
 
 
-async def full_scan(ledger: Ledger, asset: str, repeat: int) -> tuple[list[float], list[int]]:
+async def full_scan(
+    ledger: Ledger, asset: str, repeat: int, statement: str = SCAN_CANDIDATES
+) -> tuple[list[float], list[int]]:
     times = []
     ids: list[int] = []
     for _ in range(repeat):
         start = time.perf_counter()
         async with ledger.engine.connect() as conn:
-            ids = [int(i) for i in (await conn.execute(text(SCAN_CANDIDATES), {"asset": asset}))
+            ids = [int(i) for i in (await conn.execute(text(statement), {"asset": asset}))
                    .scalars()]  # fmt: skip
         times.append(time.perf_counter() - start)
     return times, ids
@@ -241,6 +278,8 @@ async def main() -> None:
     parser.add_argument("--naive-sample", type=int, default=2000)
     parser.add_argument("--limits", action="store_true", help="also time refresh_limits")
     parser.add_argument("--hot-path", action="store_true", help="price the triggers' upkeep")
+    parser.add_argument("--multi-every", type=int, default=0,
+                        help="every N-th line also holds a second collateral asset")  # fmt: skip
     args = parser.parse_args()
     url = await create_database()
     ledger = Ledger.connect(settings_for(url, pool_size=4))
@@ -248,12 +287,21 @@ async def main() -> None:
         print(f"{'positions':>10} {'setup s':>8} {'tick s min':>11} {'tick s med':>11} "
               f"{'positions/s':>13} {'candidates':>11} {'scan s':>8} {'naive pos/s':>12} "
               f"{'naive s (extrap.)':>18} {'x scan':>7} {'x naive':>8} {'rebase s':>9}"
-              f"{' limits s' if args.limits else ''}",
+              f"{' limits s' if args.limits else ''}"
+              f"{' multi lines' if args.multi_every else ''}"
+              f"{' multi s' if args.multi_every else ''}",
               flush=True)  # fmt: skip
         for n in (int(s) for s in args.sizes.split(",")):
-            asset, setup_s = await populate(ledger, n)
+            asset, setup_s = await populate(ledger, n, args.multi_every)
             times, total, ids = await indexed(ledger, asset, args.repeat)
             scan_times, scan_ids = await full_scan(ledger, asset, args.scan_repeat)
+            multi = ""
+            if args.multi_every:
+                multi_times, multi_ids = await full_scan(
+                    ledger, asset, args.repeat, MULTI_CANDIDATES
+                )
+                scan_ids = sorted(scan_ids + multi_ids)
+                multi = f" {n // args.multi_every:>11} {statistics.median(multi_times):>7.3f}"
             if scan_ids != ids:
                 raise SystemExit(f"the indexed pass and the scan disagree at {n} positions")
             naive_s, sampled, _ = await naive(ledger, asset, min(args.naive_sample, n))
@@ -264,7 +312,7 @@ async def main() -> None:
             print(f"{total:>10} {setup_s:>8.1f} {min(times):>11.3f} {median:>11.3f} "
                   f"{total / median:>13,.0f} {len(ids):>11} {scan_s:>8.2f} {naive_rate:>12,.0f} "
                   f"{total / naive_rate:>18,.0f} {scan_s / median:>6.0f}x "
-                  f"{total / naive_rate / median:>7,.0f}x {rebase_s:>9.2f}{limits_s}",
+                  f"{total / naive_rate / median:>7,.0f}x {rebase_s:>9.2f}{limits_s}{multi}",
                   flush=True)  # fmt: skip
         if args.hot_path:
             await hot_path(url)

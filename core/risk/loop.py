@@ -128,12 +128,12 @@ UPDATE credit_lines SET notified_at = NULL WHERE id IN (
 #: capacity (sum value_i * margin_call_i, core.risk.math.capacity) and whether a stop-loss is hit
 _MULTI = f"""
 WITH h AS (
-    SELECT l.id AS line_id, l.collateral_asset AS asset, l.collateral_account_id AS account_id,
-           l.stop_loss_answer AS stop
+    SELECT l.id AS line_id, l.debt_asset, l.collateral_asset AS asset,
+           l.collateral_account_id AS account_id, l.stop_loss_answer AS stop
     FROM credit_lines l WHERE l.multi_collateral AND l.status = 'OPEN'
     UNION ALL
-    SELECT x.line_id, x.asset, x.account_id, x.stop_loss_answer
-    FROM credit_line_collateral x JOIN credit_lines l ON l.id = x.line_id
+    SELECT x.line_id, l.debt_asset, x.asset, x.account_id, x.stop_loss_answer
+    FROM credit_lines l JOIN credit_line_collateral x ON x.line_id = l.id
     WHERE l.multi_collateral AND l.status = 'OPEN'
 ), m AS (
     SELECT h.line_id,
@@ -144,10 +144,9 @@ WITH h AS (
            bool_or(h.stop IS NOT NULL AND c.posted > 0 AND ra.price_answer <= h.stop) AS stop_hit,
            bool_or(h.asset = CAST(:asset AS text)) AS holds
     FROM h
-    JOIN credit_lines l ON l.id = h.line_id
     JOIN balances c ON c.account_id = h.account_id
     JOIN assets ca ON ca.code = h.asset
-    JOIN assets da ON da.code = l.debt_asset
+    JOIN assets da ON da.code = h.debt_asset
     LEFT JOIN risk_assets ra ON ra.asset = h.asset
     LEFT JOIN risk_parameters p ON p.asset = h.asset AND p.status = 'ACTIVE'
     GROUP BY h.line_id
