@@ -240,3 +240,28 @@ def test_one_asset_is_the_single_asset_model() -> None:
         empty = Holding("wBTC", 0, btc_px(60_000), BTC_LADDER)
         assert decide(replace(alone, others=(empty,)), ETH_LADDER) == decide(alone, ETH_LADDER)
     assert value_of(ETH, eth_px(2_000)) == 200_000
+
+
+def test_the_worked_example_of_the_readme() -> None:
+    """1 wETH (9 decimals) at $2,000 and 0.1 wBTC at $60,000, $4,600 spent; wBTC falls to
+    $35,000: all the wBTC, then a sliver of wETH, back to the 60% target."""
+    eth = Price(2_000 * 10**8, 8).per_minor(9, 2)
+    btc = Holding("wBTC", BTC // 10, Price(60_000 * 10**8, 8).per_minor(8, 2), BTC_LADDER)
+    p = Position(460_000, 10**9, eth, asset="wETH", others=(btc,))
+    holdings = p.holdings(ETH_LADDER)
+    assert p.value() == 800_000
+    assert capacity(holdings, lambda lad: lad.initial_bps) // BPS == 460_000  # the limit
+    assert capacity(holdings, lambda lad: lad.margin_call_bps) // BPS == 550_000  # 68.75%
+    p = replace(p, others=(replace(btc, price=Price(35_000 * 10**8, 8).per_minor(8, 2)),))
+    holdings = p.holdings(ETH_LADDER)
+    assert capacity(holdings, lambda lad: lad.partial_bps) // BPS == 430_000
+    assert capacity(holdings, lambda lad: lad.full_bps) // BPS == 502_000
+    action = decide(p, ETH_LADDER)
+    assert action.kind is ActionKind.PARTIAL
+    assert [(lot.asset, lot.quantity, lot.proceeds) for lot in action.lots] == [
+        ("wBTC", BTC // 10, 339_500)
+    ]
+    assert action.sold == 7_152_632 and action.proceeds - 339_500 == 1_359
+    left_debt, left_value = 460_000 - action.repaid, value_of(10**9 - action.sold, eth)
+    assert (left_debt, left_value) == (119_141, 198_569)
+    assert left_debt * BPS <= left_value * ETH_LADDER.target_bps  # 59.99%
