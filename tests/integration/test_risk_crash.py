@@ -25,10 +25,9 @@ from sqlalchemy import text
 from core.ledger import Ledger
 from core.risk.lines import refresh_limits
 from core.risk.loop import sign
-from core.types import AccountKind, OperationType, SystemAccount
 from tests.conftest import settings_for
 from tests.integration.risk_driver import POINTS
-from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
+from tests.integration.risk_support import ADMIN, BTC, COLL, Desk, add_asset, make_desk, usd
 from tests.support import create_database, drop_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -190,41 +189,48 @@ async def test_a_risk_worker_killed_at_any_point_acts_exactly_once(
     assert await desk.ledger.reconcile() == []
 
 
-@pytest.mark.parametrize("deposit", [False, True], ids=["withdrawal", "deposit"])
+@pytest.mark.parametrize(
+    ("deposit", "further"),
+    [(False, False), (True, False), (True, True)],
+    ids=["withdrawal", "deposit", "deposit-of-a-further-asset"],
+)
 async def test_a_collateral_move_and_its_new_limit_commit_together(
-    fresh: tuple[str, Ledger], deposit: bool
+    fresh: tuple[str, Ledger], deposit: bool, further: bool
 ) -> None:
     """A process killed right after the ledger answered a collateral withdrawal (deposit):
     the move and the lower (higher) limit it leaves are both there, or neither is; never the
-    collateral gone with the old limit still open for card spends."""
+    collateral gone with the old limit still open for card spends. A deposit of an asset the
+    line does not hold yet adds it in the same transaction: the holding, the deposit and the
+    limit, or none of them."""
     url, ledger = fresh
     desk = await make_desk(ledger)
     line = await desk.line(2 * COLL, spend=usd(500))
-    if deposit:  # the owner has one more COLL to deposit
-        owner = (await desk.lines.get(line.id)).line.owner_id
-        wallet = await ledger.accounts.ensure_wallet(owner, desk.coll, actor=ADMIN)
-        issuance = await ledger.accounts.system_account(
-            desk.coll, SystemAccount.ISSUANCE, actor=ADMIN
-        )
-        await ledger.transfer(
-            source=issuance, destination=wallet[AccountKind.AVAILABLE], asset=desk.coll,
-            amount=COLL, type_=OperationType.MINT,
-        )  # fmt: skip
-    before = await desk.lines.get(line.id)
+    asset, amount = (await add_asset(desk), BTC // 10) if further else (desk.coll, COLL)
+    if deposit:  # the owner has one more lot to deposit
+        await desk.fund(line.owner_id, asset, amount)
+
+    async def held() -> int:
+        state = await desk.lines.get(line.id)
+        found = state.held(asset)
+        return -1 if found is None else found.quantity
+
+    before, before_held = await desk.lines.get(line.id), await held()
     command = [sys.executable, "-m", "tests.integration.withdraw_driver", "--db", url]
-    command += ["--line", str(line.id), "--amount", str(COLL)] + (["--deposit"] if deposit else [])
+    command += ["--line", str(line.id), "--amount", str(amount), "--asset", asset]
+    command += ["--deposit"] if deposit else []
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     run = subprocess.run
     done = await asyncio.to_thread(run, command, env=env, cwd=ROOT, timeout=120, check=False)
     assert done.returncode == -signal.SIGKILL
     after = await desk.lines.get(line.id)
-    if after.collateral == before.collateral:  # nothing committed: the retry does it once
+    if await held() == before_held:  # nothing committed: the retry does it once
         assert after.line.credit_limit == before.line.credit_limit
+        assert after.line.multi_collateral == before.line.multi_collateral
         move = desk.lines.deposit if deposit else desk.lines.withdraw
-        await move(line.id, COLL, ADMIN, "withdraw-driver")
+        await move(line.id, amount, ADMIN, "withdraw-driver", asset=asset)
         after = await desk.lines.get(line.id)
     sign = 1 if deposit else -1
-    assert after.collateral == before.collateral + sign * COLL
+    assert await held() == max(before_held, 0) + sign * amount
     assert (after.line.credit_limit - before.line.credit_limit) * sign > 0
     async with ledger.engine.begin() as conn:  # what a refresh sets now: already there
         await refresh_limits(conn, line_ids=[line.id])

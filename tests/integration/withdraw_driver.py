@@ -2,6 +2,7 @@
 ledger has answered the posting (before anything else the deposit or withdrawal does):
 
     python -m tests.integration.withdraw_driver --db URL --line N --amount UNITS [--deposit]
+        [--asset CODE]
 
 The kill wraps the ledger's posting methods from outside; the product code has no test
 hooks. Exit code 0: the withdrawal finished (the kill point was never reached).
@@ -26,7 +27,7 @@ ADMIN = Actor("withdraw-driver", Role.ADMIN)
 MOVES = (OperationType.COLLATERAL_DEPOSIT, OperationType.COLLATERAL_WITHDRAW)
 
 
-async def run(db: str, line_id: int, amount: int, deposit: bool) -> int:
+async def run(db: str, line_id: int, amount: int, deposit: bool, asset: str | None) -> int:
     ledger = Ledger.connect(settings_for(db))
     methods = {name: getattr(ledger, name) for name in ("post", "post_within", "submit_within")}
 
@@ -44,7 +45,7 @@ async def run(db: str, line_id: int, amount: int, deposit: bool) -> int:
     try:
         lines = CreditLines(ledger)
         move = lines.deposit if deposit else lines.withdraw
-        await move(line_id, amount, ADMIN, "withdraw-driver")
+        await move(line_id, amount, ADMIN, "withdraw-driver", asset=asset)
         return 0
     finally:
         await ledger.close()
@@ -56,8 +57,9 @@ def main() -> int:
     parser.add_argument("--line", type=int, required=True)
     parser.add_argument("--amount", type=int, required=True)
     parser.add_argument("--deposit", action="store_true")
+    parser.add_argument("--asset", help="the collateral asset (the line's own by default)")
     ns = parser.parse_args()
-    return asyncio.run(run(ns.db, ns.line, ns.amount, ns.deposit))
+    return asyncio.run(run(ns.db, ns.line, ns.amount, ns.deposit, ns.asset))
 
 
 if __name__ == "__main__":
