@@ -103,7 +103,9 @@ async def poll_feeds(
 
 async def risk_tick(loop: RiskLoop) -> TickReport:
     report = await loop.tick(refresh=False)
-    if report.actions or report.frozen or report.deferred:
+    if report.skipped:
+        log.info("risk tick skipped: another worker's tick is running")
+    elif report.actions or report.frozen or report.deferred:
         log.info("risk tick %s: %s over %s positions, frozen %s, %s sales cut to a partial "
                  "lot, %s capped to a later tick", report.tick, report.actions,
                  report.evaluated, report.frozen, report.cut, report.deferred)  # fmt: skip

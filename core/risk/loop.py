@@ -173,6 +173,9 @@ UPDATE credit_lines SET notified_at = NULL WHERE id IN (
 """
 
 
+#: the session advisory lock one tick holds (steps 1 to 3): one tick at a time, deployment-wide
+RISK_TICK_LOCK_KEY = 0x76616C7269736B31  # "valrisk1"
+
 #: default caps on collateral value sold per tick, debt-asset minor units ($1M / $250k at
 #: scale 2); see :class:`LiquidationCaps`
 DEFAULT_GLOBAL_CAP = 100_000_000
@@ -240,6 +243,8 @@ class TickReport:
     deferred: int = 0
     #: liquidations the caps cut to a partial lot
     cut: int = 0
+    #: another tick was running (in this or another process): this one did nothing
+    skipped: bool = False
 
 
 def _details(state: LineState, action: risk.Action) -> dict[str, Any]:
@@ -354,15 +359,39 @@ class RiskLoop:
         """Steps 1 to 4 of the module's tick; ``refresh`` False leaves step 4 (the limits) to
         its own job, as the worker does: at a million lines it takes tens of seconds, and the
         next decisions must not wait for it (card authorizations meet the current price's limit
-        either way: :meth:`core.risk.lines.CreditLines.authorize`)."""
-        async with self.engine.connect() as conn:
+        either way: :meth:`core.risk.lines.CreditLines.authorize`).
+
+        One tick runs at a time in the whole deployment: steps 1 to 3 hold a session advisory
+        lock (:data:`RISK_TICK_LOCK_KEY`), and a tick that finds it taken returns at once with
+        ``skipped`` set. So the liquidation caps bound what all workers sell per tick, and two
+        workers never decide the same lines side by side (the line lock would serialize them;
+        the second would only repeat the reads)."""
+        async with self.engine.connect() as plain:
+            guard = await plain.execution_options(isolation_level="AUTOCOMMIT")
             tick = int(
                 (
-                    await conn.execute(
+                    await guard.execute(
                         text("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
                     )
                 ).scalar_one()
             )
+            got = await guard.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": RISK_TICK_LOCK_KEY}
+            )
+            if not got.scalar_one():
+                return TickReport(tick, skipped=True)
+            try:
+                report = await self._tick(tick, asset)
+            finally:
+                await guard.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": RISK_TICK_LOCK_KEY}
+                )
+        if refresh:
+            await self.refresh_moved_prices()
+        return report
+
+    async def _tick(self, tick: int, asset: str | None) -> TickReport:
+        """Steps 1 to 3, under the tick's lock."""
         report = TickReport(tick)
         report.frozen = await freeze_stale(self.engine, self.actor)
         report.evaluated, ids = await self.evaluate(asset)
@@ -374,8 +403,6 @@ class RiskLoop:
                 report.actions[kind] = report.actions.get(kind, 0) + 1
         report.deferred = budget.deferred
         report.cut = budget.cut
-        if refresh:
-            await self.refresh_moved_prices()
         return report
 
     async def _post_action(

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from core.ledger import Ledger
 from core.risk import math as risk
-from core.risk.loop import LiquidationCaps, RiskLoop
+from core.risk.loop import RISK_TICK_LOCK_KEY, LiquidationCaps, RiskLoop
 from tests.integration.risk_support import COLL, Desk, make_desk, usd
 
 pytestmark = pytest.mark.integration
@@ -201,3 +201,22 @@ def test_caps_must_be_positive() -> None:
     for caps in ({"global_cap": 0}, {"asset_cap": -1}, {"per_asset": {"X": 0}}):
         with pytest.raises(ValueError, match="positive"):
             LiquidationCaps(**caps)  # type: ignore[arg-type]
+
+
+async def test_one_tick_at_a_time_so_the_caps_bound_every_worker(desk: Desk) -> None:
+    """A tick that finds another one running (its session lock held, as by another worker's
+    process) does nothing and says so; once the lock is free it ticks."""
+    line = await desk.line(COLL, spend=usd(1_000))
+    await desk.price(1_300)  # past partial liquidation
+    async with desk.ledger.engine.connect() as plain:
+        other = await plain.execution_options(isolation_level="AUTOCOMMIT")
+        await other.execute(text("SELECT pg_advisory_lock(:k)"), {"k": RISK_TICK_LOCK_KEY})
+        try:
+            report = await desk.loop.tick(desk.coll)
+        finally:
+            await other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": RISK_TICK_LOCK_KEY})
+    assert report.skipped and report.actions == {} and report.evaluated == 0
+    assert await events(desk, line.id) == []
+    report = await desk.loop.tick(desk.coll)
+    assert not report.skipped and report.actions == {"PARTIAL": 1}
+    await conserved(desk)
