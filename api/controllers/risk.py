@@ -81,7 +81,7 @@ async def _holding_read(svc: Services, s: LineState, h: Held) -> HoldingRead:
 
 async def line_read(svc: Services, s: LineState) -> CreditLineRead:
     debt, coll = s.line.debt_asset, s.line.collateral_asset
-    limit = s.line.credit_limit
+    limit = s.current_limit
     holdings = [await _holding_read(svc, s, h) for h in s.holdings()]
     return CreditLineRead(
         s.line.id, s.line.owner_id, s.line.status, debt, coll, s.line.credit_account_id,

@@ -108,6 +108,8 @@ class CreditLineRead(Struct):
     credit_account_id: int
     collateral_account_id: int
     cushion_account_id: int
+    #: the limit at the current prices, which a card authorization meets (the stored one the
+    #: floor holds is brought to it before a spend); 0 while a price is past its heartbeat
     credit_limit: str
     #: posted debt plus pending authorizations
     used: str

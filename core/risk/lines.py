@@ -261,6 +261,29 @@ class LineState:
         asset's counts (at its last price) as the risk loop would not act on it anyway."""
         return sum(h.value(self.debt_scale) for h in self.holdings())
 
+    @property
+    def current_limit(self) -> int:
+        """The limit at the current prices: what a card authorization meets now (it refreshes
+        the stored ``credit_limit`` first when a price moved since, :meth:`CreditLines.authorize`),
+        by the same formula as the refresh (:data:`_REFRESH`); 0 while a held asset's price is
+        past its heartbeat unfrozen (authorizations are refused then)."""
+        if self.params is None:
+            return 0
+        haircut = initial = 0
+        for i, h in enumerate(self.holdings()):
+            if h.params is None or h.price is None or h.frozen:
+                continue
+            if (
+                (i == 0 or h.quantity > 0)
+                and h.price_at is not None
+                and ((self.now - h.price_at).total_seconds() > h.params.heartbeat_s)
+            ):
+                return 0
+            value = h.value(self.debt_scale)
+            haircut += value * (risk.BPS - h.params.haircut_bps) // risk.BPS
+            initial += value * h.params.initial_bps
+        return max(min(haircut - self.params.buffer, initial // risk.BPS), 0)
+
     def position(self, *, without: tuple[str, int] | None = None) -> risk.Position:
         """The position the risk model judges (``without``: as if ``(asset, quantity)`` had
         been withdrawn first)."""

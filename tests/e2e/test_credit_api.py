@@ -337,3 +337,8 @@ async def test_a_line_of_two_collateral_assets_over_http(api: Api) -> None:
     )  # fmt: skip
     assert r.status_code == 200, r.text
     assert [h["stop_loss_answer"] for h in r.json()["holdings"]] == [None, 40_000 * 10**8]
+    # a price move shows at once in the limit an authorization meets (before any refresh):
+    # $2,000 x 50% + 0.08333334 wBTC x $30,000 x 60%
+    await push(api, btc, 2, 30_000)
+    r = await api.http.get(f"/api/v1/credit/{line_id}", headers=user.headers)
+    assert r.json()["credit_limit"] == "2500.00" and r.json()["available_credit"] == "0.00"

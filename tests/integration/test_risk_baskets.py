@@ -92,7 +92,7 @@ async def test_a_second_asset_adds_its_own_haircut_value_to_the_limit(desk: Desk
     assert state.line.multi_collateral and [h.asset for h in state.others] == [btc]
     assert state.value == usd(2_000 + 6_000)
     # $2,000 x 50% + $6,000 x 60% = $4,600, under the haircut sum ($1,800 + $4,800 at 10%/20%)
-    assert state.line.credit_limit == expected_limit(state) == usd(4_600)
+    assert state.line.credit_limit == state.current_limit == expected_limit(state) == usd(4_600)
     await desk.spend(line.id, usd(4_600))
     with pytest.raises(InsufficientFunds):
         await desk.spend(line.id, 1)
@@ -247,10 +247,20 @@ async def test_an_authorization_meets_a_further_asset_past_its_heartbeat(
 async def test_a_price_move_of_a_further_asset_refreshes_the_line(desk: Desk, btc: str) -> None:
     line = await basket(desk, btc)
     await desk.price(30_000, asset=btc)
-    assert (await desk.lines.get(line.id)).line.credit_limit == usd(4_600)  # not yet
+    state = await desk.lines.get(line.id)
+    assert state.line.credit_limit == usd(4_600)  # the stored one: not yet
+    assert state.current_limit == expected_limit(state) == usd(1_000 + 1_800)
     await desk.loop.refresh_moved_prices(chunk=1)
     state = await desk.lines.get(line.id)
-    assert state.line.credit_limit == expected_limit(state) == usd(1_000 + 1_800)
+    assert state.line.credit_limit == state.current_limit == usd(1_000 + 1_800)
+    async with desk.ledger.engine.begin() as conn:  # past its heartbeat: no credit at all
+        await conn.execute(
+            text(
+                "UPDATE risk_assets SET price_at = price_at - interval '2 hours' WHERE asset = :a"
+            ),
+            {"a": btc},
+        )
+    assert (await desk.lines.get(line.id)).current_limit == 0
 
 
 async def test_a_full_liquidation_sells_both_assets_and_writes_off_the_rest(
