@@ -562,6 +562,12 @@ class CreditLines:
                 f"no active risk parameters lend {state.line.debt_asset} against {asset}",
                 asset=asset,
             )
+        # hold the credit account's balance row first: a card spend racing the change of the
+        # line's kind commits before it (seen by its rows) or after it (and recomputes them)
+        await conn.execute(
+            text("SELECT 1 FROM balances WHERE account_id = :a FOR UPDATE"),
+            {"a": state.line.credit_account_id},
+        )
         account = await self.ledger.accounts.open_account_in(
             conn, asset=asset, kind=AccountKind.COLLATERAL, owner_id=state.line.owner_id,
             actor=actor, floor=0, metadata={"credit_line": state.line.id},

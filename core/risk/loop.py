@@ -13,7 +13,12 @@ A tick:
    predicate evaluated over every open line, in SQL ``numeric``) returns; an asset whose
    triggers were computed with other parameters or price decimals is first recomputed
    set-based (:func:`core.risk.triggers.rebase`), and read by the scan if it moved again
-   meanwhile;
+   meanwhile. Lines of several collateral assets have no trigger (their value depends on several
+   prices): their multi rows (migration 0025) are read through an index with the smallest
+   ratio of current to reference price (:data:`MULTI_DUE`), with their reached stop-losses,
+   and only those lines are checked exactly (:data:`MULTI_INDEXED`); it returns exactly the
+   lines the scan of all of them (:data:`MULTI_CANDIDATES`) returns, which the tick uses
+   while the reference basis is being rebased;
 3. for each candidate, under the line's row lock, reads it again and decides with
    :func:`core.risk.math.decide` — a repayment or deposit committed meanwhile is seen — and
    performs that one action as one balanced ledger operation (``risk:<line>:<tick>`` key) and a
@@ -74,6 +79,150 @@ WHERE l.status = 'OPEN' AND NOT ra.frozen AND NOT l.multi_collateral
   AND (CAST(:asset AS text) IS NULL OR l.collateral_asset = CAST(:asset AS text))
 """
 _OVER_MARGIN = f"(cb.pending - cb.posted)::numeric * 10000 > {VALUE_SQL} * p.margin_call_bps"
+
+#: the open lines whose limits depend on an asset's price, in chunks: those it is the own
+#: collateral of, then those holding it as a further asset
+_LINES_OF_ASSET = (
+    "SELECT id FROM credit_lines WHERE collateral_asset = :a AND status = 'OPEN' "
+    "AND id > :after ORDER BY id LIMIT :n",
+    "SELECT x.line_id FROM credit_line_collateral x JOIN credit_lines l ON l.id = x.line_id "
+    "WHERE x.asset = :a AND l.status = 'OPEN' AND x.line_id > :after "
+    "ORDER BY x.line_id LIMIT :n",
+)
+
+#: lines whose limits one transaction of :meth:`RiskLoop.refresh_moved_prices` recomputes (a card
+#: spend on one of them waits for at most one chunk)
+REFRESH_CHUNK = 20_000
+
+#: every open position, once: the lines needing a decision this tick, by a full scan
+SCAN_CANDIDATES = f"""
+SELECT l.id {_FROM} AND (
+    (cb.pending - cb.posted > 0 AND {_OVER_MARGIN})
+    OR (l.stop_loss_answer IS NOT NULL AND c.posted > 0
+        AND ra.price_answer <= l.stop_loss_answer)
+) ORDER BY l.id
+"""
+
+#: the same lines of one asset whose triggers are current, from the triggers index
+CANDIDATES = """
+SELECT line_id FROM credit_line_triggers
+WHERE collateral_asset = :asset AND open AND trigger >= :price
+"""
+
+#: the assets a tick evaluates, with whether their lines' triggers are current
+_ASSETS = """
+SELECT ra.asset, ra.price_answer,
+       coalesce(b.complete AND b.params_id = p.id AND b.decimals = ra.price_decimals, false)
+         AS current
+FROM risk_assets ra
+JOIN risk_parameters p ON p.asset = ra.asset AND p.status = 'ACTIVE'
+LEFT JOIN risk_trigger_basis b ON b.asset = ra.asset
+WHERE NOT ra.frozen AND (CAST(:asset AS text) IS NULL OR ra.asset = CAST(:asset AS text))
+ORDER BY ra.asset
+"""
+
+#: margin calls answered: the line is back at or under its margin-call LTV
+CLEAR_NOTICES = f"""
+UPDATE credit_lines SET notified_at = NULL WHERE id IN (
+    SELECT l.id {_FROM} AND l.notified_at IS NOT NULL
+    AND NOT (cb.pending - cb.posted > 0 AND {_OVER_MARGIN}))
+"""
+
+
+def _multi(lines: str) -> str:
+    """The open lines holding several collateral assets that match ``lines`` (a predicate on
+    ``l``; of ``:asset``, if given), each once with its exposure, whether every price it holds
+    collateral at can be acted on, its margin-call capacity (sum value_i * margin_call_i,
+    core.risk.math.capacity) and whether a stop-loss is hit."""
+    return f"""
+WITH h AS (
+    SELECT l.id AS line_id, l.debt_asset, l.collateral_asset AS asset,
+           l.collateral_account_id AS account_id, l.stop_loss_answer AS stop
+    FROM credit_lines l WHERE l.multi_collateral AND l.status = 'OPEN' AND {lines}
+    UNION ALL
+    SELECT x.line_id, l.debt_asset, x.asset, x.account_id, x.stop_loss_answer
+    FROM credit_lines l JOIN credit_line_collateral x ON x.line_id = l.id
+    WHERE l.multi_collateral AND l.status = 'OPEN' AND {lines}
+), m AS (
+    SELECT h.line_id,
+           bool_and(c.posted = 0 OR (NOT ra.frozen AND ra.price_answer IS NOT NULL
+                                     AND p.id IS NOT NULL)) AS trusted,
+           sum(CASE WHEN c.posted = 0 OR ra.price_answer IS NULL OR p.id IS NULL THEN 0
+                    ELSE {VALUE_SQL} * p.margin_call_bps END) AS margin_cap,
+           bool_or(h.stop IS NOT NULL AND c.posted > 0 AND ra.price_answer <= h.stop) AS stop_hit,
+           bool_or(h.asset = CAST(:asset AS text)) AS holds
+    FROM h
+    JOIN balances c ON c.account_id = h.account_id
+    JOIN assets ca ON ca.code = h.asset
+    JOIN assets da ON da.code = h.debt_asset
+    LEFT JOIN risk_assets ra ON ra.asset = h.asset
+    LEFT JOIN risk_parameters p ON p.asset = h.asset AND p.status = 'ACTIVE'
+    GROUP BY h.line_id
+)
+SELECT m.line_id, l.notified_at IS NOT NULL AS notified, m.trusted, m.stop_hit,
+       cb.pending - cb.posted > 0
+         AND (cb.pending - cb.posted)::numeric * 10000 > m.margin_cap AS over_margin
+FROM m
+JOIN credit_lines l ON l.id = m.line_id
+JOIN balances cb ON cb.account_id = l.credit_account_id
+WHERE CAST(:asset AS text) IS NULL OR m.holds
+"""
+
+
+#: the lines of several assets needing a decision this tick, by a scan of every such line
+MULTI_CANDIDATES = f"""
+SELECT line_id FROM ({_multi("true")}) s WHERE s.trusted AND (s.over_margin OR s.stop_hit)
+"""
+
+#: ``m``: the smallest ratio current price / reference price over the assets (x 10^20, rounded
+#: down; +Infinity without any), of the assets trusted now
+MULTI_RATIO = """
+SELECT coalesce(min(div(ra.price_answer * power(10::numeric, 20), b.answer)),
+                'Infinity'::numeric)
+FROM risk_multi_basis b JOIN risk_assets ra ON ra.asset = b.asset
+WHERE NOT ra.frozen AND ra.price_answer > 0 AND b.answer > 0
+"""
+
+#: whether the multi rows' basis is whole and still the assets' parameters and decimals
+MULTI_BASIS_CURRENT = """
+SELECT s.complete AND NOT EXISTS (
+    SELECT 1 FROM risk_assets ra
+    LEFT JOIN risk_multi_basis b ON b.asset = ra.asset
+    LEFT JOIN risk_parameters p ON p.asset = ra.asset AND p.status = 'ACTIVE'
+    WHERE b.asset IS NULL OR b.decimals IS DISTINCT FROM ra.price_decimals
+       OR b.params_id IS DISTINCT FROM p.id)
+FROM risk_multi_state s
+"""
+
+#: the lines of several assets that may need a decision: a multi row whose key reaches the ratio
+#: (migration 0025: every line over its margin call does), or a stop-loss reached (by index)
+MULTI_DUE = f"""
+SELECT line_id FROM credit_line_multi WHERE open AND key >= ({MULTI_RATIO})
+UNION
+SELECT x.line_id FROM risk_assets ra
+JOIN credit_line_collateral x ON x.asset = ra.asset AND x.stop_loss_answer >= ra.price_answer
+UNION
+SELECT l.id FROM risk_assets ra
+JOIN credit_lines l ON l.collateral_asset = ra.asset AND l.stop_loss_answer >= ra.price_answer
+WHERE l.multi_collateral
+"""
+
+#: :data:`MULTI_CANDIDATES` read through :data:`MULTI_DUE`: the same lines while the basis is
+#: current (tested), reading only the due ones
+MULTI_INDEXED = f"""
+SELECT line_id FROM ({_multi(f"l.id IN ({MULTI_DUE})")}) s
+WHERE s.trusted AND (s.over_margin OR s.stop_hit)
+"""
+
+#: :data:`CLEAR_NOTICES` of the lines of several assets (those with a notice out)
+CLEAR_MULTI_NOTICES = f"""
+UPDATE credit_lines SET notified_at = NULL WHERE id IN (
+    SELECT line_id FROM ({_multi("l.notified_at IS NOT NULL")}) s
+    WHERE s.notified AND s.trusted AND NOT s.over_margin)
+"""
+
+#: a ratio under this (x 10^20) makes the multi rows' filter loose: the limits job rebases them
+LOOSE_RATIO = 95 * 10**18
 
 #: the open lines whose limits depend on an asset's price, in chunks: those it is the own
 #: collateral of, then those holding it as a further asset
@@ -290,8 +439,11 @@ class RiskLoop:
             await conn.execute(text(CLEAR_NOTICES), scope)
             await conn.execute(text(CLEAR_MULTI_NOTICES), scope)
             stale = [a for a, _, current in await conn.execute(text(_ASSETS), scope) if not current]
+            multi_current = (await conn.execute(text(MULTI_BASIS_CURRENT))).scalar_one()
         for code in stale:
             await triggers.rebase(self.engine, code)
+        if not multi_current:
+            await triggers.rebase_multi(self.engine)
         ids: list[int] = []
         async with self.engine.connect() as plain:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
@@ -306,7 +458,9 @@ class RiskLoop:
                         else (SCAN_CANDIDATES, {"asset": code})
                     )
                     ids += (await conn.execute(text(statement), args)).scalars()
-                ids += (await conn.execute(text(MULTI_CANDIDATES), scope)).scalars()
+                multi_current = (await conn.execute(text(MULTI_BASIS_CURRENT))).scalar_one()
+                multi = MULTI_INDEXED if multi_current else MULTI_CANDIDATES
+                ids += (await conn.execute(text(multi), scope)).scalars()
                 total = (
                     await conn.execute(
                         text(
@@ -325,7 +479,11 @@ class RiskLoop:
         """Limits and floors of every open line of each asset whose price or freeze changed
         since its last refresh, ``chunk`` lines (by id) per transaction; the asset is marked
         refreshed for the price it started from (a price that moves meanwhile is refreshed
-        by the next call). Idempotent: two workers refreshing at once only repeat work."""
+        by the next call). Idempotent: two workers refreshing at once only repeat work.
+
+        Then, when some price fell more than 5% under the multi rows' reference
+        (:data:`LOOSE_RATIO`), those rows are rebased on the current prices, so the tick's filter
+        of lines of several assets stays tight."""
         size = REFRESH_CHUNK if chunk is None else chunk
         async with self.engine.connect() as conn:
             moved = (
@@ -354,6 +512,10 @@ class RiskLoop:
                     text("UPDATE risk_assets SET limits_at = :u WHERE asset = :a"),
                     {"u": updated_at, "a": asset},
                 )
+        async with self.engine.connect() as conn:
+            ratio = (await conn.execute(text(MULTI_RATIO))).scalar_one()
+        if ratio < LOOSE_RATIO:
+            await triggers.rebase_multi(self.engine)
 
     async def tick(self, asset: str | None = None, *, refresh: bool = True) -> TickReport:
         """Steps 1 to 4 of the module's tick; ``refresh`` False leaves step 4 (the limits) to

@@ -1,11 +1,14 @@
-"""Risk triggers (migration 0020): per credit line the highest price answer at which the line
-needs a decision, kept by the database in the transaction of every change to its balances,
-stop-loss or status, and recomputed set-based per asset when its parameters or price decimals
-change (:func:`rebase`). The risk loop reads them through an index
+"""Risk triggers (migration 0020): per credit line of one collateral asset the highest price
+answer at which the line needs a decision, kept by the database in the transaction of every
+change to its balances, stop-loss or status, and recomputed set-based per asset when its
+parameters or price decimals change (:func:`rebase`). The risk loop reads them through an index
 (:data:`core.risk.loop.CANDIDATES`).
 
 :func:`drift` is the check of that maintenance: the lines whose stored row differs from what
 their balances, line and basis give now.
+
+Lines of several collateral assets have a multi row instead (migration 0025), kept the same
+way against a reference basis of every asset's price (:func:`rebase_multi`, :func:`multi_drift`).
 """
 
 from __future__ import annotations
@@ -72,5 +75,52 @@ async def rebase(engine: AsyncEngine, asset: str, chunk: int = REBASE_CHUNK) -> 
     async with engine.begin() as conn:
         done = await conn.execute(
             text("SELECT valueos_risk_rebase_finish(:a, :g)"), {"a": asset, "g": generation}
+        )
+        return bool(done.scalar())
+
+
+_MULTI_DRIFT = """
+SELECT l.id FROM credit_lines l
+LEFT JOIN credit_line_multi m ON m.line_id = l.id
+LEFT JOIN LATERAL valueos_risk_multi_rows(ARRAY[l.id]) r ON true
+WHERE l.multi_collateral AND (m.line_id IS NULL OR (m.open, m.exposure, m.cap_ref, m.holdings,
+      m.key) IS DISTINCT FROM (r.open, r.exposure, r.cap_ref, r.holdings, r.key))
+UNION
+SELECT x.line_id FROM credit_line_collateral x
+JOIN balances b ON b.account_id = x.account_id
+WHERE b.credit_line_id IS DISTINCT FROM x.line_id
+ORDER BY 1
+"""
+
+
+async def multi_drift(conn: AsyncConnection) -> list[int]:
+    """Lines of several assets whose multi row (or further account's mark) does not match their
+    state now."""
+    return [int(i) for i in (await conn.execute(text(_MULTI_DRIFT))).scalars()]
+
+
+async def rebase_multi(engine: AsyncEngine, chunk: int = REBASE_CHUNK) -> bool:
+    """Make every asset's current price, decimals and parameters the multi rows' reference and
+    recompute every row, ``chunk`` lines per transaction; True if the basis is complete
+    afterwards (False: another rebase started meanwhile and completes it)."""
+    async with engine.begin() as conn:
+        generation = (
+            await conn.execute(text("SELECT valueos_risk_multi_rebase_start()"))
+        ).scalar_one()
+    after = 0
+    while True:
+        async with engine.begin() as conn:
+            last, lines = (
+                await conn.execute(
+                    text("SELECT * FROM valueos_risk_multi_rebase_chunk(:after, :n)"),
+                    {"after": after, "n": chunk},
+                )
+            ).one()
+        if not lines:
+            break
+        after = int(last)
+    async with engine.begin() as conn:
+        done = await conn.execute(
+            text("SELECT valueos_risk_multi_rebase_finish(:g)"), {"g": generation}
         )
         return bool(done.scalar())
