@@ -13,6 +13,8 @@ way against a reference basis of every asset's price (:func:`rebase_multi`, :fun
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -56,26 +58,33 @@ async def rebase(engine: AsyncEngine, asset: str, chunk: int = REBASE_CHUNK) -> 
     """Recompute every line of ``asset`` with its current active parameters and price
     decimals, ``chunk`` lines per transaction; True if the basis is complete afterwards
     (False: another rebase started meanwhile and completes it)."""
+    return await _rebase(
+        engine, "valueos_risk_rebase_start(:a)", "valueos_risk_rebase_chunk(:a, :after, :n)",
+        "valueos_risk_rebase_finish(:a, :g)", {"a": asset}, chunk,
+    )  # fmt: skip
+
+
+async def _rebase(
+    engine: AsyncEngine, start: str, step: str, finish: str, args: dict[str, Any], chunk: int
+) -> bool:
+    """A rebase by the migration's three functions: ``start`` (a new generation), ``step``
+    (the next ``:n`` lines after ``:after``, one transaction each) and ``finish`` (complete,
+    unless another start came since)."""
     async with engine.begin() as conn:
-        generation = (
-            await conn.execute(text("SELECT valueos_risk_rebase_start(:a)"), {"a": asset})
-        ).scalar_one()
+        generation = (await conn.execute(text(f"SELECT {start}"), args)).scalar_one()
     after = 0
     while True:
         async with engine.begin() as conn:
             last, lines = (
                 await conn.execute(
-                    text("SELECT * FROM valueos_risk_rebase_chunk(:a, :after, :n)"),
-                    {"a": asset, "after": after, "n": chunk},
+                    text(f"SELECT * FROM {step}"), args | {"after": after, "n": chunk}
                 )
             ).one()
         if not lines:
             break
         after = int(last)
     async with engine.begin() as conn:
-        done = await conn.execute(
-            text("SELECT valueos_risk_rebase_finish(:a, :g)"), {"a": asset, "g": generation}
-        )
+        done = await conn.execute(text(f"SELECT {finish}"), args | {"g": generation})
         return bool(done.scalar())
 
 
@@ -103,24 +112,8 @@ async def rebase_multi(engine: AsyncEngine, chunk: int = REBASE_CHUNK) -> bool:
     """Make every asset's current price, decimals and parameters the multi rows' reference and
     recompute every row, ``chunk`` lines per transaction; True if the basis is complete
     afterwards (False: another rebase started meanwhile and completes it)."""
-    async with engine.begin() as conn:
-        generation = (
-            await conn.execute(text("SELECT valueos_risk_multi_rebase_start()"))
-        ).scalar_one()
-    after = 0
-    while True:
-        async with engine.begin() as conn:
-            last, lines = (
-                await conn.execute(
-                    text("SELECT * FROM valueos_risk_multi_rebase_chunk(:after, :n)"),
-                    {"after": after, "n": chunk},
-                )
-            ).one()
-        if not lines:
-            break
-        after = int(last)
-    async with engine.begin() as conn:
-        done = await conn.execute(
-            text("SELECT valueos_risk_multi_rebase_finish(:g)"), {"g": generation}
-        )
-        return bool(done.scalar())
+    return await _rebase(
+        engine, "valueos_risk_multi_rebase_start()",
+        "valueos_risk_multi_rebase_chunk(:after, :n)", "valueos_risk_multi_rebase_finish(:g)",
+        {}, chunk,
+    )  # fmt: skip

@@ -272,27 +272,19 @@ async def test_a_line_of_two_collateral_assets_over_http(api: Api) -> None:
         headers=key(),
     )
     line_id = r.json()["id"]
-    for asset, amount in ((None, "1"), (btc, "0.10000000")):
+
+    async def move(kind: str, amount: str, asset: str | None) -> Any:
         body = {"line_id": line_id, "amount": amount} | ({"asset": asset} if asset else {})
-        r = await api.http.post("/api/v1/collateral/deposit", json=body, headers=key())
+        return await api.http.post(f"/api/v1/collateral/{kind}", json=body, headers=key())
+
+    for asset, amount in ((None, "1"), (btc, "0.10000000")):
+        r = await move("deposit", amount, asset)
         assert r.status_code == 201, r.text
 
     before = await snapshot(api)
-    r = await api.http.post(
-        "/api/v1/collateral/deposit",
-        json={"line_id": line_id, "amount": "0.1", "asset": bare}, headers=key(),
-    )  # fmt: skip
-    problem(r, 409, "NO_RISK_PARAMETERS")
-    r = await api.http.post(
-        "/api/v1/collateral/withdraw",
-        json={"line_id": line_id, "amount": "0.1", "asset": bare}, headers=key(),
-    )  # fmt: skip
-    problem(r, 422, "VALIDATION_ERROR")
-    r = await api.http.post(
-        "/api/v1/collateral/deposit",
-        json={"line_id": line_id, "amount": "0.000000001", "asset": btc}, headers=key(),
-    )  # fmt: skip
-    problem(r, 422, "INVALID_AMOUNT")  # wBTC has 8 decimals
+    problem(await move("deposit", "0.1", bare), 409, "NO_RISK_PARAMETERS")
+    problem(await move("withdraw", "0.1", bare), 422, "VALIDATION_ERROR")
+    problem(await move("deposit", "0.000000001", btc), 422, "INVALID_AMOUNT")  # 8 decimals
     assert await snapshot(api) == before
 
     r = await api.http.get(f"/api/v1/credit/{line_id}", headers=user.headers)
@@ -321,15 +313,8 @@ async def test_a_line_of_two_collateral_assets_over_http(api: Api) -> None:
 
     # the most wBTC that keeps the line under its weighted initial LTV: $4,000 of debt needs
     # $1,000 + 0.6 x (wBTC value) >= $4,000, so $5,000 of wBTC stays
-    r = await api.http.post(
-        "/api/v1/collateral/withdraw",
-        json={"line_id": line_id, "amount": "0.01666667", "asset": btc}, headers=key(),
-    )  # fmt: skip
-    problem(r, 409, "LTV_BREACH")
-    r = await api.http.post(
-        "/api/v1/collateral/withdraw",
-        json={"line_id": line_id, "amount": "0.01666666", "asset": btc}, headers=key(),
-    )  # fmt: skip
+    problem(await move("withdraw", "0.01666667", btc), 409, "LTV_BREACH")
+    r = await move("withdraw", "0.01666666", btc)
     assert r.status_code == 201, r.text
     r = await api.http.post(
         f"/api/v1/credit/{line_id}/stop-loss", json={"answer": 40_000 * 10**8, "asset": btc},

@@ -3,6 +3,7 @@ parameters and a price, and helpers to open funded lines and push prices."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from core.risk.lines import CreditLines, Line
 from core.risk.loop import RiskLoop
 from core.risk.prices import PriceRound, Verdict, record_round
 from core.types import AccountKind, Actor, AssetKind, OperationType, Role, SystemAccount
+from tests.support import raw_connect, wait_until_blocked
 
 ADMIN = Actor("test-admin", Role.ADMIN)
 #: collateral minor units per whole unit (wETH kept at 9 decimals: gwei)
@@ -128,6 +130,42 @@ async def add_asset(desk: Desk, dollars: int = 60_000, **overrides: object) -> s
     await desk.loop.refresh_moved_prices()
     desk.others += (code,)
     return code
+
+
+#: one balance row's change: (account id, column "posted" or "pending", delta)
+Move = tuple[int, str, int]
+
+
+async def race(database_url: str, first: Move, second: Move) -> None:
+    """Two transactions racing on one line's rows: ``first`` moves its balance and holds the
+    line's risk rows; ``second``'s statement waits for them; ``first`` commits, then
+    ``second``. (The rows then differ from the entries: :func:`undo` puts them back.)"""
+    one, two = await raw_connect(database_url), await raw_connect(database_url)
+    try:
+        await one.execute("BEGIN")
+        await one.execute(_MOVE.format(first[1]), first[2], first[0])
+        await two.execute("BEGIN")
+        moving = asyncio.create_task(two.execute(_MOVE.format(second[1]), second[2], second[0]))
+        await wait_until_blocked(database_url, [moving], "UPDATE balances SET%", 1)
+        await one.execute("COMMIT")
+        await moving
+        await two.execute("COMMIT")
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def undo(ledger: Ledger, *moves: Move) -> None:
+    """Take ``moves`` back, in one transaction."""
+    async with ledger.engine.begin() as conn:
+        for account, column, delta in moves:
+            await conn.execute(
+                text(f"UPDATE balances SET {column} = {column} - :d WHERE account_id = :a"),
+                {"d": delta, "a": account},
+            )
+
+
+_MOVE = "UPDATE balances SET {0} = {0} + $1 WHERE account_id = $2"
 
 
 async def make_desk(ledger: Ledger, **overrides: object) -> Desk:

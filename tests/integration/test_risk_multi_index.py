@@ -28,9 +28,11 @@ from tests.integration.risk_support import (
     Desk,
     add_asset,
     make_desk,
+    race,
+    undo,
     usd,
 )
-from tests.support import create_database, drop_database, raw_connect, wait_until_blocked
+from tests.support import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -143,40 +145,15 @@ async def test_racing_postings_on_one_line_leave_its_multi_row_current(
     btc = await add_asset(desk)
     line = await basket(desk, btc, COLL, BTC // 10)
     further = (await desk.lines.get(line.id)).others[0].account_id
-    first, second = await raw_connect(database_url), await raw_connect(database_url)
-    try:
-        await first.execute("BEGIN")
-        await first.execute(
-            "UPDATE balances SET pending = pending + 70000 WHERE account_id = $1",
-            line.credit_account_id,
-        )
-        await second.execute("BEGIN")
-        moving = asyncio.create_task(
-            second.execute(
-                "UPDATE balances SET posted = posted - 1000000 WHERE account_id = $1", further
-            )
-        )
-        await wait_until_blocked(database_url, [moving], "UPDATE balances SET posted%", 1)
-        await first.execute("COMMIT")
-        await moving
-        await second.execute("COMMIT")
-    finally:
-        await first.close()
-        await second.close()
+    assert await rebase_multi(ledger.engine)
+    spend = (line.credit_account_id, "pending", 70_000)
+    withdrawal = (further, "posted", -1_000_000)
+    await race(database_url, spend, withdrawal)
     row = await multi_row(desk, line)
-    assert row.exposure == 70_000
+    assert row.exposure == 70_000 and row.cap_ref == 5_500_000_000 - 60_000 * 7_000
     async with ledger.engine.connect() as conn:
         assert await multi_drift(conn) == []
-    async with ledger.engine.begin() as conn:  # back to what the entries say
-        await conn.execute(
-            text(
-                "UPDATE balances SET "
-                "pending = pending - CASE WHEN account_id = :a THEN 70000 ELSE 0 END, "
-                "posted = posted + CASE WHEN account_id = :c THEN 1000000 ELSE 0 END "
-                "WHERE account_id IN (:a, :c)"
-            ),
-            {"a": line.credit_account_id, "c": further},
-        )
+    await undo(ledger, spend, withdrawal)  # back to what the entries say
     await in_step(desk)
     assert await ledger.reconcile() == []
 

@@ -26,8 +26,8 @@ from core.risk.repayments import Repayments
 from core.risk.triggers import drift
 from core.types import AccountKind, OperationType, SystemAccount
 from tests.conftest import settings_for
-from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, usd
-from tests.support import create_database, drop_database, raw_connect, wait_until_blocked
+from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, race, undo, usd
+from tests.support import create_database, drop_database
 
 pytestmark = pytest.mark.integration
 
@@ -160,40 +160,13 @@ async def test_racing_postings_on_one_line_leave_its_trigger_current(
     anew: its row holds both changes (computed from the balances it read with the lock, it
     would miss the first one)."""
     line = await desk.line(COLL)
-    first, second = await raw_connect(database_url), await raw_connect(database_url)
-    try:
-        await first.execute("BEGIN")
-        await first.execute(
-            "UPDATE balances SET pending = pending + 70000 WHERE account_id = $1",
-            line.credit_account_id,
-        )
-        await second.execute("BEGIN")
-        moving = asyncio.create_task(
-            second.execute(
-                "UPDATE balances SET posted = posted - 400000000 WHERE account_id = $1",
-                line.collateral_account_id,
-            )
-        )
-        await wait_until_blocked(database_url, [moving], "UPDATE balances SET posted%", 1)
-        await first.execute("COMMIT")
-        await moving
-        await second.execute("COMMIT")
-    finally:
-        await first.close()
-        await second.close()
+    spend = (line.credit_account_id, "pending", 70_000)
+    withdrawal = (line.collateral_account_id, "posted", -400_000_000)
+    await race(database_url, spend, withdrawal)
     row = await stored(desk, line)
     assert (row.exposure, row.collateral) == (70_000, COLL - 400_000_000)
     await in_step(desk)
-    async with desk.ledger.engine.begin() as conn:  # back to what the entries say
-        await conn.execute(
-            text(
-                "UPDATE balances SET "
-                "pending = pending - CASE WHEN account_id = :a THEN 70000 ELSE 0 END, "
-                "posted = posted + CASE WHEN account_id = :c THEN 400000000 ELSE 0 END "
-                "WHERE account_id IN (:a, :c)"
-            ),
-            {"a": line.credit_account_id, "c": line.collateral_account_id},
-        )
+    await undo(desk.ledger, spend, withdrawal)  # back to what the entries say
     await in_step(desk)
     assert await desk.ledger.reconcile() == []
 
