@@ -10,10 +10,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from core.db import alembic_config, migrate_async
 from core.ledger import Ledger
 from core.risk import params as risk_params
 from core.risk.lines import Line
@@ -243,3 +245,28 @@ def test_the_indexed_selection_of_lines_of_several_assets_is_the_scan() -> None:
         loop.run_until_complete(ledger.close())
         loop.run_until_complete(drop_database(url))
         loop.close()
+
+
+async def test_the_migration_goes_down_and_up_and_refuses_to_drop_further_collateral() -> None:
+    url = await create_database()
+    ledger = Ledger.connect(settings_for(url))
+    try:
+        desk = await make_desk(ledger)
+        single = await desk.line(COLL, spend=usd(500))
+        await ledger.engine.dispose()
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0024_commitments_by_epoch")
+        await migrate_async(url)
+        btc = await add_asset(desk)
+        await desk.spend(single.id, usd(100))  # the line of one asset still moves its trigger
+        line = await basket(desk, btc, COLL, BTC // 10)
+        assert await rebase_multi(ledger.engine)
+        assert await in_step(desk) == []
+        await ledger.engine.dispose()
+        with pytest.raises(Exception, match="withdraw them first"):
+            await asyncio.to_thread(
+                command.downgrade, alembic_config(url), "0024_commitments_by_epoch"
+            )
+        assert (await desk.lines.get(line.id)).others[0].quantity == BTC // 10
+    finally:
+        await ledger.close()
+        await drop_database(url)
