@@ -40,13 +40,15 @@ pytestmark = pytest.mark.integration
 
 
 async def selections(desk: Desk) -> tuple[list[int], list[int]]:
-    """(indexed, scan) over the whole book, in one snapshot."""
+    """(indexed, scan) over the desk's lines (those holding its own asset: other tests share
+    the database), in one snapshot."""
+    scope = {"asset": desk.coll}
     async with desk.ledger.engine.connect() as plain:
         conn = await plain.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
-            indexed = (await conn.execute(text(MULTI_INDEXED), {"asset": None})).scalars()
+            indexed = (await conn.execute(text(MULTI_INDEXED), scope)).scalars()
             indexed_ids = sorted(int(i) for i in indexed)
-            scan = (await conn.execute(text(MULTI_CANDIDATES), {"asset": None})).scalars()
+            scan = (await conn.execute(text(MULTI_CANDIDATES), scope)).scalars()
             return indexed_ids, sorted(int(i) for i in scan)
 
 
@@ -97,7 +99,7 @@ async def test_postings_keep_the_multi_row_and_a_new_version_rebases(ledger: Led
     draft = risk_params.RiskParameterDraft(**(values | {"margin_call_bps": 6_900}))
     draft_id = await risk_params.create_draft(ledger.engine, draft, ADMIN)
     await risk_params.activate(ledger.engine, draft_id, ADMIN, "test")
-    _, ids = await desk.loop.evaluate()
+    _, ids = await desk.loop.evaluate(desk.coll)
     assert line.id in ids
     async with ledger.engine.connect() as conn:
         basis = (
