@@ -221,6 +221,15 @@ UPDATE credit_lines SET notified_at = NULL WHERE id IN (
     WHERE s.notified AND s.trusted AND NOT s.over_margin)
 """
 
+#: the open lines (of ``:asset``: its own lines, and the lines holding it as a further asset),
+#: each counted once; two counts, so each reads its own index
+_OPEN_LINES = """
+SELECT (SELECT count(*) FROM credit_lines WHERE status = 'OPEN'
+        AND (CAST(:asset AS text) IS NULL OR collateral_asset = CAST(:asset AS text)))
+     + (SELECT count(*) FROM credit_line_collateral x JOIN credit_lines l ON l.id = x.line_id
+        WHERE x.asset = CAST(:asset AS text) AND l.status = 'OPEN')
+"""
+
 #: a ratio under this (x 10^20) makes the multi rows' filter loose: the limits job rebases them
 LOOSE_RATIO = 95 * 10**18
 
@@ -363,18 +372,7 @@ class RiskLoop:
                 multi_current = (await conn.execute(text(MULTI_BASIS_CURRENT))).scalar_one()
                 multi = MULTI_INDEXED if multi_current else MULTI_CANDIDATES
                 ids += (await conn.execute(text(multi), scope)).scalars()
-                total = (
-                    await conn.execute(
-                        text(
-                            "SELECT count(*) FROM credit_lines l WHERE status = 'OPEN' AND "
-                            "(CAST(:asset AS text) IS NULL OR "
-                            "collateral_asset = CAST(:asset AS text) OR (multi_collateral "
-                            "AND EXISTS (SELECT 1 FROM credit_line_collateral x WHERE "
-                            "x.line_id = l.id AND x.asset = CAST(:asset AS text))))"
-                        ),
-                        scope,
-                    )
-                ).scalar_one()
+                total = (await conn.execute(text(_OPEN_LINES), scope)).scalar_one()
         return int(total), sorted(int(i) for i in ids)
 
     async def refresh_moved_prices(self, chunk: int | None = None) -> None:
