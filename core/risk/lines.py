@@ -257,8 +257,8 @@ class LineState:
 
     @property
     def value(self) -> int:
-        """The collateral's value in debt minor units, each asset's rounded down; a frozen
-        asset's counts (at its last price) as the risk loop would not act on it anyway."""
+        """The collateral's value in debt minor units, each asset's rounded down, at its last
+        price even while frozen (what is shown; the loop acts only on trusted prices)."""
         return sum(h.value(self.debt_scale) for h in self.holdings())
 
     @property

@@ -412,10 +412,7 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
     sold = [0] * len(holdings)
 
     def restored(trial: list[int]) -> bool:
-        paid = sum(
-            proceeds_of(q, h.price, h.ladder.penalty_bps)
-            for q, h in zip(trial, holdings, strict=True)
-        )
+        paid = sum(h.pays(q) for q, h in zip(trial, holdings, strict=True))
         left = tuple(
             replace(h, quantity=h.quantity - q) for q, h in zip(trial, holdings, strict=True)
         )
@@ -428,10 +425,7 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
         if h.quantity <= 0 or h.price <= 0:
             continue
         others = [q if i != j else 0 for i, q in enumerate(sold)]
-        paid = sum(
-            proceeds_of(q, o.price, o.ladder.penalty_bps)
-            for q, o in zip(others, holdings, strict=True)
-        )
+        paid = sum(o.pays(q) for q, o in zip(others, holdings, strict=True))
         cap = capacity(
             tuple(
                 replace(o, quantity=o.quantity - q) for q, o in zip(others, holdings, strict=True)
