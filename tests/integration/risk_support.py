@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from core.ledger import Ledger
 from core.risk import params as risk_params
@@ -166,6 +167,23 @@ async def undo(ledger: Ledger, *moves: Move) -> None:
 
 
 _MOVE = "UPDATE balances SET {0} = {0} + $1 WHERE account_id = $2"
+
+
+async def place(
+    conn: AsyncConnection, line: Line, *, debt: int, pending: int, collateral: dict[int, int]
+) -> None:
+    """Set a line's balances outright (the database's triggers keep its risk rows; the books no
+    longer match the entries): ``debt`` posted and ``pending`` on its credit account, no floor,
+    and ``collateral`` (account id -> posted)."""
+    await conn.execute(
+        text("UPDATE balances SET posted = :p, pending = :h, floor = NULL WHERE account_id = :a"),
+        {"p": -debt, "h": pending, "a": line.credit_account_id},
+    )
+    for account, posted in collateral.items():
+        await conn.execute(
+            text("UPDATE balances SET posted = :p WHERE account_id = :a"),
+            {"p": posted, "a": account},
+        )
 
 
 async def make_desk(ledger: Ledger, **overrides: object) -> Desk:

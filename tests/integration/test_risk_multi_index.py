@@ -30,6 +30,7 @@ from tests.integration.risk_support import (
     Desk,
     add_asset,
     make_desk,
+    place,
     race,
     undo,
     usd,
@@ -183,18 +184,8 @@ async def _apply(
 ) -> None:
     async with desk.ledger.engine.begin() as conn:
         for (line, further), (eth, wbtc, debt, pending, stop) in zip(lines, positions, strict=True):
-            for account, posted in ((line.collateral_account_id, eth), (further, wbtc)):
-                await conn.execute(
-                    text("UPDATE balances SET posted = :p WHERE account_id = :a"),
-                    {"p": posted, "a": account},
-                )
-            await conn.execute(
-                text(
-                    "UPDATE balances SET posted = :p, pending = :h, floor = NULL "
-                    "WHERE account_id = :a"
-                ),
-                {"p": -debt, "h": pending, "a": line.credit_account_id},
-            )
+            held = {line.collateral_account_id: eth, further: wbtc}
+            await place(conn, line, debt=debt, pending=pending, collateral=held)
             await conn.execute(
                 text(
                     "UPDATE credit_line_collateral SET stop_loss_answer = :s "

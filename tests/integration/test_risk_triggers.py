@@ -26,7 +26,16 @@ from core.risk.repayments import Repayments
 from core.risk.triggers import drift
 from core.types import AccountKind, OperationType, SystemAccount
 from tests.conftest import settings_for
-from tests.integration.risk_support import ADMIN, COLL, Desk, make_desk, race, undo, usd
+from tests.integration.risk_support import (
+    ADMIN,
+    COLL,
+    Desk,
+    make_desk,
+    place,
+    race,
+    undo,
+    usd,
+)
 from tests.support import create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -253,17 +262,8 @@ price_choice = st.one_of(
 async def _apply(desk: Desk, lines: list[Line], positions: list[Any], choice: Any) -> int:
     async with desk.ledger.engine.begin() as conn:
         for line, (collateral, debt, pending, stop) in zip(lines, positions, strict=True):
-            await conn.execute(
-                text(
-                    "UPDATE balances SET posted = :p, pending = :h, floor = NULL "
-                    "WHERE account_id = :a"
-                ),
-                {"p": -debt, "h": pending, "a": line.credit_account_id},
-            )
-            await conn.execute(
-                text("UPDATE balances SET posted = :p WHERE account_id = :a"),
-                {"p": collateral, "a": line.collateral_account_id},
-            )
+            own = {line.collateral_account_id: collateral}
+            await place(conn, line, debt=debt, pending=pending, collateral=own)
             await conn.execute(
                 text("UPDATE credit_lines SET stop_loss_answer = :s WHERE id = :l"),
                 {"s": stop, "l": line.id},
