@@ -278,3 +278,28 @@ async def test_a_full_liquidation_sells_both_assets_and_writes_off_the_rest(
     paid = (500 * 95 + 1_000 * 97) * 100 // 100  # each sale at price x (1 - its penalty)
     assert -await desk.balance(bad_debt) == usd(4_600) - paid
     await conserved(desk)
+
+
+async def test_a_staff_full_liquidation_of_a_basket_closes_the_debt(desk: Desk, btc: str) -> None:
+    """POST /risk/liquidation's core call with ``full``: the cheaper asset first, then the
+    line's own, only as much as the debt needs; the rest stays with the user."""
+    line = await basket(desk, btc, spend=usd(4_000))
+    kind = await desk.loop.act(line.id, force_full=True, actor=ADMIN, reason="fraud review")
+    assert kind is risk.ActionKind.FULL
+    state = await desk.lines.get(line.id)
+    # $4,000 of debt: 0.1 wBTC pays $5,820 at 3% off, so wBTC alone covers it; wETH untouched
+    assert state.debt == 0 and state.collateral == COLL
+    sold = BTC // 10 - state.others[0].quantity
+    assert 0 < sold < BTC // 10
+    px = state.others[0].price_per_minor(state.debt_scale)
+    assert px is not None and risk.proceeds_of(sold, px, 300) >= usd(4_000)
+    assert risk.proceeds_of(sold - 1, px, 300) < usd(4_000)  # and not a unit more
+    async with desk.ledger.engine.connect() as conn:
+        reason = (
+            await conn.execute(
+                text("SELECT details->>'reason' FROM risk_events WHERE line_id = :l"),
+                {"l": line.id},
+            )
+        ).scalar_one()
+    assert reason == "fraud review"
+    await conserved(desk)

@@ -7,6 +7,7 @@ from the reference, rebases and stop-losses."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -263,3 +264,70 @@ async def test_the_migration_goes_down_and_up_and_refuses_to_drop_further_collat
     finally:
         await ledger.close()
         await drop_database(url)
+
+
+# --------------------------------------------------------------------------------------
+# Ticks along random price paths: value conserved, the books reconciled, every row in step
+# --------------------------------------------------------------------------------------
+
+
+async def _path_case(ledger: Ledger, path: list[tuple[int, int]], seed: int) -> dict[str, int]:
+    """A desk of lines of two assets (and one of one asset) ticking along ``path`` (each price
+    per mille of its start); returns the actions taken."""
+    desk = await make_desk(ledger)
+    btc = await add_asset(desk)
+    rng = random.Random(seed)
+    lines = [await desk.line(COLL, spend=usd(900))]
+    for _ in range(4):
+        line = await basket(desk, btc, rng.randint(1, 2 * COLL), rng.randint(1, BTC // 10))
+        limit = (await desk.lines.get(line.id)).current_limit
+        await desk.spend(line.id, rng.randint(limit // 2, limit))
+        lines.append(line)
+    if rng.random() < 0.5:
+        await desk.lines.set_stop_loss(lines[1].id, rng.randint(30_000, 60_000) * 10**8, ADMIN,
+                                       asset=btc)  # fmt: skip
+    await rebase_multi(ledger.engine)
+    actions: dict[str, int] = {}
+    for eth_ratio, btc_ratio in path:
+        await desk.price(2_000 * eth_ratio / 1_000)
+        await desk.price(60_000 * btc_ratio / 1_000, asset=btc)
+        report = await desk.loop.tick(desk.coll)
+        for kind, n in report.actions.items():
+            actions[kind] = actions.get(kind, 0) + n
+        assert set((await desk.totals()).values()) == {0}  # per asset, every account summed
+        assert await ledger.reconcile() == []
+        async with ledger.engine.connect() as conn:
+            assert await multi_drift(conn) == []
+        for line in lines:
+            state = await desk.lines.get(line.id)
+            assert state.debt >= 0 and all(h.quantity >= 0 for h in state.holdings())
+            assert state.line.credit_limit >= 0
+    return actions
+
+
+def test_ticks_along_random_price_paths_conserve_value() -> None:
+    loop = asyncio.new_event_loop()
+    url = loop.run_until_complete(create_database())
+    ledger = Ledger.connect(settings_for(url))
+    seen: dict[str, int] = {}
+    try:
+
+        @settings(
+            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck),
+            database=None,
+        )  # fmt: skip
+        @given(
+            st.lists(st.tuples(st.integers(250, 1_300), st.integers(250, 1_300)), min_size=1,
+                     max_size=5),
+            st.integers(0, 2**32),
+        )  # fmt: skip
+        def check(path: list[tuple[int, int]], seed: int) -> None:
+            for kind, n in loop.run_until_complete(_path_case(ledger, path, seed)).items():
+                seen[kind] = seen.get(kind, 0) + n
+
+        check()
+        assert {"PARTIAL", "FULL"} <= set(seen)  # the paths reached the ladder's sales
+    finally:
+        loop.run_until_complete(ledger.close())
+        loop.run_until_complete(drop_database(url))
+        loop.close()
