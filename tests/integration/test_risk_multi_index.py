@@ -115,6 +115,23 @@ async def test_postings_keep_the_multi_row_and_a_new_version_rebases(ledger: Led
     assert await in_step(desk) == [line.id]
 
 
+async def test_the_key_slack_covers_the_rounding_down_of_each_value(ledger: Ledger) -> None:
+    """A line whose rounded-down value loses 0.6 cent at the new price: over its margin call by
+    that sliver, while exposure x 10^4 / capacity (the key without its slack) is under the
+    price ratio. The indexed selection still returns it."""
+    desk = await make_desk(ledger)
+    btc = await add_asset(desk)
+    line = await basket(desk, btc, 5_000_000, 1)  # 0.005 wETH = $10.00 at $2,000; 1 sat of wBTC
+    await desk.spend(line.id, 326)
+    assert await rebase_multi(ledger.engine)
+    await desk.price(1_003.2)  # ratio 0.5016: the wETH is worth 501.6 cents, rounded to 501
+    state = await desk.lines.get(line.id)
+    assert state.value == 501 and state.debt == 326
+    assert 326 * 10**4 > 501 * 6_500  # over its margin call
+    assert 326 * 10**4 * 10**4 < 5016 * (1_000 * 6_500)  # E x 10^4 / C(R) < m = 0.5016
+    assert await in_step(desk) == [line.id]
+
+
 async def test_a_price_far_under_its_reference_makes_the_limits_job_rebase(
     ledger: Ledger,
 ) -> None:
