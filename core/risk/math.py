@@ -14,7 +14,8 @@ Rounding, each in one place and in one direction, never more than one minor unit
   most one debt minor unit less than its exact worth;
 * a credit limit is rounded **down** (:func:`credit_limit`), for the same reason;
 * sale proceeds are rounded **down** (:func:`proceeds_of`): the user receives at most one debt
-  minor unit less than ``quantity * price * (1 - penalty)``;
+  minor unit less than ``quantity * price * (1 - penalty)``; a sale of several assets rounds
+  the exact sum of its lots once (:func:`sale_proceeds`), so still under one unit;
 * the collateral sold is the **smallest** whole number of minor units for which the goal holds
   *as judged with the rounded-down values above* (:func:`decide`); against the exact real-valued
   quantity it sells a sliver more (what two debt minor units move in LTV terms), and that sliver
@@ -38,7 +39,7 @@ asset every formula here is the single-asset one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, localcontext
 from enum import StrEnum
@@ -334,12 +335,22 @@ class Action:
 NO_ACTION = Action(ActionKind.NONE)
 
 
+def sale_proceeds(holdings: tuple[Holding, ...], sold: Sequence[int]) -> int:
+    """What selling ``sold[i]`` of each holding pays: the exact sum of ``q * price * (1 -
+    penalty)`` over the lots, rounded down **once** (never a minor unit against the user, however
+    many assets the sale takes; with one asset, :func:`proceeds_of`)."""
+    lots = zip(sold, holdings, strict=True)
+    exact = sum((q * h.price * (BPS - h.ladder.penalty_bps) for q, h in lots if q > 0), Fraction(0))
+    return (exact.numerator // exact.denominator) // BPS
+
+
 def _sale_of(kind: ActionKind, holdings: tuple[Holding, ...], sold: list[int], debt: int) -> Action:
-    """The action selling ``sold[i]`` of each holding: proceeds (each lot rounded down) repay
-    the debt, the rest is surplus; debt left once every holding is sold out is the shortfall
-    (never for a partial)."""
+    """The action selling ``sold[i]`` of each holding: its proceeds (:func:`sale_proceeds`)
+    repay the debt, the rest is surplus; debt left once every holding is sold out is the
+    shortfall (never for a partial). Each :class:`Lot` records its own proceeds rounded down
+    (their sum may be a unit or so under the sale's)."""
     paid = [h.pays(q) for q, h in zip(sold, holdings, strict=True)]
-    proceeds = sum(paid)
+    proceeds = sale_proceeds(holdings, sold)
     repaid = min(proceeds, max(debt, 0))
     shortfall = 0
     sold_out = all(q >= h.quantity for q, h in zip(sold, holdings, strict=True))
@@ -375,14 +386,17 @@ def _smallest(quantity_hint: int, limit: int, good: Callable[[int], bool]) -> in
     return hi
 
 
-def _largest_within(h: Holding, limit: int, room: int) -> int:
-    """The largest q in [0, limit] whose proceeds are at most ``room`` (0 if none is)."""
-    over = _smallest(0, limit, lambda q: h.pays(q) > room)
-    return max(over - 1 if h.pays(over) > room else over, 0)
+def _with(sold: list[int], j: int, q: int) -> list[int]:
+    """``sold`` with ``q`` of holding ``j``."""
+    return [q if i == j else x for i, x in enumerate(sold)]
 
 
-def _covers(h: Holding, need: int, quantity: int) -> bool:
-    return h.pays(quantity) >= need
+def _pays_more(holdings: tuple[Holding, ...], sold: list[int], j: int, cap: int, q: int) -> bool:
+    return sale_proceeds(holdings, _with(sold, j, q)) > cap
+
+
+def _covers(holdings: tuple[Holding, ...], sold: list[int], j: int, need: int, q: int) -> bool:
+    return sale_proceeds(holdings, _with(sold, j, q)) >= need
 
 
 def full_sale(p: Position, ladder: Ladder, kind: ActionKind = ActionKind.FULL) -> Action:
@@ -390,16 +404,15 @@ def full_sale(p: Position, ladder: Ladder, kind: ActionKind = ActionKind.FULL) -
     cannot: the rest is the shortfall), taking the holdings in :func:`sale_order`."""
     holdings = p.holdings(ladder)
     sold = [0] * len(holdings)
-    need = p.debt
     for i in sale_order(holdings):
+        need = p.debt - sale_proceeds(holdings, sold)
         if need <= 0:
             break
         h = holdings[i]
         discounted = h.price * (BPS - h.ladder.penalty_bps) / BPS
         hint = int(Fraction(need) / discounted) if discounted > 0 else h.quantity
-        covers = partial(_covers, h, need)
+        covers = partial(_covers, holdings, sold, i, p.debt)
         sold[i] = _smallest(min(hint, h.quantity), h.quantity, covers)
-        need -= h.pays(sold[i])
     return _sale_of(kind, holdings, sold, p.debt)
 
 
@@ -412,7 +425,7 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
     sold = [0] * len(holdings)
 
     def restored(trial: list[int]) -> bool:
-        paid = sum(h.pays(q) for q, h in zip(trial, holdings, strict=True))
+        paid = sale_proceeds(holdings, trial)
         left = tuple(
             replace(h, quantity=h.quantity - q) for q, h in zip(trial, holdings, strict=True)
         )
@@ -425,7 +438,7 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
         if h.quantity <= 0 or h.price <= 0:
             continue
         others = [q if i != j else 0 for i, q in enumerate(sold)]
-        paid = sum(o.pays(q) for q, o in zip(others, holdings, strict=True))
+        paid = sale_proceeds(holdings, others)
         cap = capacity(
             tuple(
                 replace(o, quantity=o.quantity - q) for q, o in zip(others, holdings, strict=True)
@@ -449,18 +462,18 @@ def partial_sale(p: Position, ladder: Ladder) -> Action:
     value = p.value()
     hf_capacity = capacity(holdings, lambda lad: lad.partial_bps)
     max_repay = (p.debt * _close_factor(p.debt, value, hf_capacity, ladder)) // BPS
-    taken = 0
     order = sale_order(holdings)
+    taken = [0] * len(holdings)
     for n, j in enumerate(order):
-        h = holdings[j]
-        pays = h.pays(sold[j])
-        if taken + pays > max_repay:
+        taken[j] = sold[j]
+        if sale_proceeds(holdings, taken) > max_repay:
             # the largest sale whose proceeds stay within the close factor
-            sold[j] = _largest_within(h, sold[j], max_repay - taken)
+            over = _smallest(0, sold[j], partial(_pays_more, holdings, taken, j, max_repay))
+            taken[j] = max(over - 1 if _pays_more(holdings, taken, j, max_repay, over) else over, 0)
             for k in order[n + 1 :]:
-                sold[k] = 0
+                taken[k] = 0
             break
-        taken += pays
+    sold = taken
     action = _sale_of(ActionKind.PARTIAL, holdings, sold, p.debt)
     left_debt = p.debt - action.repaid
     left_value = sum(value_of(h.quantity - q, h.price) for q, h in zip(sold, holdings, strict=True))

@@ -213,12 +213,12 @@ def test_value_is_conserved_over_random_price_paths_of_two_assets(
             if a.kind is not ActionKind.CUSHION:
                 assert a.repaid + a.surplus == a.proceeds
                 own = proceeds_of(a.sold, p.price, ETH_LADDER.penalty_bps)
-                assert a.proceeds == own + sum(lot.proceeds for lot in a.lots)
+                assert own + sum(lot.proceeds for lot in a.lots) <= a.proceeds
                 exact = (
                     a.sold * p.price * (BPS - ETH_LADDER.penalty_bps)
                     + btc_sold * p.others[0].price * (BPS - BTC_LADDER.penalty_bps)
                 ) / BPS
-                assert 0 <= exact - a.proceeds < 2  # under one cent per asset sold
+                assert 0 <= exact - a.proceeds < 1  # under one cent, however many assets
             assert a.shortfall == 0 or (a.sold == eth and btc_sold == btc)
             new_debt = debt - a.repaid - a.shortfall
             new_cushion = cushion - (a.repaid if a.kind is ActionKind.CUSHION else 0)
